@@ -1,0 +1,23 @@
+"""What the engine hands back to the API for each request, once per step that produced text."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class RequestOutput:
+    """A delta of one request's output.
+
+    ``text`` and ``token_ids`` are new since the previous output of the same request;
+    ``num_output_tokens`` is cumulative. ``finish_reason`` is ``"stop"`` (EOS, stop string or
+    stop token), ``"length"`` (max_tokens or the model's context) or ``"abort"``.
+    """
+
+    request_id: str
+    text: str
+    token_ids: tuple[int, ...]
+    finished: bool
+    finish_reason: str | None
+    num_prompt_tokens: int
+    num_output_tokens: int

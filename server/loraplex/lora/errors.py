@@ -1,0 +1,22 @@
+"""Adapter errors; the API layer maps each to an HTTP status and the OpenAI error body."""
+
+from __future__ import annotations
+
+
+class AdapterError(Exception):
+    """Base class of every adapter problem; the message names the problem for the client."""
+
+
+class AdapterNotFoundError(AdapterError, KeyError):
+    """No adapter by this name is registered (HTTP 404)."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(f"adapter {name!r} does not exist")
+        self.name = name
+
+    def __str__(self) -> str:  # KeyError would quote the message again
+        return str(self.args[0])
+
+
+class AdapterValidationError(AdapterError, ValueError):
+    """An adapter's config or weights are unusable with the served base model (HTTP 400)."""
