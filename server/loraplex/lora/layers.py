@@ -1,0 +1,80 @@
+"""The LoRA layer: a frozen base projection plus the batched gather from a table of adapter slots."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from transformers.pytorch_utils import Conv1D
+
+from loraplex.lora.adapter import LoRAWeights
+from loraplex.lora.ops import LoRAMeta, add_lora
+
+LORA_BASE_TYPES = (nn.Linear, Conv1D)
+
+
+class LoRAContext:
+    """The step's :class:`LoRAMeta`, shared by every LoRA layer of one model (None: no adapter)."""
+
+    def __init__(self) -> None:
+        self.meta: LoRAMeta | None = None
+
+
+def in_out_features(base: nn.Module) -> tuple[int, int]:
+    """(in, out) of a Linear (weight [out, in]) or a GPT-2 Conv1D (weight [in, out])."""
+    if isinstance(base, Conv1D):
+        return base.weight.shape[0], base.weight.shape[1]
+    return base.in_features, base.out_features
+
+
+class LoRALinear(nn.Module):
+    """``y = base(x) + scale_s · B_s · A_s · x`` with ``s`` the slot of x's row.
+
+    lora_a: [S, R, in] and lora_b: [S, out, R] are preallocated slot tables; a slot holds one
+    adapter's A and ``scale·B``, zero-padded from its rank up to R; an all-zero slot is a no-op.
+    """
+
+    def __init__(self, base: nn.Module, num_slots: int, max_rank: int, context: LoRAContext):
+        super().__init__()
+        self.base = base
+        self.context = context
+        self.in_features, self.out_features = in_out_features(base)
+        weight = base.weight
+        self.register_buffer(
+            "lora_a",
+            torch.zeros(num_slots, max_rank, self.in_features, dtype=weight.dtype),
+            persistent=False,
+        )
+        self.register_buffer(
+            "lora_b",
+            torch.zeros(num_slots, self.out_features, max_rank, dtype=weight.dtype),
+            persistent=False,
+        )
+        self.lora_a = self.lora_a.to(weight.device)
+        self.lora_b = self.lora_b.to(weight.device)
+        # Slots holding weights for this module; when none does, the layer costs nothing extra.
+        self.occupied: set[int] = set()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.base(x)
+        meta = self.context.meta
+        if meta is not None and self.occupied:
+            add_lora(
+                y.view(-1, self.out_features),
+                x.reshape(-1, self.in_features),
+                self.lora_a,
+                self.lora_b,
+                meta,
+            )
+        return y
+
+    def set_slot(self, slot: int, weights: LoRAWeights | None) -> None:
+        """Write one adapter's weights into ``slot`` (scale folded into B), or clear it."""
+        self.lora_a[slot].zero_()
+        self.lora_b[slot].zero_()
+        if weights is None:
+            self.occupied.discard(slot)
+            return
+        r = weights.rank
+        self.lora_a[slot, :r].copy_(weights.a)
+        self.lora_b[slot, :, :r].copy_(weights.b * weights.scale)
+        self.occupied.add(slot)

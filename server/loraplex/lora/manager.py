@@ -1,0 +1,76 @@
+"""Installs LoRA layers into a transformers model and fills their slot tables."""
+
+from __future__ import annotations
+
+from torch import nn
+
+from loraplex.lora.adapter import LoRAAdapter
+from loraplex.lora.errors import AdapterValidationError
+from loraplex.lora.layers import LORA_BASE_TYPES, LoRAContext, LoRALinear, in_out_features
+from loraplex.lora.ops import LoRAMeta
+
+# Slot tables pad ranks to a multiple of this, so 16-bit grouped matmuls get 16-byte strides.
+RANK_ALIGNMENT = 8
+
+
+class LoRAModelManager:
+    """Owns the LoRA layers of one model: ``num_slots`` slots of rank <= ``max_rank``.
+
+    Every Linear/Conv1D projection except the output embedding is wrapped, so any adapter that
+    targets projections of the base model can be loaded later without touching the model again.
+    """
+
+    def __init__(self, model: nn.Module, num_slots: int, max_rank: int) -> None:
+        self.num_slots = num_slots
+        self.max_rank = max_rank
+        self.context = LoRAContext()
+        padded_rank = -(-max_rank // RANK_ALIGNMENT) * RANK_ALIGNMENT
+        output = model.get_output_embeddings()
+        targets = [
+            (name, module)
+            for name, module in model.named_modules()
+            if isinstance(module, LORA_BASE_TYPES) and module is not output
+        ]
+        self.layers: dict[str, LoRALinear] = {}
+        for name, module in targets:
+            parent_name, _, child = name.rpartition(".")
+            parent = model.get_submodule(parent_name)
+            layer = LoRALinear(module, num_slots, padded_rank, self.context)
+            setattr(parent, child, layer)
+            self.layers[name] = layer
+
+    def validate(self, adapter: LoRAAdapter) -> None:
+        """Refuse an adapter whose modules or shapes do not fit this model."""
+        if adapter.max_rank > self.max_rank:
+            raise AdapterValidationError(
+                f"adapter rank {adapter.max_rank} exceeds --max-lora-rank {self.max_rank}"
+            )
+        for module, weights in adapter.modules.items():
+            layer = self.layers.get(module)
+            if layer is None:
+                raise AdapterValidationError(
+                    f"module {module!r} is not a projection of the base model"
+                )
+            if weights.a.shape[1] != layer.in_features or weights.b.shape[0] != layer.out_features:
+                raise AdapterValidationError(
+                    f"module {module!r}: lora_A {tuple(weights.a.shape)} / lora_B "
+                    f"{tuple(weights.b.shape)} do not fit the base layer "
+                    f"(in={layer.in_features}, out={layer.out_features})"
+                )
+
+    def load_slot(self, slot: int, adapter: LoRAAdapter | None) -> None:
+        """Make ``slot`` hold ``adapter`` in every layer (modules it does not target: zero)."""
+        modules = adapter.modules if adapter is not None else {}
+        for name, layer in self.layers.items():
+            layer.set_slot(slot, modules.get(name))
+
+    def set_meta(self, meta: LoRAMeta | None) -> None:
+        self.context.meta = meta
+
+
+def base_projection(module: nn.Module) -> nn.Module:
+    """The frozen projection under a possibly wrapped module."""
+    return module.base if isinstance(module, LoRALinear) else module
+
+
+__all__ = ["LoRAModelManager", "base_projection", "in_out_features"]

@@ -1,0 +1,38 @@
+"""The reference LoRA op in pure torch: the oracle every faster kernel is tested against."""
+
+from __future__ import annotations
+
+import torch
+
+from loraplex.lora.ops.meta import LoRAMeta
+
+
+def add_lora(
+    y: torch.Tensor,
+    x: torch.Tensor,
+    lora_a: torch.Tensor,
+    lora_b: torch.Tensor,
+    meta: LoRAMeta,
+) -> None:
+    """In place: ``y[t] += B[s_t] @ (A[s_t] @ x[t])`` for every adapter row ``t``.
+
+    x: [T, in], y: [T, out]; lora_a: [S, R, in]; lora_b: [S, out, R] with the adapter's scale
+    (``alpha/r`` or ``alpha/sqrt(r)``) folded in and ranks below R zero-padded; ``s_t`` is row
+    t's slot (``meta``). Rows ``[meta.num_lora_rows, T)`` are base-only and left untouched.
+
+    Two exact strategies, chosen once per step by ``build_lora_meta``:
+    ``padded`` lays each slot's rows into a [S, P, in] block and runs two batched matmuls
+    (decode: few rows per slot, no per-slot overhead); ``grouped`` runs grouped matmuls over
+    the contiguous slot segments (prefill: many rows per slot, no padding).
+    """
+    n = meta.num_lora_rows
+    xs, ys = x[:n], y[:n]
+    a_t, b_t = lora_a.transpose(1, 2), lora_b.transpose(1, 2)  # [S, in, R], [S, R, out]
+    if meta.padded_rows:
+        slots, pad = lora_a.shape[0], meta.padded_rows
+        x_pad = xs.index_select(0, meta.gather_rows).view(slots, pad, -1)
+        y_pad = torch.bmm(torch.bmm(x_pad, a_t), b_t).view(slots * pad, -1)
+        ys.add_(y_pad.index_select(0, meta.scatter_rows))
+    else:
+        xa = torch._grouped_mm(xs, a_t, offs=meta.group_ends)
+        ys.add_(torch._grouped_mm(xa, b_t, offs=meta.group_ends))
