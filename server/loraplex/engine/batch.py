@@ -1,0 +1,94 @@
+"""One step's packed batch: every scheduled chunk concatenated into a single row of tokens."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from loraplex.engine.attention import AttentionMetadata, PrefillChunk
+from loraplex.engine.scheduler import ScheduledSeq
+from loraplex.engine.sequence import Sequence
+from loraplex.lora.ops import LoRAMeta, build_lora_meta
+
+
+@dataclass
+class PackedBatch:
+    """Model inputs for one forward.
+
+    input_ids, position_ids: [1, T]. sample_rows: [N] packed row of the last token of every
+    sequence that samples this step, in the order of ``sample_seqs``.
+    """
+
+    input_ids: torch.Tensor
+    position_ids: torch.Tensor
+    attention: AttentionMetadata
+    lora: LoRAMeta | None
+    sample_rows: torch.Tensor
+    sample_seqs: list[Sequence]
+
+
+def cache_rows(block_table: list[int], block_size: int, start: int, end: int) -> torch.Tensor:
+    """Cache rows of token positions ``start..end-1``: ``block[p // bs] * bs + p % bs``."""
+    pos = torch.arange(start, end)
+    blocks = torch.tensor(block_table, dtype=torch.int64)
+    return blocks[pos // block_size] * block_size + pos % block_size
+
+
+def build_batch(
+    scheduled: list[ScheduledSeq],
+    slot_of: dict[str, int],
+    block_size: int,
+    num_slots: int,
+    device: torch.device,
+) -> PackedBatch:
+    """Pack the step's chunks, ordered by adapter slot (base-model rows last) for the LoRA op."""
+    order = sorted(scheduled, key=lambda s: slot_of[s.seq.adapter] if s.seq.adapter else num_slots)
+    ids: list[int] = []
+    positions: list[torch.Tensor] = []
+    slot_mapping: list[torch.Tensor] = []
+    row_slots: list[int] = []
+    decode_rows: list[int] = []
+    decode_ctx: list[torch.Tensor] = []
+    prefills: list[PrefillChunk] = []
+    sample_rows: list[int] = []
+    sample_seqs: list[Sequence] = []
+    for item in order:
+        seq, n = item.seq, item.num_new_tokens
+        start, end, row = seq.num_computed_tokens, seq.num_computed_tokens + n, len(ids)
+        ids.extend(seq.token_ids[start:end])
+        positions.append(torch.arange(start, end))
+        context = cache_rows(seq.block_table, block_size, 0, end)
+        slot_mapping.append(context[start:])
+        row_slots.extend([slot_of[seq.adapter] if seq.adapter else -1] * n)
+        if n == 1:
+            decode_rows.append(row)
+            decode_ctx.append(context)
+        else:
+            rows = context.to(device) if start else None
+            prefills.append(PrefillChunk(row, row + n, end, rows))
+        if item.sample:
+            sample_rows.append(row + n - 1)
+            sample_seqs.append(seq)
+    attention = AttentionMetadata(
+        slot_mapping=torch.cat(slot_mapping).to(device),
+        decode_rows=None,
+        decode_cache_rows=None,
+        decode_mask=None,
+        prefills=prefills,
+    )
+    if decode_rows:
+        lengths = torch.tensor([len(c) for c in decode_ctx])
+        padded = torch.nn.utils.rnn.pad_sequence(decode_ctx, batch_first=True)  # [D, L]
+        mask = torch.arange(padded.shape[1])[None, :] < lengths[:, None]
+        attention.decode_rows = torch.tensor(decode_rows, device=device)
+        attention.decode_cache_rows = padded.to(device)
+        attention.decode_mask = mask[:, None, None, :].to(device)
+    return PackedBatch(
+        input_ids=torch.tensor([ids], device=device),
+        position_ids=torch.cat(positions)[None, :].to(device),
+        attention=attention,
+        lora=build_lora_meta(row_slots, num_slots, device),
+        sample_rows=torch.tensor(sample_rows, dtype=torch.int64, device=device),
+        sample_seqs=sample_seqs,
+    )

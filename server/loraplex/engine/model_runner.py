@@ -1,0 +1,92 @@
+"""Loads the base model once and runs one packed forward per step."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
+
+from loraplex.config import CacheConfig, LoRAConfig, ModelConfig
+from loraplex.engine.attention import FORWARD, register_paged_attention
+from loraplex.engine.batch import PackedBatch
+from loraplex.lora.manager import LoRAModelManager
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class KVLayout:
+    """Per-layer cache shape: ``num_blocks * block_size`` rows of [kv_heads, head_dim]."""
+
+    num_layers: int
+    kv_heads: int
+    head_dim: int
+    block_size: int
+    num_blocks: int
+
+
+def kv_layout(model_config, cache: CacheConfig, dtype: torch.dtype) -> KVLayout:
+    """Size the block pool from ``kv_cache_memory_mb`` (keys and values of every layer)."""
+    text = model_config.get_text_config()
+    heads = text.num_attention_heads
+    kv_heads = getattr(text, "num_key_value_heads", None) or heads
+    head_dim = getattr(text, "head_dim", None) or text.hidden_size // heads
+    layers = text.num_hidden_layers
+    bytes_per_block = 2 * layers * cache.block_size * kv_heads * head_dim * dtype.itemsize
+    num_blocks = cache.num_blocks or max(1, cache.kv_cache_memory_mb * 2**20 // bytes_per_block)
+    return KVLayout(layers, kv_heads, head_dim, cache.block_size, num_blocks)
+
+
+class ModelRunner:
+    """The frozen base model with LoRA layers installed, its paged KV cache, and the forward."""
+
+    def __init__(self, path: str, model: ModelConfig, cache: CacheConfig, lora: LoRAConfig) -> None:
+        self.device = torch.device(model.device)
+        self.dtype = getattr(torch, model.dtype)
+        attn = register_paged_attention()
+        self.tokenizer: PreTrainedTokenizerBase = AutoTokenizer.from_pretrained(path)
+        self.model = AutoModelForCausalLM.from_pretrained(
+            path, dtype=self.dtype, attn_implementation=attn
+        ).to(self.device)
+        self.model.eval().requires_grad_(False)
+        self.lora = LoRAModelManager(self.model, lora.max_loras, lora.max_lora_rank)
+        self.layout = kv_layout(self.model.config, cache, self.dtype)
+        rows = self.layout.num_blocks * self.layout.block_size
+        shape = (rows, self.layout.kv_heads, self.layout.head_dim)
+        self.kv_caches = [
+            (
+                torch.zeros(shape, dtype=self.dtype, device=self.device),
+                torch.zeros(shape, dtype=self.dtype, device=self.device),
+            )
+            for _ in range(self.layout.num_layers)
+        ]
+        log.info(
+            "KV cache: %d blocks of %d tokens (%.0f MiB)",
+            self.layout.num_blocks,
+            self.layout.block_size,
+            2 * sum(k.numel() * k.element_size() for k, _ in self.kv_caches) / 2**20,
+        )
+
+    @property
+    def max_position_embeddings(self) -> int | None:
+        return getattr(self.model.config.get_text_config(), "max_position_embeddings", None)
+
+    @torch.inference_mode()
+    def forward(self, batch: PackedBatch) -> torch.Tensor:
+        """Run the packed batch; returns float32 logits [N, vocab] at ``batch.sample_rows``."""
+        FORWARD.kv_caches = self.kv_caches
+        FORWARD.metadata = batch.attention
+        self.lora.set_meta(batch.lora)
+        try:
+            out = self.model(
+                input_ids=batch.input_ids,
+                position_ids=batch.position_ids,
+                use_cache=False,
+                logits_to_keep=batch.sample_rows,
+            )
+        finally:
+            FORWARD.metadata = None
+            self.lora.set_meta(None)
+        return out.logits[0].float()
