@@ -1,0 +1,59 @@
+"""The FastAPI application factory; the engine's life is the app's lifespan."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.metadata
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from loraplex.api.errors import register_error_handlers
+from loraplex.api.routes import completions, health, models
+from loraplex.config import Config
+from loraplex.engine.async_engine import AsyncEngine
+
+
+def _version() -> str:
+    try:
+        return importlib.metadata.version("loraplex")
+    except importlib.metadata.PackageNotFoundError:  # run from a source tree, not installed
+        return "0+unknown"
+
+
+def create_app(config: Config, engine: AsyncEngine | None = None) -> FastAPI:
+    """Build the app for ``config``.
+
+    The lifespan builds the engine with ``AsyncEngine.from_config(config)`` (unless ``engine`` is
+    given, e.g. by a test), starts its thread, stores it in ``app.state.engine`` and shuts it
+    down when the server stops. Nothing is loaded before the server starts, so building an app
+    is cheap.
+    """
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # Loading weights takes seconds to minutes; in a thread, the loop stays responsive.
+        eng = (
+            engine
+            if engine is not None
+            else await asyncio.to_thread(AsyncEngine.from_config, config)
+        )
+        eng.start()
+        app.state.engine = eng
+        try:
+            yield
+        finally:
+            eng.shutdown()
+
+    app = FastAPI(
+        title="loraplex",
+        version=_version(),
+        description="Multi-adapter LoRA inference server (OpenAI-compatible).",
+        lifespan=lifespan,
+    )
+    app.state.config = config
+    register_error_handlers(app)
+    for router in (models.router, completions.router, health.router):
+        app.include_router(router)
+    return app

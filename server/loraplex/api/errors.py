@@ -1,0 +1,132 @@
+"""One error body for every failure, OpenAI's: ``{"error": {"message", "type", "param", "code"}}``.
+
+Routes raise exceptions (``APIError``, ``ParameterError``, adapter errors, ...) and never build
+error responses themselves; :func:`register_error_handlers` maps each exception type to a status
+and this shape in one place, so OpenAI clients raise the right typed exception for every error.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from loraplex.engine.sampling_params import ParameterError
+from loraplex.lora.errors import AdapterNotFoundError, AdapterValidationError
+
+log = logging.getLogger(__name__)
+
+INVALID_REQUEST = "invalid_request_error"
+SERVER_ERROR = "server_error"
+
+
+class APIError(Exception):
+    """An error with a known HTTP status that the client should see as is."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        type: str = INVALID_REQUEST,
+        param: str | None = None,
+        code: str | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.type = type
+        self.param = param
+        self.code = code
+        self.headers = dict(headers) if headers else None
+
+
+def error_body(
+    message: str, type: str = INVALID_REQUEST, param: str | None = None, code: str | None = None
+) -> dict[str, dict[str, Any]]:
+    """The one error shape; also used for the ``data: {"error": ...}`` event of a broken stream."""
+    return {"error": {"message": message, "type": type, "param": param, "code": code}}
+
+
+def error_response(
+    status: int,
+    message: str,
+    type: str = INVALID_REQUEST,
+    param: str | None = None,
+    code: str | None = None,
+    headers: Mapping[str, str] | None = None,
+) -> JSONResponse:
+    return JSONResponse(error_body(message, type, param, code), status_code=status, headers=headers)
+
+
+def _type_for_status(status: int) -> str:
+    return SERVER_ERROR if status >= 500 else INVALID_REQUEST
+
+
+def _validation_param(loc: Sequence[Any]) -> str | None:
+    """The top-level request field an error is about: ``("body", "temperature")`` -> temperature.
+
+    Deeper parts of ``loc`` are pydantic's union-member tags or list indexes, which mean nothing
+    to a client; OpenAI's ``param`` names the request field.
+    """
+    parts = list(loc)
+    if parts and parts[0] in ("body", "query", "path", "header", "cookie"):
+        parts = parts[1:]
+    return str(parts[0]) if parts and isinstance(parts[0], str) else None
+
+
+def to_api_error(exc: Exception, request: Request | None = None) -> APIError:
+    """The status and body for any exception: the one mapping table, also used mid-stream."""
+    if isinstance(exc, APIError):
+        return exc
+    if isinstance(exc, ParameterError):
+        return APIError(400, str(exc), param=exc.param, code="invalid_value")
+    if isinstance(exc, AdapterNotFoundError):
+        return APIError(404, str(exc), param="model", code="model_not_found")
+    if isinstance(exc, AdapterValidationError):
+        return APIError(400, str(exc), code="invalid_adapter")
+    if isinstance(exc, RequestValidationError):
+        errors = exc.errors()
+        first = errors[0] if errors else {}
+        param = _validation_param(first.get("loc", ()))
+        message = str(first.get("msg", "invalid request"))
+        if param is not None:
+            message = f"{param}: {message}"
+        if len(errors) > 1:
+            message += f" (and {len(errors) - 1} more errors)"
+        return APIError(400, message, param=param, code="invalid_value")
+    if isinstance(exc, StarletteHTTPException):
+        message = str(exc.detail)
+        if exc.status_code == 404 and request is not None and message == "Not Found":
+            message = f"Invalid URL ({request.method} {request.url.path})"
+        status = exc.status_code
+        return APIError(status, message, _type_for_status(status), headers=exc.headers)
+    # The traceback goes to the log, never to the client: it may hold paths and internals.
+    log.error("unhandled error", exc_info=exc)
+    return APIError(500, "Internal server error", SERVER_ERROR, code="internal_error")
+
+
+async def _handle(request: Request, exc: Exception) -> JSONResponse:
+    err = to_api_error(exc, request)
+    return error_response(err.status, err.message, err.type, err.param, err.code, err.headers)
+
+
+def register_error_handlers(app: FastAPI) -> None:
+    """Map every exception type a route may raise to a status code and the one error body."""
+    # Exception (anything unmapped) is run by Starlette's outermost middleware, the rest by the
+    # exception middleware; to_api_error decides the status and body for all of them.
+    for exc_type in (
+        APIError,
+        ParameterError,
+        AdapterNotFoundError,
+        AdapterValidationError,
+        RequestValidationError,
+        StarletteHTTPException,
+        Exception,
+    ):
+        app.add_exception_handler(exc_type, _handle)

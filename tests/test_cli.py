@@ -1,0 +1,139 @@
+"""``loraplex serve`` parsing: flags -> frozen Config; bad values exit 2 with a message."""
+
+from __future__ import annotations
+
+import pytest
+
+from loraplex import cli
+from loraplex.config import Config
+
+SERVE_OPTIONS = [
+    "--model",
+    "--served-model-name",
+    "--dtype",
+    "--device",
+    "--max-model-len",
+    "--block-size",
+    "--kv-cache-memory-mb",
+    "--num-blocks",
+    "--max-num-seqs",
+    "--max-num-batched-tokens",
+    "--max-loras",
+    "--max-lora-rank",
+    "--adapters-dir",
+    "--lora-modules",
+    "--host",
+    "--port",
+    "--api-key",
+    "--log-level",
+]
+
+
+def _config(*argv: str) -> Config:
+    return cli.build_config(cli.build_parser().parse_args(["serve", *argv]))
+
+
+def test_defaults_match_config_defaults() -> None:
+    assert _config() == Config()
+
+
+def test_every_option_reaches_the_config(tmp_path) -> None:
+    config = _config(
+        "--model", str(tmp_path),
+        "--served-model-name", "tiny",
+        "--dtype", "bfloat16",
+        "--device", "cuda",
+        "--max-model-len", "1024",
+        "--block-size", "32",
+        "--kv-cache-memory-mb", "64",
+        "--num-blocks", "100",
+        "--max-num-seqs", "8",
+        "--max-num-batched-tokens", "256",
+        "--max-loras", "4",
+        "--max-lora-rank", "16",
+        "--adapters-dir", "/srv/adapters",
+        "--lora-modules", "a=/x/a", "b=/x/b",
+        "--host", "0.0.0.0",
+        "--port", "9000",
+        "--api-key", "sekret",
+        "--log-level", "debug",
+    )  # fmt: skip
+    assert config.model.model == str(tmp_path)
+    assert config.model.served_model_name == "tiny"
+    assert config.model.dtype == "bfloat16"
+    assert config.model.device == "cuda"
+    assert config.model.max_model_len == 1024
+    assert (config.cache.block_size, config.cache.kv_cache_memory_mb) == (32, 64)
+    assert config.cache.num_blocks == 100
+    assert config.scheduler.max_num_seqs == 8
+    assert config.scheduler.max_num_batched_tokens == 256
+    assert (config.lora.max_loras, config.lora.max_lora_rank) == (4, 16)
+    assert config.lora.adapters_dir == "/srv/adapters"
+    assert config.lora.lora_modules == (("a", "/x/a"), ("b", "/x/b"))
+    assert (config.server.host, config.server.port) == ("0.0.0.0", 9000)
+    assert config.server.api_key == "sekret"
+    assert config.server.log_level == "debug"
+
+
+def test_empty_adapters_dir_disables_the_store() -> None:
+    assert _config("--adapters-dir", "").lora.adapters_dir is None
+
+
+def test_help_documents_every_option(capsys) -> None:
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["serve", "--help"])
+    assert exc.value.code == 0
+    out = capsys.readouterr().out
+    for option in SERVE_OPTIONS:
+        assert option in out, option
+    # Every action has a help string (argparse prints none for a missing one).
+    serve = cli.build_parser()._subparsers._group_actions[0].choices["serve"]
+    assert all(action.help for action in serve._actions), "an option lacks help"
+
+
+def test_top_level_help_lists_serve(capsys) -> None:
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["--help"])
+    assert exc.value.code == 0
+    assert "serve" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--max-model-len", "0"], "--max-model-len must be positive"),
+        (["--block-size", "-1"], "--block-size must be positive"),
+        (["--num-blocks", "0"], "--num-blocks must be positive"),
+        (["--max-loras", "0"], "--max-loras must be positive"),
+        (["--port", "70000"], "--port must be in 0..65535"),
+        (["--model", "/definitely/not/here"], "is not a folder"),
+        (["--dtype", "int8"], "invalid choice"),
+        (["--max-num-seqs", "lots"], "invalid int value"),
+        (["--lora-modules", "no-equals-sign"], "expected name=path"),
+        (["--lora-modules", "=path"], "expected name=path"),
+        (["--log-level", "loud"], "invalid choice"),
+        (["--no-such-flag"], "unrecognized arguments"),
+    ],
+)
+def test_bad_values_exit_2_with_a_message(capsys, argv: list[str], message: str) -> None:
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["serve", *argv])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err
+    assert "usage: loraplex" in err
+
+
+def test_no_command_exits_2(capsys) -> None:
+    with pytest.raises(SystemExit) as exc:
+        cli.main([])
+    assert exc.value.code == 2
+    assert "usage: loraplex" in capsys.readouterr().err
+
+
+def test_main_serves_the_built_config(monkeypatch) -> None:
+    served: list[Config] = []
+    monkeypatch.setattr(cli, "serve", served.append)
+    cli.main(["serve", "--port", "8123", "--api-key", "k"])
+    assert [c.server.port for c in served] == [8123]
+    assert served[0].server.api_key == "k"
