@@ -76,7 +76,7 @@ class LoRAConfig:
     """
 
     max_loras: int = 16
-    max_lora_rank: int = 64
+    max_lora_rank: int = 16
     adapters_dir: str | None = "adapters"
     lora_modules: tuple[tuple[str, str], ...] = ()
 
