@@ -70,19 +70,35 @@ class SchedulerConfig:
 
 @dataclass(frozen=True)
 class LoRAConfig:
-    """Adapter slots: ``max_loras`` adapters resident at once, each of rank <= ``max_lora_rank``.
+    """Adapter tiers: ``max_loras`` device slots (rank <= ``max_lora_rank``), ``max_cpu_loras``
+    adapters in host memory, and the store (``adapter_store``: a folder or ``s3://bucket/prefix``;
+    defaults to ``adapters_dir``).
 
-    ``lora_modules`` are extra ``(name, path)`` pairs loaded at start besides ``adapters_dir``.
+    ``lora_modules`` are extra ``(name, path)`` pairs registered at start; ``adapter_roots`` are
+    the only server-side folders ``/v1/adapters/load`` may read; ``merged_adapters`` are merged
+    into the weights at start (dedicated tenants).
     """
 
     max_loras: int = 16
     max_lora_rank: int = 16
+    max_cpu_loras: int = 64
     adapters_dir: str | None = "adapters"
+    adapter_store: str | None = None
     lora_modules: tuple[tuple[str, str], ...] = ()
+    adapter_roots: tuple[str, ...] = ()
+    merged_adapters: tuple[str, ...] = ()
+    allow_base_mismatch: bool = False
+    max_upload_mb: int = 256
 
     def __post_init__(self) -> None:
         _require(self.max_loras > 0, "--max-loras must be positive")
         _require(self.max_lora_rank > 0, "--max-lora-rank must be positive")
+        _require(self.max_cpu_loras > 0, "--max-cpu-loras must be positive")
+        _require(self.max_upload_mb > 0, "--max-upload-mb must be positive")
+
+    @property
+    def store_location(self) -> str | None:
+        return self.adapter_store or self.adapters_dir
 
 
 @dataclass(frozen=True)

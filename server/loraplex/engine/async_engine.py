@@ -7,16 +7,21 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeVar
 
 from loraplex import metrics
 from loraplex.config import Config
+from loraplex.engine.adapters import AdapterSpec
 from loraplex.engine.llm_engine import LLMEngine
 from loraplex.engine.outputs import RequestOutput
 from loraplex.engine.sampling_params import SamplingParams
+from loraplex.lora.card import AdapterCard
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 @dataclass
@@ -33,26 +38,86 @@ class _Stream:
 class AsyncEngine:
     """Thread-owned :class:`LLMEngine`; requests arrive through a command queue."""
 
-    def __init__(self, engine: LLMEngine) -> None:
+    def __init__(self, engine: LLMEngine, commands: queue.SimpleQueue[tuple] | None = None) -> None:
         self.engine = engine
         self.model_name = engine.model_name
         self.tokenizer = engine.tokenizer
         self.max_model_len = engine.max_model_len
         self.created = int(time.time())
-        self._commands: queue.SimpleQueue[tuple] = queue.SimpleQueue()
+        self._commands: queue.SimpleQueue[tuple] = commands or queue.SimpleQueue()
         self._streams: dict[str, _Stream] = {}
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
 
     @classmethod
     def from_config(cls, config: Config) -> AsyncEngine:
-        return cls(LLMEngine(config))
+        commands: queue.SimpleQueue[tuple] = queue.SimpleQueue()
+        engine = LLMEngine(config, on_adapter_loaded=lambda: commands.put(("wake",)))
+        return cls(engine, commands)
 
     def adapter_names(self) -> list[str]:
         return self.engine.registry.names()
 
     def has_adapter(self, name: str) -> bool:
         return self.engine.registry.has(name)
+
+    # ---- adapter management (validation and I/O in worker threads, slots on the engine) ---
+
+    def adapter_cards(self) -> list[AdapterCard]:
+        return self.engine.registry.cards()
+
+    def adapter_card(self, name: str) -> tuple[AdapterCard, dict[str, object]]:
+        """The card and where the adapter is now (device slot, host memory, store)."""
+        card = self.engine.registry.get(name)
+        return card, self.engine.adapters.location(card)
+
+    async def register_adapter(
+        self,
+        name: str,
+        folder: Path,
+        *,
+        replace: bool = False,
+        description: str | None = None,
+        pinned: bool = False,
+    ) -> AdapterCard:
+        """Validate and store ``folder`` as ``name``; a replaced version leaves the device."""
+        registry = self.engine.registry
+        old = registry.get(name) if registry.has(name) else None
+        card = await asyncio.to_thread(
+            registry.register, name, folder, replace=replace, description=description, pinned=pinned
+        )
+        adapters = self.engine.adapters
+
+        def settle() -> None:
+            if old is not None and old.key != card.key:
+                adapters.forget(old.key)
+            if pinned:
+                adapters.slots.pin(card.key)
+
+        await self.on_engine(settle)
+        return card
+
+    async def load_adapter_path(self, name: str, path: str, replace: bool = False) -> AdapterCard:
+        folder = self.engine.adapters.check_path(path)
+        return await self.register_adapter(name, folder, replace=replace)
+
+    async def remove_adapter(self, name: str) -> AdapterCard:
+        """New requests get 404 at once; running ones finish on the weights they hold."""
+        card = await asyncio.to_thread(self.engine.registry.remove, name)
+        await self.on_engine(lambda: self.engine.adapters.forget(card.key))
+        return card
+
+    async def merge_adapter(self, name: str) -> AdapterCard:
+        return await self.on_engine(lambda: self.engine.adapters.merge(name))
+
+    async def unmerge_adapter(self, name: str) -> AdapterCard:
+        return await self.on_engine(lambda: self.engine.adapters.unmerge(name))
+
+    async def on_engine(self, fn: Callable[[], T]) -> T:
+        """Run ``fn`` on the engine thread between two steps (it owns slots and weights)."""
+        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        self._commands.put(("call", fn, future))
+        return await future
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="loraplex-engine", daemon=True)
@@ -75,12 +140,15 @@ class AsyncEngine:
         request_id: str,
         prompt_token_ids: list[int],
         params: SamplingParams,
-        adapter: str | None,
+        adapter: AdapterSpec,
     ) -> AsyncIterator[RequestOutput]:
-        """Yield output deltas until the finished one; abort the request if iteration stops."""
+        """Yield output deltas until the finished one; abort the request if iteration stops.
+
+        ``adapter``: a name, a weighted mix ``[(name, weight), ...]`` or None (base model).
+        """
         self.engine.check_request(prompt_token_ids, params)
-        if adapter is not None:
-            self.engine.registry.get(adapter)  # unknown name -> AdapterNotFoundError, now
+        # Unknown names fail now, before any byte is sent; a mix is combined off the engine.
+        await asyncio.to_thread(self.engine.adapters.resolve, adapter)
         stream = _Stream(asyncio.get_running_loop(), asyncio.Queue())
         self._streams[request_id] = stream
         self._commands.put(("add", request_id, prompt_token_ids, params, adapter))
@@ -100,11 +168,12 @@ class AsyncEngine:
     # ---- engine thread -------------------------------------------------------------------
 
     def _run(self) -> None:
+        busy = False
         while not self._stop.is_set():
-            block = not self.engine.has_unfinished()
-            self._drain_commands(block)
-            if self.engine.has_unfinished():
-                self._step()
+            # Block only when no step can progress: nothing queued, or every queued request
+            # waits for its adapter to load (the loader posts "wake" when it is done).
+            self._drain_commands(block=not busy)
+            busy = self.engine.has_unfinished() and self._step()
         for request_id in list(self.engine.requests):
             self._deliver(self.engine.abort(request_id))
 
@@ -132,8 +201,17 @@ class AsyncEngine:
                     stream.put(exc)
         elif kind == "abort":
             self._deliver(self.engine.abort(args[0]))
+        elif kind == "call":
+            fn, future = args
+            try:
+                result = fn()
+            except Exception as exc:
+                future.get_loop().call_soon_threadsafe(_settle, future, None, exc)
+            else:
+                future.get_loop().call_soon_threadsafe(_settle, future, result, None)
 
-    def _step(self) -> None:
+    def _step(self) -> bool:
+        """One engine step; False when nothing could be scheduled."""
         start = time.perf_counter()
         try:
             outputs = self.engine.step()
@@ -145,10 +223,18 @@ class AsyncEngine:
                 stream = self._streams.get(request_id)
                 if stream is not None:
                     stream.put(RuntimeError(f"engine step failed: {exc}"))
-            return
+            return False
+        while self.engine.failed:
+            request_id, error = self.engine.failed.pop()
+            stream = self._streams.get(request_id)
+            if stream is not None:
+                stream.put(error)
+        if self.engine.last_step_idle:
+            return False
         metrics.STEP_DURATION.observe(time.perf_counter() - start)
         for output in outputs:
             self._deliver(output)
+        return True
 
     def _deliver(self, output: RequestOutput | None) -> None:
         if output is None:
@@ -156,3 +242,12 @@ class AsyncEngine:
         stream = self._streams.get(output.request_id)
         if stream is not None:
             stream.put(output)
+
+
+def _settle(future: asyncio.Future, result: object, error: Exception | None) -> None:
+    if future.cancelled():
+        return
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(result)

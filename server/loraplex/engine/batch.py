@@ -17,13 +17,15 @@ class PackedBatch:
     """Model inputs for one forward.
 
     input_ids, position_ids: [1, T]. sample_rows: [N] packed row of the last token of every
-    sequence that samples this step, in the order of ``sample_seqs``.
+    sequence that samples this step, in the order of ``sample_seqs``. ``merged``: the step's
+    pre-merged adapter key and its row count (its rows come last).
     """
 
     input_ids: torch.Tensor
     position_ids: torch.Tensor
     attention: AttentionMetadata
     lora: LoRAMeta | None
+    merged: tuple[str, int] | None
     sample_rows: torch.Tensor
     sample_seqs: list[Sequence]
 
@@ -42,8 +44,17 @@ def build_batch(
     num_slots: int,
     device: torch.device,
 ) -> PackedBatch:
-    """Pack the step's chunks, ordered by adapter slot (base-model rows last) for the LoRA op."""
-    order = sorted(scheduled, key=lambda s: slot_of[s.seq.adapter] if s.seq.adapter else num_slots)
+    """Pack the step's chunks: slot rows by ascending slot (for the LoRA op), base rows, then
+    the rows of the pre-merged adapter."""
+
+    def rank(item: ScheduledSeq) -> int:
+        seq = item.seq
+        if seq.merged:
+            return num_slots + 1
+        return slot_of[seq.adapter] if seq.adapter else num_slots
+
+    order = sorted(scheduled, key=rank)
+    merged = [s for s in order if s.seq.merged]
     ids: list[int] = []
     positions: list[torch.Tensor] = []
     slot_mapping: list[torch.Tensor] = []
@@ -60,7 +71,7 @@ def build_batch(
         positions.append(torch.arange(start, end))
         context = cache_rows(seq.block_table, block_size, 0, end)
         slot_mapping.append(context[start:])
-        row_slots.extend([slot_of[seq.adapter] if seq.adapter else -1] * n)
+        row_slots.extend([-1 if seq.merged or not seq.adapter else slot_of[seq.adapter]] * n)
         if n == 1:
             decode_rows.append(row)
             decode_ctx.append(context)
@@ -89,6 +100,7 @@ def build_batch(
         position_ids=torch.cat(positions)[None, :].to(device),
         attention=attention,
         lora=build_lora_meta(row_slots, num_slots, device),
+        merged=(merged[0].seq.adapter, sum(s.num_new_tokens for s in merged)) if merged else None,
         sample_rows=torch.tensor(sample_rows, dtype=torch.int64, device=device),
         sample_seqs=sample_seqs,
     )

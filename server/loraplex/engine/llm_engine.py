@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
-from loraplex import metrics
 from loraplex.config import Config
+from loraplex.engine.adapters import AdapterSpec, EngineAdapters
 from loraplex.engine.batch import build_batch
 from loraplex.engine.block_manager import BlockManager
-from loraplex.engine.default_model import DEFAULT_MODEL_NAME, ensure_default_model
+from loraplex.engine.default_model import DEFAULT_MODEL_NAME, cache_root, ensure_default_model
 from loraplex.engine.detokenizer import IncrementalDetokenizer
 from loraplex.engine.model_runner import ModelRunner
 from loraplex.engine.outputs import RequestOutput
@@ -19,8 +21,6 @@ from loraplex.engine.sampler import Sampler
 from loraplex.engine.sampling_params import ParameterError, SamplingParams
 from loraplex.engine.scheduler import Scheduler
 from loraplex.engine.sequence import Sequence
-from loraplex.lora.registry import AdapterRegistry
-from loraplex.lora.slot_cache import SlotCache
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +35,7 @@ class _Request:
 class LLMEngine:
     """Owns the model runner, scheduler, adapter registry and slot cache; single-threaded."""
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, on_adapter_loaded: Callable[[], None] = lambda: None):
         self.config = config
         path = config.model.model or str(ensure_default_model())
         self.model_name = config.model.served_model_name or (
@@ -49,18 +49,23 @@ class LLMEngine:
             config.model.max_model_len, limit, layout.num_blocks * layout.block_size
         )
         self.block_manager = BlockManager(layout.num_blocks, layout.block_size)
-        self.scheduler = Scheduler(
-            config.scheduler, self.block_manager, config.lora.max_loras, self.max_model_len
+        self.adapters = EngineAdapters(
+            config.lora, self.runner, Path(path).name, cache_root(), on_adapter_loaded
         )
-        self.slots = SlotCache(config.lora.max_loras)
-        self.registry = AdapterRegistry(self.runner.dtype, self.runner.lora.validate)
-        if config.lora.adapters_dir:
-            self.registry.load_dir(config.lora.adapters_dir)
-        for name, folder in config.lora.lora_modules:
-            self.registry.add(name, folder)
+        self.registry = self.adapters.registry
+        self.scheduler = Scheduler(
+            config.scheduler,
+            self.block_manager,
+            config.lora.max_loras,
+            self.max_model_len,
+            is_ready=self.adapters.is_ready,
+        )
         self.sampler = Sampler()
         self.eos_token_id = self.tokenizer.eos_token_id
         self.requests: dict[str, _Request] = {}
+        # Requests whose adapter failed to load; the async engine reports them to their clients.
+        self.failed: list[tuple[str, Exception]] = []
+        self.last_step_idle = True
 
     def check_request(self, prompt_ids: list[int], params: SamplingParams) -> None:
         """Refuse what can never run, before it is queued."""
@@ -77,11 +82,14 @@ class LLMEngine:
             )
 
     def add_request(
-        self, request_id: str, prompt_ids: list[int], params: SamplingParams, adapter: str | None
+        self, request_id: str, prompt_ids: list[int], params: SamplingParams, adapter: AdapterSpec
     ) -> None:
+        """Queue a request; ``adapter`` is a name, a weighted mix of names, or None (base)."""
         self.check_request(prompt_ids, params)
-        key = self.registry.get(adapter).key if adapter else None
-        seq = Sequence(request_id, list(prompt_ids), params, adapter=key)
+        key, merged = self.adapters.resolve(adapter)
+        if key is not None:
+            self.registry.host.acquire(key)  # its weights stay in host memory until it ends
+        seq = Sequence(request_id, list(prompt_ids), params, adapter=key, merged=merged)
         generator = None
         if params.seed is not None:
             generator = torch.Generator(self.runner.device).manual_seed(params.seed)
@@ -90,25 +98,40 @@ class LLMEngine:
         self.scheduler.add(seq)
 
     def abort(self, request_id: str) -> RequestOutput | None:
-        request = self.requests.pop(request_id, None)
+        request = self.requests.get(request_id)
         if request is None:
             return None
         self.scheduler.abort(request_id)
+        self._release(request)
         return self._output(request, "", (), "abort")
+
+    def _release(self, request: _Request) -> None:
+        del self.requests[request.seq.request_id]
+        if request.seq.adapter is not None:
+            self.registry.host.release(request.seq.adapter)
+
+    def _fail_unloadable(self) -> None:
+        """Finish waiting requests whose adapter could not be loaded (deleted, replaced...)."""
+        for seq in list(self.scheduler.waiting):
+            error = self.registry.failure(seq.adapter) if seq.adapter and not seq.merged else None
+            if error is not None:
+                self.scheduler.finish(seq, "abort")
+                self._release(self.requests[seq.request_id])
+                self.failed.append((seq.request_id, error))
 
     def has_unfinished(self) -> bool:
         return self.scheduler.has_unfinished()
 
     def step(self) -> list[RequestOutput]:
         """One iteration of continuous batching; returns the outputs this step produced."""
+        self._fail_unloadable()
         out = self.scheduler.schedule()
+        self.last_step_idle = out.is_empty
         if out.is_empty:
             return []
-        keys = {s.seq.adapter for s in out.scheduled if s.seq.adapter}
-        slot_of, loads = self.slots.acquire(keys)
-        for key, slot in loads:
-            self.runner.lora.load_slot(slot, self.registry.by_key(key))
-            metrics.ADAPTER_LOADS.inc()
+        slot_of = self.adapters.activate(
+            {s.seq.adapter for s in out.scheduled if s.seq.adapter and not s.seq.merged}
+        )
         batch = build_batch(
             out.scheduled,
             slot_of,
@@ -145,7 +168,7 @@ class LLMEngine:
             if reason != "stop" or not request.detokenizer.stopped:
                 text += request.detokenizer.flush()
             self.scheduler.finish(seq, reason)
-            del self.requests[seq.request_id]
+            self._release(request)
         return self._output(request, text, (token,), reason)
 
     @staticmethod
@@ -168,5 +191,5 @@ class LLMEngine:
             "num_running": self.scheduler.num_running,
             "num_waiting": self.scheduler.num_waiting,
             "kv_usage": self.block_manager.usage,
-            "adapters_resident": len(self.slots.resident()),
+            "adapters_resident": len(self.adapters.slots.resident()),
         }

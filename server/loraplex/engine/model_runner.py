@@ -78,7 +78,7 @@ class ModelRunner:
         """Run the packed batch; returns float32 logits [N, vocab] at ``batch.sample_rows``."""
         FORWARD.kv_caches = self.kv_caches
         FORWARD.metadata = batch.attention
-        self.lora.set_meta(batch.lora)
+        self.lora.set_step(batch.lora, batch.merged)
         try:
             out = self.model(
                 input_ids=batch.input_ids,
@@ -88,5 +88,5 @@ class ModelRunner:
             )
         finally:
             FORWARD.metadata = None
-            self.lora.set_meta(None)
+            self.lora.set_step(None, None)
         return out.logits[0].float()

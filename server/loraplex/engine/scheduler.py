@@ -12,6 +12,7 @@ chunks mixed under one token budget. The engine loop is::
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from loraplex.config import SchedulerConfig
@@ -67,18 +68,26 @@ class _StepBudget:
     seqs: int
     max_loras: int
     adapters: set[str] = field(default_factory=set)
+    merged: str | None = None
 
     def exhausted(self) -> bool:
         return self.tokens <= 0 or self.seqs <= 0
 
-    def admits_adapter(self, adapter: str | None) -> bool:
-        # Base-model requests (None) use no adapter slot.
-        return adapter is None or adapter in self.adapters or len(self.adapters) < self.max_loras
+    def admits(self, seq: Sequence) -> bool:
+        """Base-model requests use no slot; a step runs at most one pre-merged adapter."""
+        adapter = seq.adapter
+        if adapter is None:
+            return True
+        if seq.merged:
+            return self.merged in (None, adapter)
+        return adapter in self.adapters or len(self.adapters) < self.max_loras
 
     def take(self, seq: Sequence, num_new_tokens: int) -> None:
         self.tokens -= num_new_tokens
         self.seqs -= 1
-        if seq.adapter is not None:
+        if seq.merged:
+            self.merged = seq.adapter
+        elif seq.adapter is not None:
             self.adapters.add(seq.adapter)
 
 
@@ -99,6 +108,7 @@ class Scheduler:
         max_loras: int,
         max_model_len: int,
         starvation_steps: int = 32,
+        is_ready: Callable[[Sequence], bool] = lambda seq: True,
     ) -> None:
         if max_loras <= 0 or max_model_len <= 0 or starvation_steps < 0:
             raise ValueError("max_loras and max_model_len must be positive, starvation_steps >= 0")
@@ -110,6 +120,8 @@ class Scheduler:
         self.max_loras = max_loras
         self.max_model_len = max_model_len
         self.starvation_steps = starvation_steps
+        # False while a waiting request's adapter is still on its way to host memory.
+        self.is_ready = is_ready
         self.waiting: deque[Sequence] = deque()
         self.running: list[Sequence] = []
         # seq_id -> schedules in which that waiting seq was passed over for the adapter budget.
@@ -185,7 +197,7 @@ class Scheduler:
         while queue and not budget.exhausted():
             seq = queue.popleft()
             num_new = min(seq.num_uncomputed_tokens, budget.tokens)
-            if num_new == 0 or not budget.admits_adapter(seq.adapter):
+            if num_new == 0 or not budget.admits(seq):
                 continue
             if self._make_room(seq, num_new, queue, out):
                 self._take(seq, num_new, budget, out)
@@ -217,7 +229,9 @@ class Scheduler:
         for seq in self.waiting:
             if budget.exhausted():
                 break
-            if not budget.admits_adapter(seq.adapter):
+            if not self.is_ready(seq):
+                continue
+            if not budget.admits(seq):
                 skips = self._adapter_skips.get(seq.seq_id, 0) + 1
                 self._adapter_skips[seq.seq_id] = skips
                 # Starvation guard: once a request has waited too long for an adapter slot,

@@ -25,13 +25,15 @@ class Sequence:
     Invariant: ``0 <= num_computed_tokens <= num_tokens``. A step feeds the model
     ``token_ids[num_computed_tokens : num_computed_tokens + n]``; when that chunk reaches the
     last token the step also samples one new token.
-    ``adapter`` is the adapter key the request runs with, ``None`` for the base model.
+    ``adapter`` is the adapter key the request runs with, ``None`` for the base model;
+    ``merged`` says that adapter runs pre-merged into the weights (no slot, no per-token cost).
     """
 
     request_id: str
     prompt_token_ids: list[int]
     params: SamplingParams
     adapter: str | None = None
+    merged: bool = False
     seq_id: int = field(default_factory=lambda: next(_seq_ids))
     token_ids: list[int] = field(init=False)
     num_computed_tokens: int = 0

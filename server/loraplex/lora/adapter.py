@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
+from loraplex.lora.card import adapter_key
 from loraplex.lora.errors import AdapterValidationError
 
 CONFIG_FILE = "adapter_config.json"
@@ -55,8 +56,9 @@ class LoRAAdapter:
 
     @property
     def key(self) -> str:
-        """Identity used by every cache: a replaced adapter never aliases its old weights."""
-        return f"{self.name}@{self.version[:16]}"
+        if self.name.startswith("+mix-"):  # a combination is identified by its parts already
+            return self.name
+        return adapter_key(self.name, self.version)
 
     @property
     def max_rank(self) -> int:

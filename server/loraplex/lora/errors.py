@@ -20,3 +20,11 @@ class AdapterNotFoundError(AdapterError, KeyError):
 
 class AdapterValidationError(AdapterError, ValueError):
     """An adapter's config or weights are unusable with the served base model (HTTP 400)."""
+
+
+class AdapterExistsError(AdapterError):
+    """An adapter by this name exists and the upload did not ask to replace it (HTTP 409)."""
+
+
+class AdapterPathError(AdapterError):
+    """A server-side path outside every configured adapter root (HTTP 403)."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
@@ -13,10 +14,15 @@ LORA_BASE_TYPES = (nn.Linear, Conv1D)
 
 
 class LoRAContext:
-    """The step's :class:`LoRAMeta`, shared by every LoRA layer of one model (None: no adapter)."""
+    """Per-step state shared by every LoRA layer of one model.
+
+    ``meta``: the slot gather of this step (None: no row uses a slot). ``merged``: the key of
+    the one pre-merged adapter in this step and its row count; those rows come last.
+    """
 
     def __init__(self) -> None:
         self.meta: LoRAMeta | None = None
+        self.merged: tuple[str, int] | None = None
 
 
 def in_out_features(base: nn.Module) -> tuple[int, int]:
@@ -53,9 +59,11 @@ class LoRALinear(nn.Module):
         self.lora_b = self.lora_b.to(weight.device)
         # Slots holding weights for this module; when none does, the layer costs nothing extra.
         self.occupied: set[int] = set()
+        # key -> merged weight [out, in] of a dedicated tenant (only modules it targets).
+        self.merged_weights: dict[str, torch.Tensor] = {}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.base(x)
+        y = self._base_forward(x)
         meta = self.context.meta
         if meta is not None and self.occupied:
             add_lora(
@@ -66,6 +74,27 @@ class LoRALinear(nn.Module):
                 meta,
             )
         return y
+
+    def _base_forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``W0·x``, except the last ``m`` rows of a pre-merged adapter: ``(W0 + s·B·A)·x``."""
+        merged = self.context.merged
+        weight = self.merged_weights.get(merged[0]) if merged else None
+        if weight is None:
+            return self.base(x)
+        rows = merged[1]
+        if rows == x.shape[-2]:
+            return F.linear(x, weight, self.base.bias)
+        head = self.base(x[..., :-rows, :])
+        return torch.cat([head, F.linear(x[..., -rows:, :], weight, self.base.bias)], dim=-2)
+
+    def merge(self, key: str, weights: LoRAWeights) -> None:
+        """Keep ``W0 + scale·B·A`` beside ``W0`` (which is never modified, so unmerge is exact)."""
+        base = self.base.weight.T if isinstance(self.base, Conv1D) else self.base.weight
+        delta = weights.scale * (weights.b.float() @ weights.a.float())
+        self.merged_weights[key] = (base.float() + delta.to(base.device)).to(base.dtype)
+
+    def unmerge(self, key: str) -> None:
+        self.merged_weights.pop(key, None)
 
     def set_slot(self, slot: int, weights: LoRAWeights | None) -> None:
         """Write one adapter's weights into ``slot`` (scale folded into B), or clear it."""

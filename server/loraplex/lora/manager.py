@@ -64,8 +64,18 @@ class LoRAModelManager:
         for name, layer in self.layers.items():
             layer.set_slot(slot, modules.get(name))
 
-    def set_meta(self, meta: LoRAMeta | None) -> None:
+    def merge(self, adapter: LoRAAdapter) -> None:
+        """Pre-merge ``adapter`` into copies of the modules it targets (the rest stays shared)."""
+        for name, weights in adapter.modules.items():
+            self.layers[name].merge(adapter.key, weights)
+
+    def unmerge(self, key: str) -> None:
+        for layer in self.layers.values():
+            layer.unmerge(key)
+
+    def set_step(self, meta: LoRAMeta | None, merged: tuple[str, int] | None) -> None:
         self.context.meta = meta
+        self.context.merged = merged
 
 
 def base_projection(module: nn.Module) -> nn.Module:

@@ -1,70 +1,197 @@
-"""Registered adapters by name, held in host memory, keyed by identity (``name@sha``)."""
+"""The adapter catalog over three tiers: store (durable) -> host memory (LRU) -> device slots.
+
+The registry owns the first two; the engine's slot cache owns the third. Loading from the store
+runs on a small thread pool, off the engine's critical path: a request whose adapter is not in
+host memory waits in the queue (``is_loaded``) while the running batch keeps stepping.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import threading
+import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
 
-from loraplex.lora.adapter import CONFIG_FILE, LoRAAdapter, load_adapter
-from loraplex.lora.errors import AdapterError, AdapterNotFoundError
+from loraplex.lora.adapter import WEIGHTS_FILE, LoRAAdapter, load_adapter, read_config
+from loraplex.lora.card import AdapterCard
+from loraplex.lora.errors import AdapterError, AdapterExistsError, AdapterNotFoundError
+from loraplex.lora.host_cache import HostCache
+from loraplex.lora.store import AdapterStore
+from loraplex.lora.validation import validate_name
 
 log = logging.getLogger(__name__)
 
 
-class AdapterRegistry:
-    """name -> current :class:`LoRAAdapter`; ``key`` -> adapter for every version still in use.
+def describe(name: str, folder: Path, metadata: dict) -> AdapterCard:
+    """A card from the adapter's files (config, weights hash) and the store's metadata."""
+    config = read_config(folder)
+    weights = folder / WEIGHTS_FILE
+    targets = config.get("target_modules") or []
+    return AdapterCard(
+        name=name,
+        version=metadata.get("sha256") or hashlib.sha256(weights.read_bytes()).hexdigest(),
+        rank=int(config.get("r", 8)),
+        alpha=float(config.get("lora_alpha", config.get("r", 8))),
+        target_modules=tuple([targets] if isinstance(targets, str) else targets),
+        size_bytes=weights.stat().st_size,
+        created=int(metadata.get("created") or weights.stat().st_mtime),
+        description=metadata.get("description"),
+        pinned=bool(metadata.get("pinned", False)),
+    )
 
-    ``validate`` checks an adapter against the served model before it becomes visible. Reads
-    come from the API thread and writes from either side, so a lock guards the two maps.
+
+class AdapterRegistry:
+    """name -> current :class:`AdapterCard`; key -> :class:`LoRAAdapter` in host memory.
+
+    ``check_folder`` validates an adapter's files before they reach the store (config rules,
+    safetensors header, shapes against the base model); ``check_adapter`` validates loaded
+    weights against the LoRA layers. ``on_loaded`` wakes the engine when a load finishes.
     """
 
-    def __init__(self, dtype: torch.dtype, validate: Callable[[LoRAAdapter], None]) -> None:
+    def __init__(
+        self,
+        store: AdapterStore,
+        dtype: torch.dtype,
+        check_folder: Callable[[Path], object],
+        check_adapter: Callable[[LoRAAdapter], None],
+        max_cpu_loras: int,
+        on_loaded: Callable[[], None] = lambda: None,
+    ) -> None:
+        self.store = store
         self.dtype = dtype
-        self.validate = validate
-        self._by_name: dict[str, LoRAAdapter] = {}
-        self._by_key: dict[str, LoRAAdapter] = {}
-        self._lock = threading.Lock()
+        self.check_folder = check_folder
+        self.check_adapter = check_adapter
+        self.on_loaded = on_loaded
+        self.host: HostCache[LoRAAdapter] = HostCache(max_cpu_loras)
+        self._cards: dict[str, AdapterCard] = {}
+        self._by_key: dict[str, AdapterCard] = {}  # every version a request may still need
+        self._failed: dict[str, Exception] = {}
+        self._loading: set[str] = set()
+        self._lock = threading.RLock()
+        self._pool = ThreadPoolExecutor(2, thread_name_prefix="loraplex-adapter-load")
 
-    def add(self, name: str, folder: str | Path) -> LoRAAdapter:
-        adapter = load_adapter(name, folder, self.dtype)
-        self.validate(adapter)
-        with self._lock:
-            self._by_name[name] = adapter
-            self._by_key[adapter.key] = adapter
-        return adapter
+    # ---- catalog -----------------------------------------------------------------------
 
-    def load_dir(self, folder: str | Path) -> list[str]:
-        """Register every adapter folder under ``folder``; a broken one is logged and skipped."""
-        loaded = []
-        for sub in sorted(Path(folder).iterdir()) if Path(folder).is_dir() else []:
-            if not (sub / CONFIG_FILE).is_file():
-                continue
+    def scan(self) -> list[str]:
+        """Register every adapter already in the store; a broken one is logged and skipped."""
+        for name in self.store.names():
             try:
-                self.add(sub.name, sub)
-                loaded.append(sub.name)
+                folder = self.store.fetch(name)
+                self.check_folder(folder)
+                self._publish(describe(name, folder, self.store.metadata(name)))
             except AdapterError as exc:
-                log.warning("skipping adapter %s: %s", sub, exc)
-        return loaded
+                log.warning("skipping adapter %s: %s", name, exc)
+        return self.names()
 
-    def get(self, name: str) -> LoRAAdapter:
+    def register(
+        self,
+        name: str,
+        folder: Path,
+        *,
+        replace: bool = False,
+        description: str | None = None,
+        pinned: bool = False,
+    ) -> AdapterCard:
+        """Validate ``folder`` and store it atomically under ``name``; then it is servable."""
+        validate_name(name)
+        self.check_folder(folder)
+        adapter = load_adapter(name, folder, self.dtype)
+        self.check_adapter(adapter)
+        metadata = {
+            "sha256": adapter.version,
+            "created": int(time.time()),
+            "description": description,
+            "pinned": pinned,
+        }
         with self._lock:
-            adapter = self._by_name.get(name)
-        if adapter is None:
+            if name in self._cards and not replace:
+                raise AdapterExistsError(f"adapter {name!r} exists; pass replace=true")
+            self.store.put(name, folder, metadata)
+            card = describe(name, folder, metadata)
+            self.host.put(card.key, adapter)  # just validated: warm it
+            self._publish(card)
+        return card
+
+    def remove(self, name: str) -> AdapterCard:
+        """New requests get 404 at once; running ones keep the weights they hold."""
+        with self._lock:
+            card = self._cards.pop(name, None)
+            if card is None:
+                raise AdapterNotFoundError(name)
+            self.store.delete(name)
+        self.host.discard(card.key)
+        return card
+
+    def _publish(self, card: AdapterCard) -> None:
+        with self._lock:
+            self._cards[card.name] = card
+            self._by_key[card.key] = card
+            self._failed.pop(card.key, None)
+
+    def get(self, name: str) -> AdapterCard:
+        with self._lock:
+            card = self._cards.get(name)
+        if card is None:
             raise AdapterNotFoundError(name)
-        return adapter
-
-    def by_key(self, key: str) -> LoRAAdapter:
-        with self._lock:
-            return self._by_key[key]
+        return card
 
     def has(self, name: str) -> bool:
         with self._lock:
-            return name in self._by_name
+            return name in self._cards
 
     def names(self) -> list[str]:
         with self._lock:
-            return sorted(self._by_name)
+            return sorted(self._cards)
+
+    def cards(self) -> list[AdapterCard]:
+        with self._lock:
+            return [self._cards[n] for n in sorted(self._cards)]
+
+    # ---- host tier ---------------------------------------------------------------------
+
+    def loaded(self, key: str) -> LoRAAdapter | None:
+        return self.host.get(key)
+
+    def failure(self, key: str) -> Exception | None:
+        with self._lock:
+            return self._failed.get(key)
+
+    def prefetch(self, key: str) -> None:
+        """Start loading ``key`` into host memory unless it is there or on its way."""
+        with self._lock:
+            if key in self._loading or key in self._failed or key in self.host:
+                return
+            card = self._by_key.get(key)
+            if card is None:
+                self._failed[key] = AdapterNotFoundError(key.split("@")[0])
+                return
+            self._loading.add(key)
+        self._pool.submit(self._load, card)
+
+    def _load(self, card: AdapterCard) -> None:
+        try:
+            adapter = load_adapter(card.name, self.store.fetch(card.name), self.dtype)
+            if adapter.key != card.key:  # replaced in the store since this request arrived
+                raise AdapterNotFoundError(f"{card.name} (version {card.version[:16]})")
+            self.check_adapter(adapter)
+            self.host.put(card.key, adapter)
+        except Exception as exc:  # reported to the requests that wait for it
+            log.warning("loading adapter %s failed: %s", card.key, exc)
+            with self._lock:
+                self._failed[card.key] = exc
+        finally:
+            with self._lock:
+                self._loading.discard(card.key)
+            self.on_loaded()
+
+    def add_ephemeral(self, adapter: LoRAAdapter) -> None:
+        """A derived adapter (a per-request combination): host memory only, never stored."""
+        self.host.put(adapter.key, adapter)
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)

@@ -1,0 +1,82 @@
+"""Host-memory tier of loaded adapters: LRU over ``--max-cpu-loras`` entries, with references.
+
+Host-side bookkeeping only: values are opaque. An entry referenced by an unfinished request is
+never evicted, so a request never loses weights it was admitted with (the cache may briefly
+exceed its capacity instead).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from typing import Generic, TypeVar
+
+V = TypeVar("V")
+
+
+class HostCache(Generic[V]):
+    """key -> value, least recently used first; ``refs`` pin entries while requests use them."""
+
+    def __init__(self, capacity: int) -> None:
+        if capacity <= 0:
+            raise ValueError("the host cache needs a positive capacity")
+        self.capacity = capacity
+        self._entries: OrderedDict[str, V] = OrderedDict()
+        self._refs: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def __contains__(self, key: str) -> bool:
+        with self._lock:
+            return key in self._entries
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._entries)
+
+    def get(self, key: str) -> V | None:
+        """The value (marked most recently used) or None."""
+        with self._lock:
+            value = self._entries.get(key)
+            if value is not None:
+                self._entries.move_to_end(key)
+            return value
+
+    def put(self, key: str, value: V) -> list[str]:
+        """Insert ``key``; returns the keys evicted to stay within capacity."""
+        with self._lock:
+            self._entries[key] = value
+            self._entries.move_to_end(key)
+            return self._evict_locked(keep=key)
+
+    def acquire(self, key: str) -> None:
+        with self._lock:
+            self._refs[key] = self._refs.get(key, 0) + 1
+
+    def release(self, key: str) -> list[str]:
+        with self._lock:
+            count = self._refs.get(key, 0) - 1
+            if count > 0:
+                self._refs[key] = count
+            else:
+                self._refs.pop(key, None)
+            return self._evict_locked()
+
+    def discard(self, key: str) -> None:
+        """Drop ``key`` unless a request still uses it (then it leaves on its last release)."""
+        with self._lock:
+            if key not in self._refs:
+                self._entries.pop(key, None)
+
+    def keys(self) -> list[str]:
+        with self._lock:
+            return list(self._entries)
+
+    def _evict_locked(self, keep: str | None = None) -> list[str]:
+        evicted = []
+        for key in list(self._entries):
+            if len(self._entries) <= self.capacity:
+                break
+            if key not in self._refs and key != keep:
+                del self._entries[key]
+                evicted.append(key)
+        return evicted
