@@ -98,12 +98,15 @@ class LoRALinear(nn.Module):
 
     def set_slot(self, slot: int, weights: LoRAWeights | None) -> None:
         """Write one adapter's weights into ``slot`` (scale folded into B), or clear it."""
-        self.lora_a[slot].zero_()
-        self.lora_b[slot].zero_()
         if weights is None:
-            self.occupied.discard(slot)
+            if slot in self.occupied:  # an empty slot is all zeros already
+                self.lora_a[slot].zero_()
+                self.lora_b[slot].zero_()
+                self.occupied.discard(slot)
             return
         r = weights.rank
         self.lora_a[slot, :r].copy_(weights.a)
+        self.lora_a[slot, r:].zero_()
         self.lora_b[slot, :, :r].copy_(weights.b * weights.scale)
+        self.lora_b[slot, :, r:].zero_()
         self.occupied.add(slot)

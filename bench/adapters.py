@@ -1,0 +1,161 @@
+"""Adapter lifecycle benchmark: load latencies per adapter size, and throughput as the number of
+registered adapters grows (8, 64, 512) under Zipf popularity with 16 device slots.
+
+    .venv/bin/python bench/adapters.py [--quick]
+
+Target: tokens/s with 512 registered adapters >= 0.85 x tokens/s with 8.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import common
+
+from loraplex.config import CacheConfig, Config, LoRAConfig, ModelConfig, SchedulerConfig
+from loraplex.engine.llm_engine import LLMEngine
+from loraplex.engine.sampling_params import SamplingParams
+from loraplex.lora.adapter import load_adapter
+
+ATTENTION = ("q_proj", "v_proj")
+
+
+def write_adapter(folder: Path, model_dir: Path, rank: int, targets: tuple[str, ...], seed: int):
+    """A PEFT-format adapter with random A and B, written directly (fast for hundreds)."""
+    config = json.loads((model_dir / "config.json").read_text())
+    hidden, inter = config["hidden_size"], config["intermediate_size"]
+    kv = config["num_key_value_heads"] * (hidden // config["num_attention_heads"])
+    shapes = {
+        "q_proj": (hidden, hidden), "k_proj": (hidden, kv), "v_proj": (hidden, kv),
+        "o_proj": (hidden, hidden), "gate_proj": (hidden, inter), "up_proj": (hidden, inter),
+        "down_proj": (inter, hidden),
+    }  # fmt: skip
+    gen = torch.Generator().manual_seed(seed)
+    tensors = {}
+    for layer in range(config["num_hidden_layers"]):
+        for target in targets:
+            part = "mlp" if target in ("gate_proj", "up_proj", "down_proj") else "self_attn"
+            prefix = f"base_model.model.model.layers.{layer}.{part}.{target}"
+            fan_in, fan_out = shapes[target]
+            tensors[f"{prefix}.lora_A.weight"] = torch.randn(rank, fan_in, generator=gen) * 0.02
+            tensors[f"{prefix}.lora_B.weight"] = torch.randn(fan_out, rank, generator=gen) * 0.02
+    folder.mkdir(parents=True)
+    save_file({k: v.half() for k, v in tensors.items()}, folder / "adapter_model.safetensors")
+    (folder / "adapter_config.json").write_text(
+        json.dumps({"peft_type": "LORA", "r": rank, "lora_alpha": 2 * rank,
+                    "target_modules": list(targets), "bias": "none"})
+    )  # fmt: skip
+
+
+def engine_for(store: Path, max_loras: int, max_rank: int, dtype: str) -> LLMEngine:
+    return LLMEngine(
+        Config(
+            model=ModelConfig(dtype=dtype, max_model_len=512),
+            cache=CacheConfig(kv_cache_memory_mb=256),
+            scheduler=SchedulerConfig(max_num_seqs=32, max_num_batched_tokens=512),
+            lora=LoRAConfig(max_loras=max_loras, max_lora_rank=max_rank, adapters_dir=str(store)),
+        )
+    )
+
+
+def load_latencies(model_dir: Path, root: Path, dtype: str) -> list[list[object]]:
+    """Cold: store (disk) -> host memory -> device slot. Hot swap: host memory -> slot."""
+    rows = []
+    sizes = [(4, ATTENTION), (16, ATTENTION), (16, common.LORA_TARGETS), (64, common.LORA_TARGETS)]
+    for rank, targets in sizes:
+        store = root / f"sizes-{rank}-{len(targets)}"
+        write_adapter(store / "x", model_dir, rank, targets, seed=rank)
+        engine = engine_for(store, 2, 64, dtype)
+        mb = (store / "x" / "adapter_model.safetensors").stat().st_size / 2**20
+        cold, hot = [], []
+        for _ in range(5):
+            start = time.perf_counter()
+            adapter = load_adapter("x", store / "x", engine.runner.dtype)
+            engine.runner.lora.load_slot(0, adapter)
+            cold.append(time.perf_counter() - start)
+            start = time.perf_counter()
+            engine.runner.lora.load_slot(1, adapter)
+            hot.append(time.perf_counter() - start)
+        label = f"r{rank} x {len(targets)} modules"
+        rows.append([label, f"{mb:.1f}", f"{min(cold) * 1e3:.1f}", f"{min(hot) * 1e3:.1f}"])
+        del engine
+        common.free_memory()
+    return rows
+
+
+def throughput(store: Path, names: list[str], args: argparse.Namespace, prompts) -> float:
+    engine = engine_for(store, 16, 8, args.dtype)
+    rng = random.Random(0)
+    weights = [1 / (i + 1) ** args.zipf for i in range(len(names))]
+    chosen = rng.choices(names, weights=weights, k=args.requests)
+    params = SamplingParams(max_tokens=args.max_tokens, temperature=0, ignore_eos=True)
+    tokens = [engine.tokenizer(p).input_ids for p in prompts]
+    engine.add_request("warm", tokens[0], SamplingParams(max_tokens=2), None)
+    while engine.has_unfinished():
+        engine.step()
+    start = time.perf_counter()
+    for i, name in enumerate(chosen):
+        engine.add_request(str(i), tokens[i % len(tokens)], params, name)
+    generated = 0
+    while engine.has_unfinished():
+        generated += sum(len(o.token_ids) for o in engine.step())
+    seconds = time.perf_counter() - start
+    assert not engine.failed and generated == args.requests * args.max_tokens
+    del engine
+    common.free_memory()
+    return generated / seconds
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--counts", type=int, nargs="+", default=[8, 64, 512])
+    parser.add_argument("--requests", type=int, default=256)
+    parser.add_argument("--max-tokens", type=int, default=32)
+    parser.add_argument("--zipf", type=float, default=1.1)
+    parser.add_argument("--dtype", default="float32")
+    parser.add_argument("--quick", action="store_true", help="small settings for a smoke run")
+    args = parser.parse_args()
+    if args.quick:
+        args.counts, args.requests, args.max_tokens = [8, 64], 32, 4
+    common.setup()
+    model_dir = common.default_model_dir()
+    tokenizer_prompts = common.chat_prompts(
+        __import__("transformers").AutoTokenizer.from_pretrained(model_dir), 32
+    )
+    with tempfile.TemporaryDirectory(prefix="loraplex-bench-") as tmp:
+        root = Path(tmp)
+        print(common.markdown_table(
+            ["adapter", "MiB (fp16)", "cold load store->slot ms", "hot swap host->slot ms"],
+            load_latencies(model_dir, root, args.dtype),
+        ))  # fmt: skip
+        rows, results = [], {}
+        for count in args.counts:
+            store = root / f"store-{count}"
+            names = [f"z{i:03d}" for i in range(count)]
+            for i, name in enumerate(names):
+                write_adapter(store / name, model_dir, 8, ATTENTION, seed=1000 + i)
+            results[count] = throughput(store, names, args, tokenizer_prompts)
+            rows.append(
+                [count, f"{results[count]:.1f}", f"{results[count] / results[args.counts[0]]:.2f}"]
+            )
+        print()
+        print(common.markdown_table(["registered adapters", "tokens/s", "vs first"], rows))
+        first, last = results[args.counts[0]], results[args.counts[-1]]
+        verdict = "met" if last >= 0.85 * first else "missed"
+        print(f"\ntarget: {args.counts[-1]} adapters >= 0.85 x {args.counts[0]}: "
+              f"{last / first:.2f} ({verdict})")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
