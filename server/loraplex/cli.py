@@ -123,9 +123,46 @@ def build_parser() -> argparse.ArgumentParser:
         help="largest adapter rank a slot holds",
     )
     lora.add_argument(
+        "--max-cpu-loras",
+        type=int,
+        default=LoRAConfig.max_cpu_loras,
+        help="adapters kept loaded in host memory (LRU) behind the device slots",
+    )
+    lora.add_argument(
         "--adapters-dir",
         default=LoRAConfig.adapters_dir,
         help="adapter store: one PEFT adapter folder per adapter name; '' disables it",
+    )
+    lora.add_argument(
+        "--adapter-store",
+        metavar="DIR_OR_URL",
+        default=None,
+        help="adapter store as a folder or s3://bucket/prefix; overrides --adapters-dir",
+    )
+    lora.add_argument(
+        "--adapter-roots",
+        nargs="+",
+        default=[],
+        metavar="DIR",
+        help="the only server-side folders POST /v1/adapters/load may read adapters from",
+    )
+    lora.add_argument(
+        "--merged-adapters",
+        nargs="+",
+        default=[],
+        metavar="NAME",
+        help="adapters merged into the base weights at start (dedicated tenants)",
+    )
+    lora.add_argument(
+        "--allow-base-mismatch",
+        action="store_true",
+        help="accept adapters whose base_model_name_or_path names another model (logged)",
+    )
+    lora.add_argument(
+        "--max-upload-mb",
+        type=int,
+        default=LoRAConfig.max_upload_mb,
+        help="largest adapter upload (request body and each file), in MiB",
     )
     lora.add_argument(
         "--lora-modules",
@@ -171,8 +208,14 @@ def build_config(args: argparse.Namespace) -> Config:
         lora=LoRAConfig(
             max_loras=args.max_loras,
             max_lora_rank=args.max_lora_rank,
+            max_cpu_loras=args.max_cpu_loras,
             adapters_dir=args.adapters_dir or None,
+            adapter_store=args.adapter_store or None,
             lora_modules=tuple(args.lora_modules),
+            adapter_roots=tuple(args.adapter_roots),
+            merged_adapters=tuple(args.merged_adapters),
+            allow_base_mismatch=args.allow_base_mismatch,
+            max_upload_mb=args.max_upload_mb,
         ),
         server=ServerConfig(
             host=args.host, port=args.port, api_key=args.api_key, log_level=args.log_level

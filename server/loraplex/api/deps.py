@@ -11,6 +11,7 @@ from fastapi import Depends, Request
 from loraplex.api.errors import APIError
 from loraplex.config import Config
 from loraplex.engine.async_engine import AsyncEngine
+from loraplex.lora.validation import Limits
 
 
 def get_engine(request: Request) -> AsyncEngine:
@@ -25,6 +26,14 @@ def get_config(request: Request) -> Config:
 
 EngineDep = Annotated[AsyncEngine, Depends(get_engine)]
 ConfigDep = Annotated[Config, Depends(get_config)]
+
+
+def get_limits(engine: EngineDep) -> Limits:
+    """The adapter limits the engine validates with; uploads are capped by the same values."""
+    return engine.engine.adapters.limits
+
+
+LimitsDep = Annotated[Limits, Depends(get_limits)]
 
 
 def _bearer_token(request: Request) -> str | None:

@@ -17,12 +17,27 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from loraplex.engine.sampling_params import ParameterError
-from loraplex.lora.errors import AdapterNotFoundError, AdapterValidationError
+from loraplex.lora.errors import (
+    AdapterError,
+    AdapterExistsError,
+    AdapterNotFoundError,
+    AdapterPathError,
+    AdapterValidationError,
+)
 
 log = logging.getLogger(__name__)
 
 INVALID_REQUEST = "invalid_request_error"
+PERMISSION_ERROR = "permission_error"
 SERVER_ERROR = "server_error"
+
+
+class BodyTooLargeError(Exception):
+    """A request body, or one part of it, over its size cap (HTTP 413).
+
+    Raised as soon as the cap is crossed, with the rest of the body unread, so the response also
+    closes the connection: reading on would mean accepting whatever the client still sends.
+    """
 
 
 class APIError(Exception):
@@ -88,8 +103,15 @@ def to_api_error(exc: Exception, request: Request | None = None) -> APIError:
         return APIError(400, str(exc), param=exc.param, code="invalid_value")
     if isinstance(exc, AdapterNotFoundError):
         return APIError(404, str(exc), param="model", code="model_not_found")
-    if isinstance(exc, AdapterValidationError):
+    if isinstance(exc, AdapterExistsError):
+        return APIError(409, str(exc), param="name", code="adapter_exists")
+    if isinstance(exc, AdapterPathError):
+        return APIError(403, str(exc), PERMISSION_ERROR, param="path", code="path_not_allowed")
+    if isinstance(exc, AdapterError):  # AdapterValidationError and any other adapter problem
         return APIError(400, str(exc), code="invalid_adapter")
+    if isinstance(exc, BodyTooLargeError):
+        headers = {"Connection": "close"}
+        return APIError(413, str(exc), param=None, code="request_too_large", headers=headers)
     if isinstance(exc, RequestValidationError):
         errors = exc.errors()
         first = errors[0] if errors else {}
@@ -123,8 +145,10 @@ def register_error_handlers(app: FastAPI) -> None:
     for exc_type in (
         APIError,
         ParameterError,
+        AdapterError,
         AdapterNotFoundError,
         AdapterValidationError,
+        BodyTooLargeError,
         RequestValidationError,
         StarletteHTTPException,
         Exception,

@@ -1,4 +1,4 @@
-"""Pydantic models of the OpenAI-compatible surface: ``/v1/completions``, ``/v1/models``, health.
+"""Pydantic models of the HTTP surface: ``/v1/completions``, ``/v1/models``, adapters, health.
 
 Request models check only types; value ranges are checked once, by :class:`SamplingParams`, whose
 :class:`ParameterError` the error handlers turn into a 400 naming the parameter.
@@ -6,6 +6,7 @@ Request models check only types; value ranges are checked once, by :class:`Sampl
 
 from __future__ import annotations
 
+import math
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -13,6 +14,16 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from loraplex.engine.sampling_params import ParameterError, SamplingParams
 
 Prompt = str | list[str] | list[int] | list[list[int]]
+MAX_MIX = 8  # most adapters in one per-request combination
+
+
+class AdapterWeight(BaseModel):
+    """One entry of the ``adapters`` extension field: an adapter and its weight in the mix."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    weight: float
 
 
 class StreamOptions(BaseModel):
@@ -51,6 +62,8 @@ class CompletionRequest(BaseModel):
     echo: bool = False
     logprobs: int | None = None
     user: str | None = None
+    # Extension: a weighted combination of adapters, applied as one (``model`` names the base).
+    adapters: list[AdapterWeight] | None = None
 
     @model_validator(mode="before")
     @classmethod
@@ -81,6 +94,30 @@ class CompletionRequest(BaseModel):
         if not items or any(len(p) == 0 for p in items):
             raise ParameterError("prompt", "prompt must not be empty")
         return items
+
+    def adapter_mix(self, base_model: str) -> list[tuple[str, float]] | None:
+        """``adapters`` as ``[(name, weight), ...]`` for the engine, or None when not given.
+
+        Raises :class:`ParameterError` (param ``adapters``) unless ``model`` is the base model,
+        there are 1..MAX_MIX entries and every weight is finite. Names are checked by the route.
+        """
+        if self.adapters is None:
+            return None
+        if self.model != base_model:
+            raise ParameterError(
+                "adapters",
+                f"with adapters, model must be the base model {base_model!r}, got {self.model!r}",
+            )
+        if not 1 <= len(self.adapters) <= MAX_MIX:
+            raise ParameterError(
+                "adapters", f"adapters must list 1 to {MAX_MIX} entries, got {len(self.adapters)}"
+            )
+        for i, entry in enumerate(self.adapters):
+            if not math.isfinite(entry.weight):
+                raise ParameterError(
+                    "adapters", f"adapters[{i}].weight must be a finite number, got {entry.weight}"
+                )
+        return [(entry.name, entry.weight) for entry in self.adapters]
 
     def sampling_params(self) -> SamplingParams:
         """The engine's sampling parameters; raises :class:`ParameterError` for a bad value or an
@@ -154,6 +191,73 @@ class ModelCard(BaseModel):
 class ModelList(BaseModel):
     object: Literal["list"] = "list"
     data: list[ModelCard]
+
+
+class AdapterLocation(BaseModel):
+    """Where an adapter is now: its device slot (None if not resident), host memory, store."""
+
+    device_slot: int | None = None
+    host_memory: bool = False
+    store: bool = True
+    merged: bool = False
+    pinned: bool = False
+
+
+class AdapterCardResponse(BaseModel):
+    """One adapter: its card (``version`` is the sha256 of its weights) and, where known, where
+    it is now."""
+
+    id: str
+    object: Literal["adapter"] = "adapter"
+    name: str
+    version: str
+    rank: int
+    alpha: float
+    target_modules: list[str]
+    size_bytes: int
+    created: int
+    description: str | None = None
+    pinned: bool = False
+    location: AdapterLocation | None = None
+
+
+class AdapterList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[AdapterCardResponse]
+
+
+class AdapterDeleted(BaseModel):
+    id: str
+    object: Literal["adapter"] = "adapter"
+    deleted: bool = True
+
+
+class LoadAdapterRequest(BaseModel):
+    """``POST /v1/adapters/load``: register a server-side folder (under ``--adapter-roots``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    path: str
+    replace: bool = False
+
+
+class VLLMLoadRequest(BaseModel):
+    """vLLM's ``POST /v1/load_lora_adapter`` body (``load_inplace`` replaces an existing one)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    lora_name: str
+    lora_path: str
+    load_inplace: bool = False
+
+
+class VLLMUnloadRequest(BaseModel):
+    """vLLM's ``POST /v1/unload_lora_adapter`` body (``lora_int_id`` is accepted and unused)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    lora_name: str
 
 
 class HealthResponse(BaseModel):

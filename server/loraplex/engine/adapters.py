@@ -68,7 +68,7 @@ class EngineAdapters:
             self.registry.register(name, Path(folder), replace=True)
         for card in self.registry.cards():
             if card.pinned:
-                self.slots.pin(card.key)
+                self.pin(card)
         for name in config.merged_adapters:
             self.merge(name)
 
@@ -127,6 +127,21 @@ class EngineAdapters:
             self.runner.lora.load_slot(slot, self.registry.loaded(key))
             metrics.ADAPTER_LOADS.inc()
         return slot_of
+
+    def check_pin_capacity(self) -> None:
+        """Pinned adapters hold slots for good; one slot always stays free for the others."""
+        if len(self.slots.pinned) >= self.config.max_loras - 1:
+            raise ParameterError(
+                "pinned", f"at most {self.config.max_loras - 1} adapters can be pinned"
+            )
+
+    def pin(self, card: AdapterCard) -> None:
+        """Keep ``card`` device-resident from now on (loaded into a slot right away)."""
+        self.check_pin_capacity()
+        self.slots.pin(card.key)
+        if self.registry.loaded(card.key) is None:
+            self.registry.host.put(card.key, self._load_now(card))
+        self.activate({card.key})
 
     def forget(self, key: str) -> None:
         """Drop a removed or replaced version from the device tier."""

@@ -81,18 +81,19 @@ class AsyncEngine:
         pinned: bool = False,
     ) -> AdapterCard:
         """Validate and store ``folder`` as ``name``; a replaced version leaves the device."""
-        registry = self.engine.registry
+        registry, adapters = self.engine.registry, self.engine.adapters
+        if pinned:
+            adapters.check_pin_capacity()
         old = registry.get(name) if registry.has(name) else None
         card = await asyncio.to_thread(
             registry.register, name, folder, replace=replace, description=description, pinned=pinned
         )
-        adapters = self.engine.adapters
 
         def settle() -> None:
             if old is not None and old.key != card.key:
                 adapters.forget(old.key)
             if pinned:
-                adapters.slots.pin(card.key)
+                adapters.pin(card)
 
         await self.on_engine(settle)
         return card

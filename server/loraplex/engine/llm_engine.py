@@ -59,6 +59,7 @@ class LLMEngine:
             config.lora.max_loras,
             self.max_model_len,
             is_ready=self.adapters.is_ready,
+            pinned=lambda: self.adapters.slots.pinned,
         )
         self.sampler = Sampler()
         self.eos_token_id = self.tokenizer.eos_token_id

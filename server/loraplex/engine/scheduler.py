@@ -69,6 +69,7 @@ class _StepBudget:
     max_loras: int
     adapters: set[str] = field(default_factory=set)
     merged: str | None = None
+    pinned: frozenset[str] = frozenset()  # always resident: their slots are taken already
 
     def exhausted(self) -> bool:
         return self.tokens <= 0 or self.seqs <= 0
@@ -80,14 +81,16 @@ class _StepBudget:
             return True
         if seq.merged:
             return self.merged in (None, adapter)
-        return adapter in self.adapters or len(self.adapters) < self.max_loras
+        if adapter in self.pinned or adapter in self.adapters:
+            return True
+        return len(self.adapters) < self.max_loras - len(self.pinned)
 
     def take(self, seq: Sequence, num_new_tokens: int) -> None:
         self.tokens -= num_new_tokens
         self.seqs -= 1
         if seq.merged:
             self.merged = seq.adapter
-        elif seq.adapter is not None:
+        elif seq.adapter is not None and seq.adapter not in self.pinned:
             self.adapters.add(seq.adapter)
 
 
@@ -109,6 +112,7 @@ class Scheduler:
         max_model_len: int,
         starvation_steps: int = 32,
         is_ready: Callable[[Sequence], bool] = lambda seq: True,
+        pinned: Callable[[], frozenset[str]] = frozenset,
     ) -> None:
         if max_loras <= 0 or max_model_len <= 0 or starvation_steps < 0:
             raise ValueError("max_loras and max_model_len must be positive, starvation_steps >= 0")
@@ -122,6 +126,7 @@ class Scheduler:
         self.starvation_steps = starvation_steps
         # False while a waiting request's adapter is still on its way to host memory.
         self.is_ready = is_ready
+        self.pinned = pinned
         self.waiting: deque[Sequence] = deque()
         self.running: list[Sequence] = []
         # seq_id -> schedules in which that waiting seq was passed over for the adapter budget.
@@ -176,7 +181,9 @@ class Scheduler:
         more than ``starvation_steps`` times it blocks everyone behind it until it gets in.
         """
         cfg = self.config
-        budget = _StepBudget(cfg.max_num_batched_tokens, cfg.max_num_seqs, self.max_loras)
+        budget = _StepBudget(
+            cfg.max_num_batched_tokens, cfg.max_num_seqs, self.max_loras, pinned=self.pinned()
+        )
         out = SchedulerOutput()
         self._schedule_running(budget, out)
         # Admitting now would hand the blocks just freed by preemption straight back out.

@@ -44,6 +44,10 @@ class SlotCache:
     def is_pinned(self, key: str) -> bool:
         return key in self._pinned
 
+    @property
+    def pinned(self) -> frozenset[str]:
+        return frozenset(self._pinned)
+
     def pin(self, key: str) -> None:
         self._pinned.add(key)
 

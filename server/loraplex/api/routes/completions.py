@@ -29,6 +29,7 @@ from loraplex.api.schemas import (
     CompletionStreamResponse,
     UsageInfo,
 )
+from loraplex.engine.adapters import AdapterSpec
 from loraplex.engine.async_engine import AsyncEngine
 from loraplex.engine.outputs import RequestOutput
 from loraplex.engine.sampling_params import SamplingParams
@@ -45,6 +46,15 @@ def resolve_adapter(engine: AsyncEngine, model: str) -> str | None:
     raise APIError(
         404, f"The model `{model}` does not exist.", param="model", code="model_not_found"
     )
+
+
+def resolve_mix(engine: AsyncEngine, mix: list[tuple[str, float]]) -> AdapterSpec:
+    """A weighted combination ``[(name, weight), ...]``; every name must exist (else 404)."""
+    for name, _ in mix:
+        if not engine.has_adapter(name):
+            message = f"The adapter `{name}` does not exist."
+            raise APIError(404, message, param="adapters", code="model_not_found")
+    return mix
 
 
 def tokenize(engine: AsyncEngine, prompt: str | list[int]) -> list[int]:
@@ -93,7 +103,7 @@ class _Run:
         engine: AsyncEngine,
         prompts: list[list[int]],
         params: SamplingParams,
-        adapter: str | None,
+        adapter: AdapterSpec,
     ) -> None:
         self.id = f"cmpl-{uuid.uuid4().hex}"
         self.created = int(time.time())
@@ -218,8 +228,12 @@ async def _sse(
 async def create_completion(
     body: CompletionRequest, request: Request, engine: EngineDep
 ) -> Response | CompletionResponse:
-    """OpenAI's legacy completions: one choice per prompt (``n`` must be 1)."""
-    adapter = resolve_adapter(engine, body.model)
+    """OpenAI's legacy completions: one choice per prompt (``n`` must be 1).
+
+    Extension: ``adapters`` (a weighted combination, with ``model`` the base model id).
+    """
+    mix = body.adapter_mix(engine.model_name)
+    adapter = resolve_adapter(engine, body.model) if mix is None else resolve_mix(engine, mix)
     params = body.sampling_params()
     prompts = [tokenize(engine, p) for p in body.prompts()]
     run = _Run(engine, prompts, params, adapter)

