@@ -96,14 +96,15 @@ def paged_attention(
 
     out = torch.empty_like(q)  # [H, T, D]
     if meta.decode_rows is not None:
+        # One query per sequence: fold the query heads that share a KV head into the query
+        # axis ([Dn, H_kv, H/H_kv, D]), so SDPA never materializes repeated keys (GQA).
         rows, cache_rows = meta.decode_rows, meta.decode_cache_rows
-        dq = q.index_select(1, rows).transpose(0, 1).unsqueeze(2)  # [Dn, H, 1, D]
-        dk = key_cache[cache_rows].transpose(1, 2)  # [Dn, Hkv, L, D]
+        heads, kv_heads, dim = q.shape[0], key_cache.shape[1], q.shape[2]
+        dq = q.index_select(1, rows).transpose(0, 1).reshape(-1, kv_heads, heads // kv_heads, dim)
+        dk = key_cache[cache_rows].transpose(1, 2)  # [Dn, H_kv, L, D]
         dv = value_cache[cache_rows].transpose(1, 2)
-        o = F.scaled_dot_product_attention(
-            dq, dk, dv, attn_mask=meta.decode_mask, scale=scaling, enable_gqa=True
-        )
-        out.index_copy_(1, rows, o.squeeze(2).transpose(0, 1))
+        o = F.scaled_dot_product_attention(dq, dk, dv, attn_mask=meta.decode_mask, scale=scaling)
+        out.index_copy_(1, rows, o.reshape(-1, heads, dim).transpose(0, 1))
     for chunk in meta.prefills:
         cq = q[:, chunk.q_start : chunk.q_end].unsqueeze(0)  # [1, H, n, D]
         if chunk.cache_rows is None:
