@@ -20,8 +20,14 @@ SERVE_OPTIONS = [
     "--max-num-batched-tokens",
     "--max-loras",
     "--max-lora-rank",
+    "--max-cpu-loras",
     "--adapters-dir",
+    "--adapter-store",
     "--lora-modules",
+    "--adapter-roots",
+    "--merged-adapters",
+    "--allow-base-mismatch",
+    "--max-upload-mb",
     "--host",
     "--port",
     "--api-key",
@@ -51,8 +57,14 @@ def test_every_option_reaches_the_config(tmp_path) -> None:
         "--max-num-batched-tokens", "256",
         "--max-loras", "4",
         "--max-lora-rank", "16",
+        "--max-cpu-loras", "32",
         "--adapters-dir", "/srv/adapters",
+        "--adapter-store", "s3://bucket/prefix",
         "--lora-modules", "a=/x/a", "b=/x/b",
+        "--adapter-roots", "/srv/a", "/srv/b",
+        "--merged-adapters", "a", "b",
+        "--allow-base-mismatch",
+        "--max-upload-mb", "64",
         "--host", "0.0.0.0",
         "--port", "9000",
         "--api-key", "sekret",
@@ -70,6 +82,13 @@ def test_every_option_reaches_the_config(tmp_path) -> None:
     assert (config.lora.max_loras, config.lora.max_lora_rank) == (4, 16)
     assert config.lora.adapters_dir == "/srv/adapters"
     assert config.lora.lora_modules == (("a", "/x/a"), ("b", "/x/b"))
+    assert config.lora.max_cpu_loras == 32
+    assert config.lora.adapter_store == "s3://bucket/prefix"
+    assert config.lora.store_location == "s3://bucket/prefix"
+    assert config.lora.adapter_roots == ("/srv/a", "/srv/b")
+    assert config.lora.merged_adapters == ("a", "b")
+    assert config.lora.allow_base_mismatch is True
+    assert config.lora.max_upload_mb == 64
     assert (config.server.host, config.server.port) == ("0.0.0.0", 9000)
     assert config.server.api_key == "sekret"
     assert config.server.log_level == "debug"
@@ -105,6 +124,8 @@ def test_top_level_help_lists_serve(capsys) -> None:
         (["--block-size", "-1"], "--block-size must be positive"),
         (["--num-blocks", "0"], "--num-blocks must be positive"),
         (["--max-loras", "0"], "--max-loras must be positive"),
+        (["--max-cpu-loras", "0"], "--max-cpu-loras must be positive"),
+        (["--max-upload-mb", "0"], "--max-upload-mb must be positive"),
         (["--port", "70000"], "--port must be in 0..65535"),
         (["--model", "/definitely/not/here"], "is not a folder"),
         (["--dtype", "int8"], "invalid choice"),

@@ -7,9 +7,14 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from pydantic import BaseModel
 
-from loraplex.api.errors import APIError, error_body, register_error_handlers
+from loraplex.api.errors import APIError, BodyTooLargeError, error_body, register_error_handlers
 from loraplex.engine.sampling_params import ParameterError
-from loraplex.lora.errors import AdapterNotFoundError, AdapterValidationError
+from loraplex.lora.errors import (
+    AdapterExistsError,
+    AdapterNotFoundError,
+    AdapterPathError,
+    AdapterValidationError,
+)
 
 INVALID = "invalid_request_error"
 
@@ -38,6 +43,18 @@ def _app() -> FastAPI:
     @app.get("/adapter-invalid")
     async def adapter_invalid() -> None:
         raise AdapterValidationError("rank 128 exceeds --max-lora-rank 64")
+
+    @app.get("/adapter-exists")
+    async def adapter_exists() -> None:
+        raise AdapterExistsError("adapter 'a' exists; pass replace=true")
+
+    @app.get("/adapter-path")
+    async def adapter_path() -> None:
+        raise AdapterPathError("'/etc' is not under any --adapter-roots folder")
+
+    @app.get("/too-large")
+    async def too_large() -> None:
+        raise BodyTooLargeError("the request body exceeds the limit of 10 bytes")
 
     @app.get("/boom")
     async def boom() -> None:
@@ -96,6 +113,36 @@ def test_error_body_shape() -> None:
             ),
         ),
         (
+            "/adapter-exists",
+            409,
+            _error(
+                "adapter 'a' exists; pass replace=true",
+                "invalid_request_error",
+                "name",
+                "adapter_exists",
+            ),
+        ),
+        (
+            "/adapter-path",
+            403,
+            _error(
+                "'/etc' is not under any --adapter-roots folder",
+                "permission_error",
+                "path",
+                "path_not_allowed",
+            ),
+        ),
+        (
+            "/too-large",
+            413,
+            _error(
+                "the request body exceeds the limit of 10 bytes",
+                "invalid_request_error",
+                None,
+                "request_too_large",
+            ),
+        ),
+        (
             "/boom",
             500,
             _error("Internal server error", "server_error", None, "internal_error"),
@@ -113,6 +160,10 @@ def test_exception_maps_to_status_and_body(
     response = client.get(path)
     assert response.status_code == status
     assert response.json() == body
+
+
+def test_too_large_closes_the_connection(client: TestClient) -> None:
+    assert client.get("/too-large").headers["connection"] == "close"
 
 
 def test_unhandled_error_does_not_leak_internals(client: TestClient) -> None:

@@ -213,8 +213,7 @@ async def _receive(request: Request, body: _Body, workdir: Path, limits: Limits)
     if files not in ({CONFIG, WEIGHTS}, {ARCHIVE}):
         message = "send either two file parts, config and weights, or one archive part"
         raise APIError(400, message, param=ARCHIVE)
-    if ARCHIVE in files:
-        parts.folder.rmdir()
+    if ARCHIVE in files:  # unpacked into the (still empty) adapter folder
         await asyncio.to_thread(extract_archive, parts.targets[ARCHIVE][0], parts.folder, limits)
     return Upload(parts.folder, parts.fields)
 

@@ -111,21 +111,29 @@ class LLMEngine:
         if request.seq.adapter is not None:
             self.registry.host.release(request.seq.adapter)
 
-    def _fail_unloadable(self) -> None:
-        """Finish waiting requests whose adapter could not be loaded (deleted, replaced...)."""
+    def _check_waiting(self) -> None:
+        """Prefetch the adapters of queued requests (the first ``max_cpu_loras`` distinct ones,
+        so prefetching never thrashes host memory), and finish requests whose adapter could not
+        be loaded (deleted or replaced meanwhile)."""
+        wanted: set[str] = set()
         for seq in list(self.scheduler.waiting):
-            error = self.registry.failure(seq.adapter) if seq.adapter and not seq.merged else None
+            if seq.adapter is None or seq.merged:
+                continue
+            error = self.registry.failure(seq.adapter)
             if error is not None:
                 self.scheduler.finish(seq, "abort")
                 self._release(self.requests[seq.request_id])
                 self.failed.append((seq.request_id, error))
+            elif len(wanted) < self.config.lora.max_cpu_loras:
+                wanted.add(seq.adapter)
+                self.registry.prefetch(seq.adapter)
 
     def has_unfinished(self) -> bool:
         return self.scheduler.has_unfinished()
 
     def step(self) -> list[RequestOutput]:
         """One iteration of continuous batching; returns the outputs this step produced."""
-        self._fail_unloadable()
+        self._check_waiting()
         out = self.scheduler.schedule()
         self.last_step_idle = out.is_empty
         if out.is_empty:
