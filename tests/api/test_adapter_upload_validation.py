@@ -172,11 +172,6 @@ def test_archive_with_symlink_is_refused(env: Env, pack: Callable) -> None:
     refused(env, 400, "links", name="linked", archive=archive)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="lora/archive.py extract_archive ignores members other than the two adapter files, "
-    "so pickles and code inside an archive are dropped instead of refused",
-)
 @pytest.mark.parametrize("extra", ["extra.bin", "model.pt", "setup.py", "sub/loader.pkl"])
 @pytest.mark.parametrize("pack", [zip_bytes, tar_bytes], ids=["zip", "tar.gz"])
 def test_archive_with_pickle_or_code_is_refused(env: Env, pack: Callable, extra: str) -> None:

@@ -22,7 +22,7 @@ from typing import IO
 
 from loraplex.lora.adapter import CONFIG_FILE, WEIGHTS_FILE
 from loraplex.lora.errors import AdapterValidationError
-from loraplex.lora.validation import Limits
+from loraplex.lora.validation import FORBIDDEN_SUFFIXES, Limits
 
 MAX_MEMBERS = 16
 WANTED = (CONFIG_FILE, WEIGHTS_FILE)
@@ -185,6 +185,11 @@ def _stage(archive: Path, dest: Path, limits: Limits) -> dict[tuple[str, ...], P
             if parts in seen:
                 raise AdapterValidationError(f"archive member {name!r} appears twice")
             seen.add(parts)
+            if Path(parts[-1]).suffix.lower() in FORBIDDEN_SUFFIXES:
+                raise AdapterValidationError(
+                    f"archive member {name!r}: only safetensors weights are accepted; pickled "
+                    "checkpoints are never loaded and code is never run"
+                )
             total = _check_declared(name, size, total, limits)
             if len(parts) <= 2 and parts[-1] in WANTED:
                 staged[parts] = dest / f".part-{len(staged)}"
