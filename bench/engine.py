@@ -18,6 +18,7 @@ Systems run one after another in this process (never two at once), each after a 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import time
 from pathlib import Path
 
@@ -32,6 +33,7 @@ SYSTEMS = {
     "b": "(b) PEFT generate",
     "c": "(c) loraplex base, HTTP",
     "d": "(d) loraplex 16 adapters, HTTP",
+    "e": "(e) loraplex 1 adapter pre-merged, HTTP",
 }
 
 # (numerator, denominator, target): the ratios of tokens/s the design asks for.
@@ -39,6 +41,7 @@ TARGETS = (
     ("c", "a", 3.0),
     ("d", "c", 0.85),
     ("d", "b", 3.0),
+    ("e", "c", 0.95),  # a pre-merged tenant runs at base speed (within 5%)
 )
 
 
@@ -114,14 +117,19 @@ def run_loraplex(
     max_tokens: int,
     dtype: str,
     system: str,
+    merged: tuple[str, ...] = (),
 ) -> common.Measurement:
-    """``names`` None: base model for every request; else request i names ``names[i % n]``."""
+    """``names`` None: base model for every request; else request i names ``names[i % n]``.
+    ``merged`` adapters are pre-merged into the weights at start (dedicated tenants)."""
     config = common.loraplex_config(
         dtype,
         adapters_dir,
         max_loras=NUM_ADAPTERS,
         max_lora_rank=LORA_RANK,
         max_num_seqs=len(prompts),
+    )
+    config = dataclasses.replace(
+        config, lora=dataclasses.replace(config.lora, merged_adapters=merged)
     )
     with common.live_server(config) as url:
         import httpx
@@ -180,6 +188,11 @@ def main(argv: list[str] | None = None) -> None:
             record("b", run_peft(model_dir, adapters_dir, names, prompts, max_tokens, dtype))
         record("c", run_loraplex(None, None, prompts, max_tokens, dtype, SYSTEMS["c"]))
         record("d", run_loraplex(adapters_dir, names, prompts, max_tokens, dtype, SYSTEMS["d"]))
+        first = names[:1]
+        merged = run_loraplex(
+            adapters_dir, first, prompts, max_tokens, dtype, SYSTEMS["e"], merged=tuple(first)
+        )
+        record("e", merged)
 
     print()
     print(report(results))
@@ -189,7 +202,7 @@ def report(results: dict[str, common.Measurement]) -> str:
     """The table of systems, then the target ratios with met/missed."""
     references = {"c": "a", "d": "b"}  # same requests, same weights: texts should agree
     rows = []
-    for key in "abcd":
+    for key in SYSTEMS:
         m = results.get(key)
         if m is None:
             rows.append([SYSTEMS[key], "skipped", "-", "-", "-"])
