@@ -10,9 +10,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import os
-import socket
 import tempfile
-import threading
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -211,52 +209,17 @@ def hf_generate(
 # ---- loraplex over HTTP ------------------------------------------------------------------
 
 
-class LiveServer:
-    """uvicorn serving ``create_app(config)`` on a free loopback port, in a background thread
-    of this process (as tests/conftest.py does)."""
-
-    def __init__(self, config: Any) -> None:
-        import uvicorn
-
-        from loraplex.api.app import create_app
-
-        self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self._sock.bind(("127.0.0.1", 0))
-        self.url = f"http://127.0.0.1:{self._sock.getsockname()[1]}"
-        self.server = uvicorn.Server(
-            uvicorn.Config(
-                create_app(config), log_level="warning", lifespan="on", timeout_graceful_shutdown=5
-            )
-        )
-        self._thread = threading.Thread(
-            target=self.server.run, kwargs={"sockets": [self._sock]}, daemon=True
-        )
-
-    def start(self, timeout: float = 600.0) -> str:
-        self._thread.start()
-        deadline = time.monotonic() + timeout
-        while not self.server.started:
-            if not self._thread.is_alive():
-                raise RuntimeError("the loraplex server exited during start-up (see the log)")
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"the loraplex server did not start within {timeout} s")
-            time.sleep(0.05)
-        return self.url
-
-    def stop(self) -> None:
-        self.server.should_exit = True
-        self._thread.join(timeout=60)
-        self._sock.close()
-
-
 @contextmanager
 def live_server(config: Any) -> Iterator[str]:
     """Base URL (no ``/v1``) of a loraplex server for ``config``; stopped and freed on exit."""
-    server = LiveServer(config)
+    from loraplex.api.app import create_app
+    from loraplex.api.threaded_server import ThreadedServer
+
+    server = ThreadedServer(create_app(config))
     try:
-        yield server.start()
+        yield server.start(timeout=600.0)
     finally:
-        server.stop()
+        server.stop(timeout=60.0)
         del server
         free_memory()
 

@@ -7,9 +7,6 @@ whole stack runs end to end in seconds on a laptop CPU.
 
 from __future__ import annotations
 
-import socket
-import threading
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -116,50 +113,17 @@ def tiny_config(tiny_model_dir: Path, tiny_adapters_dir: Path) -> Config:
     )
 
 
-class _LiveServer:
-    """uvicorn serving ``app`` on a free loopback port, in a background thread."""
-
-    def __init__(self, app: object) -> None:
-        import uvicorn
-
-        # Bind first, so the port is known and nothing can take it between choosing and serving.
-        self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self._sock.bind(("127.0.0.1", 0))
-        self.url = f"http://127.0.0.1:{self._sock.getsockname()[1]}"
-        self.server = uvicorn.Server(
-            uvicorn.Config(app, log_level="warning", lifespan="on", timeout_graceful_shutdown=5)
-        )
-        self._thread = threading.Thread(
-            target=self.server.run, kwargs={"sockets": [self._sock]}, daemon=True
-        )
-
-    def start(self, timeout: float = 120.0) -> str:
-        self._thread.start()
-        deadline = time.monotonic() + timeout
-        while not self.server.started:
-            if not self._thread.is_alive():
-                raise RuntimeError("the server exited during start-up (see the log above)")
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"the server did not start within {timeout} s")
-            time.sleep(0.05)
-        return self.url
-
-    def stop(self) -> None:
-        self.server.should_exit = True
-        self._thread.join(timeout=30)
-        self._sock.close()
-
-
 @pytest.fixture(scope="module")
 def server_factory() -> Iterator[Callable[..., str]]:
     """A function ``start(config, engine=None) -> base_url`` serving ``create_app(config,
     engine)``; every server it started stops when the module's tests are done."""
     from loraplex.api.app import create_app
+    from loraplex.api.threaded_server import ThreadedServer
 
-    servers: list[_LiveServer] = []
+    servers: list[ThreadedServer] = []
 
     def start(config: Config, engine: object | None = None) -> str:
-        server = _LiveServer(create_app(config, engine))  # type: ignore[arg-type]
+        server = ThreadedServer(create_app(config, engine))  # type: ignore[arg-type]
         servers.append(server)
         return server.start()
 

@@ -1,5 +1,6 @@
-"""Helpers for the adapter API tests: a server on a fresh copy of the tiny adapter store, the
-tiny adapter's files corrupted one way at a time, archives holding them, and HTTP shortcuts."""
+"""Helpers for the adapter API tests: a server on a fresh copy of the tiny adapter store (and the
+``env`` fixture serving one), the tiny adapter's files corrupted one way at a time, archives
+holding them, and HTTP shortcuts."""
 
 from __future__ import annotations
 
@@ -10,13 +11,15 @@ import os
 import shutil
 import tarfile
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
+import pytest
 import torch
 from safetensors.torch import load, save
 
+from loraplex.api import upload as upload_module
 from loraplex.config import Config
 from loraplex.lora.adapter import CONFIG_FILE, WEIGHTS_FILE
 
@@ -127,6 +130,27 @@ def start_env(
     )
     url = start(dataclasses.replace(config, lora=lora_config))
     return Env(url, store, roots, root / "outside", root / "tmp", AdapterFiles.read(source))
+
+
+def env_fixture(folder: str, **lora: object):
+    """A module-scoped ``env`` fixture: :func:`start_env` (with ``lora`` set) in a fresh temp
+    folder named ``folder``, with uploads staging in its ``tmp``. Use as ``env = env_fixture(...)``.
+    """
+
+    @pytest.fixture(scope="module")
+    def env(
+        server_factory: Callable[[Config], str],
+        tiny_config: Config,
+        tiny_adapters_dir: Path,
+        tmp_path_factory: pytest.TempPathFactory,
+    ) -> Iterator[Env]:
+        root = tmp_path_factory.mktemp(folder)
+        env = start_env(server_factory, tiny_config, tiny_adapters_dir, root, **lora)
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(upload_module, "UPLOAD_TMP_DIR", str(env.tmp))
+            yield env
+
+    return env
 
 
 def get(url: str, path: str) -> httpx.Response:

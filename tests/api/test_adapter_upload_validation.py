@@ -10,8 +10,7 @@ import json
 import select
 import socket
 import time
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 from urllib.parse import urlsplit
 
 import pytest
@@ -20,6 +19,7 @@ from adapter_files import (
     AdapterFiles,
     Env,
     assert_error,
+    env_fixture,
     post,
     raw_safetensors,
     start_env,
@@ -28,25 +28,13 @@ from adapter_files import (
     zip_bytes,
 )
 
-from loraplex.api import upload as upload_module
 from loraplex.config import Config
 
 F = AdapterFiles
 Case = Callable[[F], F]
 
 
-@pytest.fixture(scope="module")
-def env(
-    server_factory: Callable[[Config], str],
-    tiny_config: Config,
-    tiny_adapters_dir: Path,
-    tmp_path_factory: pytest.TempPathFactory,
-) -> Iterator[Env]:
-    root = tmp_path_factory.mktemp("upload-validation")
-    env = start_env(server_factory, tiny_config, tiny_adapters_dir, root, max_upload_mb=1)
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(upload_module, "UPLOAD_TMP_DIR", str(env.tmp))
-        yield env
+env = env_fixture("upload-validation", max_upload_mb=1)
 
 
 def refused(env: Env, status: int, *words: str, **kwargs: object) -> dict:

@@ -7,9 +7,8 @@ from __future__ import annotations
 import hashlib
 import json
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import httpx
 import pytest
@@ -18,30 +17,18 @@ from adapter_files import (
     Env,
     assert_error,
     complete,
+    env_fixture,
     get,
     post,
-    start_env,
     tar_bytes,
     text,
     upload,
     zip_bytes,
 )
 
-from loraplex.api import upload as upload_module
 from loraplex.config import Config
 
-
-@pytest.fixture(scope="module")
-def env(
-    server_factory: Callable[[Config], str],
-    tiny_config: Config,
-    tiny_adapters_dir: Path,
-    tmp_path_factory: pytest.TempPathFactory,
-) -> Iterator[Env]:
-    env = start_env(server_factory, tiny_config, tiny_adapters_dir, tmp_path_factory.mktemp("api"))
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(upload_module, "UPLOAD_TMP_DIR", str(env.tmp))
-        yield env
+env = env_fixture("api")
 
 
 @pytest.fixture(scope="module")

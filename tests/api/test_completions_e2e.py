@@ -41,6 +41,22 @@ def _metric(url: str, name: str, labels: str = "") -> float:
     return 0.0
 
 
+def _aborts(url: str) -> float:
+    return _metric(url, "loraplex_requests_total", 'finish_reason="abort"')
+
+
+def _wait_until_aborted(url: str, aborts_before: float, within: float) -> None:
+    """Within ``within`` s: one more abort in /metrics, and then the request aborted in the engine
+    too: nothing keeps running (or holding KV blocks) for it."""
+    deadline = time.monotonic() + within
+    while _aborts(url) == aborts_before:
+        assert time.monotonic() < deadline, "the disconnected request was not aborted"
+        time.sleep(0.05)
+    while _metric(url, "loraplex_num_requests_running") != 0:
+        assert time.monotonic() < deadline, "the aborted request is still running"
+        time.sleep(0.05)
+
+
 def _sse_events(response: httpx.Response) -> list[str]:
     """The ``data:`` payloads of an SSE body; asserts every event is ``data: ...`` + blank line."""
     body = response.text
@@ -254,7 +270,7 @@ def test_extra_fields_are_ignored(live_server: str, base_name: str) -> None:
 
 
 def test_client_disconnect_aborts_the_request(live_server: str, base_name: str) -> None:
-    aborted = _metric(live_server, "loraplex_requests_total", 'finish_reason="abort"')
+    aborted = _aborts(live_server)
     body = {
         "model": base_name,
         "prompt": PROMPT,
@@ -265,14 +281,7 @@ def test_client_disconnect_aborts_the_request(live_server: str, base_name: str) 
     with httpx.stream("POST", f"{live_server}/v1/completions", json=body, timeout=60) as response:
         assert response.status_code == 200
         next(response.iter_lines())  # the first chunk arrived: the request is running
-    deadline = time.monotonic() + 30
-    while _metric(live_server, "loraplex_requests_total", 'finish_reason="abort"') == aborted:
-        assert time.monotonic() < deadline, "the disconnected request was not aborted"
-        time.sleep(0.05)
-    # Aborted in the engine too: nothing keeps running (or holding KV blocks) for it.
-    while _metric(live_server, "loraplex_num_requests_running") != 0:
-        assert time.monotonic() < deadline, "the aborted request is still running"
-        time.sleep(0.05)
+    _wait_until_aborted(live_server, aborted, within=30)
 
 
 def test_health(live_server: str) -> None:
@@ -403,17 +412,12 @@ def test_non_streamed_client_disconnect_aborts(
 ) -> None:
     url = faulty_server[0]
     knobs["delay"] = 0.02  # 200 tokens take 4 s; the client gives up after 0.5 s
-    aborted = _metric(url, "loraplex_requests_total", 'finish_reason="abort"')
+    aborted = _aborts(url)
     body = {"model": base_name, "prompt": PROMPT, "max_tokens": 200, "ignore_eos": True}
     with pytest.raises(httpx.ReadTimeout):
         httpx.post(f"{url}/v1/completions", json=body, timeout=0.5)
-    deadline = time.monotonic() + 3  # well before the request could have finished by itself
-    while _metric(url, "loraplex_requests_total", 'finish_reason="abort"') == aborted:
-        assert time.monotonic() < deadline, "the disconnected request was not aborted"
-        time.sleep(0.05)
-    while _metric(url, "loraplex_num_requests_running") != 0:
-        assert time.monotonic() < deadline, "the aborted request is still running"
-        time.sleep(0.05)
+    # 3 s: well before the request could have finished by itself.
+    _wait_until_aborted(url, aborted, within=3)
 
 
 def test_concurrent_requests_share_the_server(client: openai.OpenAI, base_name: str) -> None:

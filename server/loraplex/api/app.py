@@ -10,7 +10,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from loraplex.api.errors import register_error_handlers
-from loraplex.api.routes import adapters, completions, health, models
+from loraplex.api.routes import adapters, chat, completions, generate, health, models
 from loraplex.config import Config
 from loraplex.engine.async_engine import AsyncEngine
 
@@ -54,6 +54,6 @@ def create_app(config: Config, engine: AsyncEngine | None = None) -> FastAPI:
     )
     app.state.config = config
     register_error_handlers(app)
-    for router in (models.router, completions.router, adapters.router, health.router):
-        app.include_router(router)
+    for module in (models, completions, chat, generate, adapters, health):
+        app.include_router(module.router)
     return app

@@ -60,23 +60,18 @@ class APIError(Exception):
         self.code = code
         self.headers = dict(headers) if headers else None
 
+    def body(self) -> dict[str, dict[str, Any]]:
+        return error_body(self.message, self.type, self.param, self.code)
+
+    def response(self) -> JSONResponse:
+        return JSONResponse(self.body(), status_code=self.status, headers=self.headers)
+
 
 def error_body(
     message: str, type: str = INVALID_REQUEST, param: str | None = None, code: str | None = None
 ) -> dict[str, dict[str, Any]]:
     """The one error shape; also used for the ``data: {"error": ...}`` event of a broken stream."""
     return {"error": {"message": message, "type": type, "param": param, "code": code}}
-
-
-def error_response(
-    status: int,
-    message: str,
-    type: str = INVALID_REQUEST,
-    param: str | None = None,
-    code: str | None = None,
-    headers: Mapping[str, str] | None = None,
-) -> JSONResponse:
-    return JSONResponse(error_body(message, type, param, code), status_code=status, headers=headers)
 
 
 def _type_for_status(status: int) -> str:
@@ -134,8 +129,7 @@ def to_api_error(exc: Exception, request: Request | None = None) -> APIError:
 
 
 async def _handle(request: Request, exc: Exception) -> JSONResponse:
-    err = to_api_error(exc, request)
-    return error_response(err.status, err.message, err.type, err.param, err.code, err.headers)
+    return to_api_error(exc, request).response()
 
 
 def register_error_handlers(app: FastAPI) -> None:

@@ -1,4 +1,5 @@
-"""Pydantic models of the HTTP surface: ``/v1/completions``, ``/v1/models``, adapters, health.
+"""Pydantic models of the HTTP surface: ``/v1/completions``, ``/v1/models``, adapters, health
+(chat and the TGI-style routes have their own modules).
 
 Request models check only types; value ranges are checked once, by :class:`SamplingParams`, whose
 :class:`ParameterError` the error handlers turn into a 400 naming the parameter.
@@ -34,8 +35,8 @@ class StreamOptions(BaseModel):
     include_usage: bool = False
 
 
-class CompletionRequest(BaseModel):
-    """Body of ``POST /v1/completions``.
+class SamplingRequest(BaseModel):
+    """The fields every OpenAI generating request shares (completions and chat).
 
     Unknown fields are ignored: OpenAI clients and SDKs send extras (``best_of``, ``suffix``,
     ``logit_bias``...) that we don't implement but shouldn't reject.
@@ -44,8 +45,6 @@ class CompletionRequest(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     model: str
-    prompt: Prompt
-    max_tokens: int = 16
     temperature: float = 1.0
     top_p: float = 1.0
     top_k: int = 0
@@ -59,8 +58,6 @@ class CompletionRequest(BaseModel):
     frequency_penalty: float = 0.0
     repetition_penalty: float = 1.0
     ignore_eos: bool = False
-    echo: bool = False
-    logprobs: int | None = None
     user: str | None = None
     # Extension: a weighted combination of adapters, applied as one (``model`` names the base).
     adapters: list[AdapterWeight] | None = None
@@ -77,6 +74,59 @@ class CompletionRequest(BaseModel):
     @property
     def include_usage(self) -> bool:
         return self.stream_options is not None and self.stream_options.include_usage
+
+    def adapter_mix(self, base_model: str) -> list[tuple[str, float]] | None:
+        """``adapters`` as ``[(name, weight), ...]`` for the engine, or None when not given.
+
+        Raises :class:`ParameterError` (param ``adapters``) unless ``model`` is the base model,
+        there are 1..MAX_MIX entries and every weight is finite. Names are checked by the route.
+        """
+        if self.adapters is None:
+            return None
+        if self.model != base_model:
+            raise ParameterError(
+                "adapters",
+                f"with adapters, model must be the base model {base_model!r}, got {self.model!r}",
+            )
+        return check_mix([(entry.name, entry.weight) for entry in self.adapters], "adapters")
+
+    def _params(self, max_tokens: int) -> SamplingParams:
+        """The engine's sampling parameters; raises :class:`ParameterError` for a bad value."""
+        if self.n != 1:
+            raise ParameterError("n", "only n=1 is supported")
+        stop = [self.stop] if isinstance(self.stop, str) else (self.stop or [])
+        return SamplingParams(
+            max_tokens=max_tokens,
+            temperature=self.temperature,
+            top_p=self.top_p,
+            top_k=self.top_k,
+            seed=self.seed,
+            repetition_penalty=self.repetition_penalty,
+            presence_penalty=self.presence_penalty,
+            frequency_penalty=self.frequency_penalty,
+            stop=tuple(stop),
+            stop_token_ids=tuple(self.stop_token_ids or ()),
+            ignore_eos=self.ignore_eos,
+        )
+
+
+def check_mix(mix: list[tuple[str, float]], param: str) -> list[tuple[str, float]]:
+    """A weighted combination with 1..MAX_MIX entries and finite weights (else ParameterError)."""
+    if not 1 <= len(mix) <= MAX_MIX:
+        raise ParameterError(param, f"{param} must list 1 to {MAX_MIX} entries, got {len(mix)}")
+    for i, (_, weight) in enumerate(mix):
+        if not math.isfinite(weight):
+            raise ParameterError(param, f"{param}[{i}] weight must be finite, got {weight}")
+    return mix
+
+
+class CompletionRequest(SamplingRequest):
+    """Body of ``POST /v1/completions``."""
+
+    prompt: Prompt
+    max_tokens: int = 16
+    echo: bool = False
+    logprobs: int | None = None
 
     def prompts(self) -> list[str | list[int]]:
         """The prompts as a list: one text or one token-id list per choice.
@@ -95,30 +145,6 @@ class CompletionRequest(BaseModel):
             raise ParameterError("prompt", "prompt must not be empty")
         return items
 
-    def adapter_mix(self, base_model: str) -> list[tuple[str, float]] | None:
-        """``adapters`` as ``[(name, weight), ...]`` for the engine, or None when not given.
-
-        Raises :class:`ParameterError` (param ``adapters``) unless ``model`` is the base model,
-        there are 1..MAX_MIX entries and every weight is finite. Names are checked by the route.
-        """
-        if self.adapters is None:
-            return None
-        if self.model != base_model:
-            raise ParameterError(
-                "adapters",
-                f"with adapters, model must be the base model {base_model!r}, got {self.model!r}",
-            )
-        if not 1 <= len(self.adapters) <= MAX_MIX:
-            raise ParameterError(
-                "adapters", f"adapters must list 1 to {MAX_MIX} entries, got {len(self.adapters)}"
-            )
-        for i, entry in enumerate(self.adapters):
-            if not math.isfinite(entry.weight):
-                raise ParameterError(
-                    "adapters", f"adapters[{i}].weight must be a finite number, got {entry.weight}"
-                )
-        return [(entry.name, entry.weight) for entry in self.adapters]
-
     def sampling_params(self) -> SamplingParams:
         """The engine's sampling parameters; raises :class:`ParameterError` for a bad value or an
         option we don't support (``n`` > 1, ``echo``, ``logprobs``)."""
@@ -128,20 +154,7 @@ class CompletionRequest(BaseModel):
             raise ParameterError("echo", "echo is not supported")
         if self.logprobs is not None:
             raise ParameterError("logprobs", "logprobs are not supported")
-        stop = [self.stop] if isinstance(self.stop, str) else (self.stop or [])
-        return SamplingParams(
-            max_tokens=self.max_tokens,
-            temperature=self.temperature,
-            top_p=self.top_p,
-            top_k=self.top_k,
-            seed=self.seed,
-            repetition_penalty=self.repetition_penalty,
-            presence_penalty=self.presence_penalty,
-            frequency_penalty=self.frequency_penalty,
-            stop=tuple(stop),
-            stop_token_ids=tuple(self.stop_token_ids or ()),
-            ignore_eos=self.ignore_eos,
-        )
+        return self._params(self.max_tokens)
 
 
 class UsageInfo(BaseModel):

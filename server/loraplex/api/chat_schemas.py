@@ -1,0 +1,119 @@
+"""Pydantic models of ``POST /v1/chat/completions`` (OpenAI's chat completions)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from loraplex.api.schemas import SamplingRequest, UsageInfo
+from loraplex.engine.sampling_params import ParameterError, SamplingParams
+
+
+class TextPart(BaseModel):
+    """One part of a message's content; only text parts are supported."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    type: str
+    text: str | None = None
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    role: Literal["system", "developer", "user", "assistant"]
+    content: str | list[TextPart] | None = None
+    name: str | None = None
+
+
+class ChatCompletionRequest(SamplingRequest):
+    """Body of ``POST /v1/chat/completions``; ``model`` and the sampling fields as completions.
+
+    Without ``max_completion_tokens`` (or its older name ``max_tokens``) a reply may use the
+    rest of the context, as OpenAI's and vLLM's do.
+    """
+
+    messages: list[ChatMessage]
+    max_tokens: int | None = None
+    max_completion_tokens: int | None = None
+    logprobs: bool = False
+    top_logprobs: int | None = None
+
+    def conversation(self) -> list[dict[str, str]]:
+        """The messages as the chat template expects them: ``[{"role", "content": str}]``.
+
+        Text parts are joined with newlines; ``developer`` (OpenAI's newer name) is ``system``.
+        Raises :class:`ParameterError` (param ``messages``) for no messages or non-text parts.
+        """
+        if not self.messages:
+            raise ParameterError("messages", "messages must not be empty")
+        out = []
+        for i, message in enumerate(self.messages):
+            content = message.content
+            if isinstance(content, list):
+                for part in content:
+                    if part.type != "text" or part.text is None:
+                        raise ParameterError(
+                            "messages",
+                            f"messages[{i}]: only text content parts are supported, "
+                            f"got {part.type!r}",
+                        )
+                content = "\n".join(part.text or "" for part in content)
+            role = "system" if message.role == "developer" else message.role
+            out.append({"role": role, "content": content or ""})
+        return out
+
+    def sampling_params(self, prompt_tokens: int, max_model_len: int) -> SamplingParams:
+        """The engine's sampling parameters for a rendered prompt of ``prompt_tokens`` tokens;
+        raises :class:`ParameterError` for a bad value or ``n`` > 1, ``logprobs``."""
+        if self.logprobs or self.top_logprobs:
+            raise ParameterError("logprobs", "logprobs are not supported")
+        max_tokens = self.max_completion_tokens
+        if max_tokens is None:
+            max_tokens = self.max_tokens
+        if max_tokens is None:
+            max_tokens = max(1, max_model_len - prompt_tokens)
+        return self._params(max_tokens)
+
+
+class ChatResponseMessage(BaseModel):
+    role: Literal["assistant"] = "assistant"
+    content: str
+
+
+class ChatChoice(BaseModel):
+    index: int
+    message: ChatResponseMessage
+    finish_reason: str | None = None
+    logprobs: None = None
+
+
+class ChatCompletionResponse(BaseModel):
+    id: str
+    object: Literal["chat.completion"] = "chat.completion"
+    created: int
+    model: str
+    choices: list[ChatChoice]
+    usage: UsageInfo
+
+
+class ChatStreamChoice(BaseModel):
+    """A chunk's choice: ``delta`` is ``{"role": "assistant"}`` first, then ``{"content"}``
+    deltas, then ``{}`` with the ``finish_reason``."""
+
+    index: int
+    delta: dict[str, str]
+    finish_reason: str | None = None
+    logprobs: None = None
+
+
+class ChatCompletionChunk(BaseModel):
+    """One SSE chunk; ``usage`` is set only on the last chunk when ``include_usage`` is on."""
+
+    id: str
+    object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
+    created: int
+    model: str
+    choices: list[ChatStreamChoice] = Field(default_factory=list)
+    usage: UsageInfo | None = None

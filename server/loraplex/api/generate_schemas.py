@@ -1,0 +1,160 @@
+"""Pydantic models of the native TGI/LoRAX-style routes, ``POST /generate`` and
+``/generate_stream``.
+
+Field names, defaults and response shapes follow Hugging Face TGI (and LoRAX's adapter fields),
+so their clients (``text_generation``, ``lorax``) work unchanged. Errors use the project's one
+(OpenAI) error shape instead of TGI's.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from loraplex.api.schemas import check_mix
+from loraplex.engine.sampling_params import ParameterError, SamplingParams
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _null_means_default(cls, data: Any) -> Any:
+        # The TGI clients send every field, unset ones as null: let the defaults apply.
+        if isinstance(data, dict):
+            return {key: value for key, value in data.items() if value is not None}
+        return data
+
+
+class MergedAdapters(_Body):
+    """LoRAX's per-request merge; only ``linear`` (``Σ w_i·ΔW_i``, applied as one adapter)."""
+
+    ids: list[str]
+    weights: list[float]
+    merge_strategy: str = "linear"
+    density: float = 1.0
+    majority_sign_method: str = "total"
+
+    def mix(self) -> list[tuple[str, float]]:
+        param = "merged_adapters"
+        if self.merge_strategy != "linear":
+            raise ParameterError(
+                param, f"merge_strategy {self.merge_strategy!r} is not supported, only 'linear'"
+            )
+        if len(self.ids) != len(self.weights):
+            raise ParameterError(
+                param, f"{len(self.ids)} ids but {len(self.weights)} weights; give one per id"
+            )
+        return check_mix(list(zip(self.ids, self.weights, strict=True)), param)
+
+
+class GenerateParameters(_Body):
+    """``parameters`` of a generate request. Like TGI, the request samples when ``do_sample``
+    is true or any of ``temperature`` (other than 1), ``top_k``, ``top_p`` (below 1) is set, and
+    is greedy otherwise. Stop sequences are cut from the text, as on the OpenAI routes."""
+
+    adapter_id: str | None = None
+    adapter_source: str | None = None
+    merged_adapters: MergedAdapters | None = None
+    max_new_tokens: int = 20
+    temperature: float | None = None
+    top_p: float | None = None
+    top_k: int | None = None
+    seed: int | None = None
+    repetition_penalty: float = 1.0
+    frequency_penalty: float = 0.0
+    stop: list[str] = Field(default_factory=list)
+    do_sample: bool = False
+    details: bool = False
+    return_full_text: bool = False
+    best_of: int | None = None
+    decoder_input_details: bool = False
+    top_n_tokens: int | None = None
+
+    @property
+    def sampling(self) -> bool:
+        return (
+            self.do_sample
+            or (self.temperature is not None and self.temperature != 1.0)
+            or bool(self.top_k)
+            or (self.top_p is not None and self.top_p < 1.0)
+        )
+
+    def sampling_params(self) -> SamplingParams:
+        """Raises :class:`ParameterError` for a bad value or an unsupported option. A sampled
+        request that asks for ``details`` without a ``seed`` gets one, so details can say it."""
+        if self.best_of is not None and self.best_of != 1:
+            raise ParameterError("best_of", "only best_of=1 is supported")
+        if self.decoder_input_details:
+            raise ParameterError("decoder_input_details", "decoder_input_details is not supported")
+        if self.top_n_tokens:
+            raise ParameterError("top_n_tokens", "top_n_tokens is not supported")
+        seed = self.seed
+        if self.sampling and seed is None and self.details:
+            seed = random.getrandbits(63)
+        return SamplingParams(
+            max_tokens=self.max_new_tokens,
+            temperature=(1.0 if self.temperature is None else self.temperature)
+            if self.sampling
+            else 0.0,
+            top_p=1.0 if self.top_p is None else self.top_p,
+            top_k=self.top_k or 0,
+            seed=seed,
+            repetition_penalty=self.repetition_penalty,
+            frequency_penalty=self.frequency_penalty,
+            stop=tuple(self.stop),
+        )
+
+    def adapter_mix(self) -> list[tuple[str, float]] | None:
+        if self.merged_adapters is None:
+            return None
+        if self.adapter_id:
+            raise ParameterError("adapter_id", "give adapter_id or merged_adapters, not both")
+        return self.merged_adapters.mix()
+
+
+class GenerateRequest(_Body):
+    """Body of ``POST /generate`` and ``/generate_stream``."""
+
+    inputs: str
+    parameters: GenerateParameters = Field(default_factory=GenerateParameters)
+    stream: bool = False
+
+
+class Token(BaseModel):
+    id: int
+    text: str
+    logprob: float | None = None
+    special: bool = False
+
+
+class StreamDetails(BaseModel):
+    """``finish_reason`` is ``length``, ``eos_token`` or ``stop_sequence``; ``seed`` is the
+    seed a sampled request used (None when greedy or unseeded)."""
+
+    finish_reason: str
+    generated_tokens: int
+    seed: int | None = None
+    input_length: int
+
+
+class Details(StreamDetails):
+    prefill: list[Token] = Field(default_factory=list)
+    tokens: list[Token] = Field(default_factory=list)
+
+
+class GenerateResponse(BaseModel):
+    generated_text: str
+    details: Details | None = None
+
+
+class StreamResponse(BaseModel):
+    """One SSE event per generated token; the last one carries the text and the details."""
+
+    index: int
+    token: Token
+    generated_text: str | None = None
+    details: StreamDetails | None = None

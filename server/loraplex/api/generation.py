@@ -1,0 +1,253 @@
+"""What every generating route shares: resolve the adapter, tokenize, run one engine stream per
+prompt concurrently, and either drain them into a result or turn them into server-sent events.
+
+Every error that can be known before the first byte (bad parameter, unknown model, prompt too
+long) becomes an ordinary JSON error response; after the first byte it becomes one
+``data: {"error": ...}`` event (then ``data: [DONE]`` on the OpenAI routes). A client that hangs
+up stops our iteration, which makes the engine abort the request and free its KV blocks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterable
+from dataclasses import dataclass, field
+
+from fastapi import Request
+from fastapi.responses import StreamingResponse
+from starlette.background import BackgroundTask
+
+from loraplex import metrics
+from loraplex.api.errors import APIError, to_api_error
+from loraplex.api.schemas import SamplingRequest, UsageInfo
+from loraplex.engine.adapters import AdapterSpec
+from loraplex.engine.async_engine import AsyncEngine
+from loraplex.engine.outputs import RequestOutput
+from loraplex.engine.sampling_params import SamplingParams
+
+
+def resolve_adapter(engine: AsyncEngine, model: str, param: str = "model") -> str | None:
+    """``model`` names the base model (no adapter) or an adapter; anything else is a 404."""
+    if model == engine.model_name:
+        return None
+    if engine.has_adapter(model):
+        return model
+    raise APIError(404, f"The model `{model}` does not exist.", param=param, code="model_not_found")
+
+
+def resolve_mix(
+    engine: AsyncEngine, mix: list[tuple[str, float]], param: str = "adapters"
+) -> AdapterSpec:
+    """A weighted combination ``[(name, weight), ...]``; every name must exist (else 404)."""
+    for name, _ in mix:
+        if not engine.has_adapter(name):
+            message = f"The adapter `{name}` does not exist."
+            raise APIError(404, message, param=param, code="model_not_found")
+    return mix
+
+
+def request_adapter(engine: AsyncEngine, body: SamplingRequest) -> AdapterSpec:
+    """The adapter of an OpenAI request: the ``adapters`` mix if given, else ``model``."""
+    mix = body.adapter_mix(engine.model_name)
+    return resolve_adapter(engine, body.model) if mix is None else resolve_mix(engine, mix)
+
+
+def tokenize(engine: AsyncEngine, prompt: str | list[int], special: bool = True) -> list[int]:
+    """Token ids of one prompt; ``special``: add the special tokens the tokenizer adds by default
+    (off for text a chat template rendered, which has them already).
+
+    Token-id prompts pass through; the engine checks them against the model's vocabulary.
+    """
+    if isinstance(prompt, str):
+        # Inline on the event loop: a fast tokenizer needs microseconds for a prompt that fits
+        # the context, less than handing it to a thread would cost.
+        return list(engine.tokenizer(prompt, add_special_tokens=special).input_ids)
+    return prompt
+
+
+@dataclass
+class Choice:
+    """What one prompt has produced so far, and its share of the request's metrics."""
+
+    index: int
+    arrival: float
+    text: list[str] = field(default_factory=list)  # one delta per output
+    token_ids: list[int] = field(default_factory=list)
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    started: bool = False
+    finish_reason: str | None = None
+
+    def add(self, out: RequestOutput) -> None:
+        now = time.monotonic()
+        if not self.started:
+            self.started = True
+            self.prompt_tokens = out.num_prompt_tokens
+            metrics.record_first_token(now - self.arrival, out.num_prompt_tokens)
+        metrics.record_generated_tokens(out.num_output_tokens - self.completion_tokens)
+        self.completion_tokens = out.num_output_tokens
+        self.text.append(out.text)
+        self.token_ids.extend(out.token_ids)
+        if out.finished:
+            self.finish_reason = out.finish_reason or "stop"
+            metrics.record_finished(self.finish_reason, now - self.arrival)
+
+    @property
+    def full_text(self) -> str:
+        return "".join(self.text)
+
+
+class Run:
+    """The engine streams of one HTTP request (one per prompt), pumped into one queue."""
+
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        prompts: list[list[int]],
+        params: SamplingParams,
+        adapter: AdapterSpec,
+        id_prefix: str = "cmpl",
+    ) -> None:
+        self.id = f"{id_prefix}-{uuid.uuid4().hex}"
+        self.params = params
+        self.created = int(time.time())
+        arrival = time.monotonic()
+        self.choices = [Choice(i, arrival) for i in range(len(prompts))]
+        self._queue: asyncio.Queue[tuple[int, RequestOutput | Exception | None]] = asyncio.Queue()
+        self._open = len(prompts)
+        # Creating an engine stream runs nothing yet: it validates and queues on first iteration.
+        self._tasks = [
+            asyncio.create_task(
+                self._pump(i, engine.generate(f"{self.id}-{i}", ids, params, adapter))
+            )
+            for i, ids in enumerate(prompts)
+        ]
+
+    async def _pump(self, i: int, stream: AsyncIterator[RequestOutput]) -> None:
+        try:
+            async for out in stream:
+                self._queue.put_nowait((i, out))
+        except Exception as exc:  # re-raised in the consumer, which knows how to report it
+            self._queue.put_nowait((i, exc))
+        else:
+            self._queue.put_nowait((i, None))
+
+    async def next(self) -> tuple[Choice, RequestOutput] | None:
+        """The next output of any prompt (recorded in its choice), or None when all are done."""
+        while self._open:
+            i, item = await self._queue.get()
+            if item is None:
+                self._open -= 1
+            elif isinstance(item, Exception):
+                raise item
+            else:
+                self.choices[i].add(item)
+                return self.choices[i], item
+        return None
+
+    def close(self) -> None:
+        """Stop every stream; cancelling a pump closes its generator, so the engine aborts it."""
+        for task in self._tasks:
+            task.cancel()
+        now = time.monotonic()
+        for choice in self.choices:
+            if choice.started and choice.finish_reason is None:
+                choice.finish_reason = "abort"
+                metrics.record_finished("abort", now - choice.arrival)
+
+    async def aclose(self) -> None:
+        self.close()
+
+    def usage(self) -> UsageInfo:
+        prompt = sum(c.prompt_tokens for c in self.choices)
+        completion = sum(c.completion_tokens for c in self.choices)
+        return UsageInfo(
+            prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion
+        )
+
+
+async def run_to_end(request: Request, run: Run) -> bool:
+    """Read every output of ``run``; False if the client hung up first (then nothing is left
+    running). An engine error is raised, for the error handlers."""
+
+    async def drain() -> None:
+        while await run.next() is not None:
+            pass
+
+    async def hang_up() -> None:
+        # The body is already read, so the next ASGI message is the disconnect.
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+
+    work, watch = asyncio.ensure_future(drain()), asyncio.ensure_future(hang_up())
+    try:
+        await asyncio.wait({work, watch}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watch.cancel()
+        work.cancel()  # no-op when done
+        run.close()
+    if work.done() and not work.cancelled():
+        work.result()
+        return True
+    return False
+
+
+Render = Callable[[Choice, RequestOutput], Iterable[str]]
+
+
+async def stream_response(
+    run: Run,
+    render: Render,
+    *,
+    head: Iterable[str] = (),
+    tail: Callable[[], Iterable[str]] = lambda: (),
+    done: bool = True,
+) -> StreamingResponse:
+    """Server-sent events of ``run``: the payloads of ``head``, ``render(choice, output)`` for
+    each output, ``tail()``, then ``[DONE]`` if ``done``. Payloads are JSON strings.
+
+    Waits for every prompt's first output before the response begins, so that errors the engine
+    raises before yielding (prompt too long, ...) still get a JSON error with the right status.
+    """
+    first: list[tuple[Choice, RequestOutput]] = []
+    try:
+        while not all(c.started for c in run.choices) and (item := await run.next()):
+            first.append(item)
+    except BaseException:
+        run.close()
+        raise
+
+    async def events() -> AsyncIterator[str]:
+        try:
+            for payload in head:
+                yield _event(payload)
+            for choice, out in first:
+                for payload in render(choice, out):
+                    yield _event(payload)
+            while (item := await run.next()) is not None:
+                for payload in render(*item):
+                    yield _event(payload)
+            for payload in tail():
+                yield _event(payload)
+        except Exception as exc:
+            yield _event(json.dumps(to_api_error(exc).body()))
+        finally:
+            run.close()
+        if done:
+            yield _event("[DONE]")
+
+    return StreamingResponse(
+        events(),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache"},
+        # Runs even when the client left before the stream started (the generator's own
+        # finally would not run then).
+        background=BackgroundTask(run.aclose),
+    )
+
+
+def _event(payload: str) -> str:
+    return f"data: {payload}\n\n"

@@ -1,0 +1,105 @@
+"""``POST /v1/chat/completions``: the messages rendered by the model's chat template, then one
+engine request, exactly as a completion (:mod:`loraplex.api.generation`); JSON or SSE."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import jinja2
+from fastapi import APIRouter, Request, Response
+
+from loraplex.api.chat_schemas import (
+    ChatChoice,
+    ChatCompletionChunk,
+    ChatCompletionRequest,
+    ChatCompletionResponse,
+    ChatResponseMessage,
+    ChatStreamChoice,
+)
+from loraplex.api.deps import AuthDep, EngineDep
+from loraplex.api.errors import APIError
+from loraplex.api.generation import (
+    Choice,
+    Run,
+    request_adapter,
+    run_to_end,
+    stream_response,
+    tokenize,
+)
+from loraplex.engine.async_engine import AsyncEngine
+from loraplex.engine.outputs import RequestOutput
+
+router = APIRouter(prefix="/v1", tags=["chat"], dependencies=[AuthDep])
+
+
+def render_chat(engine: AsyncEngine, messages: list[dict[str, str]]) -> str:
+    """The prompt text of ``messages`` with the assistant's turn opened; 400 when the model has
+    no chat template or its template refuses the conversation (e.g. roles that don't alternate).
+    """
+    tokenizer = engine.tokenizer
+    if not getattr(tokenizer, "chat_template", None):
+        raise APIError(
+            400,
+            f"The model `{engine.model_name}` has no chat template, so it cannot serve chat "
+            "completions; use /v1/completions with a formatted prompt instead.",
+            param="messages",
+            code="chat_template_missing",
+        )
+    try:
+        text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    except jinja2.TemplateError as exc:
+        message = f"The chat template refused the messages: {exc}"
+        raise APIError(400, message, param="messages", code="invalid_value") from exc
+    return str(text)
+
+
+@router.post("/chat/completions", response_model=ChatCompletionResponse)
+async def create_chat_completion(
+    body: ChatCompletionRequest, request: Request, engine: EngineDep
+) -> Response | ChatCompletionResponse:
+    """OpenAI's chat completions (``n`` must be 1).
+
+    Extension: ``adapters`` (a weighted combination, with ``model`` the base model id).
+    """
+    adapter = request_adapter(engine, body)
+    # The template writes the special tokens (BOS, turn markers) itself: don't add them again.
+    prompt = tokenize(engine, render_chat(engine, body.conversation()), special=False)
+    params = body.sampling_params(len(prompt), engine.max_model_len)
+    run = Run(engine, [prompt], params, adapter, id_prefix="chatcmpl")
+    if not body.stream:
+        if not await run_to_end(request, run):
+            return Response(status_code=499)  # nobody is listening; for the access log
+        [choice] = run.choices
+        message = ChatResponseMessage(content=choice.full_text)
+        return ChatCompletionResponse(
+            id=run.id,
+            created=run.created,
+            model=body.model,
+            choices=[ChatChoice(index=0, message=message, finish_reason=choice.finish_reason)],
+            usage=run.usage(),
+        )
+
+    usage_field = None if body.include_usage else {"usage"}
+
+    def chunk(delta: dict[str, str], finish_reason: str | None = None) -> str:
+        choice = ChatStreamChoice(index=0, delta=delta, finish_reason=finish_reason)
+        payload = ChatCompletionChunk(
+            id=run.id, created=run.created, model=body.model, choices=[choice]
+        )
+        return payload.model_dump_json(exclude=usage_field)
+
+    def render(choice: Choice, out: RequestOutput) -> Iterator[str]:
+        # Empty deltas (the detokenizer holding back half a character) carry nothing.
+        if out.text:
+            yield chunk({"content": out.text})
+        if out.finished:
+            yield chunk({}, out.finish_reason)
+
+    def tail() -> Iterator[str]:
+        if body.include_usage:
+            last = ChatCompletionChunk(
+                id=run.id, created=run.created, model=body.model, usage=run.usage()
+            )
+            yield last.model_dump_json()
+
+    return await stream_response(run, render, head=[chunk({"role": "assistant"})], tail=tail)

@@ -1,0 +1,125 @@
+"""The native TGI/LoRAX-style API: ``POST /generate`` (JSON) and ``POST /generate_stream`` (one
+server-sent event per token, no ``[DONE]``), on the machinery of :mod:`loraplex.api.generation`.
+
+``parameters.adapter_id`` names an adapter (empty or the base model id: no adapter);
+``parameters.merged_adapters`` with ``merge_strategy: "linear"`` is the weighted combination the
+OpenAI routes take as ``adapters``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from fastapi import APIRouter, Request, Response
+
+from loraplex.api.deps import AuthDep, EngineDep
+from loraplex.api.errors import APIError
+from loraplex.api.generate_schemas import (
+    Details,
+    GenerateParameters,
+    GenerateRequest,
+    GenerateResponse,
+    StreamDetails,
+    StreamResponse,
+    Token,
+)
+from loraplex.api.generation import (
+    Choice,
+    Run,
+    resolve_adapter,
+    resolve_mix,
+    run_to_end,
+    stream_response,
+    tokenize,
+)
+from loraplex.engine.adapters import AdapterSpec
+from loraplex.engine.async_engine import AsyncEngine
+from loraplex.engine.outputs import RequestOutput
+
+router = APIRouter(tags=["generate"], dependencies=[AuthDep])
+
+
+def _adapter(engine: AsyncEngine, parameters: GenerateParameters) -> AdapterSpec:
+    mix = parameters.adapter_mix()
+    if mix is not None:
+        return resolve_mix(engine, mix, param="merged_adapters")
+    if not parameters.adapter_id:
+        return None
+    return resolve_adapter(engine, parameters.adapter_id, param="adapter_id")
+
+
+def _start(body: GenerateRequest, engine: AsyncEngine) -> Run:
+    if not body.inputs:
+        raise APIError(400, "inputs must not be empty", param="inputs", code="invalid_value")
+    adapter = _adapter(engine, body.parameters)
+    params = body.parameters.sampling_params()
+    return Run(engine, [tokenize(engine, body.inputs)], params, adapter, id_prefix="gen")
+
+
+def _details(engine: AsyncEngine, run: Run, choice: Choice) -> StreamDetails:
+    """How and why a finished choice ended, in TGI's words."""
+    reason = choice.finish_reason or "stop"
+    if reason == "stop":
+        eos = choice.token_ids[-1:] == [engine.tokenizer.eos_token_id]
+        reason = "eos_token" if eos else "stop_sequence"
+    return StreamDetails(
+        finish_reason=reason,
+        generated_tokens=choice.completion_tokens,
+        seed=None if run.params.greedy else run.params.seed,
+        input_length=choice.prompt_tokens,
+    )
+
+
+def _text(body: GenerateRequest, choice: Choice) -> str:
+    prefix = body.inputs if body.parameters.return_full_text else ""
+    return prefix + choice.full_text
+
+
+@router.post("/generate", response_model=GenerateResponse)
+async def generate(
+    body: GenerateRequest, request: Request, engine: EngineDep
+) -> Response | GenerateResponse:
+    """The whole generated text, and with ``parameters.details`` how and why it ended."""
+    run = _start(body, engine)
+    if not await run_to_end(request, run):
+        return Response(status_code=499)  # nobody is listening; for the access log
+    [choice] = run.choices
+    details = None
+    if body.parameters.details:
+        special = set(engine.tokenizer.all_special_ids)
+        # One output per token, so the text deltas line up with the tokens.
+        tokens = [
+            Token(id=t, text=text, special=t in special)
+            for t, text in zip(choice.token_ids, choice.text, strict=False)
+        ]
+        details = Details(**_details(engine, run, choice).model_dump(), tokens=tokens)
+    return GenerateResponse(generated_text=_text(body, choice), details=details)
+
+
+@router.post("/generate_stream", response_class=Response)
+async def generate_stream(body: GenerateRequest, engine: EngineDep) -> Response:
+    """One event per token: ``{"index", "token": {"id", "text", "logprob", "special"},
+    "generated_text": null, "details": null}``; on the last, the whole text (and the details
+    when ``parameters.details``). Concatenating the token texts gives the whole text."""
+    run = _start(body, engine)
+    special = set(engine.tokenizer.all_special_ids)
+
+    def render(choice: Choice, out: RequestOutput) -> Iterator[str]:
+        if not out.token_ids:  # aborted (the server is stopping): nothing to send but that
+            raise APIError(503, "The request was aborted.", code="aborted")
+        first_index = choice.completion_tokens - len(out.token_ids) + 1
+        last = len(out.token_ids) - 1
+        for i, token_id in enumerate(out.token_ids):
+            # The text of a step's tokens rides on its last one.
+            text = out.text if i == last else ""
+            event = StreamResponse(
+                index=first_index + i,
+                token=Token(id=token_id, text=text, special=token_id in special),
+            )
+            if out.finished and i == last:
+                event.generated_text = _text(body, choice)
+                if body.parameters.details:
+                    event.details = _details(engine, run, choice)
+            yield event.model_dump_json()
+
+    return await stream_response(run, render, done=False)
