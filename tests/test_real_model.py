@@ -24,7 +24,7 @@ ADAPTERS = Path(__file__).resolve().parents[1] / "adapters"
 QUESTIONS = [
     "What is the capital of France?",
     "Name a color of the sky.",
-    "What do bees make?",
+    "Why do cats purr?",
 ]
 
 
