@@ -43,6 +43,7 @@ class AsyncEngine:
         self.model_name = engine.model_name
         self.tokenizer = engine.tokenizer
         self.max_model_len = engine.max_model_len
+        self.eos_token_ids = engine.eos_token_ids
         self.created = int(time.time())
         self._commands: queue.SimpleQueue[tuple] = commands or queue.SimpleQueue()
         self._streams: dict[str, _Stream] = {}

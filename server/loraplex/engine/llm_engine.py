@@ -62,7 +62,7 @@ class LLMEngine:
             pinned=lambda: self.adapters.slots.pinned,
         )
         self.sampler = Sampler()
-        self.eos_token_id = self.tokenizer.eos_token_id
+        self.eos_token_ids = self.runner.eos_token_ids()
         self.requests: dict[str, _Request] = {}
         # Requests whose adapter failed to load; the async engine reports them to their clients.
         self.failed: list[tuple[str, Exception]] = []
@@ -165,7 +165,9 @@ class LLMEngine:
         seq, params = request.seq, request.seq.params
         seq.append_token(token)
         reason, text = None, ""
-        if token in params.stop_token_ids or (token == self.eos_token_id and not params.ignore_eos):
+        if token in params.stop_token_ids or (
+            token in self.eos_token_ids and not params.ignore_eos
+        ):
             reason = "stop"
         else:
             text, hit_stop = request.detokenizer.step(token)

@@ -69,6 +69,15 @@ class ModelRunner:
             2 * sum(k.numel() * k.element_size() for k, _ in self.kv_caches) / 2**20,
         )
 
+    def eos_token_ids(self) -> frozenset[int]:
+        """The tokenizer's EOS plus every EOS id in the generation config (chat models often
+        end turns with a token other than the tokenizer's EOS)."""
+        ids = {self.tokenizer.eos_token_id}
+        generation = getattr(self.model, "generation_config", None)
+        extra = getattr(generation, "eos_token_id", None)
+        ids.update(extra if isinstance(extra, list) else [extra])
+        return frozenset(i for i in ids if i is not None)
+
     @property
     def max_position_embeddings(self) -> int | None:
         return getattr(self.model.config.get_text_config(), "max_position_embeddings", None)

@@ -60,7 +60,7 @@ def _details(engine: AsyncEngine, run: Run, choice: Choice) -> StreamDetails:
     """How and why a finished choice ended, in TGI's words."""
     reason = choice.finish_reason or "stop"
     if reason == "stop":
-        eos = choice.token_ids[-1:] == [engine.tokenizer.eos_token_id]
+        eos = bool(choice.token_ids) and choice.token_ids[-1] in engine.eos_token_ids
         reason = "eos_token" if eos else "stop_sequence"
     return StreamDetails(
         finish_reason=reason,
