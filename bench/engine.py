@@ -140,7 +140,10 @@ def run_loraplex(
         missing = sorted(set(models) - {m["id"] for m in served})
         if missing:
             raise RuntimeError(f"{system}: the server does not serve {missing}")
-        common.http_completions(url, models[:1], prompts[:1], 2, "warm-up")
+        # Warm every adapter once (PEFT has them all loaded too): the timed run measures
+        # serving, not the first load from disk.
+        distinct = sorted(set(models))
+        common.http_completions(url, distinct, prompts[: len(distinct)], 2, "warm-up")
         return common.http_completions(url, models, prompts, max_tokens, system)
 
 

@@ -101,8 +101,11 @@ def paged_attention(
         rows, cache_rows = meta.decode_rows, meta.decode_cache_rows
         heads, kv_heads, dim = q.shape[0], key_cache.shape[1], q.shape[2]
         dq = q.index_select(1, rows).transpose(0, 1).reshape(-1, kv_heads, heads // kv_heads, dim)
-        dk = key_cache[cache_rows].transpose(1, 2)  # [Dn, H_kv, L, D]
-        dv = value_cache[cache_rows].transpose(1, 2)
+        flat = cache_rows.view(-1)  # index_select is much faster than advanced indexing
+        dk = key_cache.index_select(0, flat).view(*cache_rows.shape, kv_heads, dim).transpose(1, 2)
+        dv = (
+            value_cache.index_select(0, flat).view(*cache_rows.shape, kv_heads, dim).transpose(1, 2)
+        )
         o = F.scaled_dot_product_attention(dq, dk, dv, attn_mask=meta.decode_mask, scale=scaling)
         out.index_copy_(1, rows, o.reshape(-1, heads, dim).transpose(0, 1))
     for chunk in meta.prefills:
@@ -110,7 +113,8 @@ def paged_attention(
         if chunk.cache_rows is None:
             ck, cv = k[chunk.q_start : chunk.q_end], v[chunk.q_start : chunk.q_end]
         else:
-            ck, cv = key_cache[chunk.cache_rows], value_cache[chunk.cache_rows]
+            ck = key_cache.index_select(0, chunk.cache_rows)
+            cv = value_cache.index_select(0, chunk.cache_rows)
         ck, cv = ck.transpose(0, 1).unsqueeze(0), cv.transpose(0, 1).unsqueeze(0)
         n = chunk.q_end - chunk.q_start
         mask = None

