@@ -1,6 +1,6 @@
 """Helpers for the adapter API tests: a server on a fresh copy of the tiny adapter store (and the
 ``env`` fixture serving one), the tiny adapter's files corrupted one way at a time, archives
-holding them, and HTTP shortcuts."""
+holding them, and HTTP shortcuts (also for the other API tests: :func:`sse_events`)."""
 
 from __future__ import annotations
 
@@ -188,6 +188,15 @@ def complete(url: str, model: str, **extra: object) -> httpx.Response:
 def text(response: httpx.Response) -> str:
     assert response.status_code == 200, response.text
     return response.json()["choices"][0]["text"]
+
+
+def sse_events(response: httpx.Response) -> list[str]:
+    """The ``data:`` payloads of an SSE body; asserts every event is ``data: ...`` + blank line."""
+    body = response.text
+    assert body.endswith("\n\n")
+    events = body[:-2].split("\n\n")
+    assert all(e.startswith("data: ") for e in events), events
+    return [e[len("data: ") :] for e in events]
 
 
 def assert_error(response: httpx.Response, status: int, *words: str) -> dict:

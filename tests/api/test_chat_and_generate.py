@@ -16,6 +16,7 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
+from adapter_files import sse_events
 
 from loraplex.config import Config
 
@@ -56,21 +57,6 @@ def client(chat_url: str) -> openai.OpenAI:
     return openai.OpenAI(base_url=f"{chat_url}/v1", api_key="x", max_retries=0, timeout=120)
 
 
-@pytest.fixture(scope="module")
-def base_name(tiny_config: Config) -> str:
-    assert tiny_config.model.served_model_name is not None
-    return tiny_config.model.served_model_name
-
-
-def _events(response: httpx.Response) -> list[str]:
-    """The ``data:`` payloads of an SSE body; asserts every event is ``data: ...`` + blank line."""
-    body = response.text
-    assert body.endswith("\n\n")
-    events = body[:-2].split("\n\n")
-    assert all(e.startswith("data: ") for e in events), events
-    return [e[len("data: ") :] for e in events]
-
-
 def _generate(url: str, inputs: str = PROMPT, **parameters: object) -> httpx.Response:
     return httpx.post(
         f"{url}/generate", json={"inputs": inputs, "parameters": parameters}, timeout=120
@@ -82,7 +68,7 @@ def _generate_stream(url: str, inputs: str = PROMPT, **parameters: object) -> li
     response = httpx.post(f"{url}/generate_stream", json=body, timeout=120)
     assert response.status_code == 200, response.text
     assert response.headers["content-type"].startswith("text/event-stream")
-    return [json.loads(e) for e in _events(response)]
+    return [json.loads(e) for e in sse_events(response)]
 
 
 # ---- /v1/chat/completions -----------------------------------------------------------------
@@ -153,7 +139,7 @@ def test_chat_sse_wire_format(chat_url: str, base_name: str) -> None:
     body = {"model": base_name, "messages": MESSAGES, "stream": True, "max_tokens": 3}
     response = httpx.post(f"{chat_url}/v1/chat/completions", json=body, timeout=60)
     assert response.status_code == 200
-    *chunks, done = _events(response)
+    *chunks, done = sse_events(response)
     assert done == "[DONE]"
     parsed = [json.loads(c) for c in chunks]
     assert parsed[0]["choices"][0]["delta"] == {"role": "assistant"}

@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterator
 import httpx
 import openai
 import pytest
+from adapter_files import sse_events
 
 from loraplex.config import Config
 
@@ -24,12 +25,6 @@ GREEDY = {"temperature": 0.0, "max_tokens": 8, "extra_body": {"ignore_eos": True
 def client(live_server: str) -> openai.OpenAI:
     # max_retries=0: a failure must surface at once, not after the SDK's back-off.
     return openai.OpenAI(base_url=f"{live_server}/v1", api_key="x", max_retries=0, timeout=120)
-
-
-@pytest.fixture(scope="module")
-def base_name(tiny_config: Config) -> str:
-    assert tiny_config.model.served_model_name is not None
-    return tiny_config.model.served_model_name
 
 
 def _metric(url: str, name: str, labels: str = "") -> float:
@@ -55,15 +50,6 @@ def _wait_until_aborted(url: str, aborts_before: float, within: float) -> None:
     while _metric(url, "loraplex_num_requests_running") != 0:
         assert time.monotonic() < deadline, "the aborted request is still running"
         time.sleep(0.05)
-
-
-def _sse_events(response: httpx.Response) -> list[str]:
-    """The ``data:`` payloads of an SSE body; asserts every event is ``data: ...`` + blank line."""
-    body = response.text
-    assert body.endswith("\n\n")
-    events = body[:-2].split("\n\n")
-    assert all(e.startswith("data: ") for e in events), events
-    return [e[len("data: ") :] for e in events]
 
 
 def test_models_lists_base_first_then_adapters(
@@ -230,7 +216,7 @@ def test_sse_wire_format(live_server: str, base_name: str) -> None:
     response = httpx.post(f"{live_server}/v1/completions", json=body, timeout=60)
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("text/event-stream")
-    events = _sse_events(response)
+    events = sse_events(response)
     assert events[-1] == "[DONE]"
     chunks = [json.loads(e) for e in events[:-1]]
     assert chunks and all(c["object"] == "text_completion" for c in chunks)

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict
 
-from loraplex.api.schemas import SamplingRequest, UsageInfo
+from loraplex.api.schemas import OpenAIChunk, OpenAIResponse, SamplingRequest
 from loraplex.engine.sampling_params import ParameterError, SamplingParams
 
 
@@ -89,13 +89,8 @@ class ChatChoice(BaseModel):
     logprobs: None = None
 
 
-class ChatCompletionResponse(BaseModel):
-    id: str
+class ChatCompletionResponse(OpenAIResponse[ChatChoice]):
     object: Literal["chat.completion"] = "chat.completion"
-    created: int
-    model: str
-    choices: list[ChatChoice]
-    usage: UsageInfo
 
 
 class ChatStreamChoice(BaseModel):
@@ -108,12 +103,5 @@ class ChatStreamChoice(BaseModel):
     logprobs: None = None
 
 
-class ChatCompletionChunk(BaseModel):
-    """One SSE chunk; ``usage`` is set only on the last chunk when ``include_usage`` is on."""
-
-    id: str
+class ChatCompletionChunk(OpenAIChunk[ChatStreamChoice]):
     object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
-    created: int
-    model: str
-    choices: list[ChatStreamChoice] = Field(default_factory=list)
-    usage: UsageInfo | None = None

@@ -9,27 +9,14 @@ so their clients (``text_generation``, ``lorax``) work unchanged. Errors use the
 from __future__ import annotations
 
 import random
-from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, Field
 
-from loraplex.api.schemas import check_mix
+from loraplex.api.schemas import LenientBody, check_mix
 from loraplex.engine.sampling_params import ParameterError, SamplingParams
 
 
-class _Body(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-
-    @model_validator(mode="before")
-    @classmethod
-    def _null_means_default(cls, data: Any) -> Any:
-        # The TGI clients send every field, unset ones as null: let the defaults apply.
-        if isinstance(data, dict):
-            return {key: value for key, value in data.items() if value is not None}
-        return data
-
-
-class MergedAdapters(_Body):
+class MergedAdapters(LenientBody):
     """LoRAX's per-request merge; only ``linear`` (``Σ w_i·ΔW_i``, applied as one adapter)."""
 
     ids: list[str]
@@ -51,7 +38,7 @@ class MergedAdapters(_Body):
         return check_mix(list(zip(self.ids, self.weights, strict=True)), param)
 
 
-class GenerateParameters(_Body):
+class GenerateParameters(LenientBody):
     """``parameters`` of a generate request. Like TGI, the request samples when ``do_sample``
     is true or any of ``temperature`` (other than 1), ``top_k``, ``top_p`` (below 1) is set, and
     is greedy otherwise. Stop sequences are cut from the text, as on the OpenAI routes."""
@@ -116,7 +103,7 @@ class GenerateParameters(_Body):
         return self.merged_adapters.mix()
 
 
-class GenerateRequest(_Body):
+class GenerateRequest(LenientBody):
     """Body of ``POST /generate`` and ``/generate_stream``."""
 
     inputs: str

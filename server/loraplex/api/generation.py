@@ -13,16 +13,17 @@ import asyncio
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
 from fastapi import Request
 from fastapi.responses import StreamingResponse
+from pydantic import BaseModel
 from starlette.background import BackgroundTask
 
 from loraplex import metrics
 from loraplex.api.errors import APIError, to_api_error
-from loraplex.api.schemas import SamplingRequest, UsageInfo
+from loraplex.api.schemas import OpenAIChunk, SamplingRequest, UsageInfo
 from loraplex.engine.adapters import AdapterSpec
 from loraplex.engine.async_engine import AsyncEngine
 from loraplex.engine.outputs import RequestOutput
@@ -193,6 +194,29 @@ async def run_to_end(request: Request, run: Run) -> bool:
         work.result()
         return True
     return False
+
+
+class Chunks:
+    """The SSE payloads of an OpenAI stream as ``chunk_type`` (an :class:`OpenAIChunk`): chunks
+    of choices, and with ``stream_options.include_usage`` a last chunk of the usage (:meth:`tail`).
+    Only then do the chunks of choices have a ``usage`` field (null), as OpenAI's do.
+    """
+
+    def __init__(self, run: Run, body: SamplingRequest, chunk_type: type[OpenAIChunk]) -> None:
+        self._run, self._model, self._type = run, body.model, chunk_type
+        self._include_usage = body.include_usage
+
+    def _new(self, **fields: object) -> OpenAIChunk:
+        run = self._run
+        return self._type(id=run.id, created=run.created, model=self._model, **fields)
+
+    def choices(self, *choices: BaseModel) -> str:
+        exclude = None if self._include_usage else {"usage"}
+        return self._new(choices=list(choices)).model_dump_json(exclude=exclude)
+
+    def tail(self) -> Iterator[str]:
+        if self._include_usage:
+            yield self._new(usage=self._run.usage()).model_dump_json()
 
 
 Render = Callable[[Choice, RequestOutput], Iterable[str]]

@@ -1,5 +1,5 @@
-"""Pydantic models of the HTTP surface: ``/v1/completions``, ``/v1/models``, adapters, health
-(chat and the TGI-style routes have their own modules).
+"""Pydantic models of the HTTP surface: ``/v1/completions``, ``/v1/models``, health, and what
+the OpenAI routes share (chat, the TGI-style routes and adapter management have their own modules).
 
 Request models check only types; value ranges are checked once, by :class:`SamplingParams`, whose
 :class:`ParameterError` the error handlers turn into a 400 naming the parameter.
@@ -8,7 +8,7 @@ Request models check only types; value ranges are checked once, by :class:`Sampl
 from __future__ import annotations
 
 import math
-from typing import Any, Literal
+from typing import Any, Generic, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -35,14 +35,27 @@ class StreamOptions(BaseModel):
     include_usage: bool = False
 
 
-class SamplingRequest(BaseModel):
-    """The fields every OpenAI generating request shares (completions and chat).
+class LenientBody(BaseModel):
+    """A request body that ignores unknown fields and reads an explicit null as "not set".
 
-    Unknown fields are ignored: OpenAI clients and SDKs send extras (``best_of``, ``suffix``,
-    ``logit_bias``...) that we don't implement but shouldn't reject.
+    Clients send extras we don't implement but shouldn't reject (OpenAI SDKs: ``best_of``,
+    ``suffix``, ``logit_bias``...), and several send null for a field they leave unset (the TGI
+    clients send every field): its default applies, and a required field that is null fails as
+    missing, which is the right message.
     """
 
     model_config = ConfigDict(extra="ignore")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _null_means_default(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            return {key: value for key, value in data.items() if value is not None}
+        return data
+
+
+class SamplingRequest(LenientBody):
+    """The fields every OpenAI generating request shares (completions and chat)."""
 
     model: str
     temperature: float = 1.0
@@ -61,15 +74,6 @@ class SamplingRequest(BaseModel):
     user: str | None = None
     # Extension: a weighted combination of adapters, applied as one (``model`` names the base).
     adapters: list[AdapterWeight] | None = None
-
-    @model_validator(mode="before")
-    @classmethod
-    def _null_means_default(cls, data: Any) -> Any:
-        # Several clients send explicit nulls for "not set"; treat them as absent so defaults apply
-        # (a null ``model`` then fails as missing, which is the right message).
-        if isinstance(data, dict):
-            return {key: value for key, value in data.items() if value is not None}
-        return data
 
     @property
     def include_usage(self) -> bool:
@@ -163,6 +167,33 @@ class UsageInfo(BaseModel):
     total_tokens: int = 0
 
 
+ChoiceT = TypeVar("ChoiceT", bound=BaseModel)
+
+
+class _Envelope(BaseModel):
+    """What every OpenAI completion object and stream chunk starts with; each concrete model
+    fixes ``object``."""
+
+    id: str
+    object: str
+    created: int
+    model: str
+
+
+class OpenAIResponse(_Envelope, Generic[ChoiceT]):
+    """A whole completion (legacy or chat): its choices and usage."""
+
+    choices: list[ChoiceT]
+    usage: UsageInfo
+
+
+class OpenAIChunk(_Envelope, Generic[ChoiceT]):
+    """One SSE chunk; ``usage`` is set only on the last chunk when ``include_usage`` is on."""
+
+    choices: list[ChoiceT] = Field(default_factory=list)
+    usage: UsageInfo | None = None
+
+
 class CompletionChoice(BaseModel):
     index: int
     text: str
@@ -170,24 +201,12 @@ class CompletionChoice(BaseModel):
     logprobs: None = None
 
 
-class CompletionResponse(BaseModel):
-    id: str
+class CompletionResponse(OpenAIResponse[CompletionChoice]):
     object: Literal["text_completion"] = "text_completion"
-    created: int
-    model: str
-    choices: list[CompletionChoice]
-    usage: UsageInfo
 
 
-class CompletionStreamResponse(BaseModel):
-    """One SSE chunk; ``usage`` is set only on the last chunk when ``include_usage`` is on."""
-
-    id: str
+class CompletionStreamResponse(OpenAIChunk[CompletionChoice]):
     object: Literal["text_completion"] = "text_completion"
-    created: int
-    model: str
-    choices: list[CompletionChoice] = Field(default_factory=list)
-    usage: UsageInfo | None = None
 
 
 class ModelCard(BaseModel):
@@ -204,73 +223,6 @@ class ModelCard(BaseModel):
 class ModelList(BaseModel):
     object: Literal["list"] = "list"
     data: list[ModelCard]
-
-
-class AdapterLocation(BaseModel):
-    """Where an adapter is now: its device slot (None if not resident), host memory, store."""
-
-    device_slot: int | None = None
-    host_memory: bool = False
-    store: bool = True
-    merged: bool = False
-    pinned: bool = False
-
-
-class AdapterCardResponse(BaseModel):
-    """One adapter: its card (``version`` is the sha256 of its weights) and, where known, where
-    it is now."""
-
-    id: str
-    object: Literal["adapter"] = "adapter"
-    name: str
-    version: str
-    rank: int
-    alpha: float
-    target_modules: list[str]
-    size_bytes: int
-    created: int
-    description: str | None = None
-    pinned: bool = False
-    location: AdapterLocation | None = None
-
-
-class AdapterList(BaseModel):
-    object: Literal["list"] = "list"
-    data: list[AdapterCardResponse]
-
-
-class AdapterDeleted(BaseModel):
-    id: str
-    object: Literal["adapter"] = "adapter"
-    deleted: bool = True
-
-
-class LoadAdapterRequest(BaseModel):
-    """``POST /v1/adapters/load``: register a server-side folder (under ``--adapter-roots``)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    name: str
-    path: str
-    replace: bool = False
-
-
-class VLLMLoadRequest(BaseModel):
-    """vLLM's ``POST /v1/load_lora_adapter`` body (``load_inplace`` replaces an existing one)."""
-
-    model_config = ConfigDict(extra="ignore")
-
-    lora_name: str
-    lora_path: str
-    load_inplace: bool = False
-
-
-class VLLMUnloadRequest(BaseModel):
-    """vLLM's ``POST /v1/unload_lora_adapter`` body (``lora_int_id`` is accepted and unused)."""
-
-    model_config = ConfigDict(extra="ignore")
-
-    lora_name: str
 
 
 class HealthResponse(BaseModel):

@@ -130,6 +130,7 @@ class AsyncEngine:
         self._commands.put(("wake",))
         if self._thread is not None:
             self._thread.join(timeout=30)
+        self.engine.registry.close()  # stop the adapter loader threads
 
     def is_healthy(self) -> bool:
         return self._thread is not None and self._thread.is_alive() and not self._stop.is_set()

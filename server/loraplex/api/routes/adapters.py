@@ -10,9 +10,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from fastapi.responses import PlainTextResponse
 
-from loraplex.api.deps import AuthDep, EngineDep, LimitsDep
-from loraplex.api.errors import APIError
-from loraplex.api.schemas import (
+from loraplex.api.adapter_schemas import (
     AdapterCardResponse,
     AdapterDeleted,
     AdapterList,
@@ -21,6 +19,8 @@ from loraplex.api.schemas import (
     VLLMLoadRequest,
     VLLMUnloadRequest,
 )
+from loraplex.api.deps import AuthDep, EngineDep, LimitsDep
+from loraplex.api.errors import APIError
 from loraplex.api.upload import staged_upload
 from loraplex.engine.async_engine import AsyncEngine
 from loraplex.lora.card import AdapterCard

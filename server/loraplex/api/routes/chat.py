@@ -20,6 +20,7 @@ from loraplex.api.deps import AuthDep, EngineDep
 from loraplex.api.errors import APIError
 from loraplex.api.generation import (
     Choice,
+    Chunks,
     Run,
     request_adapter,
     run_to_end,
@@ -79,14 +80,10 @@ async def create_chat_completion(
             usage=run.usage(),
         )
 
-    usage_field = None if body.include_usage else {"usage"}
+    chunks = Chunks(run, body, ChatCompletionChunk)
 
     def chunk(delta: dict[str, str], finish_reason: str | None = None) -> str:
-        choice = ChatStreamChoice(index=0, delta=delta, finish_reason=finish_reason)
-        payload = ChatCompletionChunk(
-            id=run.id, created=run.created, model=body.model, choices=[choice]
-        )
-        return payload.model_dump_json(exclude=usage_field)
+        return chunks.choices(ChatStreamChoice(index=0, delta=delta, finish_reason=finish_reason))
 
     def render(choice: Choice, out: RequestOutput) -> Iterator[str]:
         # Empty deltas (the detokenizer holding back half a character) carry nothing.
@@ -95,11 +92,5 @@ async def create_chat_completion(
         if out.finished:
             yield chunk({}, out.finish_reason)
 
-    def tail() -> Iterator[str]:
-        if body.include_usage:
-            last = ChatCompletionChunk(
-                id=run.id, created=run.created, model=body.model, usage=run.usage()
-            )
-            yield last.model_dump_json()
-
-    return await stream_response(run, render, head=[chunk({"role": "assistant"})], tail=tail)
+    head = [chunk({"role": "assistant"})]
+    return await stream_response(run, render, head=head, tail=chunks.tail)

@@ -13,6 +13,7 @@ from fastapi import APIRouter, Request, Response
 from loraplex.api.deps import AuthDep, EngineDep
 from loraplex.api.generation import (
     Choice,
+    Chunks,
     Run,
     request_adapter,
     run_to_end,
@@ -43,7 +44,7 @@ async def create_completion(
     prompts = [tokenize(engine, p) for p in body.prompts()]
     run = Run(engine, prompts, params, adapter, id_prefix="cmpl")
     if body.stream:
-        usage_field = None if body.include_usage else {"usage"}
+        chunks = Chunks(run, body, CompletionStreamResponse)
 
         def render(choice: Choice, out: RequestOutput) -> Iterator[str]:
             # Empty deltas (the detokenizer holding back half a character) carry nothing.
@@ -51,19 +52,9 @@ async def create_completion(
                 delta = CompletionChoice(
                     index=choice.index, text=out.text, finish_reason=out.finish_reason
                 )
-                chunk = CompletionStreamResponse(
-                    id=run.id, created=run.created, model=body.model, choices=[delta]
-                )
-                yield chunk.model_dump_json(exclude=usage_field)
+                yield chunks.choices(delta)
 
-        def tail() -> Iterator[str]:
-            if body.include_usage:
-                last = CompletionStreamResponse(
-                    id=run.id, created=run.created, model=body.model, usage=run.usage()
-                )
-                yield last.model_dump_json()
-
-        return await stream_response(run, render, tail=tail)
+        return await stream_response(run, render, tail=chunks.tail)
     if not await run_to_end(request, run):
         return Response(status_code=499)  # nobody is listening; the status is for the access log
     choices = [

@@ -1,0 +1,75 @@
+"""Pydantic models of adapter management: ``/v1/adapters`` (upload, load, list, inspect, delete,
+merge, unmerge) and vLLM's ``/v1/load_lora_adapter`` and ``/v1/unload_lora_adapter``."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict
+
+
+class AdapterLocation(BaseModel):
+    """Where an adapter is now: its device slot (None if not resident), host memory, store."""
+
+    device_slot: int | None = None
+    host_memory: bool = False
+    store: bool = True
+    merged: bool = False
+    pinned: bool = False
+
+
+class AdapterCardResponse(BaseModel):
+    """One adapter: its card (``version`` is the sha256 of its weights) and, where known, where
+    it is now."""
+
+    id: str
+    object: Literal["adapter"] = "adapter"
+    name: str
+    version: str
+    rank: int
+    alpha: float
+    target_modules: list[str]
+    size_bytes: int
+    created: int
+    description: str | None = None
+    pinned: bool = False
+    location: AdapterLocation | None = None
+
+
+class AdapterList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[AdapterCardResponse]
+
+
+class AdapterDeleted(BaseModel):
+    id: str
+    object: Literal["adapter"] = "adapter"
+    deleted: bool = True
+
+
+class LoadAdapterRequest(BaseModel):
+    """``POST /v1/adapters/load``: register a server-side folder (under ``--adapter-roots``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    path: str
+    replace: bool = False
+
+
+class VLLMLoadRequest(BaseModel):
+    """vLLM's ``POST /v1/load_lora_adapter`` body (``load_inplace`` replaces an existing one)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    lora_name: str
+    lora_path: str
+    load_inplace: bool = False
+
+
+class VLLMUnloadRequest(BaseModel):
+    """vLLM's ``POST /v1/unload_lora_adapter`` body (``lora_int_id`` is accepted and unused)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    lora_name: str
