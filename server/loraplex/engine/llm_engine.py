@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,8 +50,14 @@ class LLMEngine:
             config.model.max_model_len, limit, layout.num_blocks * layout.block_size
         )
         self.block_manager = BlockManager(layout.num_blocks, layout.block_size)
+        self._adapter_loaded = threading.Event()
+
+        def adapter_loaded() -> None:
+            self._adapter_loaded.set()
+            on_adapter_loaded()
+
         self.adapters = EngineAdapters(
-            config.lora, self.runner, Path(path).name, cache_root(), on_adapter_loaded
+            config.lora, self.runner, Path(path).name, cache_root(), adapter_loaded
         )
         self.registry = self.adapters.registry
         self.scheduler = Scheduler(
@@ -133,6 +140,10 @@ class LLMEngine:
 
     def step(self) -> list[RequestOutput]:
         """One iteration of continuous batching; returns the outputs this step produced."""
+        if self.last_step_idle and self.scheduler.num_waiting:
+            # Everything queued waits for adapter loads: wait for one rather than spin.
+            self._adapter_loaded.wait(0.05)
+        self._adapter_loaded.clear()
         self._check_waiting()
         out = self.scheduler.schedule()
         self.last_step_idle = out.is_empty
