@@ -74,6 +74,7 @@ class LLMEngine:
         # Requests whose adapter failed to load; the async engine reports them to their clients.
         self.failed: list[tuple[str, Exception]] = []
         self.last_step_idle = True
+        self._new_requests = False
 
     def check_request(self, prompt_ids: list[int], params: SamplingParams) -> None:
         """Refuse what can never run, before it is queued."""
@@ -104,6 +105,7 @@ class LLMEngine:
         detok = IncrementalDetokenizer(self.tokenizer, seq.prompt_token_ids, params)
         self.requests[request_id] = _Request(seq, detok, generator)
         self.scheduler.add(seq)
+        self._new_requests = True
 
     def abort(self, request_id: str) -> RequestOutput | None:
         request = self.requests.get(request_id)
@@ -140,10 +142,11 @@ class LLMEngine:
 
     def step(self) -> list[RequestOutput]:
         """One iteration of continuous batching; returns the outputs this step produced."""
-        if self.last_step_idle and self.scheduler.num_waiting:
+        if self.last_step_idle and self.scheduler.num_waiting and not self._new_requests:
             # Everything queued waits for adapter loads: wait for one rather than spin.
             self._adapter_loaded.wait(0.05)
         self._adapter_loaded.clear()
+        self._new_requests = False
         self._check_waiting()
         out = self.scheduler.schedule()
         self.last_step_idle = out.is_empty
