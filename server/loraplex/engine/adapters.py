@@ -112,13 +112,8 @@ class EngineAdapters:
     # ---- engine thread -----------------------------------------------------------------
 
     def is_ready(self, seq: Sequence) -> bool:
-        """Whether ``seq``'s adapter is in host memory; if not, its load starts (prefetch)."""
-        if seq.adapter is None or seq.merged:
-            return True
-        if self.registry.host.get(seq.adapter) is not None:
-            return True
-        self.registry.prefetch(seq.adapter)
-        return False
+        """Whether ``seq``'s adapter is in host memory (the engine prefetches queued ones)."""
+        return seq.adapter is None or seq.merged or seq.adapter in self.registry.host
 
     def activate(self, keys: set[str]) -> dict[str, int]:
         """Give every adapter of the step a device slot, loading the new ones from host memory."""

@@ -109,12 +109,15 @@ class AdapterRegistry:
             "pinned": pinned,
         }
         with self._lock:
-            if name in self._cards and not replace:
+            old = self._cards.get(name)
+            if old is not None and not replace:
                 raise AdapterExistsError(f"adapter {name!r} exists; pass replace=true")
             self.store.put(name, folder, metadata)
             card = describe(name, folder, metadata)
             self.host.put(card.key, adapter)  # just validated: warm it
             self._publish(card)
+        if old is not None and old.key != card.key:
+            self.host.discard(old.key)  # as in remove(): requests using it keep it until done
         return card
 
     def remove(self, name: str) -> AdapterCard:
