@@ -94,6 +94,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="number of KV-cache blocks; overrides --kv-cache-memory-mb",
     )
+    cache.add_argument(
+        "--enable-prefix-caching",
+        action=argparse.BooleanOptionalAction,
+        default=CacheConfig.enable_prefix_caching,
+        help="share the KV of full blocks of a repeated prompt prefix (same adapter) across "
+        "requests instead of recomputing it",
+    )
 
     sched = serve.add_argument_group("scheduler")
     sched.add_argument(
@@ -201,6 +208,7 @@ def build_config(args: argparse.Namespace) -> Config:
             block_size=args.block_size,
             kv_cache_memory_mb=args.kv_cache_memory_mb,
             num_blocks=args.num_blocks,
+            enable_prefix_caching=args.enable_prefix_caching,
         ),
         scheduler=SchedulerConfig(
             max_num_seqs=args.max_num_seqs, max_num_batched_tokens=args.max_num_batched_tokens

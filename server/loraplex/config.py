@@ -43,11 +43,14 @@ class CacheConfig:
     """Paged KV cache: ``num_blocks`` blocks of ``block_size`` tokens per layer.
 
     ``num_blocks`` is derived from ``kv_cache_memory_mb`` at engine start unless given.
+    ``enable_prefix_caching``: full blocks of computed KV are shared by later requests whose
+    prompt starts with the same tokens under the same adapter.
     """
 
     block_size: int = 16
     kv_cache_memory_mb: int = 512
     num_blocks: int | None = None
+    enable_prefix_caching: bool = True
 
     def __post_init__(self) -> None:
         _require(self.block_size > 0, "--block-size must be positive")

@@ -46,6 +46,11 @@ REQUESTS = Counter(
     registry=REGISTRY,
 )
 PROMPT_TOKENS = Counter("loraplex_prompt_tokens", "Prompt tokens prefilled.", registry=REGISTRY)
+PREFIX_CACHE_HITS = Counter(
+    "loraplex_prefix_cache_hit_tokens",
+    "Prompt tokens whose KV came from the prefix cache (hit rate: this over prompt tokens).",
+    registry=REGISTRY,
+)
 GENERATION_TOKENS = Counter(
     "loraplex_generation_tokens", "Output tokens generated.", registry=REGISTRY
 )
@@ -84,10 +89,11 @@ ADAPTERS_RESIDENT = Gauge(
 )
 
 
-def record_first_token(seconds: float, prompt_tokens: int) -> None:
+def record_first_token(seconds: float, prompt_tokens: int, cached_tokens: int = 0) -> None:
     """Called once per sequence when its first output arrives (prefill is done by then)."""
     TIME_TO_FIRST_TOKEN.observe(seconds)
     PROMPT_TOKENS.inc(prompt_tokens)
+    PREFIX_CACHE_HITS.inc(cached_tokens)
 
 
 def record_generated_tokens(n: int) -> None:

@@ -432,3 +432,19 @@ def test_health_is_503_when_the_engine_stopped(
     response = httpx.get(f"{url}/health")
     assert response.status_code == 503
     assert response.json() == {"status": "unhealthy"}
+
+
+def test_a_repeated_long_prompt_reports_cached_tokens_and_the_same_text(
+    client: openai.OpenAI, base_name: str, live_server: str, tiny_config: Config
+) -> None:
+    prompt = "A long shared system prompt, repeated word for word by every request. " * 4
+    hits_before = _metric(live_server, "loraplex_prefix_cache_hit_tokens_total")
+    first = client.completions.create(model=base_name, prompt=prompt, **GREEDY)
+    again = client.completions.create(model=base_name, prompt=prompt, **GREEDY)
+    assert again.choices[0].text == first.choices[0].text
+    assert first.usage is not None and again.usage is not None
+    cached = again.usage.prompt_tokens_details.cached_tokens
+    # Every full block but the one holding the last prompt token, which is recomputed.
+    assert 0 < cached < again.usage.prompt_tokens
+    assert cached % tiny_config.cache.block_size == 0
+    assert _metric(live_server, "loraplex_prefix_cache_hit_tokens_total") >= hits_before + cached

@@ -28,7 +28,7 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     return model_dir, adapters
 
 
-def make_engine(store: tuple[Path, Path], **cache: int) -> LLMEngine:
+def make_engine(store: tuple[Path, Path], **cache: int | bool) -> LLMEngine:
     model_dir, adapters = store
     return LLMEngine(
         Config(
@@ -85,6 +85,31 @@ def test_preemption_recomputes_to_the_same_tokens(store) -> None:
     tight = make_engine(store, num_blocks=10)  # 40 tokens of cache for ~100 tokens of work
     assert run(tight, requests, max_tokens=16, temperature=0, ignore_eos=True) == roomy
     assert tight.block_manager.num_free_blocks == 10
+
+
+def test_prefix_cache_hits_give_the_tokens_of_a_full_recompute(store) -> None:
+    prefix = list(range(60, 74))  # 3 full blocks of 4, then 2 more tokens
+    tails = [[7, 8], [9], [7, 8], [1, 2, 3], [7, 8]]
+    requests = list(
+        zip([prefix + t for t in tails], [None, "all", "attn", "all", None], strict=True)
+    )
+    params = {"max_tokens": 6, "temperature": 0, "ignore_eos": True}
+    cold = run(make_engine(store, enable_prefix_caching=False), requests, **params)
+    engine = make_engine(store)
+    # Chunked prefill (16 tokens a step) admits the later requests after earlier blocks exist.
+    assert run(engine, requests, **params) == cold
+    cached: dict[str, int] = {}
+    for i, (prompt, adapter) in enumerate(requests):
+        engine.add_request(f"again{i}", prompt, SamplingParams(**params), adapter)
+    while engine.has_unfinished():
+        cached |= {o.request_id: o.num_cached_tokens for o in engine.step()}
+    assert all(n >= 12 for n in cached.values()), cached  # every prefix is cached by now
+    assert run(engine, requests, **params) == cold
+    # Another adapter's cache is never used: a base request after only "all" ran misses.
+    fresh = make_engine(store)
+    run(fresh, [(prefix, "all")], **params)
+    fresh.add_request("base", prefix, SamplingParams(**params), None)
+    assert fresh.step()[0].num_cached_tokens == 0
 
 
 def test_seeded_sampling_is_reproducible_and_abort_frees_blocks(store) -> None:

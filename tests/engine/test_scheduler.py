@@ -38,10 +38,11 @@ def make_scheduler(
     max_loras: int = 4,
     max_model_len: int = 64,
     starvation_steps: int = 32,
+    prefix_caching: bool = False,
 ) -> Scheduler:
     return Scheduler(
         SchedulerConfig(max_num_seqs=seqs, max_num_batched_tokens=tokens),
-        BlockManager(num_blocks, block_size),
+        BlockManager(num_blocks, block_size, enable_prefix_caching=prefix_caching),
         max_loras=max_loras,
         max_model_len=max_model_len,
         starvation_steps=starvation_steps,
@@ -57,11 +58,11 @@ def check_invariants(sched: Scheduler, out: SchedulerOutput) -> None:
     for seq in sched.waiting:
         assert seq.status is SequenceStatus.WAITING
         assert seq.block_table == []
-    held = [b for seq in sched.running for b in seq.block_table]
-    assert len(held) == len(set(held))
+    held = {b for seq in sched.running for b in seq.block_table}  # shared prefixes count once
     assert len(held) + bm.num_free_blocks == bm.num_blocks
     for seq in sched.running:
         assert seq.status is SequenceStatus.RUNNING
+        assert len(set(seq.block_table)) == len(seq.block_table)
         assert len(seq.block_table) * bm.block_size >= seq.num_computed_tokens
 
 
@@ -309,3 +310,39 @@ def test_add_rejects_prompts_longer_than_max_model_len() -> None:
 def test_kv_cache_must_hold_one_max_length_sequence() -> None:
     with pytest.raises(ValueError, match="max_model_len"):
         make_scheduler(num_blocks=3, block_size=4, max_model_len=13)
+
+
+def test_a_prompt_sharing_a_computed_prefix_prefills_only_its_new_tokens() -> None:
+    sched = make_scheduler(prefix_caching=True, tokens=64, block_size=4)
+    first = make_seq("a", 10, max_tokens=2)
+    sched.add(first)
+    assert chunks(run_step(sched)) == [("a", 10)]
+    shared = first.block_table[:2]
+    second = make_seq("b", 10, max_tokens=2)  # same 10 prompt tokens: 2 full blocks cached
+    sched.add(second)
+    out = run_step(sched)
+    assert chunks(out) == [("a", 1), ("b", 2)]
+    assert out.scheduled[1].start == 8
+    assert second.num_cached_tokens == 8
+    assert second.block_table[:2] == shared
+    while sched.has_unfinished():
+        run_step(sched)
+    assert sched.block_manager.num_free_blocks == sched.block_manager.num_blocks
+
+
+def test_a_preempted_sequence_reuses_its_own_cached_blocks_on_readmission() -> None:
+    sched = make_scheduler(
+        prefix_caching=True, tokens=64, num_blocks=6, block_size=4, max_model_len=24
+    )
+    old = make_seq("old", 12, max_tokens=4)
+    new = Sequence("new", list(range(100, 108)), SamplingParams(max_tokens=8))
+    sched.add(old)
+    run_step(sched)  # old: 3 blocks, 12 tokens computed
+    sched.add(new)
+    run_step(sched)  # old decodes into a 4th block, new takes 2: the pool is empty
+    out = run_step(sched)  # old needs no block; new needs a 3rd: new preempts itself
+    assert [s.request_id for s in out.preempted] == ["new"]
+    assert new.num_cached_tokens == 0
+    while sched.has_unfinished():
+        run_step(sched)
+    assert new.num_cached_tokens == 8  # its 2 full prompt blocks were still cached

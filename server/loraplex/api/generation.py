@@ -23,7 +23,7 @@ from starlette.background import BackgroundTask
 
 from loraplex import metrics
 from loraplex.api.errors import APIError, to_api_error
-from loraplex.api.schemas import OpenAIChunk, SamplingRequest, UsageInfo
+from loraplex.api.schemas import OpenAIChunk, PromptTokensDetails, SamplingRequest, UsageInfo
 from loraplex.engine.adapters import AdapterSpec
 from loraplex.engine.async_engine import AsyncEngine
 from loraplex.engine.outputs import RequestOutput
@@ -78,6 +78,7 @@ class Choice:
     text: list[str] = field(default_factory=list)  # one delta per output
     token_ids: list[int] = field(default_factory=list)
     prompt_tokens: int = 0
+    cached_tokens: int = 0
     completion_tokens: int = 0
     started: bool = False
     finish_reason: str | None = None
@@ -87,7 +88,8 @@ class Choice:
         if not self.started:
             self.started = True
             self.prompt_tokens = out.num_prompt_tokens
-            metrics.record_first_token(now - self.arrival, out.num_prompt_tokens)
+            self.cached_tokens = out.num_cached_tokens
+            metrics.record_first_token(now - self.arrival, self.prompt_tokens, self.cached_tokens)
         metrics.record_generated_tokens(out.num_output_tokens - self.completion_tokens)
         self.completion_tokens = out.num_output_tokens
         self.text.append(out.text)
@@ -165,8 +167,12 @@ class Run:
     def usage(self) -> UsageInfo:
         prompt = sum(c.prompt_tokens for c in self.choices)
         completion = sum(c.completion_tokens for c in self.choices)
+        cached = sum(c.cached_tokens for c in self.choices)
         return UsageInfo(
-            prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion
+            prompt_tokens=prompt,
+            completion_tokens=completion,
+            total_tokens=prompt + completion,
+            prompt_tokens_details=PromptTokensDetails(cached_tokens=cached),
         )
 
 

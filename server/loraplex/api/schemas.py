@@ -161,10 +161,15 @@ class CompletionRequest(SamplingRequest):
         return self._params(self.max_tokens)
 
 
+class PromptTokensDetails(BaseModel):
+    cached_tokens: int = 0  # prompt tokens served from the prefix cache, as OpenAI reports
+
+
 class UsageInfo(BaseModel):
     prompt_tokens: int = 0
     completion_tokens: int = 0
     total_tokens: int = 0
+    prompt_tokens_details: PromptTokensDetails | None = None
 
 
 ChoiceT = TypeVar("ChoiceT", bound=BaseModel)

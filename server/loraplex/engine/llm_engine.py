@@ -49,7 +49,9 @@ class LLMEngine:
         self.max_model_len = min(
             config.model.max_model_len, limit, layout.num_blocks * layout.block_size
         )
-        self.block_manager = BlockManager(layout.num_blocks, layout.block_size)
+        self.block_manager = BlockManager(
+            layout.num_blocks, layout.block_size, config.cache.enable_prefix_caching
+        )
         self._adapter_loaded = threading.Event()
 
         def adapter_loaded() -> None:
@@ -209,6 +211,7 @@ class LLMEngine:
             finish_reason=reason,
             num_prompt_tokens=seq.num_prompt_tokens,
             num_output_tokens=seq.num_output_tokens,
+            num_cached_tokens=seq.num_cached_tokens,
         )
 
     def stats(self) -> dict[str, float]:

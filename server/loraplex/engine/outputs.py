@@ -12,6 +12,7 @@ class RequestOutput:
     ``text`` and ``token_ids`` are new since the previous output of the same request;
     ``num_output_tokens`` is cumulative. ``finish_reason`` is ``"stop"`` (EOS, stop string or
     stop token), ``"length"`` (max_tokens or the model's context) or ``"abort"``.
+    ``num_cached_tokens``: prompt tokens whose KV came from the prefix cache.
     """
 
     request_id: str
@@ -21,3 +22,4 @@ class RequestOutput:
     finish_reason: str | None
     num_prompt_tokens: int
     num_output_tokens: int
+    num_cached_tokens: int = 0  # prompt tokens served from the prefix cache

@@ -192,10 +192,11 @@ class Scheduler:
         return out
 
     def after_step(self, out: SchedulerOutput) -> None:
-        """Record that the step's chunks are now in the KV cache."""
+        """Record that the step's chunks are now in the KV cache (and publish full blocks)."""
         for s in out.scheduled:
             if not s.seq.is_finished:  # aborted while the step ran
                 s.seq.num_computed_tokens += s.num_new_tokens
+                self.block_manager.publish(s.seq, s.start, s.num_new_tokens)
 
     def _schedule_running(self, budget: _StepBudget, out: SchedulerOutput) -> None:
         # Decodes (one token each) go before prefill chunks so a long prompt cannot stall them.
@@ -246,13 +247,17 @@ class Scheduler:
                 if skips > self.starvation_steps:
                     break
                 continue
-            num_new = min(seq.num_uncomputed_tokens, budget.tokens)
+            # Leading blocks already in the prefix cache are shared, not recomputed.
+            cached = self.block_manager.cached_prefix(seq)
+            uncomputed = seq.num_tokens - len(cached) * self.block_manager.block_size
+            num_new = min(uncomputed, budget.tokens)
             # FCFS on memory: later (maybe smaller) requests don't overtake one that can't fit.
-            if not self.block_manager.can_allocate(seq, num_new):
+            if not self.block_manager.can_admit(seq, cached, num_new):
                 break
             admitted.append(seq)
             seq.status = SequenceStatus.RUNNING
-            self._take(seq, num_new, budget, out)
+            self.block_manager.admit(seq, cached, num_new)
+            self._record(seq, num_new, budget, out)
         for seq in admitted:
             self.waiting.remove(seq)
             self.running.append(seq)
@@ -260,5 +265,9 @@ class Scheduler:
 
     def _take(self, seq: Sequence, num_new: int, budget: _StepBudget, out: SchedulerOutput) -> None:
         self.block_manager.allocate(seq, num_new)
+        self._record(seq, num_new, budget, out)
+
+    @staticmethod
+    def _record(seq: Sequence, num_new: int, budget: _StepBudget, out: SchedulerOutput) -> None:
         out.scheduled.append(ScheduledSeq(seq, num_new))
         budget.take(seq, num_new)

@@ -38,9 +38,13 @@ class Sequence:
     token_ids: list[int] = field(init=False)
     num_computed_tokens: int = 0
     block_table: list[int] = field(default_factory=list)
+    # Prefix-cache hashes of the leading full blocks (content-derived: kept across preemption).
+    block_hashes: list[bytes] = field(default_factory=list, repr=False)
     status: SequenceStatus = SequenceStatus.WAITING
     arrival_time: float = field(default_factory=time.monotonic)
     finish_reason: str | None = None
+    # Prompt tokens taken from the prefix cache when last admitted (not recomputed).
+    num_cached_tokens: int = 0
 
     def __post_init__(self) -> None:
         self.token_ids = list(self.prompt_token_ids)
