@@ -23,7 +23,7 @@ from loraplex.lora.errors import AdapterPathError
 from loraplex.lora.registry import AdapterRegistry
 from loraplex.lora.slot_cache import SlotCache
 from loraplex.lora.store import open_store
-from loraplex.lora.validation import Limits, validate_folder
+from loraplex.lora.validation import Limits, check_folder
 
 log = logging.getLogger(__name__)
 AdapterSpec = str | list[tuple[str, float]] | None
@@ -49,14 +49,14 @@ class EngineAdapters:
             max_file_bytes=config.max_upload_mb * 2**20,
         )
         shapes = {n: (m.in_features, m.out_features) for n, m in runner.lora.layers.items()}
-        check_folder = functools.partial(
-            validate_folder, limits=self.limits, served_model=base_model, module_shapes=shapes
+        checker = functools.partial(
+            check_folder, limits=self.limits, served_model=base_model, module_shapes=shapes
         )
         location = config.store_location or str(cache_dir / "adapter-store")
         self.registry = AdapterRegistry(
             open_store(location, cache_dir),
             runner.dtype,
-            check_folder,
+            checker,
             runner.lora.validate,
             config.max_cpu_loras,
             on_loaded,

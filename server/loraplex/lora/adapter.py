@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load
 
 from loraplex.lora.card import adapter_key
 from loraplex.lora.errors import AdapterValidationError
@@ -88,17 +88,39 @@ def read_config(folder: Path) -> dict:
     return config
 
 
+@dataclass(frozen=True)
+class WeightsFile:
+    """``adapter_model.safetensors`` read once: its sha256 (the version) and its tensors.
+
+    Hash and tensors come from the same bytes, so the version names exactly the weights served
+    and a file cannot change between being checked, hashed and loaded.
+    """
+
+    version: str
+    tensors: dict[str, torch.Tensor]
+
+    @classmethod
+    def parse(cls, data: bytes) -> WeightsFile:
+        return cls(hashlib.sha256(data).hexdigest(), load(data))
+
+
 def load_adapter(name: str, folder: str | Path, dtype: torch.dtype = torch.float32) -> LoRAAdapter:
-    """Read a PEFT adapter folder into host memory, scale computed per module."""
+    """Read a PEFT adapter folder into host memory (one read of the weights file)."""
     folder = Path(folder)
     config = read_config(folder)
     weights_path = folder / WEIGHTS_FILE
     if not weights_path.is_file():
         raise AdapterValidationError(f"{WEIGHTS_FILE} is missing (only safetensors are accepted)")
-    version = hashlib.sha256(weights_path.read_bytes()).hexdigest()
-    tensors = load_file(weights_path)
+    return build_adapter(name, config, WeightsFile.parse(weights_path.read_bytes()), dtype)
+
+
+def build_adapter(
+    name: str, config: dict, weights: WeightsFile, dtype: torch.dtype = torch.float32
+) -> LoRAAdapter:
+    """Pair ``weights`` into per-module ``(A, B, scale)``; registration passes the weights its
+    checks already read, so the file is not read again."""
     pairs: dict[str, dict[str, torch.Tensor]] = {}
-    for key, tensor in tensors.items():
+    for key, tensor in weights.tensors.items():
         match = _KEY.match(key)
         if match is None:
             raise AdapterValidationError(f"unexpected tensor {key!r}: only lora_A/lora_B weights")
@@ -126,7 +148,7 @@ def load_adapter(name: str, folder: str | Path, dtype: torch.dtype = torch.float
     targets = config.get("target_modules") or []
     return LoRAAdapter(
         name=name,
-        version=version,
+        version=weights.version,
         rank=r,
         alpha=alpha,
         target_modules=tuple([targets] if isinstance(targets, str) else targets),

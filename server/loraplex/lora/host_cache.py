@@ -2,13 +2,15 @@
 
 Host-side bookkeeping only: values are opaque. An entry referenced by an unfinished request is
 never evicted, so a request never loses weights it was admitted with (the cache may briefly
-exceed its capacity instead).
+exceed its capacity instead). ``on_unused`` tells the owner when a key's last reference goes, so
+it can drop what it kept only for those requests (the registry: replaced or removed versions).
 """
 
 from __future__ import annotations
 
 import threading
 from collections import OrderedDict
+from collections.abc import Callable
 from typing import Generic, TypeVar
 
 V = TypeVar("V")
@@ -17,10 +19,11 @@ V = TypeVar("V")
 class HostCache(Generic[V]):
     """key -> value, least recently used first; ``refs`` pin entries while requests use them."""
 
-    def __init__(self, capacity: int) -> None:
+    def __init__(self, capacity: int, on_unused: Callable[[str], None] = lambda key: None) -> None:
         if capacity <= 0:
             raise ValueError("the host cache needs a positive capacity")
         self.capacity = capacity
+        self.on_unused = on_unused  # called with a key whose last reference was just released
         self._entries: OrderedDict[str, V] = OrderedDict()
         self._refs: dict[str, int] = {}
         self._lock = threading.Lock()
@@ -53,16 +56,26 @@ class HostCache(Generic[V]):
             self._refs[key] = self._refs.get(key, 0) + 1
 
     def release(self, key: str) -> list[str]:
+        """Drop one reference; on the last one, ``on_unused(key)`` runs (outside the lock)."""
         with self._lock:
             count = self._refs.get(key, 0) - 1
             if count > 0:
                 self._refs[key] = count
             else:
                 self._refs.pop(key, None)
-            return self._evict_locked()
+            evicted = self._evict_locked()
+        if count <= 0:
+            self.on_unused(key)
+        return evicted
+
+    def held(self, key: str) -> bool:
+        """Whether an unfinished request still references ``key``."""
+        with self._lock:
+            return key in self._refs
 
     def discard(self, key: str) -> None:
-        """Drop ``key`` unless a request still uses it (then it leaves on its last release)."""
+        """Drop ``key`` unless a request still uses it (then the owner discards it again from
+        ``on_unused``, as the registry does for replaced and removed versions)."""
         with self._lock:
             if key not in self._refs:
                 self._entries.pop(key, None)

@@ -3,11 +3,14 @@
 The registry owns the first two; the engine's slot cache owns the third. Loading from the store
 runs on a small thread pool, off the engine's critical path: a request whose adapter is not in
 host memory waits in the queue (``is_loaded``) while the running batch keeps stepping.
+
+Registering reads the weights file once: the folder check returns the tensors it checked and
+their hash, and the adapter is built from those. A replaced or removed version stays known
+(``_by_key``) only while a request still holds it; its last release retires it.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import threading
 import time
@@ -17,24 +20,25 @@ from pathlib import Path
 
 import torch
 
-from loraplex.lora.adapter import WEIGHTS_FILE, LoRAAdapter, load_adapter, read_config
+from loraplex.lora.adapter import WEIGHTS_FILE, LoRAAdapter, build_adapter, load_adapter
 from loraplex.lora.card import AdapterCard
 from loraplex.lora.errors import AdapterError, AdapterExistsError, AdapterNotFoundError
 from loraplex.lora.host_cache import HostCache
 from loraplex.lora.store import AdapterStore
-from loraplex.lora.validation import validate_name
+from loraplex.lora.validation import CheckedFolder, validate_name
 
 log = logging.getLogger(__name__)
 
 
-def describe(name: str, folder: Path, metadata: dict) -> AdapterCard:
-    """A card from the adapter's files (config, weights hash) and the store's metadata."""
-    config = read_config(folder)
+def describe(name: str, folder: Path, checked: CheckedFolder, metadata: dict) -> AdapterCard:
+    """A card from the checked adapter (config, weights hash) and the store's metadata; the
+    version is the hash of the bytes checked, which are the bytes a load of it will find."""
+    config = checked.config
     weights = folder / WEIGHTS_FILE
     targets = config.get("target_modules") or []
     return AdapterCard(
         name=name,
-        version=metadata.get("sha256") or hashlib.sha256(weights.read_bytes()).hexdigest(),
+        version=checked.weights.version,
         rank=int(config.get("r", 8)),
         alpha=float(config.get("lora_alpha", config.get("r", 8))),
         target_modules=tuple([targets] if isinstance(targets, str) else targets),
@@ -49,15 +53,16 @@ class AdapterRegistry:
     """name -> current :class:`AdapterCard`; key -> :class:`LoRAAdapter` in host memory.
 
     ``check_folder`` validates an adapter's files before they reach the store (config rules,
-    safetensors header, shapes against the base model); ``check_adapter`` validates loaded
-    weights against the LoRA layers. ``on_loaded`` wakes the engine when a load finishes.
+    safetensors header, shapes against the base model) and returns what it read, so they are not
+    read again; ``check_adapter`` validates loaded weights against the LoRA layers.
+    ``on_loaded`` wakes the engine when a load finishes.
     """
 
     def __init__(
         self,
         store: AdapterStore,
         dtype: torch.dtype,
-        check_folder: Callable[[Path], object],
+        check_folder: Callable[[Path], CheckedFolder],
         check_adapter: Callable[[LoRAAdapter], None],
         max_cpu_loras: int,
         on_loaded: Callable[[], None] = lambda: None,
@@ -67,9 +72,9 @@ class AdapterRegistry:
         self.check_folder = check_folder
         self.check_adapter = check_adapter
         self.on_loaded = on_loaded
-        self.host: HostCache[LoRAAdapter] = HostCache(max_cpu_loras)
+        self.host: HostCache[LoRAAdapter] = HostCache(max_cpu_loras, on_unused=self._retire)
         self._cards: dict[str, AdapterCard] = {}
-        self._by_key: dict[str, AdapterCard] = {}  # every version a request may still need
+        self._by_key: dict[str, AdapterCard] = {}  # current versions + older ones still held
         self._failed: dict[str, Exception] = {}
         self._loading: set[str] = set()
         self._lock = threading.RLock()
@@ -82,8 +87,8 @@ class AdapterRegistry:
         for name in self.store.names():
             try:
                 folder = self.store.fetch(name)
-                self.check_folder(folder)
-                self._publish(describe(name, folder, self.store.metadata(name)))
+                checked = self.check_folder(folder)
+                self._publish(describe(name, folder, checked, self.store.metadata(name)))
             except AdapterError as exc:
                 log.warning("skipping adapter %s: %s", name, exc)
         return self.names()
@@ -99,8 +104,8 @@ class AdapterRegistry:
     ) -> AdapterCard:
         """Validate ``folder`` and store it atomically under ``name``; then it is servable."""
         validate_name(name)
-        self.check_folder(folder)
-        adapter = load_adapter(name, folder, self.dtype)
+        checked = self.check_folder(folder)
+        adapter = build_adapter(name, checked.config, checked.weights, self.dtype)
         self.check_adapter(adapter)
         metadata = {
             "sha256": adapter.version,
@@ -113,11 +118,11 @@ class AdapterRegistry:
             if old is not None and not replace:
                 raise AdapterExistsError(f"adapter {name!r} exists; pass replace=true")
             self.store.put(name, folder, metadata)
-            card = describe(name, folder, metadata)
+            card = describe(name, folder, checked, metadata)
             self.host.put(card.key, adapter)  # just validated: warm it
             self._publish(card)
         if old is not None and old.key != card.key:
-            self.host.discard(old.key)  # as in remove(): requests using it keep it until done
+            self._retire(old.key)  # as in remove(): requests using it keep it until done
         return card
 
     def remove(self, name: str) -> AdapterCard:
@@ -127,8 +132,26 @@ class AdapterRegistry:
             if card is None:
                 raise AdapterNotFoundError(name)
             self.store.delete(name)
-        self.host.discard(card.key)
+        self._retire(card.key)
         return card
+
+    def _retire(self, key: str) -> None:
+        """Forget ``key`` once nothing can need it: not the current version of its name, no
+        request holds it (``HostCache.on_unused`` calls this on the last release) and no load of
+        it is under way (its end calls this again). Then its card, any recorded load failure and
+        its weights in host memory go; a combination's weights stay cached (never carded).
+        """
+        with self._lock:
+            card = self._by_key.get(key)
+            current = self._cards.get(card.name) if card is not None else None
+            if current is not None and current.key == key:
+                return
+            if key in self._loading or self.host.held(key):
+                return
+            self._failed.pop(key, None)
+            if self._by_key.pop(key, None) is None:
+                return
+        self.host.discard(key)
 
     def _publish(self, card: AdapterCard) -> None:
         with self._lock:
@@ -190,6 +213,7 @@ class AdapterRegistry:
         finally:
             with self._lock:
                 self._loading.discard(card.key)
+            self._retire(card.key)  # replaced or removed while loading, and no longer held
             self.on_loaded()
 
     def add_ephemeral(self, adapter: LoRAAdapter) -> None:

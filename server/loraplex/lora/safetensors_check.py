@@ -1,7 +1,9 @@
 """Checks of ``adapter_model.safetensors`` against the adapter config and the base model.
 
 The header is read first (size, tensor count, dtypes, offsets, shapes against the base model), so
-a hostile file costs a few small reads; only then are tensors loaded and checked for NaN/Inf.
+a hostile file costs a few small reads; only then is the file read, once, and its tensors checked
+for NaN/Inf. Those tensors and their hash are returned, so registering an adapter loads exactly
+the bytes that were checked and never reads the file again.
 """
 
 from __future__ import annotations
@@ -12,9 +14,8 @@ from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file
 
-from loraplex.lora.adapter import _KEY, _pattern_value
+from loraplex.lora.adapter import _KEY, WeightsFile, _pattern_value
 from loraplex.lora.errors import AdapterValidationError
 from loraplex.lora.limits import Limits, strict_json
 
@@ -23,8 +24,9 @@ __all__ = ["DTYPE_BYTES", "check_safetensors"]
 DTYPE_BYTES = {"F16": 2, "BF16": 2, "F32": 4, "F64": 8}
 
 
-def _read_header(path: Path, limits: Limits) -> tuple[dict, int]:
-    """The safetensors JSON header (without ``__metadata__``) and the data buffer's length.
+def _read_header(path: Path, limits: Limits) -> tuple[dict, int, bytes]:
+    """The safetensors JSON header (without ``__metadata__``), the data buffer's length and the
+    file's first ``8 + N`` bytes (so the later full read can be matched against them).
 
     Layout: 8-byte little-endian header length N, N bytes of JSON, then the tensor bytes.
     """
@@ -44,7 +46,8 @@ def _read_header(path: Path, limits: Limits) -> tuple[dict, int]:
             )
         if 8 + n > size:
             raise AdapterValidationError(f"{path.name}: header length {n} runs past the file end")
-        header = strict_json(f.read(n), f"{path.name} header")
+        raw = f.read(n)
+    header = strict_json(raw, f"{path.name} header")
     if not isinstance(header, dict):
         raise AdapterValidationError(f"{path.name}: the header must be a JSON object")
     metadata = header.pop("__metadata__", None)
@@ -52,7 +55,7 @@ def _read_header(path: Path, limits: Limits) -> tuple[dict, int]:
         isinstance(metadata, dict) and all(isinstance(v, str) for v in metadata.values())
     ):
         raise AdapterValidationError(f"{path.name}: __metadata__ must map strings to strings")
-    return header, size - 8 - n
+    return header, size - 8 - n, prefix + raw
 
 
 def _is_int_list(value: object, length: int | None = None) -> bool:
@@ -86,6 +89,19 @@ def _check_entry(key: str, entry: object, data_len: int) -> tuple[list[int], int
     return shape, begin, end
 
 
+def _read_weights(path: Path, head: bytes, size: int) -> WeightsFile:
+    """The whole file in one read, after its header passed; it must still begin with the header
+    that was checked, so the tensors returned are the ones whose shapes were checked."""
+    try:
+        with path.open("rb") as f:
+            data = f.read(size + 1)
+        if len(data) != size or not data.startswith(head):
+            raise AdapterValidationError(f"{path.name} changed while it was being checked")
+        return WeightsFile.parse(data)
+    except (SafetensorError, OSError, RuntimeError) as exc:
+        raise AdapterValidationError(f"{path.name} cannot be read: {exc}") from exc
+
+
 def _matches(module: str, targets: str | list[str]) -> bool:
     """PEFT's rule: a list entry equals the module name or its last dotted components; a string
     is a regex over the full name ("all-linear" targets every projection)."""
@@ -103,7 +119,7 @@ def _is_targeted(module: str, config: dict) -> bool:
 
 def check_safetensors(
     path: Path, config: dict, module_shapes: dict[str, tuple[int, int]], limits: Limits
-) -> None:
+) -> WeightsFile:
     """Check ``adapter_model.safetensors`` against the config and the base model.
 
     ``config`` comes from :func:`parse_config`; ``module_shapes`` maps each base projection to
@@ -111,8 +127,9 @@ def check_safetensors(
     checked before any tensor is read: limits, dtypes, offsets (contiguous, inside the file),
     keys ``<module>.lora_A/B.weight`` for targeted projections, ``A: [r_m, in]``,
     ``B: [out, r_m]`` with ``r_m`` from ``rank_pattern`` or ``r``. Then values must be finite.
+    Returns the weights read (tensors and sha256), for the caller to load without reading again.
     """
-    header, data_len = _read_header(path, limits)
+    header, data_len, head = _read_header(path, limits)
     if len(header) > limits.max_tensors:
         raise AdapterValidationError(
             f"{path.name} holds {len(header)} tensors; the limit is {limits.max_tensors}"
@@ -159,10 +176,8 @@ def check_safetensors(
                     f"module {module!r}: lora_{side} has shape {ab[side]}, expected {expected} "
                     f"(rank {rank}, in={fan_in}, out={fan_out})"
                 )
-    try:
-        tensors = load_file(path)
-    except (SafetensorError, OSError, RuntimeError) as exc:
-        raise AdapterValidationError(f"{path.name} cannot be read: {exc}") from exc
-    for key, tensor in tensors.items():
+    weights = _read_weights(path, head, len(head) + data_len)
+    for key, tensor in weights.tensors.items():
         if not torch.isfinite(tensor).all():
             raise AdapterValidationError(f"tensor {key!r} holds NaN or infinite values")
+    return weights

@@ -62,7 +62,8 @@ def full_metadata(folder: Path, metadata: dict) -> dict:
         if not (folder / f).is_file():
             raise AdapterValidationError(f"{f} is missing")
     meta = dict(metadata)
-    meta.setdefault("sha256", _sha256(folder / WEIGHTS_FILE))
+    if "sha256" not in meta:  # the registry passes the hash it took: do not read the file again
+        meta["sha256"] = _sha256(folder / WEIGHTS_FILE)
     meta.setdefault("created", int(time.time()))
     return meta
 

@@ -6,8 +6,9 @@ and a message naming the problem before any tensor reaches the engine:
 - names are plain identifiers, so no path can ever be formed from one;
 - the config is strict JSON describing a plain LoRA that this server applies exactly;
 - the safetensors header is read first (size, tensor count, dtypes, offsets, shapes against the
-  base model), so a hostile file costs a few small reads; only then are tensors loaded and
-  checked for NaN/Inf (``safetensors_check.py``);
+  base model), so a hostile file costs a few small reads; only then is the file read (once:
+  :func:`check_folder` returns those tensors for loading) and checked for NaN/Inf
+  (``safetensors_check.py``);
 - pickled checkpoints (``.bin``, ``.pt`` ...) and code are never opened: loading them runs code.
 """
 
@@ -16,9 +17,10 @@ from __future__ import annotations
 import logging
 import math
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
-from loraplex.lora.adapter import CONFIG_FILE, WEIGHTS_FILE
+from loraplex.lora.adapter import CONFIG_FILE, WEIGHTS_FILE, WeightsFile
 from loraplex.lora.errors import AdapterValidationError
 from loraplex.lora.limits import Limits, strict_json
 from loraplex.lora.safetensors_check import check_safetensors
@@ -48,7 +50,9 @@ __all__ = [
     "FORBIDDEN_SUFFIXES",
     "NAME_PATTERN",
     "UNSUPPORTED",
+    "CheckedFolder",
     "Limits",
+    "check_folder",
     "check_safetensors",
     "parse_config",
     "strict_json",
@@ -188,12 +192,21 @@ def _read_limited(path: Path, limit: int) -> bytes:
     return data
 
 
-def validate_folder(
+@dataclass(frozen=True)
+class CheckedFolder:
+    """An adapter folder that passed every rule: its parsed config and its weights, read once."""
+
+    config: dict
+    weights: WeightsFile
+
+
+def check_folder(
     folder: Path, limits: Limits, served_model: str, module_shapes: dict[str, tuple[int, int]]
-) -> dict:
+) -> CheckedFolder:
     """Check an adapter folder: both files present, no pickles or code, config and weights valid.
 
-    Other files (README.md ...) are ignored. Returns the parsed config.
+    Other files (README.md ...) are ignored. Returns the config and the weights that were checked,
+    so the caller builds the adapter from them (``build_adapter``) instead of reading it again.
     """
     folder = Path(folder)
     if not folder.is_dir():
@@ -210,5 +223,12 @@ def validate_folder(
     config = parse_config(
         _read_limited(folder / CONFIG_FILE, limits.max_config_bytes), limits, served_model
     )
-    check_safetensors(folder / WEIGHTS_FILE, config, module_shapes, limits)
-    return config
+    weights = check_safetensors(folder / WEIGHTS_FILE, config, module_shapes, limits)
+    return CheckedFolder(config, weights)
+
+
+def validate_folder(
+    folder: Path, limits: Limits, served_model: str, module_shapes: dict[str, tuple[int, int]]
+) -> dict:
+    """:func:`check_folder` for callers that need only the parsed config."""
+    return check_folder(folder, limits, served_model, module_shapes).config
