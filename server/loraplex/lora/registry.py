@@ -77,7 +77,10 @@ class AdapterRegistry:
         self._by_key: dict[str, AdapterCard] = {}  # current versions + older ones still held
         self._failed: dict[str, Exception] = {}
         self._loading: set[str] = set()
-        self._lock = threading.RLock()
+        self._lock = threading.RLock()  # the maps; held briefly, the engine thread takes it
+        # Serializes store writes (register, remove), which may be slow uploads; the engine
+        # thread never takes it, so it never waits for one.
+        self._write_lock = threading.Lock()
         self._pool = ThreadPoolExecutor(2, thread_name_prefix="loraplex-adapter-load")
 
     # ---- catalog -----------------------------------------------------------------------
@@ -113,8 +116,9 @@ class AdapterRegistry:
             "description": description,
             "pinned": pinned,
         }
-        with self._lock:
-            old = self._cards.get(name)
+        with self._write_lock:
+            with self._lock:
+                old = self._cards.get(name)
             if old is not None and not replace:
                 raise AdapterExistsError(f"adapter {name!r} exists; pass replace=true")
             self.store.put(name, folder, metadata)
@@ -127,8 +131,9 @@ class AdapterRegistry:
 
     def remove(self, name: str) -> AdapterCard:
         """New requests get 404 at once; running ones keep the weights they hold."""
-        with self._lock:
-            card = self._cards.pop(name, None)
+        with self._write_lock:
+            with self._lock:
+                card = self._cards.pop(name, None)
             if card is None:
                 raise AdapterNotFoundError(name)
             self.store.delete(name)
