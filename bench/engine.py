@@ -99,12 +99,12 @@ def run_bare_decode(
     inputs = tokenizer(prompts, return_tensors="pt", padding=True)
     with torch.inference_mode():
         out = model(**inputs, use_cache=True)  # the prefill: not timed
-        cache, mask = out.past_key_values, inputs["attention_mask"]
+        cache, mask = out.cache, inputs["attention_mask"]
         token = out.logits[:, -1:].argmax(-1)
         start = time.perf_counter()
         for _ in range(max_tokens):
             mask = torch.cat([mask, mask.new_ones(len(prompts), 1)], dim=1)
-            out = model(input_ids=token, attention_mask=mask, past_key_values=cache)
+            out = model(input_ids=token, attention_mask=mask, cache=cache, use_cache=True)
             token = out.logits[:, -1:].argmax(-1)
         seconds = time.perf_counter() - start
     del model, tokenizer, cache, out
