@@ -58,11 +58,13 @@ def write_adapter(folder: Path, model_dir: Path, rank: int, targets: tuple[str, 
     )  # fmt: skip
 
 
-def engine_for(store: Path, max_loras: int, max_rank: int, dtype: str) -> LLMEngine:
+def engine_for(
+    store: Path, max_loras: int, max_rank: int, dtype: str, prefix_caching: bool = True
+) -> LLMEngine:
     return LLMEngine(
         Config(
             model=ModelConfig(dtype=dtype, max_model_len=512),
-            cache=CacheConfig(kv_cache_memory_mb=256),
+            cache=CacheConfig(kv_cache_memory_mb=256, enable_prefix_caching=prefix_caching),
             scheduler=SchedulerConfig(max_num_seqs=32, max_num_batched_tokens=512),
             lora=LoRAConfig(max_loras=max_loras, max_lora_rank=max_rank, adapters_dir=str(store)),
         )
@@ -95,7 +97,7 @@ def load_latencies(model_dir: Path, root: Path, dtype: str) -> list[list[object]
 
 
 def throughput(store: Path, names: list[str], args: argparse.Namespace, prompts) -> float:
-    engine = engine_for(store, 16, 8, args.dtype)
+    engine = engine_for(store, 16, 8, args.dtype, args.prefix_caching)
     rng = random.Random(0)
     weights = [1 / (i + 1) ** args.zipf for i in range(len(names))]
     chosen = rng.choices(names, weights=weights, k=args.requests)
@@ -125,6 +127,12 @@ def main() -> None:
     parser.add_argument("--zipf", type=float, default=1.1)
     parser.add_argument("--dtype", default="float32")
     parser.add_argument("--quick", action="store_true", help="small settings for a smoke run")
+    parser.add_argument(
+        "--no-prefix-caching",
+        dest="prefix_caching",
+        action="store_false",
+        help="serve without prefix caching (it favors few adapters: more prompts share a prefix)",
+    )
     args = parser.parse_args()
     if args.quick:
         args.counts, args.requests, args.max_tokens = [8, 64], 32, 4
