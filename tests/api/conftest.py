@@ -2,9 +2,19 @@
 
 from __future__ import annotations
 
+import dataclasses
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
 import pytest
 
 from loraplex.config import Config
+
+CHAT_TEMPLATE = (
+    "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
+    "{% if add_generation_prompt %}assistant: {% endif %}"
+)
 
 
 @pytest.fixture(scope="module")
@@ -12,3 +22,23 @@ def base_name(tiny_config: Config) -> str:
     """The id the tiny model is served under (``model`` of a request without an adapter)."""
     assert tiny_config.model.served_model_name is not None
     return tiny_config.model.served_model_name
+
+
+@pytest.fixture(scope="module")
+def chat_model_dir(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny model with a chat template (same folder name, so the adapter's base matches)."""
+    from transformers import AutoTokenizer
+
+    path = tmp_path_factory.mktemp("chat") / tiny_model_dir.name
+    shutil.copytree(tiny_model_dir, path)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    tokenizer.chat_template = CHAT_TEMPLATE
+    tokenizer.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def chat_url(server_factory: Callable[..., str], tiny_config: Config, chat_model_dir: Path) -> str:
+    """A live server on :func:`chat_model_dir`."""
+    model = dataclasses.replace(tiny_config.model, model=str(chat_model_dir))
+    return server_factory(dataclasses.replace(tiny_config, model=model))

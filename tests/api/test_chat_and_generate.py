@@ -1,16 +1,14 @@
 """End to end: ``/v1/chat/completions`` with the real ``openai`` client, and the TGI/LoRAX-style
 ``/generate`` and ``/generate_stream`` with raw ``httpx``, on a real uvicorn server.
 
-The tiny tokenizer of conftest has no chat template; ``chat_url`` serves a copy of the tiny model
-whose tokenizer has a simple one, ``live_server`` the original (chat there is a 400).
+The tiny tokenizer of conftest has no chat template; ``chat_url`` (tests/api/conftest.py) serves a
+copy of the tiny model whose tokenizer has a simple one, ``live_server`` the original (chat there
+is a 400).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
-import shutil
-from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -20,10 +18,6 @@ from adapter_files import sse_events
 
 from loraplex.config import Config
 
-TEMPLATE = (
-    "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
-    "{% if add_generation_prompt %}assistant: {% endif %}"
-)
 MESSAGES = [
     {"role": "system", "content": "Answer briefly."},
     {"role": "user", "content": "What is the capital of France?"},
@@ -31,25 +25,6 @@ MESSAGES = [
 PROMPT = "The capital of France is"
 # ignore_eos: a random model may emit EOS at any step; with it every reply has max_tokens tokens.
 GREEDY = {"temperature": 0.0, "max_tokens": 8, "extra_body": {"ignore_eos": True}}
-
-
-@pytest.fixture(scope="module")
-def chat_model_dir(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The tiny model with a chat template (same folder name, so the adapter's base matches)."""
-    from transformers import AutoTokenizer
-
-    path = tmp_path_factory.mktemp("chat") / tiny_model_dir.name
-    shutil.copytree(tiny_model_dir, path)
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    tokenizer.chat_template = TEMPLATE
-    tokenizer.save_pretrained(path)
-    return path
-
-
-@pytest.fixture(scope="module")
-def chat_url(server_factory: Callable[..., str], tiny_config: Config, chat_model_dir: Path) -> str:
-    model = dataclasses.replace(tiny_config.model, model=str(chat_model_dir))
-    return server_factory(dataclasses.replace(tiny_config, model=model))
 
 
 @pytest.fixture(scope="module")
@@ -181,11 +156,12 @@ def test_chat_adapter_differs_from_base(
 @pytest.mark.parametrize(
     ("kwargs", "param"),
     [
-        ({"n": 2}, "n"),
+        ({"n": 0}, "n"),
         ({"temperature": 5}, "temperature"),
         ({"top_p": 0}, "top_p"),
         ({"max_tokens": 0}, "max_tokens"),
-        ({"logprobs": True}, "logprobs"),
+        ({"top_logprobs": 2}, "top_logprobs"),
+        ({"logprobs": True, "top_logprobs": 21}, "top_logprobs"),
         ({"messages": []}, "messages"),
         ({"messages": [{"role": "tool", "content": "x"}]}, "messages"),
         (
@@ -352,6 +328,7 @@ def test_generate_stream_without_details(chat_url: str) -> None:
         ({"max_new_tokens": 0}, 400, "max_tokens"),
         ({"do_sample": True, "temperature": 9}, 400, "temperature"),
         ({"best_of": 2}, 400, "best_of"),
+        ({"top_n_tokens": 21}, 400, "top_n_tokens"),
         ({"max_new_tokens": "many"}, 400, "parameters"),
     ],
 )

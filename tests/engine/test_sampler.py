@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from loraplex.engine.sampler import Sampler, apply_penalties, filter_top_k_top_p
+from loraplex.engine.sampler import Sampler, apply_penalties, filter_top_k_top_p, token_logprobs
 from loraplex.engine.sampling_params import SamplingParams
 
 V = 8
@@ -190,3 +190,15 @@ def test_mixed_batch() -> None:
     assert out[1] == logits[1].argmax().item()
     assert out[2] == 17
     assert out[3] == logits[3].topk(2).indices[1].item()  # the top token was penalised away
+
+
+def test_token_logprobs_are_the_raw_log_softmax_with_the_top_k() -> None:
+    logits = torch.tensor([[2.0, 1.0, 0.0, -1.0], [0.0, 3.0, 3.0, 1.0]])
+    rows = token_logprobs(logits, [2, 1], [2, 0])
+    expected = logits.log_softmax(-1)
+    assert rows[0].token_id == 2
+    assert rows[0].logprob == pytest.approx(float(expected[0, 2]))
+    assert [t for t, _ in rows[0].top] == [0, 1]
+    assert [lp for _, lp in rows[0].top] == pytest.approx(expected[0, :2].tolist())
+    assert rows[1].top == ()  # k = 0: only the sampled token's own logprob
+    assert rows[1].logprob == pytest.approx(float(expected[1, 1]))

@@ -6,8 +6,9 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
 
+from loraplex.api.logprobs import ChatLogprobs
 from loraplex.api.schemas import OpenAIChunk, OpenAIResponse, SamplingRequest
-from loraplex.engine.sampling_params import ParameterError, SamplingParams
+from loraplex.engine.sampling_params import MAX_LOGPROBS, ParameterError, SamplingParams
 
 
 class TextPart(BaseModel):
@@ -66,15 +67,17 @@ class ChatCompletionRequest(SamplingRequest):
 
     def sampling_params(self, prompt_tokens: int, max_model_len: int) -> SamplingParams:
         """The engine's sampling parameters for a rendered prompt of ``prompt_tokens`` tokens;
-        raises :class:`ParameterError` for a bad value or ``n`` > 1, ``logprobs``."""
-        if self.logprobs or self.top_logprobs:
-            raise ParameterError("logprobs", "logprobs are not supported")
+        raises :class:`ParameterError` for a bad value."""
+        if self.top_logprobs is not None and not self.logprobs:
+            raise ParameterError("top_logprobs", "top_logprobs requires logprobs=true")
+        if not 0 <= (self.top_logprobs or 0) <= MAX_LOGPROBS:
+            raise ParameterError("top_logprobs", f"top_logprobs must be in [0, {MAX_LOGPROBS}]")
         max_tokens = self.max_completion_tokens
         if max_tokens is None:
             max_tokens = self.max_tokens
         if max_tokens is None:
             max_tokens = max(1, max_model_len - prompt_tokens)
-        return self._params(max_tokens)
+        return self._params(max_tokens, (self.top_logprobs or 0) if self.logprobs else None)
 
 
 class ChatResponseMessage(BaseModel):
@@ -86,7 +89,7 @@ class ChatChoice(BaseModel):
     index: int
     message: ChatResponseMessage
     finish_reason: str | None = None
-    logprobs: None = None
+    logprobs: ChatLogprobs | None = None
 
 
 class ChatCompletionResponse(OpenAIResponse[ChatChoice]):
@@ -100,7 +103,7 @@ class ChatStreamChoice(BaseModel):
     index: int
     delta: dict[str, str]
     finish_reason: str | None = None
-    logprobs: None = None
+    logprobs: ChatLogprobs | None = None
 
 
 class ChatCompletionChunk(OpenAIChunk[ChatStreamChoice]):

@@ -13,7 +13,7 @@ import random
 from pydantic import BaseModel, Field
 
 from loraplex.api.schemas import LenientBody, check_mix
-from loraplex.engine.sampling_params import ParameterError, SamplingParams
+from loraplex.engine.sampling_params import MAX_LOGPROBS, ParameterError, SamplingParams
 
 
 class MergedAdapters(LenientBody):
@@ -77,8 +77,9 @@ class GenerateParameters(LenientBody):
             raise ParameterError("best_of", "only best_of=1 is supported")
         if self.decoder_input_details:
             raise ParameterError("decoder_input_details", "decoder_input_details is not supported")
-        if self.top_n_tokens:
-            raise ParameterError("top_n_tokens", "top_n_tokens is not supported")
+        top_n = self.top_n_tokens or 0
+        if not 0 <= top_n <= MAX_LOGPROBS:
+            raise ParameterError("top_n_tokens", f"top_n_tokens must be in [0, {MAX_LOGPROBS}]")
         seed = self.seed
         if self.sampling and seed is None and self.details:
             seed = random.getrandbits(63)
@@ -93,6 +94,7 @@ class GenerateParameters(LenientBody):
             repetition_penalty=self.repetition_penalty,
             frequency_penalty=self.frequency_penalty,
             stop=tuple(self.stop),
+            logprobs=top_n,  # every token carries its logprob, as in TGI
         )
 
     def adapter_mix(self) -> list[tuple[str, float]] | None:
@@ -131,6 +133,7 @@ class StreamDetails(BaseModel):
 class Details(StreamDetails):
     prefill: list[Token] = Field(default_factory=list)
     tokens: list[Token] = Field(default_factory=list)
+    top_tokens: list[list[Token]] = Field(default_factory=list)  # with top_n_tokens
 
 
 class GenerateResponse(BaseModel):
@@ -143,5 +146,6 @@ class StreamResponse(BaseModel):
 
     index: int
     token: Token
+    top_tokens: list[Token] = Field(default_factory=list)  # with top_n_tokens
     generated_text: str | None = None
     details: StreamDetails | None = None

@@ -14,7 +14,7 @@ import json
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from fastapi import Request
 from fastapi.responses import StreamingResponse
@@ -26,7 +26,7 @@ from loraplex.api.errors import APIError, to_api_error
 from loraplex.api.schemas import OpenAIChunk, PromptTokensDetails, SamplingRequest, UsageInfo
 from loraplex.engine.adapters import AdapterSpec
 from loraplex.engine.async_engine import AsyncEngine
-from loraplex.engine.outputs import RequestOutput
+from loraplex.engine.outputs import RequestOutput, TokenLogprob
 from loraplex.engine.sampling_params import SamplingParams
 
 
@@ -77,6 +77,7 @@ class Choice:
     arrival: float
     text: list[str] = field(default_factory=list)  # one delta per output
     token_ids: list[int] = field(default_factory=list)
+    logprobs: list[TokenLogprob] = field(default_factory=list)  # when the request asked
     prompt_tokens: int = 0
     cached_tokens: int = 0
     completion_tokens: int = 0
@@ -94,6 +95,7 @@ class Choice:
         self.completion_tokens = out.num_output_tokens
         self.text.append(out.text)
         self.token_ids.extend(out.token_ids)
+        self.logprobs.extend(out.logprobs or ())
         if out.finished:
             self.finish_reason = out.finish_reason or "stop"
             metrics.record_finished(self.finish_reason, now - self.arrival)
@@ -104,7 +106,9 @@ class Choice:
 
 
 class Run:
-    """The engine streams of one HTTP request (one per prompt), pumped into one queue."""
+    """The engine streams of one HTTP request, pumped into one queue: ``n`` per prompt, choice
+    ``i * n + j`` being sample ``j`` of prompt ``i`` (OpenAI's order). With a seed, sample ``j``
+    runs with ``seed + j``, so the samples differ and each is reproducible (as in vLLM)."""
 
     def __init__(
         self,
@@ -113,21 +117,25 @@ class Run:
         params: SamplingParams,
         adapter: AdapterSpec,
         id_prefix: str = "cmpl",
+        n: int = 1,
     ) -> None:
         self.id = f"{id_prefix}-{uuid.uuid4().hex}"
         self.params = params
         self.created = int(time.time())
         arrival = time.monotonic()
-        self.choices = [Choice(i, arrival) for i in range(len(prompts))]
+        jobs = [(ids, self._sample_params(j)) for ids in prompts for j in range(n)]
+        self.choices = [Choice(i, arrival) for i in range(len(jobs))]
         self._queue: asyncio.Queue[tuple[int, RequestOutput | Exception | None]] = asyncio.Queue()
-        self._open = len(prompts)
+        self._open = len(jobs)
         # Creating an engine stream runs nothing yet: it validates and queues on first iteration.
         self._tasks = [
-            asyncio.create_task(
-                self._pump(i, engine.generate(f"{self.id}-{i}", ids, params, adapter))
-            )
-            for i, ids in enumerate(prompts)
+            asyncio.create_task(self._pump(i, engine.generate(f"{self.id}-{i}", ids, p, adapter)))
+            for i, (ids, p) in enumerate(jobs)
         ]
+
+    def _sample_params(self, j: int) -> SamplingParams:
+        seed = self.params.seed
+        return self.params if not j or seed is None else replace(self.params, seed=seed + j)
 
     async def _pump(self, i: int, stream: AsyncIterator[RequestOutput]) -> None:
         try:

@@ -12,10 +12,12 @@ from typing import Any, Generic, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from loraplex.api.logprobs import CompletionLogprobs
 from loraplex.engine.sampling_params import ParameterError, SamplingParams
 
 Prompt = str | list[str] | list[int] | list[list[int]]
 MAX_MIX = 8  # most adapters in one per-request combination
+MAX_N = 64  # most choices per prompt
 
 
 class AdapterWeight(BaseModel):
@@ -94,10 +96,10 @@ class SamplingRequest(LenientBody):
             )
         return check_mix([(entry.name, entry.weight) for entry in self.adapters], "adapters")
 
-    def _params(self, max_tokens: int) -> SamplingParams:
+    def _params(self, max_tokens: int, logprobs: int | None = None) -> SamplingParams:
         """The engine's sampling parameters; raises :class:`ParameterError` for a bad value."""
-        if self.n != 1:
-            raise ParameterError("n", "only n=1 is supported")
+        if not 1 <= self.n <= MAX_N:
+            raise ParameterError("n", f"n must be in [1, {MAX_N}]")
         stop = [self.stop] if isinstance(self.stop, str) else (self.stop or [])
         return SamplingParams(
             max_tokens=max_tokens,
@@ -111,6 +113,7 @@ class SamplingRequest(LenientBody):
             stop=tuple(stop),
             stop_token_ids=tuple(self.stop_token_ids or ()),
             ignore_eos=self.ignore_eos,
+            logprobs=logprobs,
         )
 
 
@@ -150,15 +153,11 @@ class CompletionRequest(SamplingRequest):
         return items
 
     def sampling_params(self) -> SamplingParams:
-        """The engine's sampling parameters; raises :class:`ParameterError` for a bad value or an
-        option we don't support (``n`` > 1, ``echo``, ``logprobs``)."""
-        if self.n != 1:
-            raise ParameterError("n", "only n=1 is supported; send several prompts instead")
+        """The engine's sampling parameters; raises :class:`ParameterError` for a bad value or
+        ``echo``, which we don't support."""
         if self.echo:
             raise ParameterError("echo", "echo is not supported")
-        if self.logprobs is not None:
-            raise ParameterError("logprobs", "logprobs are not supported")
-        return self._params(self.max_tokens)
+        return self._params(self.max_tokens, self.logprobs)
 
 
 class PromptTokensDetails(BaseModel):
@@ -203,7 +202,7 @@ class CompletionChoice(BaseModel):
     index: int
     text: str
     finish_reason: str | None = None
-    logprobs: None = None
+    logprobs: CompletionLogprobs | None = None
 
 
 class CompletionResponse(OpenAIResponse[CompletionChoice]):

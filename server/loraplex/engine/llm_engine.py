@@ -17,8 +17,8 @@ from loraplex.engine.block_manager import BlockManager
 from loraplex.engine.default_model import DEFAULT_MODEL_NAME, cache_root, ensure_default_model
 from loraplex.engine.detokenizer import IncrementalDetokenizer
 from loraplex.engine.model_runner import ModelRunner
-from loraplex.engine.outputs import RequestOutput
-from loraplex.engine.sampler import Sampler
+from loraplex.engine.outputs import RequestOutput, TokenLogprob
+from loraplex.engine.sampler import Sampler, token_logprobs
 from loraplex.engine.sampling_params import ParameterError, SamplingParams
 from loraplex.engine.scheduler import Scheduler
 from loraplex.engine.sequence import Sequence
@@ -174,9 +174,23 @@ class LLMEngine:
             [r.seq.output_token_ids for r in requests],
             [r.generator for r in requests],
         )
-        return [self._advance(r, t) for r, t in zip(requests, tokens, strict=True)]
+        logprobs: list[TokenLogprob | None] = [None] * len(requests)
+        wanted = [i for i, r in enumerate(requests) if r.seq.params.logprobs is not None]
+        if wanted:
+            found = token_logprobs(
+                logits[wanted],
+                [tokens[i] for i in wanted],
+                [requests[i].seq.params.logprobs or 0 for i in wanted],
+            )
+            for i, entry in zip(wanted, found, strict=True):
+                logprobs[i] = entry
+        return [
+            self._advance(r, t, lp) for r, t, lp in zip(requests, tokens, logprobs, strict=True)
+        ]
 
-    def _advance(self, request: _Request, token: int) -> RequestOutput:
+    def _advance(
+        self, request: _Request, token: int, logprob: TokenLogprob | None = None
+    ) -> RequestOutput:
         """Append one sampled token, detokenize it and decide whether the request is done."""
         seq, params = request.seq, request.seq.params
         seq.append_token(token)
@@ -196,11 +210,15 @@ class LLMEngine:
                 text += request.detokenizer.flush()
             self.scheduler.finish(seq, reason)
             self._release(request)
-        return self._output(request, text, (token,), reason)
+        return self._output(request, text, (token,), reason, logprob)
 
     @staticmethod
     def _output(
-        request: _Request, text: str, tokens: tuple[int, ...], reason: str | None
+        request: _Request,
+        text: str,
+        tokens: tuple[int, ...],
+        reason: str | None,
+        logprob: TokenLogprob | None = None,
     ) -> RequestOutput:
         seq = request.seq
         return RequestOutput(
@@ -212,6 +230,7 @@ class LLMEngine:
             num_prompt_tokens=seq.num_prompt_tokens,
             num_output_tokens=seq.num_output_tokens,
             num_cached_tokens=seq.num_cached_tokens,
+            logprobs=None if logprob is None else (logprob,),
         )
 
     def stats(self) -> dict[str, float]:

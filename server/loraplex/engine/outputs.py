@@ -6,13 +6,24 @@ from dataclasses import dataclass
 
 
 @dataclass(frozen=True)
+class TokenLogprob:
+    """One sampled token's log-probability and the ``k`` most likely ``(token_id, logprob)``,
+    most likely first (the model's distribution, before penalties and temperature)."""
+
+    token_id: int
+    logprob: float
+    top: tuple[tuple[int, float], ...]
+
+
+@dataclass(frozen=True)
 class RequestOutput:
     """A delta of one request's output.
 
     ``text`` and ``token_ids`` are new since the previous output of the same request;
     ``num_output_tokens`` is cumulative. ``finish_reason`` is ``"stop"`` (EOS, stop string or
     stop token), ``"length"`` (max_tokens or the model's context) or ``"abort"``.
-    ``num_cached_tokens``: prompt tokens whose KV came from the prefix cache.
+    ``num_cached_tokens``: prompt tokens whose KV came from the prefix cache. ``logprobs``: set
+    when the request asked for them.
     """
 
     request_id: str
@@ -23,3 +34,4 @@ class RequestOutput:
     num_prompt_tokens: int
     num_output_tokens: int
     num_cached_tokens: int = 0  # prompt tokens served from the prefix cache
+    logprobs: tuple[TokenLogprob, ...] | None = None  # one per token of ``token_ids``

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import torch
 
+from loraplex.engine.outputs import TokenLogprob
 from loraplex.engine.sampling_params import SamplingParams
 
 # Floor for the exponential noise: a zero would turn p=0 into 0/0=nan, and argmax picks nan.
@@ -137,3 +138,22 @@ class Sampler:
                     noise[j] = seeded.exponential_(generator=g).to(dev)
             tokens[rows] = (probs / noise.clamp_min(_MIN_NOISE)).argmax(dim=-1)
         return tokens.tolist()
+
+
+def token_logprobs(logits: torch.Tensor, tokens: list[int], top_k: list[int]) -> list[TokenLogprob]:
+    """Row i: ``log_softmax(logits[i])`` at ``tokens[i]`` and its ``top_k[i]`` largest entries.
+
+    ``logits`` [N, V] are the raw model logits of the rows that asked for logprobs, so the
+    values are the model's own distribution, whatever the request's penalties and temperature.
+    """
+    logp = logits.float().log_softmax(dim=-1)
+    chosen = logp.gather(1, torch.tensor(tokens, device=logp.device).unsqueeze(1)).squeeze(1)
+    values, ids = logp.topk(max(top_k, default=0), dim=-1)
+    return [
+        TokenLogprob(
+            token,
+            float(lp),
+            tuple(zip(ids[i, :k].tolist(), values[i, :k].tolist(), strict=True)),
+        )
+        for i, (token, lp, k) in enumerate(zip(tokens, chosen.tolist(), top_k, strict=True))
+    ]

@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+MAX_LOGPROBS = 20  # most alternatives per token, as OpenAI allows
+
 
 class ParameterError(ValueError):
     """A request parameter is out of range; ``param`` names it (OpenAI's ``error.param``)."""
@@ -27,6 +29,8 @@ class SamplingParams:
     Penalties follow vLLM/OpenAI: ``repetition_penalty`` divides positive (multiplies negative)
     logits of tokens seen in prompt or output; ``presence_penalty`` subtracts once per seen output
     token; ``frequency_penalty`` subtracts once per occurrence in the output.
+    ``logprobs`` are the model's own (log-softmax of the raw logits, before penalties and
+    temperature), as vLLM reports them by default.
     """
 
     max_tokens: int = 16
@@ -41,6 +45,7 @@ class SamplingParams:
     stop_token_ids: tuple[int, ...] = ()
     ignore_eos: bool = False
     include_stop_str_in_output: bool = False
+    logprobs: int | None = None  # None: off; k: each token's logprob and the k most likely
 
     def __post_init__(self) -> None:
         _check(self.max_tokens >= 1, "max_tokens", "max_tokens must be at least 1")
@@ -69,6 +74,11 @@ class SamplingParams:
         _check(all(s for s in self.stop), "stop", "stop strings must not be empty")
         _check(len(self.stop) <= 16, "stop", "at most 16 stop strings")
         _check(all(t >= 0 for t in self.stop_token_ids), "stop_token_ids", "token ids are >= 0")
+        _check(
+            self.logprobs is None or 0 <= self.logprobs <= MAX_LOGPROBS,
+            "logprobs",
+            f"logprobs must be in [0, {MAX_LOGPROBS}]",
+        )
 
     @property
     def greedy(self) -> bool:

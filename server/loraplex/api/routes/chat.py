@@ -4,6 +4,7 @@ engine request, exactly as a completion (:mod:`loraplex.api.generation`); JSON o
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import jinja2
 from fastapi import APIRouter, Request, Response
@@ -27,6 +28,7 @@ from loraplex.api.generation import (
     stream_response,
     tokenize,
 )
+from loraplex.api.logprobs import chat_logprobs
 from loraplex.engine.async_engine import AsyncEngine
 from loraplex.engine.outputs import RequestOutput
 
@@ -58,7 +60,7 @@ def render_chat(engine: AsyncEngine, messages: list[dict[str, str]]) -> str:
 async def create_chat_completion(
     body: ChatCompletionRequest, request: Request, engine: EngineDep
 ) -> Response | ChatCompletionResponse:
-    """OpenAI's chat completions (``n`` must be 1).
+    """OpenAI's chat completions: ``n`` choices, with ``logprobs``/``top_logprobs`` if asked.
 
     Extension: ``adapters`` (a weighted combination, with ``model`` the base model id).
     """
@@ -66,31 +68,40 @@ async def create_chat_completion(
     # The template writes the special tokens (BOS, turn markers) itself: don't add them again.
     prompt = tokenize(engine, render_chat(engine, body.conversation()), special=False)
     params = body.sampling_params(len(prompt), engine.max_model_len)
-    run = Run(engine, [prompt], params, adapter, id_prefix="chatcmpl")
+    run = Run(engine, [prompt], params, adapter, id_prefix="chatcmpl", n=body.n)
+    tokenizer = engine.tokenizer
     if not body.stream:
         if not await run_to_end(request, run):
             return Response(status_code=499)  # nobody is listening; for the access log
-        [choice] = run.choices
-        message = ChatResponseMessage(content=choice.full_text)
+        choices = [
+            ChatChoice(
+                index=c.index,
+                message=ChatResponseMessage(content=c.full_text),
+                finish_reason=c.finish_reason,
+                logprobs=None if params.logprobs is None else chat_logprobs(tokenizer, c.logprobs),
+            )
+            for c in run.choices
+        ]
         return ChatCompletionResponse(
-            id=run.id,
-            created=run.created,
-            model=body.model,
-            choices=[ChatChoice(index=0, message=message, finish_reason=choice.finish_reason)],
-            usage=run.usage(),
+            id=run.id, created=run.created, model=body.model, choices=choices, usage=run.usage()
         )
 
     chunks = Chunks(run, body, ChatCompletionChunk)
 
-    def chunk(delta: dict[str, str], finish_reason: str | None = None) -> str:
-        return chunks.choices(ChatStreamChoice(index=0, delta=delta, finish_reason=finish_reason))
+    def chunk(index: int, delta: dict[str, str], finish: str | None = None, **extra: Any) -> str:
+        return chunks.choices(
+            ChatStreamChoice(index=index, delta=delta, finish_reason=finish, **extra)
+        )
 
     def render(choice: Choice, out: RequestOutput) -> Iterator[str]:
         # Empty deltas (the detokenizer holding back half a character) carry nothing.
-        if out.text:
-            yield chunk({"content": out.text})
+        if out.logprobs is not None:
+            logprobs = chat_logprobs(tokenizer, out.logprobs)
+            yield chunk(choice.index, {"content": out.text}, logprobs=logprobs)
+        elif out.text:
+            yield chunk(choice.index, {"content": out.text})
         if out.finished:
-            yield chunk({}, out.finish_reason)
+            yield chunk(choice.index, {}, out.finish_reason)
 
-    head = [chunk({"role": "assistant"})]
+    head = [chunk(c.index, {"role": "assistant"}) for c in run.choices]
     return await stream_response(run, render, head=head, tail=chunks.tail)

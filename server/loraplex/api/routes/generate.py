@@ -34,7 +34,7 @@ from loraplex.api.generation import (
 )
 from loraplex.engine.adapters import AdapterSpec
 from loraplex.engine.async_engine import AsyncEngine
-from loraplex.engine.outputs import RequestOutput
+from loraplex.engine.outputs import RequestOutput, TokenLogprob
 
 router = APIRouter(tags=["generate"], dependencies=[AuthDep])
 
@@ -70,6 +70,15 @@ def _details(engine: AsyncEngine, run: Run, choice: Choice) -> StreamDetails:
     )
 
 
+def _top_tokens(engine: AsyncEngine, logprob: TokenLogprob, special: set[int]) -> list[Token]:
+    """The ``top_n_tokens`` most likely tokens at one step, most likely first."""
+    decode = engine.tokenizer.decode
+    return [
+        Token(id=t, text=decode([t]), logprob=value, special=t in special)
+        for t, value in logprob.top
+    ]
+
+
 def _text(body: GenerateRequest, choice: Choice) -> str:
     prefix = body.inputs if body.parameters.return_full_text else ""
     return prefix + choice.full_text
@@ -89,10 +98,15 @@ async def generate(
         special = set(engine.tokenizer.all_special_ids)
         # One output per token, so the text deltas line up with the tokens.
         tokens = [
-            Token(id=t, text=text, special=t in special)
-            for t, text in zip(choice.token_ids, choice.text, strict=False)
+            Token(id=t, text=text, logprob=lp.logprob, special=t in special)
+            for t, text, lp in zip(choice.token_ids, choice.text, choice.logprobs, strict=False)
         ]
-        details = Details(**_details(engine, run, choice).model_dump(), tokens=tokens)
+        top = [_top_tokens(engine, lp, special) for lp in choice.logprobs]
+        details = Details(
+            **_details(engine, run, choice).model_dump(),
+            tokens=tokens,
+            top_tokens=top if body.parameters.top_n_tokens else [],
+        )
     return GenerateResponse(generated_text=_text(body, choice), details=details)
 
 
@@ -112,9 +126,16 @@ async def generate_stream(body: GenerateRequest, engine: EngineDep) -> Response:
         for i, token_id in enumerate(out.token_ids):
             # The text of a step's tokens rides on its last one.
             text = out.text if i == last else ""
+            lp = out.logprobs[i] if out.logprobs else None
             event = StreamResponse(
                 index=first_index + i,
-                token=Token(id=token_id, text=text, special=token_id in special),
+                token=Token(
+                    id=token_id,
+                    text=text,
+                    logprob=None if lp is None else lp.logprob,
+                    special=token_id in special,
+                ),
+                top_tokens=_top_tokens(engine, lp, special) if lp else [],
             )
             if out.finished and i == last:
                 event.generated_text = _text(body, choice)

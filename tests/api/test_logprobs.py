@@ -1,0 +1,166 @@
+"""End to end, with the real ``openai`` client: ``logprobs`` (legacy and chat shapes, streamed
+or not, checked against the HF model's own log-softmax), TGI's token logprobs and
+``top_n_tokens`` on ``/generate``, and ``n`` choices per prompt."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+import torch
+from adapter_files import sse_events
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+PROMPT = "The capital of France is"
+MESSAGES = [{"role": "user", "content": "What is the capital of France?"}]
+GREEDY = {"temperature": 0.0, "max_tokens": 8, "extra_body": {"ignore_eos": True}}
+
+
+@pytest.fixture(scope="module")
+def client(chat_url: str) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{chat_url}/v1", api_key="x", max_retries=0, timeout=120)
+
+
+def hf_greedy_logprobs(model_dir: Path, prompt: str, steps: int) -> list[float]:
+    """The logprob of each greedy token, from the HF model run on the growing sequence."""
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
+    ids = tokenizer(prompt, return_tensors="pt").input_ids
+    found = []
+    with torch.inference_mode():
+        for _ in range(steps):
+            logp = model(ids).logits[0, -1].float().log_softmax(-1)
+            found.append(float(logp.max()))
+            ids = torch.cat([ids, logp.argmax().view(1, 1)], dim=1)
+    return found
+
+
+def test_completion_logprobs_are_the_models_own(
+    client: openai.OpenAI, base_name: str, chat_model_dir: Path
+) -> None:
+    response = client.completions.create(model=base_name, prompt=PROMPT, logprobs=3, **GREEDY)
+    [choice] = response.choices
+    lp = choice.logprobs
+    assert lp is not None
+    assert len(lp.tokens) == len(lp.token_logprobs) == len(lp.top_logprobs) == 8
+    expected = hf_greedy_logprobs(chat_model_dir, PROMPT, 8)
+    assert lp.token_logprobs == pytest.approx(expected, abs=1e-4)
+    for token, logprob, top in zip(lp.tokens, lp.token_logprobs, lp.top_logprobs, strict=True):
+        assert token in top and top[token] == logprob
+        assert 1 <= len(top) <= 4  # the 3 most likely and the sampled one (greedy: among them)
+        assert logprob == pytest.approx(max(top.values()))  # greedy picks the most likely
+    offsets = [sum(len(t) for t in lp.tokens[:i]) for i in range(8)]
+    assert lp.text_offset == offsets
+
+
+def test_streamed_completion_logprobs_match_the_whole_response(
+    client: openai.OpenAI, base_name: str
+) -> None:
+    whole = client.completions.create(model=base_name, prompt=PROMPT, logprobs=2, **GREEDY)
+    chunks = list(
+        client.completions.create(model=base_name, prompt=PROMPT, logprobs=2, stream=True, **GREEDY)
+    )
+    parts = [c.choices[0].logprobs for c in chunks if c.choices and c.choices[0].logprobs]
+    expected = whole.choices[0].logprobs
+    assert [t for p in parts for t in p.tokens] == expected.tokens
+    assert [x for p in parts for x in p.token_logprobs] == expected.token_logprobs
+    assert [x for p in parts for x in p.text_offset] == expected.text_offset
+
+
+def test_no_logprobs_unless_asked(client: openai.OpenAI, base_name: str) -> None:
+    response = client.completions.create(model=base_name, prompt=PROMPT, **GREEDY)
+    assert response.choices[0].logprobs is None
+    chat = client.chat.completions.create(model=base_name, messages=MESSAGES, **GREEDY)
+    assert chat.choices[0].logprobs is None
+
+
+def test_chat_logprobs_with_top_alternatives(client: openai.OpenAI, base_name: str) -> None:
+    kwargs = {"logprobs": True, "top_logprobs": 3, **GREEDY}
+    whole = client.chat.completions.create(model=base_name, messages=MESSAGES, **kwargs)
+    content = whole.choices[0].logprobs.content
+    assert len(content) == whole.usage.completion_tokens == 8
+    for entry in content:
+        assert entry.bytes == list(entry.token.encode())
+        values = [t.logprob for t in entry.top_logprobs]
+        assert len(values) == 3 and values == sorted(values, reverse=True)
+        assert entry.logprob == pytest.approx(values[0])  # greedy
+        assert all(v <= 0 and math.isfinite(v) for v in values)
+    stream = client.chat.completions.create(
+        model=base_name, messages=MESSAGES, stream=True, **kwargs
+    )
+    streamed = [
+        e
+        for c in stream
+        if c.choices and c.choices[0].logprobs
+        for e in c.choices[0].logprobs.content
+    ]
+    assert [e.model_dump() for e in streamed] == [e.model_dump() for e in content]
+
+
+def test_n_choices_per_prompt_in_openai_order(client: openai.OpenAI, base_name: str) -> None:
+    prompts = [PROMPT, "Once upon a time"]
+    greedy = [
+        client.completions.create(model=base_name, prompt=p, **GREEDY).choices[0].text
+        for p in prompts
+    ]
+    response = client.completions.create(model=base_name, prompt=prompts, n=2, **GREEDY)
+    assert [c.index for c in response.choices] == [0, 1, 2, 3]
+    assert [c.text for c in response.choices] == [greedy[0], greedy[0], greedy[1], greedy[1]]
+    assert response.usage.completion_tokens == 4 * 8
+
+
+def test_seeded_samples_differ_from_each_other_and_repeat_exactly(
+    client: openai.OpenAI, base_name: str
+) -> None:
+    kwargs = {"temperature": 1.0, "max_tokens": 8, "seed": 11, "n": 3}
+    kwargs["extra_body"] = {"ignore_eos": True}
+    first = client.completions.create(model=base_name, prompt=PROMPT, **kwargs)
+    again = client.completions.create(model=base_name, prompt=PROMPT, **kwargs)
+    texts = [c.text for c in first.choices]
+    assert texts == [c.text for c in again.choices]
+    assert len(set(texts)) > 1
+    # Sample 0 is the request with that seed alone; sample j runs with seed + j.
+    alone = client.completions.create(model=base_name, prompt=PROMPT, **{**kwargs, "n": 1})
+    assert alone.choices[0].text == texts[0]
+    shifted = client.completions.create(
+        model=base_name, prompt=PROMPT, **{**kwargs, "n": 1, "seed": 12}
+    )
+    assert shifted.choices[0].text == texts[1]
+
+
+def test_streamed_chat_with_n_choices(client: openai.OpenAI, base_name: str) -> None:
+    kwargs = {"temperature": 1.0, "max_tokens": 6, "seed": 3, "n": 2}
+    whole = client.chat.completions.create(model=base_name, messages=MESSAGES, **kwargs)
+    chunks = list(
+        client.chat.completions.create(model=base_name, messages=MESSAGES, stream=True, **kwargs)
+    )
+    roles = [c.choices[0].index for c in chunks if c.choices and c.choices[0].delta.role]
+    assert sorted(roles) == [0, 1]
+    texts = ["", ""]
+    for c in chunks:
+        for choice in c.choices:
+            texts[choice.index] += choice.delta.content or ""
+    assert texts == [c.message.content for c in whole.choices]
+    assert [c.index for c in whole.choices] == [0, 1]
+
+
+def test_tgi_token_logprobs_and_top_n_tokens(
+    client: openai.OpenAI, base_name: str, chat_url: str
+) -> None:
+    completion = client.completions.create(model=base_name, prompt=PROMPT, logprobs=2, **GREEDY)
+    expected = completion.choices[0].logprobs.token_logprobs
+    parameters = {"max_new_tokens": 8, "details": True, "top_n_tokens": 2}
+    body = {"inputs": PROMPT, "parameters": parameters}
+    whole = httpx.post(f"{chat_url}/generate", json=body, timeout=120).json()["details"]
+    assert [t["logprob"] for t in whole["tokens"]] == pytest.approx(expected, abs=1e-6)
+    assert [len(top) for top in whole["top_tokens"]] == [2] * 8
+    for token, top in zip(whole["tokens"], whole["top_tokens"], strict=True):
+        assert top[0]["id"] == token["id"] and top[0]["logprob"] == token["logprob"]  # greedy
+        assert top[0]["logprob"] >= top[1]["logprob"]
+    stream = httpx.post(f"{chat_url}/generate_stream", json=body, timeout=120)
+    tokens = [json.loads(event)["token"] for event in sse_events(stream)]
+    assert [t["logprob"] for t in tokens] == [t["logprob"] for t in whole["tokens"]]
