@@ -5,6 +5,10 @@ Metrics live in a process-wide registry, so tests compare before/after values, n
 
 from __future__ import annotations
 
+import json
+import re
+from pathlib import Path
+
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -13,6 +17,7 @@ from loraplex import metrics
 EXPECTED = {
     "loraplex_requests": "counter",
     "loraplex_prompt_tokens": "counter",
+    "loraplex_prefix_cache_hit_tokens": "counter",
     "loraplex_generation_tokens": "counter",
     "loraplex_num_requests_running": "gauge",
     "loraplex_num_requests_waiting": "gauge",
@@ -46,6 +51,16 @@ def test_every_metric_is_defined_with_its_type() -> None:
     for name, kind in EXPECTED.items():
         assert name in families, name
         assert families[name].type == kind, name
+
+
+def test_every_metric_the_dashboard_queries_exists() -> None:
+    dashboard = Path(__file__).parents[1] / "deploy" / "grafana" / "loraplex-dashboard.json"
+    exprs = [t["expr"] for p in json.loads(dashboard.read_text())["panels"] for t in p["targets"]]
+    names = {n for e in exprs for n in re.findall(r"loraplex_[a-z0-9_]+", e)}
+    families = _families()
+    for name in names:
+        assert re.sub(r"_(total|bucket|count|sum)$", "", name) in families, name
+    assert "loraplex_prefix_cache_hit_tokens_total" in names
 
 
 def test_own_metrics_are_prefixed() -> None:
