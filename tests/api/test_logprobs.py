@@ -107,10 +107,12 @@ def test_n_choices_per_prompt_in_openai_order(client: openai.OpenAI, base_name: 
         client.completions.create(model=base_name, prompt=p, **GREEDY).choices[0].text
         for p in prompts
     ]
+    single = client.completions.create(model=base_name, prompt=prompts, **GREEDY)
     response = client.completions.create(model=base_name, prompt=prompts, n=2, **GREEDY)
     assert [c.index for c in response.choices] == [0, 1, 2, 3]
     assert [c.text for c in response.choices] == [greedy[0], greedy[0], greedy[1], greedy[1]]
     assert response.usage.completion_tokens == 4 * 8
+    assert response.usage.prompt_tokens == single.usage.prompt_tokens  # each prompt once
 
 
 def test_seeded_samples_differ_from_each_other_and_repeat_exactly(

@@ -120,7 +120,7 @@ class Run:
         n: int = 1,
     ) -> None:
         self.id = f"{id_prefix}-{uuid.uuid4().hex}"
-        self.params = params
+        self.params, self.n = params, n
         self.created = int(time.time())
         arrival = time.monotonic()
         jobs = [(ids, self._sample_params(j)) for ids in prompts for j in range(n)]
@@ -173,9 +173,11 @@ class Run:
         self.close()
 
     def usage(self) -> UsageInfo:
-        prompt = sum(c.prompt_tokens for c in self.choices)
+        """Each prompt counts once, however many samples it has (as OpenAI counts it)."""
+        firsts = self.choices[:: self.n]
+        prompt = sum(c.prompt_tokens for c in firsts)
         completion = sum(c.completion_tokens for c in self.choices)
-        cached = sum(c.cached_tokens for c in self.choices)
+        cached = sum(c.cached_tokens for c in firsts)
         return UsageInfo(
             prompt_tokens=prompt,
             completion_tokens=completion,
