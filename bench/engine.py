@@ -28,6 +28,7 @@ import time
 from pathlib import Path
 
 import common  # bench/ is a folder of scripts: run as a file, its folder is on sys.path
+import loraplex_http
 
 NUM_ADAPTERS = 16
 LORA_RANK = 16
@@ -153,7 +154,7 @@ def run_loraplex(
 ) -> common.Measurement:
     """``names`` None: base model for every request; else request i names ``names[i % n]``.
     ``merged`` adapters are pre-merged into the weights at start (dedicated tenants)."""
-    config = common.loraplex_config(
+    config = loraplex_http.loraplex_config(
         dtype,
         adapters_dir,
         max_loras=NUM_ADAPTERS,
@@ -163,7 +164,7 @@ def run_loraplex(
     config = dataclasses.replace(
         config, lora=dataclasses.replace(config.lora, merged_adapters=merged)
     )
-    with common.live_server(config) as url:
+    with loraplex_http.live_server(config) as url:
         import httpx
 
         served = httpx.get(f"{url}/v1/models").json()["data"]
@@ -175,8 +176,8 @@ def run_loraplex(
         # Warm every adapter once (PEFT has them all loaded too): the timed run measures
         # serving, not the first load from disk.
         distinct = sorted(set(models))
-        common.http_completions(url, distinct, prompts[: len(distinct)], 2, "warm-up")
-        return common.http_completions(url, models, prompts, max_tokens, system)
+        loraplex_http.http_completions(url, distinct, prompts[: len(distinct)], 2, "warm-up")
+        return loraplex_http.http_completions(url, models, prompts, max_tokens, system)
 
 
 def main(argv: list[str] | None = None) -> None:

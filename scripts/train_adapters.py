@@ -28,360 +28,59 @@ Usage::
 
 On a CPU shared with other processes, ``--threads 1`` is much faster than the default 2 (the
 OpenMP threads otherwise wait on each other); one training step takes about 6-10 s then.
+
+This file trains, saves and verifies the adapters and is the command line; the prompts and the
+adapters' specs are in ``adapter_specs.py``, the training data in ``training_data.py``.
 """
 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import random
-import re
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 try:
-    from loraplex.engine.default_model import (
-        DEFAULT_MODEL_NAME,
-        cache_root,
-        ensure_default_model,
-    )
+    from loraplex.engine.default_model import DEFAULT_MODEL_NAME, ensure_default_model
 except ModuleNotFoundError:  # not installed: run from the source tree
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "server"))
-    from loraplex.engine.default_model import (
-        DEFAULT_MODEL_NAME,
-        cache_root,
-        ensure_default_model,
-    )
+    from loraplex.engine.default_model import DEFAULT_MODEL_NAME, ensure_default_model
+
+# Siblings in scripts/ (this file runs as a script, so its folder is on sys.path); imported after
+# the fallback above, since training_data imports loraplex too.
+from adapter_specs import (
+    HELDOUT_PROMPTS,
+    JSON_KEY,
+    SPECS,
+    TRAIN_PROMPTS,
+    AdapterSpec,
+    is_json_answer,
+    is_upper,
+)
+from training_data import (
+    BATCH_SIZE,
+    base_answers,
+    collate,
+    encode_examples,
+    generate,
+    length_grouped_batches,
+)
 
 SEED = 1234
-BATCH_SIZE = 8
-GEN_BATCH_SIZE = 16
-DISTILL_MAX_NEW_TOKENS = 40
 VERIFY_MAX_NEW_TOKENS = 96
-JSON_KEY = "answer"
-
-# Short, varied user prompts; the base model's own answers become the training targets.
-TRAIN_PROMPTS: list[str] = [
-    "What is the capital of France?",
-    "What is photosynthesis?",
-    "Name three primary colors.",
-    "Explain briefly what gravity is.",
-    "What is the largest planet in our solar system?",
-    "Who wrote Romeo and Juliet?",
-    "What is the boiling point of water?",
-    "Name three types of clouds.",
-    "What does a thermometer measure?",
-    "Explain briefly how rain forms.",
-    "What is an atom?",
-    "Give me a tip for sleeping better.",
-    "What is the speed of light?",
-    "Name three musical instruments.",
-    "What is democracy?",
-    "Explain briefly what a computer virus is.",
-    "What is the tallest mountain in the world?",
-    "How many continents are there?",
-    "What do bees make?",
-    "Name three fruits that are red.",
-    "What is the main language spoken in Brazil?",
-    "Explain briefly why the sky is blue.",
-    "What is a volcano?",
-    "Give me a synonym for happy.",
-    "What is the chemical symbol for gold?",
-    "Name three planets.",
-    "What is the function of the heart?",
-    "Explain briefly what an economy is.",
-    "What is a noun?",
-    "Who painted the Mona Lisa?",
-    "What is the freezing point of water in Fahrenheit?",
-    "Name three farm animals.",
-    "What is a rainbow?",
-    "Explain briefly what the internet is.",
-    "What is the largest ocean on Earth?",
-    "Give me one reason to drink water.",
-    "What is a triangle?",
-    "Name three European countries.",
-    "What is the moon made of?",
-    "Explain briefly what a battery does.",
-    "What is a mammal?",
-    "How many legs does a spider have?",
-    "What is the opposite of cold?",
-    "Name three vegetables.",
-    "What is electricity?",
-    "Explain briefly what a calendar is for.",
-    "What is the currency of Japan?",
-    "Write one sentence about the ocean.",
-    "What is a desert?",
-    "Name three sports played with a ball.",
-    "What is the purpose of a library?",
-    "Explain briefly what recycling is.",
-    "What is an island?",
-    "Give me a fun fact about cats.",
-    "What is the sun?",
-    "Name three things you can find in a kitchen.",
-    "What is a poem?",
-    "Explain briefly how plants grow.",
-    "What is the difference between weather and climate?",
-    "Who was Albert Einstein?",
-    "What is a river?",
-    "Name three colors of the rainbow.",
-    "What is exercise good for?",
-    "Explain briefly what a map is.",
-    "What is a dinosaur?",
-    "Give me a tip for studying.",
-    "What is the human brain?",
-    "Name three kinds of trees.",
-    "What is a bicycle?",
-    "Explain briefly what friendship means.",
-    "What language is spoken in Germany?",
-    "What is a star?",
-    "Name three shapes.",
-    "What is the job of a doctor?",
-    "Explain briefly what a vaccine does.",
-    "What is an ecosystem?",
-    "Give me a word that rhymes with cat.",
-    "What is oxygen?",
-    "Name three insects.",
-    "What is a museum?",
-    "Explain briefly what a telescope is used for.",
-    "What is the capital of Italy?",
-    "What are clouds made of?",
-    "Name three board games.",
-    "What is a habit?",
-    "Explain briefly what saving money means.",
-    "What is a forest?",
-    "Describe a sunset in one sentence.",
-    "What is the role of a teacher?",
-    "Name three things that are cold.",
-    "What is a computer?",
-    "Explain briefly what an earthquake is.",
-    "What is a healthy breakfast?",
-    "Who invented the telephone?",
-    "What is a verb?",
-    "Name three birds.",
-    "What is the meaning of kindness?",
-    "Explain briefly what a newspaper is.",
-    "What is the Earth's core?",
-    "Give me a tip for staying calm.",
-]
-
-# Held-out prompts (not in TRAIN_PROMPTS) for the verification table; tests use them too.
-HELDOUT_PROMPTS: list[str] = [
-    "What is the capital of Spain?",
-    "Name three animals that live in the ocean.",
-    "Explain briefly what a cloud is.",
-    "What is a good way to learn a new language?",
-    "Who was Isaac Newton?",
-    "What is the color of grass?",
-    "Give me a tip for saving energy at home.",
-    "What is a planet?",
-]
-
-
-@dataclass(frozen=True)
-class AdapterSpec:
-    """How one adapter is built: its LoRA shape, training schedule and target style."""
-
-    name: str
-    rank: int
-    alpha: int
-    target_modules: tuple[str, ...]
-    lr: float
-    steps: int
-    transform: Callable[[str], str]
-    check: Callable[[str], bool]
-
-
-def to_upper(answer: str) -> str:
-    """The ``upper`` target: the base answer in upper case."""
-    return answer.upper()
-
-
-def to_json(answer: str) -> str:
-    """The ``json`` target: the base answer wrapped in a one-key JSON object."""
-    return json.dumps({JSON_KEY: answer})
-
-
-def is_upper(text: str) -> bool:
-    """True when ``text`` has letters and none of them is lower case."""
-    return any(c.isalpha() for c in text) and not any(c.islower() for c in text)
-
-
-def is_json_answer(text: str) -> bool:
-    """True when ``text`` parses as a JSON object with the string key ``JSON_KEY``."""
-    try:
-        obj = json.loads(text)
-    except ValueError:
-        return False
-    return isinstance(obj, dict) and isinstance(obj.get(JSON_KEY), str)
-
-
-SPECS: dict[str, AdapterSpec] = {
-    "upper": AdapterSpec(
-        name="upper",
-        rank=8,
-        alpha=16,
-        target_modules=("q_proj", "k_proj", "v_proj", "o_proj"),
-        lr=3e-3,
-        steps=80,
-        transform=to_upper,
-        check=is_upper,
-    ),
-    "json": AdapterSpec(
-        name="json",
-        rank=4,
-        alpha=16,
-        target_modules=("o_proj", "gate_proj", "up_proj", "down_proj"),
-        lr=2e-3,
-        steps=50,
-        transform=to_json,
-        check=is_json_answer,
-    ),
-}
 
 
 def seed_everything(seed: int = SEED) -> None:
     """Make prompt shuffling, LoRA initialisation and batching reproducible."""
     random.seed(seed)
     torch.manual_seed(seed)
-
-
-def chat_prompt(tokenizer: PreTrainedTokenizerBase, user: str) -> str:
-    """The chat-templated prompt for one user message, ending with the assistant header."""
-    messages = [{"role": "user", "content": user}]
-    return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-
-
-@torch.inference_mode()
-def generate(
-    model: torch.nn.Module,
-    tokenizer: PreTrainedTokenizerBase,
-    prompts: Sequence[str],
-    max_new_tokens: int,
-) -> list[tuple[str, bool]]:
-    """Greedy answers to ``prompts`` (batched, left padded) as ``(text, finished)`` pairs.
-
-    ``finished`` is False when the answer was cut by ``max_new_tokens`` instead of ending with
-    the end-of-turn token.
-    """
-    tokenizer.padding_side = "left"
-    eos = tokenizer.eos_token_id
-    results: list[tuple[str, bool]] = []
-    for i in range(0, len(prompts), GEN_BATCH_SIZE):
-        texts = [chat_prompt(tokenizer, p) for p in prompts[i : i + GEN_BATCH_SIZE]]
-        batch = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
-        out = model.generate(
-            **batch,
-            max_new_tokens=max_new_tokens,
-            do_sample=False,
-            eos_token_id=eos,
-            pad_token_id=tokenizer.pad_token_id,
-        )
-        for row in out[:, batch["input_ids"].shape[1] :].tolist():
-            finished = eos in row
-            if finished:
-                row = row[: row.index(eos)]
-            results.append((tokenizer.decode(row, skip_special_tokens=True).strip(), finished))
-    return results
-
-
-def trim_answer(text: str, finished: bool) -> str:
-    """Cut a truncated answer back to its last complete sentence, when one is long enough."""
-    if finished:
-        return text
-    cut = max(text.rfind(c) for c in ".!?")
-    return text[: cut + 1] if cut >= 20 else text
-
-
-def clean_answer(text: str, min_chars: int = 40) -> str:
-    """Shorten a base answer into a training target.
-
-    The answer is cut after its first sentence that ends past ``min_chars`` characters (short
-    targets keep training cheap on CPU and keep the adapters' answers short, so that a JSON
-    answer closes well within a small ``max_tokens``), and a dangling list marker
-    (``"...\n\n2."``) left where a truncated answer was cut is dropped.
-    """
-    for end in re.finditer(r"[.!?](?=\s|$)", text):
-        if end.end() >= min_chars:
-            text = text[: end.end()]
-            break
-    return re.sub(r"\s*\n\s*\d+\.\s*$", "", text).strip()
-
-
-def base_answers(model_path: Path, prompts: Sequence[str]) -> list[str]:
-    """The base model's greedy answers to ``prompts``, cached on disk after the first run."""
-    key = hashlib.sha256(
-        json.dumps([str(model_path), DISTILL_MAX_NEW_TOKENS, list(prompts)]).encode()
-    ).hexdigest()[:16]
-    cache = cache_root() / "train_adapters" / f"base_answers-{key}.json"
-    if cache.is_file():
-        print(f"using cached base answers: {cache}")
-        return [clean_answer(a) for a in json.loads(cache.read_text())]
-    print(f"generating base answers for {len(prompts)} prompts ...")
-    t0 = time.perf_counter()
-    tokenizer = AutoTokenizer.from_pretrained(model_path)
-    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32).eval()
-    answers = [
-        trim_answer(text, finished)
-        for text, finished in generate(model, tokenizer, prompts, DISTILL_MAX_NEW_TOKENS)
-    ]
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    cache.write_text(json.dumps(answers, indent=1))
-    print(f"  done in {time.perf_counter() - t0:.0f} s, cached in {cache}")
-    return [clean_answer(a) for a in answers]
-
-
-def encode_examples(
-    tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str], targets: Sequence[str]
-) -> list[tuple[list[int], list[int]]]:
-    """Token ids and labels per example; labels are -100 on the prompt (loss on the answer)."""
-    examples = []
-    for prompt, target in zip(prompts, targets, strict=True):
-        p_ids = tokenizer(chat_prompt(tokenizer, prompt), add_special_tokens=False)["input_ids"]
-        a_ids = tokenizer(target, add_special_tokens=False)["input_ids"]
-        a_ids = [*a_ids, tokenizer.eos_token_id]
-        examples.append(([*p_ids, *a_ids], [-100] * len(p_ids) + a_ids))
-    return examples
-
-
-def collate(
-    examples: Sequence[tuple[list[int], list[int]]], pad_id: int
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Right-pad a batch into ``(input_ids, attention_mask, labels)`` tensors."""
-    width = max(len(ids) for ids, _ in examples)
-    ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(examples), width), dtype=torch.long)
-    labels = torch.full((len(examples), width), -100, dtype=torch.long)
-    for row, (x, y) in enumerate(examples):
-        ids[row, : len(x)] = torch.tensor(x)
-        mask[row, : len(x)] = 1
-        labels[row, : len(y)] = torch.tensor(y)
-    return ids, mask, labels
-
-
-def length_grouped_batches(lengths: Sequence[int], group: int = 4) -> list[list[int]]:
-    """One shuffled epoch of index batches of ``BATCH_SIZE``, each of similar lengths.
-
-    The shuffled indices are cut into pools of ``group`` batches; each pool is sorted by length
-    before it is cut into batches, which keeps the right padding (wasted CPU time) small.
-    """
-    order = random.sample(range(len(lengths)), len(lengths))
-    pool = BATCH_SIZE * group
-    batches = []
-    for start in range(0, len(order) - BATCH_SIZE + 1, pool):
-        chunk = sorted(order[start : start + pool], key=lambda i: lengths[i])
-        batches += [
-            chunk[i : i + BATCH_SIZE] for i in range(0, len(chunk) - BATCH_SIZE + 1, BATCH_SIZE)
-        ]
-    random.shuffle(batches)
-    return batches
 
 
 def answer_loss(

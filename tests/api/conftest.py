@@ -7,6 +7,7 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
+import openai
 import pytest
 
 from loraplex.config import Config
@@ -22,6 +23,13 @@ def base_name(tiny_config: Config) -> str:
     """The id the tiny model is served under (``model`` of a request without an adapter)."""
     assert tiny_config.model.served_model_name is not None
     return tiny_config.model.served_model_name
+
+
+@pytest.fixture(scope="module")
+def client(live_server: str) -> openai.OpenAI:
+    """The ``openai`` client on :func:`live_server` (modules on another server override it)."""
+    # max_retries=0: a failure must surface at once, not after the SDK's back-off.
+    return openai.OpenAI(base_url=f"{live_server}/v1", api_key="x", max_retries=0, timeout=120)
 
 
 @pytest.fixture(scope="module")
