@@ -115,7 +115,7 @@ TRAIN_PROMPTS: list[str] = [
     "Give me a tip for staying calm.",
 ]
 
-# Held-out prompts (not in TRAIN_PROMPTS) for the verification table; tests use them too.
+# Held-out prompts (not in TRAIN_PROMPTS) for the verification table.
 HELDOUT_PROMPTS: list[str] = [
     "What is the capital of Spain?",
     "Name three animals that live in the ocean.",

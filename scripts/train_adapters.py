@@ -107,10 +107,13 @@ def fp16_safetensors(folder: Path) -> None:
 
 
 def portable_config(folder: Path) -> None:
-    """Name the base model in ``adapter_config.json`` instead of this machine's cache path."""
+    """Name the base model in ``adapter_config.json`` instead of this machine's cache path, and
+    sort ``target_modules`` (PEFT saves a set, in an order that changes from run to run)."""
     path = folder / "adapter_config.json"
     config = json.loads(path.read_text())
     config["base_model_name_or_path"] = DEFAULT_MODEL_NAME
+    if isinstance(config.get("target_modules"), list):
+        config["target_modules"] = sorted(config["target_modules"])
     path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
 
 
