@@ -235,3 +235,24 @@ def test_a_repeated_long_prompt_reports_cached_tokens_and_the_same_text(
     assert 0 < cached < again.usage.prompt_tokens
     assert cached % tiny_config.cache.block_size == 0
     assert metric(live_server, "loraplex_prefix_cache_hit_tokens_total") >= hits_before + cached
+
+
+def test_a_cache_salt_keeps_tenants_prefixes_apart(client: openai.OpenAI, base_name: str) -> None:
+    prompt = "Tenant-private context that another tenant must not be able to probe. " * 4
+
+    def cached(salt: str) -> int:
+        body = {"ignore_eos": True, "cache_salt": salt}
+        response = client.completions.create(
+            model=base_name, prompt=prompt, temperature=0.0, max_tokens=2, extra_body=body
+        )
+        assert response.usage is not None
+        return response.usage.prompt_tokens_details.cached_tokens
+
+    assert cached("tenant-a") == 0
+    assert cached("tenant-b") == 0  # the same prompt under another salt is not a hit
+    assert cached("tenant-a") > 0
+    with pytest.raises(openai.BadRequestError) as exc:
+        client.completions.create(
+            model=base_name, prompt=prompt, max_tokens=2, extra_body={"cache_salt": ""}
+        )
+    assert exc.value.param == "cache_salt"

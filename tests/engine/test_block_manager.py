@@ -179,6 +179,23 @@ def test_reallocating_a_cached_block_evicts_its_prefix_coldest_first() -> None:
     assert len(bm.cached_prefix(Sequence("y", [5, 6, 7], SamplingParams()))) == 1
 
 
+def test_a_cache_salt_isolates_prefixes() -> None:
+    bm = BlockManager(num_blocks=16, block_size=4, enable_prefix_caching=True)
+
+    def salted(request_id: str, salt: str | None) -> int:
+        seq = Sequence(request_id, list(range(12)), SamplingParams(), cache_salt=salt)
+        cached = bm.cached_prefix(seq)
+        bm.admit(seq, cached, seq.num_tokens - len(cached) * bm.block_size)
+        bm.publish(seq, seq.num_computed_tokens, seq.num_tokens - seq.num_computed_tokens)
+        seq.num_computed_tokens = seq.num_tokens
+        return seq.num_cached_tokens
+
+    assert salted("a", "tenant-1") == 0
+    assert salted("b", "tenant-2") == 0  # same tokens, other salt: no hit
+    assert salted("c", None) == 0
+    assert salted("d", "tenant-1") == 8
+
+
 def test_prefix_caching_off_never_shares() -> None:
     bm = BlockManager(num_blocks=8, block_size=2)
     run_prompt(bm, [1, 2, 3], "a")

@@ -118,6 +118,7 @@ class Run:
         adapter: AdapterSpec,
         id_prefix: str = "cmpl",
         n: int = 1,
+        cache_salt: str | None = None,
     ) -> None:
         self.id = f"{id_prefix}-{uuid.uuid4().hex}"
         self.params, self.n = params, n
@@ -129,7 +130,9 @@ class Run:
         self._open = len(jobs)
         # Creating an engine stream runs nothing yet: it validates and queues on first iteration.
         self._tasks = [
-            asyncio.create_task(self._pump(i, engine.generate(f"{self.id}-{i}", ids, p, adapter)))
+            asyncio.create_task(
+                self._pump(i, engine.generate(f"{self.id}-{i}", ids, p, adapter, cache_salt))
+            )
             for i, (ids, p) in enumerate(jobs)
         ]
 

@@ -76,6 +76,8 @@ class SamplingRequest(LenientBody):
     user: str | None = None
     # Extension: a weighted combination of adapters, applied as one (``model`` names the base).
     adapters: list[AdapterWeight] | None = None
+    # Extension (vLLM's name): only requests with the same salt share prefix-cache blocks.
+    cache_salt: str | None = None
 
     @property
     def include_usage(self) -> bool:
@@ -100,6 +102,8 @@ class SamplingRequest(LenientBody):
         """The engine's sampling parameters; raises :class:`ParameterError` for a bad value."""
         if not 1 <= self.n <= MAX_N:
             raise ParameterError("n", f"n must be in [1, {MAX_N}]")
+        if self.cache_salt is not None and not self.cache_salt:
+            raise ParameterError("cache_salt", "cache_salt must be a non-empty string")
         stop = [self.stop] if isinstance(self.stop, str) else (self.stop or [])
         return SamplingParams(
             max_tokens=max_tokens,

@@ -144,17 +144,19 @@ class AsyncEngine:
         prompt_token_ids: list[int],
         params: SamplingParams,
         adapter: AdapterSpec,
+        cache_salt: str | None = None,
     ) -> AsyncIterator[RequestOutput]:
         """Yield output deltas until the finished one; abort the request if iteration stops.
 
         ``adapter``: a name, a weighted mix ``[(name, weight), ...]`` or None (base model).
+        ``cache_salt``: only requests with the same salt share prefix-cache blocks.
         """
         self.engine.check_request(prompt_token_ids, params)
         # Unknown names fail now, before any byte is sent; a mix is combined off the engine.
         await asyncio.to_thread(self.engine.adapters.resolve, adapter)
         stream = _Stream(asyncio.get_running_loop(), asyncio.Queue())
         self._streams[request_id] = stream
-        self._commands.put(("add", request_id, prompt_token_ids, params, adapter))
+        self._commands.put(("add", request_id, prompt_token_ids, params, adapter, cache_salt))
         finished = False
         try:
             while not finished:

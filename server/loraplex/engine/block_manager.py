@@ -6,15 +6,17 @@ in block ``block_table[i // block_size]`` at offset ``i % block_size``.
 
 Prefix caching: once all ``block_size`` tokens of a sequence's block ``i`` are in the cache, the
 block is published under ``h_i = sha256(h_{i-1} ‖ tokens of block i)``, with ``h_{-1}`` derived
-from the adapter key. A token's KV depends on every token before it and on the adapter weights
-that computed it, so equal hashes mean equal KV: a later sequence whose leading full blocks hash
-the same shares those blocks (ref-counted) and skips their prefill. sha256, not Python's
-``hash``: a crafted prompt must never collide with another tenant's cached prefix.
+from the adapter key and the request's optional cache salt. A token's KV depends on every token
+before it and on the adapter weights that computed it, so equal hashes mean equal KV: a later
+sequence whose leading full blocks hash the same shares those blocks (ref-counted) and skips
+their prefill. sha256, not Python's ``hash``: a crafted prompt must never collide with another
+tenant's cached prefix.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 from collections import OrderedDict
 
 from loraplex.engine.sequence import Sequence
@@ -161,6 +163,8 @@ class BlockManager:
 
 
 def _adapter_seed(seq: Sequence) -> bytes:
-    """The chain's root: the weights that compute the KV (adapter key, merged or gathered)."""
-    label = f"{'merged' if seq.merged else 'slot'}:{seq.adapter or ''}"
+    """The chain's root: the weights that compute the KV (adapter key, merged or gathered),
+    and the request's cache salt, so tenants that salt differently never share (nor can time
+    each other's prompts through) cached blocks."""
+    label = json.dumps([seq.merged, seq.adapter, seq.cache_salt])
     return hashlib.sha256(label.encode()).digest()

@@ -93,14 +93,22 @@ class LLMEngine:
             )
 
     def add_request(
-        self, request_id: str, prompt_ids: list[int], params: SamplingParams, adapter: AdapterSpec
+        self,
+        request_id: str,
+        prompt_ids: list[int],
+        params: SamplingParams,
+        adapter: AdapterSpec,
+        cache_salt: str | None = None,
     ) -> None:
-        """Queue a request; ``adapter`` is a name, a weighted mix of names, or None (base)."""
+        """Queue a request; ``adapter`` is a name, a weighted mix of names, or None (base).
+        ``cache_salt``: only requests with the same salt share prefix-cache blocks."""
         self.check_request(prompt_ids, params)
         key, merged = self.adapters.resolve(adapter)
         if key is not None:
             self.registry.host.acquire(key)  # its weights stay in host memory until it ends
-        seq = Sequence(request_id, list(prompt_ids), params, adapter=key, merged=merged)
+        seq = Sequence(
+            request_id, list(prompt_ids), params, adapter=key, merged=merged, cache_salt=cache_salt
+        )
         generator = None
         if params.seed is not None:
             generator = torch.Generator(self.runner.device).manual_seed(params.seed)

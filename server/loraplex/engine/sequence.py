@@ -34,6 +34,7 @@ class Sequence:
     params: SamplingParams
     adapter: str | None = None
     merged: bool = False
+    cache_salt: str | None = None  # isolates this request's prefix-cache entries (tenants)
     seq_id: int = field(default_factory=lambda: next(_seq_ids))
     token_ids: list[int] = field(init=False)
     num_computed_tokens: int = 0

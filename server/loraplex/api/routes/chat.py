@@ -68,7 +68,7 @@ async def create_chat_completion(
     # The template writes the special tokens (BOS, turn markers) itself: don't add them again.
     prompt = tokenize(engine, render_chat(engine, body.conversation()), special=False)
     params = body.sampling_params(len(prompt), engine.max_model_len)
-    run = Run(engine, [prompt], params, adapter, id_prefix="chatcmpl", n=body.n)
+    run = Run(engine, [prompt], params, adapter, "chatcmpl", body.n, body.cache_salt)
     tokenizer = engine.tokenizer
     if not body.stream:
         if not await run_to_end(request, run):

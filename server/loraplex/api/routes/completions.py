@@ -43,7 +43,7 @@ async def create_completion(
     adapter = request_adapter(engine, body)
     params = body.sampling_params()
     prompts = [tokenize(engine, p) for p in body.prompts()]
-    run = Run(engine, prompts, params, adapter, id_prefix="cmpl", n=body.n)
+    run = Run(engine, prompts, params, adapter, "cmpl", body.n, body.cache_salt)
     tokenizer = engine.tokenizer
     if body.stream:
         chunks = Chunks(run, body, CompletionStreamResponse)
