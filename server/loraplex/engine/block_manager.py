@@ -143,6 +143,8 @@ class BlockManager:
         if not self.enable_prefix_caching:
             return
         first, end = start // self.block_size, (start + num_tokens) // self.block_size
+        if first == end:  # most decode steps complete no block
+            return
         for index, digest in enumerate(self._hashes(seq, end)[first:end], first):
             block = seq.block_table[index]
             if digest not in self._block_of and block not in self._hash_of:
