@@ -15,7 +15,7 @@ from transformers import AutoModelForCausalLM
 
 from loraplex.lora.archive import _copy, extract_archive
 from loraplex.lora.errors import AdapterValidationError
-from loraplex.lora.validation import Limits, validate_folder
+from loraplex.lora.validation import Limits, check_folder
 
 CONFIG, WEIGHTS = "adapter_config.json", "adapter_model.safetensors"
 FILES = {CONFIG: b'{"peft_type": "LORA"}', WEIGHTS: b"\x00" * 100, "README.md": b"# hi"}
@@ -87,7 +87,7 @@ def test_extracted_real_adapter_passes_validation(
         for n, m in model.named_modules()
         if isinstance(m, torch.nn.Linear) and n != "lm_head"
     }
-    config = validate_folder(tmp_path / "out", Limits(max_rank=8), "tiny-llama", shapes)
+    config = check_folder(tmp_path / "out", Limits(max_rank=8), "tiny-llama", shapes).config
     assert config["r"] == 4
 
 

@@ -15,7 +15,7 @@ from transformers import AutoModelForCausalLM
 
 from loraplex.lora.adapter import CONFIG_FILE, WEIGHTS_FILE
 from loraplex.lora.errors import AdapterValidationError
-from loraplex.lora.validation import Limits, parse_config, validate_folder, validate_name
+from loraplex.lora.validation import Limits, check_folder, parse_config, validate_name
 
 SERVED = "tiny-llama"
 LIMITS = Limits(max_rank=16)
@@ -55,7 +55,7 @@ def adapter(good: Path, tmp_path: Path) -> Path:
 @pytest.fixture
 def check(module_shapes: dict[str, tuple[int, int]]):
     def run(folder: Path, limits: Limits = LIMITS, served: str = SERVED) -> dict:
-        return validate_folder(folder, limits, served, module_shapes)
+        return check_folder(folder, limits, served, module_shapes).config
 
     return run
 

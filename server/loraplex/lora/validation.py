@@ -56,7 +56,6 @@ __all__ = [
     "check_safetensors",
     "parse_config",
     "strict_json",
-    "validate_folder",
     "validate_name",
 ]
 
@@ -225,10 +224,3 @@ def check_folder(
     )
     weights = check_safetensors(folder / WEIGHTS_FILE, config, module_shapes, limits)
     return CheckedFolder(config, weights)
-
-
-def validate_folder(
-    folder: Path, limits: Limits, served_model: str, module_shapes: dict[str, tuple[int, int]]
-) -> dict:
-    """:func:`check_folder` for callers that need only the parsed config."""
-    return check_folder(folder, limits, served_model, module_shapes).config
