@@ -4,7 +4,6 @@ engine request, exactly as a completion (:mod:`loraplex.api.generation`); JSON o
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
 
 import jinja2
 from fastapi import APIRouter, Request, Response
@@ -28,7 +27,7 @@ from loraplex.api.generation import (
     stream_response,
     tokenize,
 )
-from loraplex.api.logprobs import chat_logprobs
+from loraplex.api.logprobs import ChatLogprobs, chat_logprobs
 from loraplex.engine.async_engine import AsyncEngine
 from loraplex.engine.outputs import RequestOutput
 
@@ -88,18 +87,21 @@ async def create_chat_completion(
 
     chunks = Chunks(run, body, ChatCompletionChunk)
 
-    def chunk(index: int, delta: dict[str, str], finish: str | None = None, **extra: Any) -> str:
-        return chunks.choices(
-            ChatStreamChoice(index=index, delta=delta, finish_reason=finish, **extra)
-        )
+    def chunk(
+        index: int,
+        delta: dict[str, str],
+        finish: str | None = None,
+        logprobs: ChatLogprobs | None = None,
+    ) -> str:
+        choice = ChatStreamChoice(index=index, delta=delta, finish_reason=finish, logprobs=logprobs)
+        return chunks.choices(choice)
 
     def render(choice: Choice, out: RequestOutput) -> Iterator[str]:
-        # Empty deltas (the detokenizer holding back half a character) carry nothing.
-        if out.logprobs is not None:
-            logprobs = chat_logprobs(tokenizer, out.logprobs)
+        # An empty delta (the detokenizer holding back half a character) carries nothing, unless
+        # its token's logprobs were asked for.
+        logprobs = None if out.logprobs is None else chat_logprobs(tokenizer, out.logprobs)
+        if out.text or logprobs is not None:
             yield chunk(choice.index, {"content": out.text}, logprobs=logprobs)
-        elif out.text:
-            yield chunk(choice.index, {"content": out.text})
         if out.finished:
             yield chunk(choice.index, {}, out.finish_reason)
 
