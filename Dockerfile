@@ -60,6 +60,12 @@ ENV PATH=/opt/venv/bin:$PATH \
     LORAPLEX_CACHE=/var/cache/loraplex \
     HF_HUB_OFFLINE=1
 
+# A C compiler: the add_lora CPU kernel (server/loraplex/lora/ops/cpu_kernel.c) is compiled for
+# the CPU it runs on. Without one, the server falls back to the torch op (slower with adapters).
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends gcc libc6-dev \
+ && rm -rf /var/lib/apt/lists/*
+
 RUN groupadd --system --gid "${APP_GID}" loraplex \
  && useradd --system --uid "${APP_UID}" --gid loraplex --create-home --home-dir /home/loraplex \
         --shell /usr/sbin/nologin loraplex \
@@ -76,6 +82,10 @@ USER loraplex
 # It lands in $LORAPLEX_CACHE/models/SmolLM2-135M-Instruct; do not mount a volume over
 # /var/cache/loraplex unless it holds the model too (the server would convert it again on start).
 RUN python -c "from loraplex.engine.default_model import ensure_default_model; ensure_default_model()"
+
+# Build the kernel for this build machine's CPU now; its cache key names the CPU, so a host
+# with another CPU builds its own at the first start instead of loading this one.
+RUN python -c "from loraplex.engine.default_model import kernel_cache; from loraplex.lora.ops.cpu_ops import build; build(kernel_cache())"
 
 # The adapter store: one PEFT adapter folder per adapter name, read at start from ./adapters
 # (the --adapters-dir default, relative to WORKDIR /app). Mount a volume here to supply others.

@@ -14,7 +14,9 @@ generates exactly ``--max-tokens`` tokens):
       on this machine at this batch size, so (r)/(a) is about the most (c)/(a) can reach
       without changing that arithmetic (fewer FLOPs per token, other kernels or hardware).
 
-Systems run one after another in this process (never two at once), each after a warm-up.
+Every system is set up (and warmed up) first; then ``--rounds`` rounds each run every system
+once, one after another (never two at once). The table shows each system's median run and
+each ratio's median over rounds, so the machine's drift hits every system alike.
 
     .venv/bin/python bench/engine.py            # 32 requests x 64 tokens, float32
     .venv/bin/python bench/engine.py --quick    # smoke run: 4 requests x 8 tokens
@@ -24,11 +26,16 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import statistics
 import time
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import common  # bench/ is a folder of scripts: run as a file, its folder is on sys.path
 import loraplex_http
+
+Measure = Callable[[], "common.Measurement"]  # one timed run of a system over all requests
 
 NUM_ADAPTERS = 16
 LORA_RANK = 16
@@ -69,37 +76,49 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=None,
         help="torch threads for every system; default: all cores (os.cpu_count())",
     )
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=3,
+        help="timed runs per system, interleaved (a round runs each system once); "
+        "the table shows each system's median",
+    )
     parser.add_argument("--skip-peft", action="store_true", help="don't run (b)")
     parser.add_argument(
         "--quick", action="store_true", help="smoke run: --concurrency 4 --max-tokens 8"
     )
     args = parser.parse_args(argv)
     if args.quick:
-        args.concurrency, args.max_tokens = 4, 8
-    if args.concurrency < 1 or args.max_tokens < 1 or (args.threads or 1) < 1:
-        parser.error("--concurrency, --max-tokens and --threads must be positive")
+        args.concurrency, args.max_tokens, args.rounds = 4, 8, 1
+    if min(args.concurrency, args.max_tokens, args.rounds, args.threads or 1) < 1:
+        parser.error("--concurrency, --max-tokens, --rounds and --threads must be positive")
     return args
 
 
-def run_hf(model_dir: Path, prompts: list[str], max_tokens: int, dtype: str) -> common.Measurement:
+@contextmanager
+def hf_system(
+    model_dir: Path, prompts: list[str], max_tokens: int, dtype: str
+) -> Iterator[Measure]:
+    """(a): one ``generate`` over the static batch per call."""
     model, tokenizer = common.load_hf_model(model_dir, dtype)
     common.hf_generate(model, tokenizer, prompts, 2, "warm-up")
-    result = common.hf_generate(model, tokenizer, prompts, max_tokens, SYSTEMS["a"])
-    del model, tokenizer
-    common.free_memory()
-    return result
+    yield lambda: common.hf_generate(model, tokenizer, prompts, max_tokens, SYSTEMS["a"])
 
 
-def run_bare_decode(
+@contextmanager
+def bare_decode_system(
     model_dir: Path, prompts: list[str], max_tokens: int, dtype: str
-) -> common.Measurement:
-    """(r): time ``max_tokens`` one-token forwards of the whole batch over its KV cache."""
+) -> Iterator[Measure]:
+    """(r): per call, ``max_tokens`` one-token forwards of the whole batch over its KV cache
+    (the prefill before them is not timed)."""
     import torch
 
     model, tokenizer = common.load_hf_model(model_dir, dtype)
     inputs = tokenizer(prompts, return_tensors="pt", padding=True)
-    with torch.inference_mode():
-        out = model(**inputs, use_cache=True)  # the prefill: not timed
+
+    @torch.inference_mode()
+    def measure() -> common.Measurement:
+        out = model(**inputs, use_cache=True)
         cache, mask = out.cache, inputs["attention_mask"]
         token = out.logits[:, -1:].argmax(-1)
         start = time.perf_counter()
@@ -108,19 +127,21 @@ def run_bare_decode(
             out = model(input_ids=token, attention_mask=mask, cache=cache, use_cache=True)
             token = out.logits[:, -1:].argmax(-1)
         seconds = time.perf_counter() - start
-    del model, tokenizer, cache, out
-    common.free_memory()
-    return common.Measurement(SYSTEMS["r"], len(prompts) * max_tokens, seconds, [])
+        return common.Measurement(SYSTEMS["r"], len(prompts) * max_tokens, seconds, [])
+
+    yield measure
 
 
-def run_peft(
+@contextmanager
+def peft_system(
     model_dir: Path,
     adapters_dir: Path,
     names: list[str],
     prompts: list[str],
     max_tokens: int,
     dtype: str,
-) -> common.Measurement:
+) -> Iterator[Measure]:
+    """(b): PEFT ``generate`` with request i on adapter ``names[i % n]``."""
     from peft import PeftModel
 
     base, tokenizer = common.load_hf_model(model_dir, dtype)
@@ -130,20 +151,13 @@ def run_peft(
     model.eval()
     per_request = [names[i % len(names)] for i in range(len(prompts))]
     common.hf_generate(model, tokenizer, prompts, 2, "warm-up", adapter_names=per_request)
-    result = common.hf_generate(
-        model,
-        tokenizer,
-        prompts,
-        max_tokens,
-        SYSTEMS["b"],
-        adapter_names=per_request,
+    yield lambda: common.hf_generate(
+        model, tokenizer, prompts, max_tokens, SYSTEMS["b"], adapter_names=per_request
     )
-    del model, base, tokenizer
-    common.free_memory()
-    return result
 
 
-def run_loraplex(
+@contextmanager
+def loraplex_system(
     adapters_dir: Path | None,
     names: list[str] | None,
     prompts: list[str],
@@ -151,9 +165,9 @@ def run_loraplex(
     dtype: str,
     system: str,
     merged: tuple[str, ...] = (),
-) -> common.Measurement:
-    """``names`` None: base model for every request; else request i names ``names[i % n]``.
-    ``merged`` adapters are pre-merged into the weights at start (dedicated tenants)."""
+) -> Iterator[Measure]:
+    """A live server; ``names`` None: base model for every request; else request i names
+    ``names[i % n]``. ``merged`` adapters are pre-merged at start (dedicated tenants)."""
     config = loraplex_http.loraplex_config(
         dtype,
         adapters_dir,
@@ -173,11 +187,11 @@ def run_loraplex(
         missing = sorted(set(models) - {m["id"] for m in served})
         if missing:
             raise RuntimeError(f"{system}: the server does not serve {missing}")
-        # Warm every adapter once (PEFT has them all loaded too): the timed run measures
+        # Warm every adapter once (PEFT has them all loaded too): the timed rounds measure
         # serving, not the first load from disk.
         distinct = sorted(set(models))
         loraplex_http.http_completions(url, distinct, prompts[: len(distinct)], 2, "warm-up")
-        return loraplex_http.http_completions(url, models, prompts, max_tokens, system)
+        yield lambda: loraplex_http.http_completions(url, models, prompts, max_tokens, system)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -198,7 +212,7 @@ def main(argv: list[str] | None = None) -> None:
         flush=True,
     )
 
-    results: dict[str, common.Measurement] = {}
+    results: dict[str, list[common.Measurement]] = {}
     with common.temp_dir("loraplex-bench-adapters-") as tmp:
         adapters_dir = Path(tmp)
         began = time.perf_counter()
@@ -211,62 +225,75 @@ def main(argv: list[str] | None = None) -> None:
             flush=True,
         )
 
-        def record(key: str, measurement: common.Measurement) -> None:
-            results[key] = measurement
-            print(
-                f"{measurement.system}: {measurement.tokens} tokens in "
-                f"{measurement.seconds:.2f} s = {measurement.tokens_per_s:.1f} tok/s",
-                flush=True,
-            )
-
-        record("r", run_bare_decode(model_dir, prompts, max_tokens, dtype))
-        record("a", run_hf(model_dir, prompts, max_tokens, dtype))
-        if not args.skip_peft:
-            record("b", run_peft(model_dir, adapters_dir, names, prompts, max_tokens, dtype))
-        record("c", run_loraplex(None, None, prompts, max_tokens, dtype, SYSTEMS["c"]))
-        record("d", run_loraplex(adapters_dir, names, prompts, max_tokens, dtype, SYSTEMS["d"]))
-        first = names[:1]
-        merged = run_loraplex(
-            adapters_dir, first, prompts, max_tokens, dtype, SYSTEMS["e"], merged=tuple(first)
-        )
-        record("e", merged)
+        args_of = {
+            "r": (bare_decode_system, model_dir, prompts, max_tokens, dtype),
+            "a": (hf_system, model_dir, prompts, max_tokens, dtype),
+            "b": (peft_system, model_dir, adapters_dir, names, prompts, max_tokens, dtype),
+            "c": (loraplex_system, None, None, prompts, max_tokens, dtype, SYSTEMS["c"]),
+            "d": (loraplex_system, adapters_dir, names, prompts, max_tokens, dtype, SYSTEMS["d"]),
+            "e": (
+                *(loraplex_system, adapters_dir, names[:1], prompts, max_tokens, dtype),
+                *(SYSTEMS["e"], tuple(names[:1])),
+            ),
+        }
+        if args.skip_peft:
+            del args_of["b"]
+        with ExitStack() as stack:
+            measures = {}
+            for key, (system, *system_args) in args_of.items():
+                measures[key] = stack.enter_context(system(*system_args))
+            # Every system is set up; each round runs each once, one after another.
+            for round_ in range(1, args.rounds + 1):
+                for key, measure in measures.items():
+                    m = measure()
+                    results.setdefault(key, []).append(m)
+                    print(
+                        f"round {round_}: {m.system}: {m.tokens} tokens in {m.seconds:.2f} s "
+                        f"= {m.tokens_per_s:.1f} tok/s",
+                        flush=True,
+                    )
 
     print()
     print(report(results))
 
 
-def report(results: dict[str, common.Measurement]) -> str:
-    """The table of systems, then the target ratios with met/missed."""
+def median_run(runs: list[common.Measurement]) -> common.Measurement:
+    """The run with the median tokens/s (the lower middle one for an even count)."""
+    return sorted(runs, key=lambda m: m.tokens_per_s)[(len(runs) - 1) // 2]
+
+
+def report(results: dict[str, list[common.Measurement]]) -> str:
+    """The table of systems (median run of each), then the target ratios with met/missed."""
     references = {"c": "a", "d": "b"}  # same requests, same weights: texts should agree
+    medians = {key: median_run(runs) for key, runs in results.items()}
     rows = []
     for key in SYSTEMS:
-        m = results.get(key)
+        m = medians.get(key)
         if m is None:
             rows.append([SYSTEMS[key], "skipped", "-", "-", "-"])
             continue
-        ref = results.get(references.get(key, ""))
+        speeds = [run.tokens_per_s for run in results[key]]
+        spread = f"{min(speeds):.1f}-{max(speeds):.1f}"
+        ref = medians.get(references.get(key, ""))
         rows.append(
-            [
-                m.system,
-                m.tokens,
-                f"{m.seconds:.2f}",
-                f"{m.tokens_per_s:.1f}",
-                common.same_texts(m, ref),
-            ]
+            [m.system, m.tokens, f"{m.tokens_per_s:.1f}", spread, common.same_texts(m, ref)]
         )
     table = common.markdown_table(
-        ["system", "tokens", "wall s", "tok/s", "same text as (a)/(b)"], rows
+        ["system", "tokens", "tok/s (median)", "tok/s (all rounds)", "same text as (a)/(b)"],
+        rows,
     )
     ratio_rows = []
     for num, den, target in TARGETS:
         label, wanted = f"({num})/({den})", "-" if target is None else f">= {target:g}"
-        if num not in results or den not in results:
+        if num not in medians or den not in medians:
             ratio_rows.append([label, wanted, "-", "skipped"])
             continue
-        ratio = results[num].tokens_per_s / results[den].tokens_per_s
+        ratio = statistics.median(
+            a.tokens_per_s / b.tokens_per_s for a, b in zip(results[num], results[den], strict=True)
+        )
         status = "reference" if target is None else "met" if ratio >= target else "missed"
         ratio_rows.append([label, wanted, f"{ratio:.2f}", status])
-    ratios = common.markdown_table(["ratio", "target", "measured", "status"], ratio_rows)
+    ratios = common.markdown_table(["ratio", "target", "median of rounds", "status"], ratio_rows)
     return f"{table}\n\n{ratios}"
 
 

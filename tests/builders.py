@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 from pathlib import Path
 
+import pytest
 import torch
 from peft import LoraConfig, get_peft_model
 from tokenizers import Tokenizer, models, pre_tokenizers
@@ -18,6 +21,10 @@ from transformers import (
 VOCAB = 96
 ATTENTION = ["q_proj", "k_proj", "v_proj", "o_proj"]
 ALL_SEVEN = [*ATTENTION, "gate_proj", "up_proj", "down_proj"]
+
+# The C add_lora kernel is built with the system compiler; without one, its tests skip.
+HAS_CC = shutil.which(os.environ.get("CC") or "cc") is not None
+needs_cc = pytest.mark.skipif(not HAS_CC, reason="no C compiler on this machine")
 
 
 def word_tokenizer() -> PreTrainedTokenizerFast:
@@ -57,4 +64,13 @@ def save_adapter(model_dir: Path, out: Path, seed: int, **lora: object) -> Path:
     base = AutoModelForCausalLM.from_pretrained(model_dir)
     peft_model = get_peft_model(base, LoraConfig(init_lora_weights=False, **lora))
     peft_model.save_pretrained(out)
+    return out
+
+
+def naive_add_lora(y, x, lora_a, lora_b, row_slots: list[int]) -> torch.Tensor:
+    """The add_lora oracle, one row at a time: ``y[t] + (A[s_t] @ x[t]) @ Bt[s_t]``."""
+    out = y.clone()
+    for t, slot in enumerate(row_slots):
+        if slot >= 0:
+            out[t] += (lora_a[slot] @ x[t]) @ lora_b[slot]
     return out

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 
 from loraplex.config import (
     DTYPES,
+    LORA_KERNELS,
     CacheConfig,
     Config,
     LoRAConfig,
@@ -130,6 +131,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="largest adapter rank a slot holds",
     )
     lora.add_argument(
+        "--lora-kernel",
+        choices=LORA_KERNELS,
+        default=LoRAConfig.kernel,
+        help="add_lora backend: torch (the reference), cpu (a C kernel built on first use with "
+        "the system compiler; float32 on the CPU) or auto (cpu where it applies, else torch)",
+    )
+    lora.add_argument(
         "--max-cpu-loras",
         type=int,
         default=LoRAConfig.max_cpu_loras,
@@ -224,6 +232,7 @@ def build_config(args: argparse.Namespace) -> Config:
             merged_adapters=tuple(args.merged_adapters),
             allow_base_mismatch=args.allow_base_mismatch,
             max_upload_mb=args.max_upload_mb,
+            kernel=args.lora_kernel,
         ),
         server=ServerConfig(
             host=args.host, port=args.port, api_key=args.api_key, log_level=args.log_level

@@ -12,6 +12,11 @@ from pathlib import Path
 DTYPES = ("float32", "bfloat16", "float16")
 
 
+# add_lora backends: "torch" is the reference; "cpu" the C kernel (float32 on the CPU);
+# "auto" the C kernel where it applies and builds, else the reference.
+LORA_KERNELS = ("auto", "torch", "cpu")
+
+
 def _require(condition: bool, message: str) -> None:
     if not condition:
         raise ValueError(message)
@@ -92,8 +97,13 @@ class LoRAConfig:
     merged_adapters: tuple[str, ...] = ()
     allow_base_mismatch: bool = False
     max_upload_mb: int = 256
+    kernel: str = "auto"  # add_lora backend: one of LORA_KERNELS
 
     def __post_init__(self) -> None:
+        _require(
+            self.kernel in LORA_KERNELS,
+            f"--lora-kernel must be one of {LORA_KERNELS}, got {self.kernel!r}",
+        )
         _require(self.max_loras > 0, "--max-loras must be positive")
         _require(self.max_lora_rank > 0, "--max-lora-rank must be positive")
         _require(self.max_cpu_loras > 0, "--max-cpu-loras must be positive")

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from builders import ALL_SEVEN, save_adapter, save_tiny_model
+from builders import ALL_SEVEN, needs_cc, save_adapter, save_tiny_model
 from peft import PeftModel
 from transformers import AutoModelForCausalLM
 
@@ -58,8 +58,9 @@ def make_seq(prompt: list[int], adapter: str | None, blocks: list[int]) -> Seque
     return seq
 
 
+@pytest.mark.parametrize("kernel", ["torch", pytest.param("cpu", marks=needs_cc)])
 @pytest.mark.parametrize("arch", ["llama", "qwen2", "gpt2"])
-def test_mixed_batch_matches_peft_per_request(arch: str, tmp_path: Path) -> None:
+def test_mixed_batch_matches_peft_per_request(arch: str, kernel: str, tmp_path: Path) -> None:
     model_dir = save_tiny_model(tmp_path / "model", arch)
     dirs = {
         name: save_adapter(model_dir, tmp_path / name, seed=i + 1, **cfg)
@@ -69,7 +70,7 @@ def test_mixed_batch_matches_peft_per_request(arch: str, tmp_path: Path) -> None
         str(model_dir),
         ModelConfig(model=str(model_dir)),
         CacheConfig(block_size=BLOCK, num_blocks=64),
-        LoRAConfig(max_loras=4, max_lora_rank=8),
+        LoRAConfig(max_loras=4, max_lora_rank=8, kernel=kernel),
     )
     slot_of = {}
     for slot, (name, folder) in enumerate(dirs.items(), start=1):

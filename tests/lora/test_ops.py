@@ -6,16 +6,9 @@ import random
 
 import pytest
 import torch
+from builders import naive_add_lora
 
 from loraplex.lora.ops import add_lora, build_lora_meta
-
-
-def naive(y, x, lora_a, lora_b, row_slots):
-    out = y.clone()
-    for t, slot in enumerate(row_slots):
-        if slot >= 0:
-            out[t] += lora_b[slot] @ (lora_a[slot] @ x[t])
-    return out
 
 
 def random_rows(rng: random.Random, slots: int, long_chunk: bool) -> list[int]:
@@ -41,8 +34,8 @@ def test_add_lora_matches_per_row_loop(many_per_slot: bool, dtype: torch.dtype) 
         x = torch.randn(len(rows), fin, dtype=dtype)
         y = torch.randn(len(rows), fout, dtype=dtype)
         lora_a = torch.randn(slots, rank, fin, dtype=dtype)
-        lora_b = torch.randn(slots, fout, rank, dtype=dtype)
-        expected = naive(y.float(), x.float(), lora_a.float(), lora_b.float(), rows)
+        lora_b = torch.randn(slots, rank, fout, dtype=dtype)
+        expected = naive_add_lora(y.float(), x.float(), lora_a.float(), lora_b.float(), rows)
         meta = build_lora_meta(rows, slots)
         strategies.add(meta.strategy)
         add_lora(y, x, lora_a, lora_b, meta)

@@ -25,6 +25,11 @@ def cache_root() -> Path:
     return Path(os.environ.get("LORAPLEX_CACHE", Path.home() / ".cache" / "loraplex"))
 
 
+def kernel_cache() -> Path:
+    """Where compiled kernels live (one library per source, compiler and CPU)."""
+    return cache_root() / "kernels"
+
+
 def find_gguf() -> Path:
     spec = importlib.util.find_spec(GGUF_PACKAGE)
     if spec is None or not spec.submodule_search_locations:

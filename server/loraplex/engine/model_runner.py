@@ -11,7 +11,9 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenize
 from loraplex.config import CacheConfig, LoRAConfig, ModelConfig
 from loraplex.engine.attention import FORWARD, register_paged_attention
 from loraplex.engine.batch import PackedBatch
+from loraplex.engine.default_model import kernel_cache
 from loraplex.lora.manager import LoRAModelManager
+from loraplex.lora.ops import select_add_lora
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +86,9 @@ class ModelRunner:
         ).to(self.device)
         self.model.eval().requires_grad_(False)
         prepack_output_projection(self.model)
-        self.lora = LoRAModelManager(self.model, lora.max_loras, lora.max_lora_rank)
+        kernel, op = select_add_lora(lora.kernel, self.device, self.dtype, kernel_cache())
+        log.info("add_lora backend: %s", kernel)
+        self.lora = LoRAModelManager(self.model, lora.max_loras, lora.max_lora_rank, op)
         self.layout = kv_layout(self.model.config, cache, self.dtype)
         rows = self.layout.num_blocks * self.layout.block_size
         shape = (rows, self.layout.kv_heads, self.layout.head_dim)

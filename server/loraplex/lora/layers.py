@@ -8,19 +8,21 @@ from torch import nn
 from transformers.pytorch_utils import Conv1D
 
 from loraplex.lora.adapter import LoRAWeights
-from loraplex.lora.ops import LoRAMeta, add_lora
+from loraplex.lora.ops import AddLoRA, LoRAMeta, add_lora
 
 LORA_BASE_TYPES = (nn.Linear, Conv1D)
 
 
 class LoRAContext:
-    """Per-step state shared by every LoRA layer of one model.
+    """State shared by every LoRA layer of one model.
 
-    ``meta``: the slot gather of this step (None: no row uses a slot). ``merged``: the key of
-    the one pre-merged adapter in this step and its row count; those rows come last.
+    ``add_lora``: the op backend, chosen once for the model (``ops.select_add_lora``).
+    Per step: ``meta``, the slot gather (None: no row uses a slot); ``merged``, the key of the
+    one pre-merged adapter in this step and its row count (those rows come last).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, op: AddLoRA = add_lora) -> None:
+        self.add_lora = op
         self.meta: LoRAMeta | None = None
         self.merged: tuple[str, int] | None = None
 
@@ -35,8 +37,9 @@ def in_out_features(base: nn.Module) -> tuple[int, int]:
 class LoRALinear(nn.Module):
     """``y = base(x) + scale_s · B_s · A_s · x`` with ``s`` the slot of x's row.
 
-    lora_a: [S, R, in] and lora_b: [S, out, R] are preallocated slot tables; a slot holds one
-    adapter's A and ``scale·B``, zero-padded from its rank up to R; an all-zero slot is a no-op.
+    lora_a: [S, R, in] and lora_b: [S, R, out] are preallocated slot tables; a slot holds one
+    adapter's A and ``(scale·B)ᵀ``, zero-padded from its rank up to R; an all-zero slot is a
+    no-op.
     """
 
     def __init__(self, base: nn.Module, num_slots: int, max_rank: int, context: LoRAContext):
@@ -52,7 +55,7 @@ class LoRALinear(nn.Module):
         )
         self.register_buffer(
             "lora_b",
-            torch.zeros(num_slots, self.out_features, max_rank, dtype=weight.dtype),
+            torch.zeros(num_slots, max_rank, self.out_features, dtype=weight.dtype),
             persistent=False,
         )
         self.lora_a = self.lora_a.to(weight.device)
@@ -66,7 +69,7 @@ class LoRALinear(nn.Module):
         y = self._base_forward(x)
         meta = self.context.meta
         if meta is not None and self.occupied:
-            add_lora(
+            self.context.add_lora(
                 y.view(-1, self.out_features),
                 x.reshape(-1, self.in_features),
                 self.lora_a,
@@ -107,6 +110,6 @@ class LoRALinear(nn.Module):
         r = weights.rank
         self.lora_a[slot, :r].copy_(weights.a)
         self.lora_a[slot, r:].zero_()
-        self.lora_b[slot, :, :r].copy_(weights.b * weights.scale)
-        self.lora_b[slot, :, r:].zero_()
+        self.lora_b[slot, :r].copy_((weights.b * weights.scale).T)
+        self.lora_b[slot, r:].zero_()
         self.occupied.add(slot)

@@ -7,7 +7,7 @@ from torch import nn
 from loraplex.lora.adapter import LoRAAdapter
 from loraplex.lora.errors import AdapterValidationError
 from loraplex.lora.layers import LORA_BASE_TYPES, LoRAContext, LoRALinear, in_out_features
-from loraplex.lora.ops import LoRAMeta
+from loraplex.lora.ops import AddLoRA, LoRAMeta, add_lora
 
 # Slot tables pad ranks to a multiple of this, so 16-bit grouped matmuls get 16-byte strides.
 RANK_ALIGNMENT = 8
@@ -20,10 +20,12 @@ class LoRAModelManager:
     targets projections of the base model can be loaded later without touching the model again.
     """
 
-    def __init__(self, model: nn.Module, num_slots: int, max_rank: int) -> None:
+    def __init__(
+        self, model: nn.Module, num_slots: int, max_rank: int, op: AddLoRA = add_lora
+    ) -> None:
         self.num_slots = num_slots
         self.max_rank = max_rank
-        self.context = LoRAContext()
+        self.context = LoRAContext(op)
         padded_rank = -(-max_rank // RANK_ALIGNMENT) * RANK_ALIGNMENT
         output = model.get_output_embeddings()
         targets = [

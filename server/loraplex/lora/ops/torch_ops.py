@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 from loraplex.lora.ops.meta import LoRAMeta
+
+# The signature every backend implements: (y, x, lora_a, lora_b, meta) -> None, in place.
+AddLoRA = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, LoRAMeta], None]
 
 
 def add_lora(
@@ -16,9 +21,11 @@ def add_lora(
 ) -> None:
     """In place: ``y[t] += B[s_t] @ (A[s_t] @ x[t])`` for every adapter row ``t``.
 
-    x: [T, in], y: [T, out]; lora_a: [S, R, in]; lora_b: [S, out, R] with the adapter's scale
-    (``alpha/r`` or ``alpha/sqrt(r)``) folded in and ranks below R zero-padded; ``s_t`` is row
-    t's slot (``meta``). Rows ``[meta.num_lora_rows, T)`` are base-only and left untouched.
+    x: [T, in], y: [T, out]; lora_a: [S, R, in] holds A; lora_b: [S, R, out] holds B transposed,
+    with the adapter's scale (``alpha/r`` or ``alpha/sqrt(r)``) folded in; ranks below R are
+    zero-padded; ``s_t`` is row t's slot (``meta``). Rows ``[meta.num_lora_rows, T)`` are
+    base-only and left untouched. B is stored transposed because the expand then reads whole
+    contiguous rows of ``R x out`` (what a streaming kernel wants; matmul takes either).
 
     Two exact strategies, chosen once per step by ``build_lora_meta``:
     ``padded`` lays each slot's rows into a [S, P, in] block and runs two batched matmuls
@@ -27,12 +34,12 @@ def add_lora(
     """
     n = meta.num_lora_rows
     xs, ys = x[:n], y[:n]
-    a_t, b_t = lora_a.transpose(1, 2), lora_b.transpose(1, 2)  # [S, in, R], [S, R, out]
+    a_t = lora_a.transpose(1, 2)  # [S, in, R]
     if meta.padded_rows:
         slots, pad = lora_a.shape[0], meta.padded_rows
         x_pad = xs.index_select(0, meta.gather_rows).view(slots, pad, -1)
-        y_pad = torch.bmm(torch.bmm(x_pad, a_t), b_t).view(slots * pad, -1)
+        y_pad = torch.bmm(torch.bmm(x_pad, a_t), lora_b).view(slots * pad, -1)
         ys.add_(y_pad.index_select(0, meta.scatter_rows))
     else:
         xa = torch._grouped_mm(xs, a_t, offs=meta.group_ends)
-        ys.add_(torch._grouped_mm(xa, b_t, offs=meta.group_ends))
+        ys.add_(torch._grouped_mm(xa, lora_b, offs=meta.group_ends))

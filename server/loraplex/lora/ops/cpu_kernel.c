@@ -1,0 +1,97 @@
+/* add_lora for float32 on the CPU: y[t] += (A[s_t] x[t]) . Bt[s_t] for every adapter row t.
+ *
+ * Shapes (row-major, last dimension contiguous):
+ *   x: [n, in] with row stride ldx; y: [n, out] with row stride ldy
+ *   A: [S, R, in]; Bt: [S, R, out] (B transposed, the adapter's scale folded in)
+ *   ends: [S] int32, rows [ends[s-1], ends[s]) use slot s (rows are sorted by slot)
+ *
+ * Why a kernel: a decode step gives each adapter one or two rows, so the work is streaming
+ * every active slot's A and Bt once (hundreds of MB per step) with almost no arithmetic per
+ * byte. Batched BLAS calls on such shapes reach about half the memory bandwidth; this loop
+ * reads each weight once per chunk of ROWS rows, with both cores on contiguous halves.
+ *
+ * Work is split into chunks of up to ROWS rows of one slot; thread k of n takes chunks
+ * [k*C/n, (k+1)*C/n) in slot order, so each thread streams one contiguous range of slots.
+ * Every chunk writes only its own rows of y, so threads never write the same memory.
+ */
+#include <stdint.h>
+#include <string.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+#define ROWS 8
+
+typedef float v8 __attribute__((vector_size(32)));
+
+static inline v8 load8(const float *p) {
+  v8 v;
+  memcpy(&v, p, sizeof v);
+  return v;
+}
+
+static inline void store8(float *p, v8 v) { memcpy(p, &v, sizeof v); }
+
+static inline float sum8(v8 v) {
+  return ((v[0] + v[4]) + (v[1] + v[5])) + ((v[2] + v[6]) + (v[3] + v[7]));
+}
+
+/* u[p][r] = A[r] . x[p] (shrink), then y[p] += sum_r u[p][r] * Bt[r] (expand), np <= ROWS. */
+static void chunk(const float *restrict x, float *restrict y, const float *restrict A,
+                  const float *restrict Bt, int64_t np, int64_t in, int64_t out, int64_t R,
+                  int64_t ldx, int64_t ldy) {
+  float u[ROWS][R];
+  const int64_t in8 = in & ~(int64_t)7, out8 = out & ~(int64_t)7;
+  for (int64_t r = 0; r < R; r++) {
+    const float *restrict a = A + r * in;
+    v8 acc[ROWS];
+    memset(acc, 0, sizeof acc);
+    for (int64_t i = 0; i < in8; i += 8) {
+      const v8 va = load8(a + i);
+      for (int64_t p = 0; p < np; p++) acc[p] += va * load8(x + p * ldx + i);
+    }
+    for (int64_t p = 0; p < np; p++) {
+      float s = sum8(acc[p]);
+      for (int64_t i = in8; i < in; i++) s += a[i] * x[p * ldx + i];
+      u[p][r] = s;
+    }
+  }
+  for (int64_t r = 0; r < R; r++) {
+    const float *restrict b = Bt + r * out;
+    for (int64_t p = 0; p < np; p++) {
+      float *restrict yp = y + p * ldy;
+      const float c = u[p][r];
+      const v8 vc = {c, c, c, c, c, c, c, c};
+      for (int64_t o = 0; o < out8; o += 8) store8(yp + o, load8(yp + o) + vc * load8(b + o));
+      for (int64_t o = out8; o < out; o++) yp[o] += c * b[o];
+    }
+  }
+}
+
+void loraplex_add_lora_f32(const float *x, float *y, const float *A, const float *Bt,
+                           const int32_t *ends, int64_t S, int64_t in, int64_t out, int64_t R,
+                           int64_t ldx, int64_t ldy, int32_t num_threads) {
+  int64_t total = 0;
+  for (int64_t s = 0, start = 0; s < S; start = ends[s], s++)
+    total += (ends[s] - start + ROWS - 1) / ROWS;
+  if (num_threads < 1) num_threads = 1;
+  if (num_threads > total) num_threads = total > 0 ? (int32_t)total : 1;
+#pragma omp parallel num_threads(num_threads)
+  {
+    int64_t k = 0, n = 1;
+#ifdef _OPENMP
+    k = omp_get_thread_num();
+    n = omp_get_num_threads();
+#endif
+    const int64_t first = total * k / n, last = total * (k + 1) / n;
+    int64_t c = 0;
+    for (int64_t s = 0, start = 0; s < S && c < last; start = ends[s], s++) {
+      for (int64_t p0 = start; p0 < ends[s] && c < last; p0 += ROWS, c++) {
+        if (c < first) continue;
+        const int64_t np = ends[s] - p0 < ROWS ? ends[s] - p0 : ROWS;
+        chunk(x + p0 * ldx, y + p0 * ldy, A + s * R * in, Bt + s * R * out, np, in, out, R,
+              ldx, ldy);
+      }
+    }
+  }
+}

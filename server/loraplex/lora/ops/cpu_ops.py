@@ -1,0 +1,133 @@
+"""add_lora for float32 on the CPU: ``cpu_kernel.c``, built once per machine and loaded with ctypes.
+
+The kernel is compiled on first use with the system C compiler (``$CC`` or ``cc``), with
+``-march=native`` and OpenMP, into ``cache_dir/add_lora-<key>.so``. The key hashes the source,
+the flags, the compiler's version and this CPU's model and feature flags, so a cache shared
+between machines never hands one CPU a library built for another. It links the OpenMP runtime
+that torch has already loaded (libgomp), so both share one thread pool.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import platform
+import subprocess
+import tempfile
+from pathlib import Path
+
+import torch
+
+from loraplex.lora.ops.meta import LoRAMeta
+from loraplex.lora.ops.torch_ops import AddLoRA
+
+SOURCE = Path(__file__).with_name("cpu_kernel.c")
+SYMBOL = "loraplex_add_lora_f32"
+# Tried in order: the fast build, then without -march=native (a compiler that lacks it), then
+# without OpenMP (a compiler without it runs the kernel on one thread).
+FLAG_SETS = (
+    ("-O3", "-march=native", "-fopenmp"),
+    ("-O3", "-fopenmp"),
+    ("-O3",),
+)
+COMMON_FLAGS = ("-std=c11", "-shared", "-fPIC")
+
+
+class KernelBuildError(RuntimeError):
+    """The C kernel could not be compiled or loaded here (no compiler, or it failed)."""
+
+
+def _cpu_identity() -> str:
+    """This CPU's model and feature flags (what ``-march=native`` compiles for)."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return platform.processor() or platform.machine()
+    wanted = ("model name", "flags", "Features", "CPU part")
+    return "\n".join(sorted({line for line in lines if line.startswith(wanted)}))
+
+
+def _compiler() -> str:
+    return os.environ.get("CC") or "cc"
+
+
+def _compiler_version(cc: str) -> str:
+    try:
+        done = subprocess.run([cc, "--version"], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.SubprocessError) as exc:
+        raise KernelBuildError(f"no C compiler ({cc!r}: {exc})") from exc
+    return done.stdout
+
+
+def build(cache_dir: Path) -> Path:
+    """Compile the kernel into ``cache_dir`` (once; later calls return the cached library)."""
+    cc = _compiler()
+    version = _compiler_version(cc)
+    source = SOURCE.read_bytes()
+    errors = []
+    for flags in FLAG_SETS:
+        key = hashlib.sha256(
+            b"\0".join(s.encode() for s in (cc, version, *flags, _cpu_identity())) + source
+        ).hexdigest()[:16]
+        target = cache_dir / f"add_lora-{key}.so"
+        if target.exists():
+            return target
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        # Build beside the target and rename: concurrent builders never see a partial file.
+        fd, partial = tempfile.mkstemp(dir=cache_dir, suffix=".so.partial")
+        os.close(fd)
+        command = [cc, *flags, *COMMON_FLAGS, str(SOURCE), "-o", partial]
+        try:
+            done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+            if done.returncode == 0:
+                os.replace(partial, target)
+                return target
+            errors.append(f"{' '.join(command)}: {done.stderr.strip()[-500:]}")
+        except (OSError, subprocess.SubprocessError) as exc:
+            errors.append(f"{' '.join(command)}: {exc}")
+        finally:
+            Path(partial).unlink(missing_ok=True)
+    raise KernelBuildError("could not compile the add_lora kernel:\n" + "\n".join(errors))
+
+
+def load(cache_dir: Path) -> AddLoRA:
+    """Build (or reuse) the kernel and return an ``add_lora`` with the reference signature."""
+    library = ctypes.CDLL(str(build(cache_dir)))
+    kernel = getattr(library, SYMBOL)
+    i64, ptr = ctypes.c_int64, ctypes.c_void_p
+    kernel.argtypes = [ptr, ptr, ptr, ptr, ptr, i64, i64, i64, i64, i64, i64, ctypes.c_int32]
+    kernel.restype = None
+
+    def add_lora(
+        y: torch.Tensor,
+        x: torch.Tensor,
+        lora_a: torch.Tensor,
+        lora_b: torch.Tensor,
+        meta: LoRAMeta,
+    ) -> None:
+        """``torch_ops.add_lora``'s math and shapes; float32 CPU tensors, rows contiguous."""
+        slots, rank, fan_in = lora_a.shape
+        fan_out = lora_b.shape[2]
+        if x.stride(1) != 1:
+            x = x.contiguous()
+        if lora_a.dtype != torch.float32 or y.stride(1) != 1 or not lora_b.is_contiguous():
+            raise ValueError("add_lora (cpu kernel): float32, dense y rows and slot tables")
+        ends = meta.group_ends
+        # ctypes drops the GIL for the call, so the API thread keeps serving meanwhile.
+        kernel(
+            x.data_ptr(),
+            y.data_ptr(),
+            lora_a.data_ptr(),
+            lora_b.data_ptr(),
+            ends.data_ptr(),
+            slots,
+            fan_in,
+            fan_out,
+            rank,
+            x.stride(0),
+            y.stride(0),
+            torch.get_num_threads(),
+        )
+
+    return add_lora

@@ -1,0 +1,106 @@
+"""The C add_lora kernel against the per-row oracle, its build cache, and backend selection."""
+
+from __future__ import annotations
+
+import logging
+import random
+from pathlib import Path
+
+import pytest
+import torch
+from builders import HAS_CC, naive_add_lora, needs_cc
+
+from loraplex.lora.ops import add_lora, build_lora_meta, select_add_lora
+from loraplex.lora.ops.cpu_ops import KernelBuildError, build, load
+
+CPU = torch.device("cpu")
+
+
+@pytest.fixture(scope="module")
+def cpu_add_lora(tmp_path_factory: pytest.TempPathFactory):
+    if not HAS_CC:
+        pytest.skip("no C compiler on this machine")
+    return load(tmp_path_factory.mktemp("kernels"))
+
+
+def random_case(rng: random.Random, slots: int, rows_per_slot: tuple[int, int]) -> list[int]:
+    """Slot-sorted adapter rows (some slots empty), then a few base rows."""
+    counts = [rng.randint(*rows_per_slot) if rng.random() < 0.7 else 0 for _ in range(slots)]
+    rows = [s for s, n in enumerate(counts) for _ in range(n)] or [0]
+    return rows + [-1] * rng.randint(0, 4)
+
+
+@needs_cc
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize(
+    "rows_per_slot", [(1, 3), (5, 20)], ids=["decode-like", "chunks-over-8-rows"]
+)
+def test_kernel_matches_the_reference(cpu_add_lora, rows_per_slot, threads: int) -> None:
+    rng = random.Random(threads)
+    torch.manual_seed(0)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        for _ in range(8):
+            # Ranks and widths that are not multiples of the kernel's 8-float vectors.
+            slots, rank = rng.randint(1, 6), rng.choice([1, 5, 8, 16])
+            fan_in, fan_out = rng.choice([8, 37, 64]), rng.choice([3, 29, 48])
+            rows = random_case(rng, slots, rows_per_slot)
+            # x is a column slice of a wider tensor: rows are strided, not dense.
+            x = torch.randn(len(rows), fan_in + 3)[:, :fan_in]
+            y = torch.randn(len(rows), fan_out)
+            lora_a = torch.randn(slots, rank, fan_in)
+            lora_b = torch.randn(slots, rank, fan_out)
+            meta = build_lora_meta(rows, slots)
+            expected = naive_add_lora(y, x, lora_a, lora_b, rows)
+            cpu_add_lora(y, x, lora_a, lora_b, meta)
+            torch.testing.assert_close(y, expected, atol=1e-4, rtol=1e-5)
+            base = [i for i, slot in enumerate(rows) if slot < 0]
+            assert torch.equal(y[base], expected[base])  # base rows are never written
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_kernel_refuses_what_it_cannot_read(cpu_add_lora) -> None:
+    meta = build_lora_meta([0], 1)
+    y = torch.zeros(1, 8)
+    with pytest.raises(ValueError, match="float32"):
+        cpu_add_lora(
+            y, torch.zeros(1, 8), torch.zeros(1, 8, 8).double(), torch.zeros(1, 8, 8), meta
+        )
+    with pytest.raises(ValueError, match="dense"):
+        lora_b = torch.zeros(1, 8, 8).transpose(1, 2)
+        cpu_add_lora(y, torch.zeros(1, 8), torch.zeros(1, 8, 8), lora_b, meta)
+
+
+@needs_cc
+def test_build_is_cached(tmp_path: Path) -> None:
+    first = build(tmp_path)
+    stamp = first.stat().st_mtime_ns
+    assert build(tmp_path) == first and first.stat().st_mtime_ns == stamp
+    assert [p.name for p in tmp_path.iterdir()] == [first.name]  # no partial files left
+
+
+def test_select_falls_back_or_refuses(tmp_path: Path, monkeypatch, caplog) -> None:
+    assert select_add_lora("torch", CPU, torch.float32, tmp_path) == ("torch", add_lora)
+    assert select_add_lora("auto", CPU, torch.bfloat16, tmp_path) == ("torch", add_lora)
+    with pytest.raises(ValueError, match="float32 on the CPU"):
+        select_add_lora("cpu", CPU, torch.bfloat16, tmp_path)
+    with pytest.raises(ValueError, match="unknown LoRA kernel"):
+        select_add_lora("triton", CPU, torch.float32, tmp_path)
+    monkeypatch.setenv("CC", str(tmp_path / "no-such-compiler"))
+    with caplog.at_level(logging.WARNING):
+        assert select_add_lora("auto", CPU, torch.float32, tmp_path) == ("torch", add_lora)
+    assert "no C compiler" in caplog.text
+    with pytest.raises(KernelBuildError, match="no C compiler"):
+        select_add_lora("cpu", CPU, torch.float32, tmp_path)
+
+
+def test_a_failing_compile_is_reported(tmp_path: Path, monkeypatch) -> None:
+    fake = tmp_path / "cc"
+    fake.write_text("#!/bin/sh\necho 'cc (fake) 1.0'\n[ \"$1\" = --version ] || exit 1\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("CC", str(fake))
+    with pytest.raises(KernelBuildError, match="could not compile"):
+        build(tmp_path / "kernels")
+    assert list((tmp_path / "kernels").iterdir()) == []
