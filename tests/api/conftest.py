@@ -33,6 +33,12 @@ def client(live_server: str) -> openai.OpenAI:
 
 
 @pytest.fixture(scope="module")
+def chat_client(chat_url: str) -> openai.OpenAI:
+    """The ``openai`` client on :func:`chat_url` (the tiny model with a chat template)."""
+    return openai.OpenAI(base_url=f"{chat_url}/v1", api_key="x", max_retries=0, timeout=120)
+
+
+@pytest.fixture(scope="module")
 def chat_model_dir(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The tiny model with a chat template (same folder name, so the adapter's base matches)."""
     from transformers import AutoTokenizer

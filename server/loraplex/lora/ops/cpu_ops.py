@@ -111,9 +111,13 @@ def load(cache_dir: Path) -> AddLoRA:
         fan_out = lora_b.shape[2]
         if x.stride(1) != 1:
             x = x.contiguous()
+        ends = meta.group_ends
+        # C reads raw memory: anything inconsistent must be an exception, never a crash.
         if lora_a.dtype != torch.float32 or y.stride(1) != 1 or not lora_b.is_contiguous():
             raise ValueError("add_lora (cpu kernel): float32, dense y rows and slot tables")
-        ends = meta.group_ends
+        rows = meta.num_lora_rows
+        if ends.numel() != slots or rows > min(x.shape[0], y.shape[0]):
+            raise ValueError("add_lora (cpu kernel): the metadata does not fit these tensors")
         # ctypes drops the GIL for the call, so the API thread keeps serving meanwhile.
         kernel(
             x.data_ptr(),
