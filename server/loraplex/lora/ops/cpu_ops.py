@@ -93,8 +93,11 @@ def build(cache_dir: Path) -> Path:
 
 def load(cache_dir: Path) -> AddLoRA:
     """Build (or reuse) the kernel and return an ``add_lora`` with the reference signature."""
-    library = ctypes.CDLL(str(build(cache_dir)))
-    kernel = getattr(library, SYMBOL)
+    path = build(cache_dir)
+    try:
+        kernel = getattr(ctypes.CDLL(str(path)), SYMBOL)
+    except (OSError, AttributeError) as exc:  # e.g. its OpenMP runtime is missing here
+        raise KernelBuildError(f"could not load the add_lora kernel {path}: {exc}") from exc
     i64, ptr = ctypes.c_int64, ctypes.c_void_p
     kernel.argtypes = [ptr, ptr, ptr, ptr, ptr, i64, i64, i64, i64, i64, i64, ctypes.c_int32]
     kernel.restype = None
