@@ -75,7 +75,6 @@ def test_unknown_model_is_404_model_not_found(client: openai.OpenAI) -> None:
         ({"n": 0}, "n"),
         ({"n": 65}, "n"),
         ({"top_p": 0}, "top_p"),
-        ({"echo": True}, "echo"),
         ({"logprobs": 21}, "logprobs"),
         ({"logprobs": -1}, "logprobs"),
         ({"presence_penalty": 3}, "presence_penalty"),

@@ -61,6 +61,23 @@ def test_generate_without_details(chat_url: str) -> None:
     assert response.json()["details"] is None
 
 
+def test_decoder_input_details_equal_echoed_prompt_logprobs(
+    chat_client: openai.OpenAI, chat_url: str, base_name: str
+) -> None:
+    details = _generate(chat_url, max_new_tokens=2, details=True, decoder_input_details=True)
+    prefill = details.json()["details"]["prefill"]
+    response = chat_client.completions.create(
+        model=base_name, prompt=PROMPT, max_tokens=2, logprobs=0, echo=True, temperature=0
+    )
+    echoed = response.choices[0]
+    assert len(prefill) == response.usage.prompt_tokens > 1
+    assert [t["text"] for t in prefill] == echoed.logprobs.tokens[: len(prefill)]
+    assert prefill[0]["logprob"] is None
+    expected = echoed.logprobs.token_logprobs[1 : len(prefill)]
+    assert [t["logprob"] for t in prefill[1:]] == pytest.approx(expected, abs=1e-5)
+    assert _generate(chat_url, max_new_tokens=2, details=True).json()["details"]["prefill"] == []
+
+
 def test_generate_return_full_text(chat_url: str) -> None:
     plain = _generate(chat_url, max_new_tokens=4).json()["generated_text"]
     full = _generate(chat_url, max_new_tokens=4, return_full_text=True).json()["generated_text"]

@@ -13,16 +13,10 @@ import openai
 import pytest
 import torch
 from adapter_files import sse_events
+from completion_helpers import GREEDY, PROMPT
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-PROMPT = "The capital of France is"
 MESSAGES = [{"role": "user", "content": "What is the capital of France?"}]
-GREEDY = {"temperature": 0.0, "max_tokens": 8, "extra_body": {"ignore_eos": True}}
-
-
-@pytest.fixture(scope="module")
-def client(chat_url: str) -> openai.OpenAI:
-    return openai.OpenAI(base_url=f"{chat_url}/v1", api_key="x", max_retries=0, timeout=120)
 
 
 def hf_greedy_logprobs(model_dir: Path, prompt: str, steps: int) -> list[float]:
@@ -40,9 +34,9 @@ def hf_greedy_logprobs(model_dir: Path, prompt: str, steps: int) -> list[float]:
 
 
 def test_completion_logprobs_are_the_models_own(
-    client: openai.OpenAI, base_name: str, chat_model_dir: Path
+    chat_client: openai.OpenAI, base_name: str, chat_model_dir: Path
 ) -> None:
-    response = client.completions.create(model=base_name, prompt=PROMPT, logprobs=3, **GREEDY)
+    response = chat_client.completions.create(model=base_name, prompt=PROMPT, logprobs=3, **GREEDY)
     [choice] = response.choices
     lp = choice.logprobs
     assert lp is not None
@@ -58,11 +52,13 @@ def test_completion_logprobs_are_the_models_own(
 
 
 def test_streamed_completion_logprobs_match_the_whole_response(
-    client: openai.OpenAI, base_name: str
+    chat_client: openai.OpenAI, base_name: str
 ) -> None:
-    whole = client.completions.create(model=base_name, prompt=PROMPT, logprobs=2, **GREEDY)
+    whole = chat_client.completions.create(model=base_name, prompt=PROMPT, logprobs=2, **GREEDY)
     chunks = list(
-        client.completions.create(model=base_name, prompt=PROMPT, logprobs=2, stream=True, **GREEDY)
+        chat_client.completions.create(
+            model=base_name, prompt=PROMPT, logprobs=2, stream=True, **GREEDY
+        )
     )
     parts = [c.choices[0].logprobs for c in chunks if c.choices and c.choices[0].logprobs]
     expected = whole.choices[0].logprobs
@@ -71,16 +67,16 @@ def test_streamed_completion_logprobs_match_the_whole_response(
     assert [x for p in parts for x in p.text_offset] == expected.text_offset
 
 
-def test_no_logprobs_unless_asked(client: openai.OpenAI, base_name: str) -> None:
-    response = client.completions.create(model=base_name, prompt=PROMPT, **GREEDY)
+def test_no_logprobs_unless_asked(chat_client: openai.OpenAI, base_name: str) -> None:
+    response = chat_client.completions.create(model=base_name, prompt=PROMPT, **GREEDY)
     assert response.choices[0].logprobs is None
-    chat = client.chat.completions.create(model=base_name, messages=MESSAGES, **GREEDY)
+    chat = chat_client.chat.completions.create(model=base_name, messages=MESSAGES, **GREEDY)
     assert chat.choices[0].logprobs is None
 
 
-def test_chat_logprobs_with_top_alternatives(client: openai.OpenAI, base_name: str) -> None:
+def test_chat_logprobs_with_top_alternatives(chat_client: openai.OpenAI, base_name: str) -> None:
     kwargs = {"logprobs": True, "top_logprobs": 3, **GREEDY}
-    whole = client.chat.completions.create(model=base_name, messages=MESSAGES, **kwargs)
+    whole = chat_client.chat.completions.create(model=base_name, messages=MESSAGES, **kwargs)
     content = whole.choices[0].logprobs.content
     assert len(content) == whole.usage.completion_tokens == 8
     for entry in content:
@@ -89,7 +85,7 @@ def test_chat_logprobs_with_top_alternatives(client: openai.OpenAI, base_name: s
         assert len(values) == 3 and values == sorted(values, reverse=True)
         assert entry.logprob == pytest.approx(values[0])  # greedy
         assert all(v <= 0 and math.isfinite(v) for v in values)
-    stream = client.chat.completions.create(
+    stream = chat_client.chat.completions.create(
         model=base_name, messages=MESSAGES, stream=True, **kwargs
     )
     streamed = [
@@ -101,14 +97,14 @@ def test_chat_logprobs_with_top_alternatives(client: openai.OpenAI, base_name: s
     assert [e.model_dump() for e in streamed] == [e.model_dump() for e in content]
 
 
-def test_n_choices_per_prompt_in_openai_order(client: openai.OpenAI, base_name: str) -> None:
+def test_n_choices_per_prompt_in_openai_order(chat_client: openai.OpenAI, base_name: str) -> None:
     prompts = [PROMPT, "Once upon a time"]
     greedy = [
-        client.completions.create(model=base_name, prompt=p, **GREEDY).choices[0].text
+        chat_client.completions.create(model=base_name, prompt=p, **GREEDY).choices[0].text
         for p in prompts
     ]
-    single = client.completions.create(model=base_name, prompt=prompts, **GREEDY)
-    response = client.completions.create(model=base_name, prompt=prompts, n=2, **GREEDY)
+    single = chat_client.completions.create(model=base_name, prompt=prompts, **GREEDY)
+    response = chat_client.completions.create(model=base_name, prompt=prompts, n=2, **GREEDY)
     assert [c.index for c in response.choices] == [0, 1, 2, 3]
     assert [c.text for c in response.choices] == [greedy[0], greedy[0], greedy[1], greedy[1]]
     assert response.usage.completion_tokens == 4 * 8
@@ -116,29 +112,31 @@ def test_n_choices_per_prompt_in_openai_order(client: openai.OpenAI, base_name: 
 
 
 def test_seeded_samples_differ_from_each_other_and_repeat_exactly(
-    client: openai.OpenAI, base_name: str
+    chat_client: openai.OpenAI, base_name: str
 ) -> None:
     kwargs = {"temperature": 1.0, "max_tokens": 8, "seed": 11, "n": 3}
     kwargs["extra_body"] = {"ignore_eos": True}
-    first = client.completions.create(model=base_name, prompt=PROMPT, **kwargs)
-    again = client.completions.create(model=base_name, prompt=PROMPT, **kwargs)
+    first = chat_client.completions.create(model=base_name, prompt=PROMPT, **kwargs)
+    again = chat_client.completions.create(model=base_name, prompt=PROMPT, **kwargs)
     texts = [c.text for c in first.choices]
     assert texts == [c.text for c in again.choices]
     assert len(set(texts)) > 1
     # Sample 0 is the request with that seed alone; sample j runs with seed + j.
-    alone = client.completions.create(model=base_name, prompt=PROMPT, **{**kwargs, "n": 1})
+    alone = chat_client.completions.create(model=base_name, prompt=PROMPT, **{**kwargs, "n": 1})
     assert alone.choices[0].text == texts[0]
-    shifted = client.completions.create(
+    shifted = chat_client.completions.create(
         model=base_name, prompt=PROMPT, **{**kwargs, "n": 1, "seed": 12}
     )
     assert shifted.choices[0].text == texts[1]
 
 
-def test_streamed_chat_with_n_choices(client: openai.OpenAI, base_name: str) -> None:
+def test_streamed_chat_with_n_choices(chat_client: openai.OpenAI, base_name: str) -> None:
     kwargs = {"temperature": 1.0, "max_tokens": 6, "seed": 3, "n": 2}
-    whole = client.chat.completions.create(model=base_name, messages=MESSAGES, **kwargs)
+    whole = chat_client.chat.completions.create(model=base_name, messages=MESSAGES, **kwargs)
     chunks = list(
-        client.chat.completions.create(model=base_name, messages=MESSAGES, stream=True, **kwargs)
+        chat_client.chat.completions.create(
+            model=base_name, messages=MESSAGES, stream=True, **kwargs
+        )
     )
     roles = [c.choices[0].index for c in chunks if c.choices and c.choices[0].delta.role]
     assert sorted(roles) == [0, 1]
@@ -151,9 +149,11 @@ def test_streamed_chat_with_n_choices(client: openai.OpenAI, base_name: str) -> 
 
 
 def test_tgi_token_logprobs_and_top_n_tokens(
-    client: openai.OpenAI, base_name: str, chat_url: str
+    chat_client: openai.OpenAI, base_name: str, chat_url: str
 ) -> None:
-    completion = client.completions.create(model=base_name, prompt=PROMPT, logprobs=2, **GREEDY)
+    completion = chat_client.completions.create(
+        model=base_name, prompt=PROMPT, logprobs=2, **GREEDY
+    )
     expected = completion.choices[0].logprobs.token_logprobs
     parameters = {"max_new_tokens": 8, "details": True, "top_n_tokens": 2}
     body = {"inputs": PROMPT, "parameters": parameters}

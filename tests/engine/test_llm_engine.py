@@ -6,53 +6,14 @@ from pathlib import Path
 
 import pytest
 import torch
-from builders import ALL_SEVEN, save_adapter, save_tiny_model
+from engine_helpers import make_engine, run
 from peft import PeftModel
 from transformers import AutoModelForCausalLM
 
-from loraplex.config import CacheConfig, Config, LoRAConfig, ModelConfig, SchedulerConfig
-from loraplex.engine.llm_engine import LLMEngine
 from loraplex.engine.sampling_params import ParameterError, SamplingParams
 from loraplex.lora.errors import AdapterNotFoundError
 
 PROMPTS = [[5, 6, 7, 8, 9], [10, 11], list(range(20, 33)), [40, 41, 42], [50] * 9, [60, 61]]
-
-
-@pytest.fixture(scope="module")
-def store(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    root = tmp_path_factory.mktemp("engine")
-    model_dir = save_tiny_model(root / "model")
-    adapters = root / "adapters"
-    save_adapter(model_dir, adapters / "attn", 1, r=4, lora_alpha=8, target_modules=["q_proj"])
-    save_adapter(model_dir, adapters / "all", 2, r=8, lora_alpha=8, target_modules=ALL_SEVEN)
-    return model_dir, adapters
-
-
-def make_engine(store: tuple[Path, Path], **cache: int | bool) -> LLMEngine:
-    model_dir, adapters = store
-    return LLMEngine(
-        Config(
-            model=ModelConfig(model=str(model_dir), max_model_len=64),
-            cache=CacheConfig(block_size=4, **({"num_blocks": 64} | cache)),
-            scheduler=SchedulerConfig(max_num_seqs=8, max_num_batched_tokens=16),
-            lora=LoRAConfig(max_loras=2, max_lora_rank=8, adapters_dir=str(adapters)),
-        )
-    )
-
-
-def run(engine: LLMEngine, requests: list[tuple[list[int], str | None]], **params) -> list:
-    """Submit all requests at once; return each one's output token ids."""
-    outputs: dict[str, list[int]] = {}
-    for i, (prompt, adapter) in enumerate(requests):
-        engine.add_request(str(i), prompt, SamplingParams(**params), adapter)
-        outputs[str(i)] = []
-    steps = 0
-    while engine.has_unfinished():
-        for out in engine.step():
-            outputs[out.request_id].extend(out.token_ids)
-        steps += 1
-    assert steps < 500
-    return [outputs[str(i)] for i in range(len(requests))]
 
 
 def peft_greedy(store: tuple[Path, Path], prompt: list[int], adapter: str | None, n: int):

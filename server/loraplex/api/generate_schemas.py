@@ -75,8 +75,6 @@ class GenerateParameters(LenientBody):
         request that asks for ``details`` without a ``seed`` gets one, so details can say it."""
         if self.best_of is not None and self.best_of != 1:
             raise ParameterError("best_of", "only best_of=1 is supported")
-        if self.decoder_input_details:
-            raise ParameterError("decoder_input_details", "decoder_input_details is not supported")
         top_n = self.top_n_tokens or 0
         if not 0 <= top_n <= MAX_LOGPROBS:
             raise ParameterError("top_n_tokens", f"top_n_tokens must be in [0, {MAX_LOGPROBS}]")
@@ -95,6 +93,7 @@ class GenerateParameters(LenientBody):
             frequency_penalty=self.frequency_penalty,
             stop=tuple(self.stop),
             logprobs=top_n,  # every token carries its logprob, as in TGI
+            prompt_logprobs=0 if self.decoder_input_details and self.details else None,
         )
 
     def adapter_mix(self) -> list[tuple[str, float]] | None:
@@ -131,7 +130,7 @@ class StreamDetails(BaseModel):
 
 
 class Details(StreamDetails):
-    prefill: list[Token] = Field(default_factory=list)
+    prefill: list[Token] = Field(default_factory=list)  # with decoder_input_details
     tokens: list[Token] = Field(default_factory=list)
     top_tokens: list[list[Token]] = Field(default_factory=list)  # with top_n_tokens
 

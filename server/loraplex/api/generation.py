@@ -78,6 +78,7 @@ class Choice:
     text: list[str] = field(default_factory=list)  # one delta per output
     token_ids: list[int] = field(default_factory=list)
     logprobs: list[TokenLogprob] = field(default_factory=list)  # when the request asked
+    prompt_logprobs: tuple[TokenLogprob | None, ...] | None = None  # when it asked for them
     prompt_tokens: int = 0
     cached_tokens: int = 0
     completion_tokens: int = 0
@@ -90,6 +91,7 @@ class Choice:
             self.started = True
             self.prompt_tokens = out.num_prompt_tokens
             self.cached_tokens = out.num_cached_tokens
+            self.prompt_logprobs = out.prompt_logprobs
             metrics.record_first_token(now - self.arrival, self.prompt_tokens, self.cached_tokens)
         metrics.record_generated_tokens(out.num_output_tokens - self.completion_tokens)
         self.completion_tokens = out.num_output_tokens
@@ -121,7 +123,7 @@ class Run:
         cache_salt: str | None = None,
     ) -> None:
         self.id = f"{id_prefix}-{uuid.uuid4().hex}"
-        self.params, self.n = params, n
+        self.params, self.n, self.prompts = params, n, prompts
         self.created = int(time.time())
         arrival = time.monotonic()
         jobs = [(ids, self._sample_params(j)) for ids in prompts for j in range(n)]
@@ -135,6 +137,10 @@ class Run:
             )
             for i, (ids, p) in enumerate(jobs)
         ]
+
+    def prompt_ids(self, choice: Choice) -> list[int]:
+        """The token ids of the prompt ``choice`` answers."""
+        return self.prompts[choice.index // self.n]
 
     def _sample_params(self, j: int) -> SamplingParams:
         seed = self.params.seed

@@ -16,13 +16,22 @@ from loraplex.engine.outputs import TokenLogprob
 
 
 class CompletionLogprobs(BaseModel):
-    """Legacy completions: parallel lists, one entry per generated token. ``top_logprobs[i]``
+    """Legacy completions: parallel lists, one entry per generated token (with ``echo``, per
+    prompt token first; the prompt's first token has no logprob: null). ``top_logprobs[i]``
     maps the ``logprobs`` most likely tokens, and the sampled one, to their logprobs."""
 
     text_offset: list[int]
-    token_logprobs: list[float]
+    token_logprobs: list[float | None]
     tokens: list[str]
-    top_logprobs: list[dict[str, float]]
+    top_logprobs: list[dict[str, float] | None]
+
+    def __add__(self, other: CompletionLogprobs) -> CompletionLogprobs:
+        return CompletionLogprobs(
+            text_offset=self.text_offset + other.text_offset,
+            token_logprobs=self.token_logprobs + other.token_logprobs,
+            tokens=self.tokens + other.tokens,
+            top_logprobs=self.top_logprobs + other.top_logprobs,
+        )
 
 
 class TopLogprob(BaseModel):
@@ -46,22 +55,31 @@ def _token(tokenizer: Any, token_id: int) -> str:
 
 
 def completion_logprobs(
-    tokenizer: Any, entries: Sequence[TokenLogprob], offset: int
+    tokenizer: Any,
+    entries: Sequence[TokenLogprob | None],
+    offset: int,
+    token_ids: Sequence[int] | None = None,
 ) -> tuple[CompletionLogprobs, int]:
     """The legacy object for ``entries``, whose first token starts at character ``offset`` of
-    the completion; also the offset just past the last token (where the next chunk starts)."""
-    tokens = [_token(tokenizer, e.token_id) for e in entries]
+    the text; also the offset just past the last token (where the next chunk starts).
+
+    A None entry (the prompt's first token, with ``echo``) is a token without a logprob; its
+    id comes from ``token_ids`` (the ids of all entries, needed only when one is None).
+    """
+    if token_ids is None:
+        token_ids = [e.token_id for e in entries if e is not None]
+    tokens = [_token(tokenizer, i) for i in token_ids]
     offsets = []
     for token in tokens:
         offsets.append(offset)
         offset += len(token)
     top = [
-        {_token(tokenizer, t): lp for t, lp in e.top} | {token: e.logprob}
+        None if e is None else {_token(tokenizer, t): lp for t, lp in e.top} | {token: e.logprob}
         for e, token in zip(entries, tokens, strict=True)
     ]
     logprobs = CompletionLogprobs(
         text_offset=offsets,
-        token_logprobs=[e.logprob for e in entries],
+        token_logprobs=[None if e is None else e.logprob for e in entries],
         tokens=tokens,
         top_logprobs=top,
     )

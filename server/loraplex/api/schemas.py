@@ -98,7 +98,9 @@ class SamplingRequest(LenientBody):
             )
         return check_mix([(entry.name, entry.weight) for entry in self.adapters], "adapters")
 
-    def _params(self, max_tokens: int, logprobs: int | None = None) -> SamplingParams:
+    def _params(
+        self, max_tokens: int, logprobs: int | None = None, prompt_logprobs: int | None = None
+    ) -> SamplingParams:
         """The engine's sampling parameters; raises :class:`ParameterError` for a bad value."""
         if not 1 <= self.n <= MAX_N:
             raise ParameterError("n", f"n must be in [1, {MAX_N}]")
@@ -118,6 +120,7 @@ class SamplingRequest(LenientBody):
             stop_token_ids=tuple(self.stop_token_ids or ()),
             ignore_eos=self.ignore_eos,
             logprobs=logprobs,
+            prompt_logprobs=prompt_logprobs,
         )
 
 
@@ -157,11 +160,10 @@ class CompletionRequest(SamplingRequest):
         return items
 
     def sampling_params(self) -> SamplingParams:
-        """The engine's sampling parameters; raises :class:`ParameterError` for a bad value or
-        ``echo``, which we don't support."""
-        if self.echo:
-            raise ParameterError("echo", "echo is not supported")
-        return self._params(self.max_tokens, self.logprobs)
+        """The engine's sampling parameters; raises :class:`ParameterError` for a bad value.
+        ``echo`` with ``logprobs`` also scores the prompt (the engine's ``prompt_logprobs``)."""
+        prompt_logprobs = self.logprobs if self.echo else None
+        return self._params(self.max_tokens, self.logprobs, prompt_logprobs)
 
 
 class PromptTokensDetails(BaseModel):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -19,6 +19,8 @@ class PackedBatch:
     input_ids, position_ids: [1, T]. sample_rows: [N] packed row of the last token of every
     sequence that samples this step, in the order of ``sample_seqs``. ``merged``: the step's
     pre-merged adapter key and its row count (its rows come last).
+    prompt_rows: [M] packed rows whose logits score the next prompt token, for sequences that
+    want prompt logprobs; ``prompt_targets[m]`` = (sequence, the prompt token row m predicts).
     """
 
     input_ids: torch.Tensor
@@ -28,6 +30,8 @@ class PackedBatch:
     merged: tuple[str, int] | None
     sample_rows: torch.Tensor
     sample_seqs: list[Sequence]
+    prompt_rows: torch.Tensor | None = None
+    prompt_targets: list[tuple[Sequence, int]] = field(default_factory=list)
 
 
 def cache_rows(block_table: list[int], block_size: int, start: int, end: int) -> torch.Tensor:
@@ -64,6 +68,8 @@ def build_batch(
     prefills: list[PrefillChunk] = []
     sample_rows: list[int] = []
     sample_seqs: list[Sequence] = []
+    prompt_rows: list[int] = []
+    prompt_targets: list[tuple[Sequence, int]] = []
     for item in order:
         seq, n = item.seq, item.num_new_tokens
         start, end, row = seq.num_computed_tokens, seq.num_computed_tokens + n, len(ids)
@@ -81,6 +87,13 @@ def build_batch(
         if item.sample:
             sample_rows.append(row + n - 1)
             sample_seqs.append(seq)
+        if seq.wants_prompt_logprobs:
+            # Position p's logits score prompt token p + 1; skip what was scored before a
+            # preemption (``prompt_logprobs`` has an entry per scored token, plus the first).
+            first = max(start, len(seq.prompt_logprobs) - 1)
+            for p in range(first, min(end, seq.num_prompt_tokens - 1)):
+                prompt_rows.append(row + p - start)
+                prompt_targets.append((seq, seq.prompt_token_ids[p + 1]))
     attention = AttentionMetadata(
         slot_mapping=torch.cat(slot_mapping).to(device),
         decode_rows=None,
@@ -103,4 +116,8 @@ def build_batch(
         merged=(merged[0].seq.adapter, sum(s.num_new_tokens for s in merged)) if merged else None,
         sample_rows=torch.tensor(sample_rows, dtype=torch.int64, device=device),
         sample_seqs=sample_seqs,
+        prompt_rows=torch.tensor(prompt_rows, dtype=torch.int64, device=device)
+        if prompt_rows
+        else None,
+        prompt_targets=prompt_targets,
     )

@@ -106,9 +106,10 @@ class BlockManager:
         """The published blocks holding ``seq``'s leading full blocks (a query; takes nothing).
 
         At most ``(num_tokens - 1) // block_size`` blocks, so at least one token is left to
-        compute: the step that computes it also yields the logits to sample from.
+        compute: the step that computes it also yields the logits to sample from. None for a
+        sequence that wants prompt logprobs: they need the logits of every prompt token.
         """
-        if not self.enable_prefix_caching or seq.block_table:
+        if not self.enable_prefix_caching or seq.block_table or seq.wants_prompt_logprobs:
             return []
         blocks = []
         for digest in self._hashes(seq, (seq.num_tokens - 1) // self.block_size):

@@ -31,6 +31,7 @@ class _Request:
     seq: Sequence
     detokenizer: IncrementalDetokenizer
     generator: torch.Generator | None
+    sent_prompt_logprobs: bool = False  # they go out once, with the first output
 
 
 class LLMEngine:
@@ -174,6 +175,10 @@ class LLMEngine:
         )
         logits = self.runner.forward(batch)
         self.scheduler.after_step(out)
+        num_sampled = len(batch.sample_seqs)
+        if batch.prompt_targets:
+            self._score_prompts(logits[num_sampled:], batch.prompt_targets)
+        logits = logits[:num_sampled]
         requests = [self.requests[s.request_id] for s in batch.sample_seqs]
         tokens = self.sampler(
             logits,
@@ -195,6 +200,14 @@ class LLMEngine:
         return [
             self._advance(r, t, lp) for r, t, lp in zip(requests, tokens, logprobs, strict=True)
         ]
+
+    @staticmethod
+    def _score_prompts(logits: torch.Tensor, targets: list[tuple[Sequence, int]]) -> None:
+        """Append each prompt token's logprob (row m of ``logits`` scores ``targets[m]``)."""
+        tokens = [token for _, token in targets]
+        top_k = [seq.params.prompt_logprobs or 0 for seq, _ in targets]
+        for (seq, _), entry in zip(targets, token_logprobs(logits, tokens, top_k), strict=True):
+            seq.prompt_logprobs.append(entry)
 
     def _advance(
         self, request: _Request, token: int, logprob: TokenLogprob | None = None
@@ -229,6 +242,10 @@ class LLMEngine:
         logprob: TokenLogprob | None = None,
     ) -> RequestOutput:
         seq = request.seq
+        prompt_logprobs = None
+        if seq.wants_prompt_logprobs and not request.sent_prompt_logprobs:
+            request.sent_prompt_logprobs = True
+            prompt_logprobs = tuple(seq.prompt_logprobs)
         return RequestOutput(
             request_id=seq.request_id,
             text=text,
@@ -239,6 +256,7 @@ class LLMEngine:
             num_output_tokens=seq.num_output_tokens,
             num_cached_tokens=seq.num_cached_tokens,
             logprobs=None if logprob is None else (logprob,),
+            prompt_logprobs=prompt_logprobs,
         )
 
     def stats(self) -> dict[str, float]:

@@ -121,7 +121,8 @@ class ModelRunner:
 
     @torch.inference_mode()
     def forward(self, batch: PackedBatch) -> torch.Tensor:
-        """Run the packed batch; returns float32 logits [N, vocab] at ``batch.sample_rows``."""
+        """Run the packed batch; returns float32 logits [N + M, vocab]: at ``batch.sample_rows``
+        (N), then at ``batch.prompt_rows`` (M, usually none)."""
         FORWARD.kv_caches = self.kv_caches
         FORWARD.metadata = batch.attention
         self.lora.set_step(batch.lora, batch.merged)
@@ -130,7 +131,9 @@ class ModelRunner:
                 input_ids=batch.input_ids,
                 position_ids=batch.position_ids,
                 use_cache=False,
-                logits_to_keep=batch.sample_rows,
+                logits_to_keep=batch.sample_rows
+                if batch.prompt_rows is None
+                else torch.cat([batch.sample_rows, batch.prompt_rows]),
             )
         finally:
             FORWARD.metadata = None

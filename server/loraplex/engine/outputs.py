@@ -23,7 +23,8 @@ class RequestOutput:
     ``num_output_tokens`` is cumulative. ``finish_reason`` is ``"stop"`` (EOS, stop string or
     stop token), ``"length"`` (max_tokens or the model's context) or ``"abort"``.
     ``num_cached_tokens``: prompt tokens whose KV came from the prefix cache. ``logprobs``: set
-    when the request asked for them.
+    when the request asked for them. ``prompt_logprobs``: in the request's first output only,
+    when it asked for them; one per prompt token, the first None.
     """
 
     request_id: str
@@ -35,3 +36,4 @@ class RequestOutput:
     num_output_tokens: int
     num_cached_tokens: int = 0  # prompt tokens served from the prefix cache
     logprobs: tuple[TokenLogprob, ...] | None = None  # one per token of ``token_ids``
+    prompt_logprobs: tuple[TokenLogprob | None, ...] | None = None

@@ -46,6 +46,10 @@ class SamplingParams:
     ignore_eos: bool = False
     include_stop_str_in_output: bool = False
     logprobs: int | None = None  # None: off; k: each token's logprob and the k most likely
+    # None: off; k: every prompt token's logprob given the tokens before it (the first has
+    # none) and the k most likely there. Such a request computes its whole prompt: no prefix
+    # cache hits (cached tokens have no logits).
+    prompt_logprobs: int | None = None
 
     def __post_init__(self) -> None:
         _check(self.max_tokens >= 1, "max_tokens", "max_tokens must be at least 1")
@@ -78,6 +82,11 @@ class SamplingParams:
             self.logprobs is None or 0 <= self.logprobs <= MAX_LOGPROBS,
             "logprobs",
             f"logprobs must be in [0, {MAX_LOGPROBS}]",
+        )
+        _check(
+            self.prompt_logprobs is None or 0 <= self.prompt_logprobs <= MAX_LOGPROBS,
+            "prompt_logprobs",
+            f"prompt_logprobs must be in [0, {MAX_LOGPROBS}]",
         )
 
     @property

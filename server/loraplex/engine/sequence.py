@@ -7,6 +7,7 @@ import itertools
 import time
 from dataclasses import dataclass, field
 
+from loraplex.engine.outputs import TokenLogprob
 from loraplex.engine.sampling_params import SamplingParams
 
 _seq_ids = itertools.count()
@@ -46,9 +47,14 @@ class Sequence:
     finish_reason: str | None = None
     # Prompt tokens taken from the prefix cache when last admitted (not recomputed).
     num_cached_tokens: int = 0
+    # With params.prompt_logprobs: entry i for prompt token i (entry 0 is None: nothing comes
+    # before it), filled as prefill chunks run; kept across preemption, so never computed twice.
+    prompt_logprobs: list[TokenLogprob | None] = field(default_factory=list, repr=False)
 
     def __post_init__(self) -> None:
         self.token_ids = list(self.prompt_token_ids)
+        if self.wants_prompt_logprobs:
+            self.prompt_logprobs = [None]
 
     @property
     def num_tokens(self) -> int:
@@ -73,6 +79,10 @@ class Sequence:
     @property
     def is_finished(self) -> bool:
         return self.status is SequenceStatus.FINISHED
+
+    @property
+    def wants_prompt_logprobs(self) -> bool:
+        return self.params.prompt_logprobs is not None
 
     def append_token(self, token_id: int) -> None:
         self.token_ids.append(token_id)

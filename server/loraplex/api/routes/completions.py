@@ -7,6 +7,7 @@ The machinery (adapters, tokenizing, streams, disconnects, errors mid-stream) is
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 from fastapi import APIRouter, Request, Response
 
@@ -20,7 +21,7 @@ from loraplex.api.generation import (
     stream_response,
     tokenize,
 )
-from loraplex.api.logprobs import completion_logprobs
+from loraplex.api.logprobs import CompletionLogprobs, completion_logprobs
 from loraplex.api.schemas import (
     CompletionChoice,
     CompletionRequest,
@@ -32,11 +33,35 @@ from loraplex.engine.outputs import RequestOutput
 router = APIRouter(prefix="/v1", tags=["completions"], dependencies=[AuthDep])
 
 
+class Echo:
+    """With ``echo``: the prompt text, and its tokens' logprobs if asked, ahead of a choice's
+    first text (choice ``i`` echoes prompt ``i // n``). Without it: nothing."""
+
+    def __init__(self, body: CompletionRequest, tokenizer: Any, run: Run) -> None:
+        self.enabled, self.tokenizer, self.run = body.echo, tokenizer, run
+        self.texts = [p if isinstance(p, str) else tokenizer.decode(p) for p in body.prompts()]
+
+    def text(self, choice: Choice) -> str:
+        return self.texts[choice.index // self.run.n] if self.enabled else ""
+
+    def logprobs(self, choice: Choice) -> tuple[CompletionLogprobs | None, int]:
+        """The prompt's logprobs object and the offset where the completion's tokens start."""
+        if not self.enabled or choice.prompt_logprobs is None:
+            return None, 0
+        ids = self.run.prompt_ids(choice)
+        return completion_logprobs(self.tokenizer, choice.prompt_logprobs, 0, ids)
+
+
+def join(head: CompletionLogprobs | None, tail: CompletionLogprobs) -> CompletionLogprobs:
+    return tail if head is None else head + tail
+
+
 @router.post("/completions", response_model=CompletionResponse)
 async def create_completion(
     body: CompletionRequest, request: Request, engine: EngineDep
 ) -> Response | CompletionResponse:
-    """OpenAI's legacy completions: ``n`` choices per prompt, with ``logprobs`` if asked.
+    """OpenAI's legacy completions: ``n`` choices per prompt, with ``logprobs`` if asked, and
+    with ``echo`` the prompt (and its logprobs) ahead of each choice's text.
 
     Extension: ``adapters`` (a weighted combination, with ``model`` the base model id).
     """
@@ -45,22 +70,27 @@ async def create_completion(
     prompts = [tokenize(engine, p) for p in body.prompts()]
     run = Run(engine, prompts, params, adapter, "cmpl", body.n, body.cache_salt)
     tokenizer = engine.tokenizer
+    echo = Echo(body, tokenizer, run)
     if body.stream:
         chunks = Chunks(run, body, CompletionStreamResponse)
-        offsets = [0] * len(run.choices)  # each choice's text so far, in characters
+        offsets: dict[int, int] = {}  # each choice's text so far, in characters
 
         def render(choice: Choice, out: RequestOutput) -> Iterator[str]:
+            first = choice.index not in offsets
+            head, offset = echo.logprobs(choice) if first else (None, offsets[choice.index])
+            offsets[choice.index] = offset
+            text = (echo.text(choice) if first else "") + out.text
             # Empty deltas (the detokenizer holding back half a character) carry nothing.
-            if out.text or out.finished or out.logprobs:
-                logprobs = None
+            if text or out.finished or out.logprobs or head:
+                logprobs = head
                 if out.logprobs is not None:
-                    offset = offsets[choice.index]
-                    logprobs, offsets[choice.index] = completion_logprobs(
+                    tail, offsets[choice.index] = completion_logprobs(
                         tokenizer, out.logprobs, offset
                     )
+                    logprobs = join(head, tail)
                 delta = CompletionChoice(
                     index=choice.index,
-                    text=out.text,
+                    text=text,
                     finish_reason=out.finish_reason,
                     logprobs=logprobs,
                 )
@@ -69,14 +99,19 @@ async def create_completion(
         return await stream_response(run, render, tail=chunks.tail)
     if not await run_to_end(request, run):
         return Response(status_code=499)  # nobody is listening; the status is for the access log
+
+    def choice_logprobs(c: Choice) -> CompletionLogprobs | None:
+        if params.logprobs is None:
+            return None
+        head, offset = echo.logprobs(c)
+        return join(head, completion_logprobs(tokenizer, c.logprobs, offset)[0])
+
     choices = [
         CompletionChoice(
             index=c.index,
-            text=c.full_text,
+            text=echo.text(c) + c.full_text,
             finish_reason=c.finish_reason,
-            logprobs=None
-            if params.logprobs is None
-            else completion_logprobs(tokenizer, c.logprobs, 0)[0],
+            logprobs=choice_logprobs(c),
         )
         for c in run.choices
     ]

@@ -79,6 +79,19 @@ def _top_tokens(engine: AsyncEngine, logprob: TokenLogprob, special: set[int]) -
     ]
 
 
+def _prefill(engine: AsyncEngine, run: Run, choice: Choice, special: set[int]) -> list[Token]:
+    """With ``decoder_input_details``: each prompt token and its logprob (the first has none)."""
+    if choice.prompt_logprobs is None:
+        return []
+    decode = engine.tokenizer.decode
+    return [
+        Token(
+            id=t, text=decode([t]), logprob=None if lp is None else lp.logprob, special=t in special
+        )
+        for t, lp in zip(run.prompt_ids(choice), choice.prompt_logprobs, strict=True)
+    ]
+
+
 def _text(body: GenerateRequest, choice: Choice) -> str:
     prefix = body.inputs if body.parameters.return_full_text else ""
     return prefix + choice.full_text
@@ -104,6 +117,7 @@ async def generate(
         top = [_top_tokens(engine, lp, special) for lp in choice.logprobs]
         details = Details(
             **_details(engine, run, choice).model_dump(),
+            prefill=_prefill(engine, run, choice, special),
             tokens=tokens,
             top_tokens=top if body.parameters.top_n_tokens else [],
         )
