@@ -9,17 +9,14 @@ generates exactly ``--max-tokens`` tokens):
   (c) loraplex, base model, over HTTP: every request sent at once to ``/v1/completions``
   (d) loraplex, same 16 adapters, over HTTP: request i names adapter i % 16
   (e) loraplex, one adapter pre-merged (a dedicated tenant), over HTTP
-  (r) reference, not a system: HF forward steps alone, one decode token per row over the
-      cached batch, no prefill, no ``generate`` loop. It is what the step's arithmetic costs
-      on this machine at this batch size, so (r)/(a) is about the most (c)/(a) can reach
-      without changing that arithmetic (fewer FLOPs per token, other kernels or hardware).
+  (r) reference, not a system: HF decode forwards alone over the cached batch (no prefill, no
+      ``generate`` loop): (r)/(a) is about the most (c)/(a) can reach on this hardware.
 
-Every system is set up (and warmed up) first; then ``--rounds`` rounds each run every system
-once, one after another (never two at once). The table shows each system's median run and
-each ratio's median over rounds, so the machine's drift hits every system alike.
+Every system is set up and warmed up first; then each of ``--rounds`` rounds runs every system
+once, one at a time. Medians over rounds: the machine's drift hits every system alike.
 
-    .venv/bin/python bench/engine.py            # 32 requests x 64 tokens, float32
-    .venv/bin/python bench/engine.py --quick    # smoke run: 4 requests x 8 tokens
+    .venv/bin/python bench/engine.py            # 32 requests x 64 tokens, float32, 3 rounds
+    .venv/bin/python bench/engine.py --quick    # smoke run: 4 requests x 8 tokens, 1 round
 """
 
 from __future__ import annotations
@@ -37,9 +34,7 @@ import loraplex_http
 
 Measure = Callable[[], "common.Measurement"]  # one timed run of a system over all requests
 
-NUM_ADAPTERS = 16
-LORA_RANK = 16
-LORA_ALPHA = 32
+NUM_ADAPTERS, LORA_RANK, LORA_ALPHA = 16, 16, 32
 
 SYSTEMS = {
     "a": "(a) HF generate",
@@ -50,8 +45,7 @@ SYSTEMS = {
     "r": "(r) reference: bare HF decode forward",
 }
 
-# (numerator, denominator, target): the ratios of tokens/s the design asks for; None: shown
-# for reference only.
+# (numerator, denominator, target): ratios of tokens/s the design asks for (None: reference).
 TARGETS = (
     ("c", "a", 3.0),
     ("d", "c", 0.85),
@@ -83,13 +77,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="timed runs per system, interleaved (a round runs each system once); "
         "the table shows each system's median",
     )
-    parser.add_argument("--skip-peft", action="store_true", help="don't run (b)")
+    parser.add_argument(
+        "--systems",
+        default="".join(SYSTEMS),
+        help="the systems to run, by letter: e.g. acder skips PEFT (the slowest), cde gives "
+        "more rounds of the loraplex ratios in the same time",
+    )
     parser.add_argument(
         "--quick", action="store_true", help="smoke run: --concurrency 4 --max-tokens 8"
     )
     args = parser.parse_args(argv)
     if args.quick:
         args.concurrency, args.max_tokens, args.rounds = 4, 8, 1
+    if not set(args.systems) <= set(SYSTEMS):
+        parser.error(f"--systems takes letters of {''.join(SYSTEMS)}")
     if min(args.concurrency, args.max_tokens, args.rounds, args.threads or 1) < 1:
         parser.error("--concurrency, --max-tokens, --rounds and --threads must be positive")
     return args
@@ -109,8 +110,7 @@ def hf_system(
 def bare_decode_system(
     model_dir: Path, prompts: list[str], max_tokens: int, dtype: str
 ) -> Iterator[Measure]:
-    """(r): per call, ``max_tokens`` one-token forwards of the whole batch over its KV cache
-    (the prefill before them is not timed)."""
+    """(r): per call, ``max_tokens`` one-token forwards of the batch (its prefill not timed)."""
     import torch
 
     model, tokenizer = common.load_hf_model(model_dir, dtype)
@@ -236,8 +236,7 @@ def main(argv: list[str] | None = None) -> None:
                 *(SYSTEMS["e"], tuple(names[:1])),
             ),
         }
-        if args.skip_peft:
-            del args_of["b"]
+        args_of = {key: value for key, value in args_of.items() if key in args.systems}
         with ExitStack() as stack:
             measures = {}
             for key, (system, *system_args) in args_of.items():
