@@ -241,16 +241,15 @@ def main(argv: list[str] | None = None) -> None:
             measures = {}
             for key, (system, *system_args) in args_of.items():
                 measures[key] = stack.enter_context(system(*system_args))
-            # Every system is set up; each round runs each once, one after another.
+            # Round k starts at system k: no system always runs right after the same one.
+            keys = list(measures)
             for round_ in range(1, args.rounds + 1):
-                for key, measure in measures.items():
-                    m = measure()
+                shift = (round_ - 1) % len(keys)
+                for key in keys[shift:] + keys[:shift]:
+                    m = measures[key]()
                     results.setdefault(key, []).append(m)
-                    print(
-                        f"round {round_}: {m.system}: {m.tokens} tokens in {m.seconds:.2f} s "
-                        f"= {m.tokens_per_s:.1f} tok/s",
-                        flush=True,
-                    )
+                    took = f"{m.tokens} tokens in {m.seconds:.2f} s = {m.tokens_per_s:.1f} tok/s"
+                    print(f"round {round_}: {m.system}: {took}", flush=True)
 
     print()
     print(report(results))

@@ -58,10 +58,8 @@ def request_adapter(engine: AsyncEngine, body: SamplingRequest) -> AdapterSpec:
 
 def tokenize(engine: AsyncEngine, prompt: str | list[int], special: bool = True) -> list[int]:
     """Token ids of one prompt; ``special``: add the special tokens the tokenizer adds by default
-    (off for text a chat template rendered, which has them already).
-
-    Token-id prompts pass through; the engine checks them against the model's vocabulary.
-    """
+    (off for text a chat template rendered, which has them already). Token-id prompts pass
+    through; the engine checks them against the model's vocabulary."""
     if isinstance(prompt, str):
         # Inline on the event loop: a fast tokenizer needs microseconds for a prompt that fits
         # the context, less than handing it to a thread would cost.
