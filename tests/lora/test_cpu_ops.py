@@ -65,13 +65,15 @@ def test_kernel_refuses_what_it_cannot_read(cpu_add_lora) -> None:
     meta = build_lora_meta([0], 1)
     y = torch.zeros(1, 8)
     tables = torch.zeros(1, 8, 8), torch.zeros(1, 8, 8)
-    with pytest.raises(ValueError, match="float32"):
+    with pytest.raises(ValueError, match="float32"):  # a bf16 model must use the torch op
         cpu_add_lora(
             y, torch.zeros(1, 8), torch.zeros(1, 8, 8).double(), torch.zeros(1, 8, 8), meta
         )
     with pytest.raises(ValueError, match="dense"):
         lora_b = torch.zeros(1, 8, 8).transpose(1, 2)
         cpu_add_lora(y, torch.zeros(1, 8), torch.zeros(1, 8, 8), lora_b, meta)
+    with pytest.raises(ValueError, match="dense"):  # tables for another layer's width
+        cpu_add_lora(y, torch.zeros(1, 8), torch.zeros(1, 8, 16), torch.zeros(1, 8, 8), meta)
     with pytest.raises(ValueError, match="does not fit"):  # more adapter rows than x has
         cpu_add_lora(y, torch.zeros(1, 8), *tables, build_lora_meta([0, 0], 1))
     with pytest.raises(ValueError, match="does not fit"):  # metadata for another slot count

@@ -116,10 +116,20 @@ def load(cache_dir: Path) -> AddLoRA:
             x = x.contiguous()
         ends = meta.group_ends
         # C reads raw memory: anything inconsistent must be an exception, never a crash.
-        if lora_a.dtype != torch.float32 or y.stride(1) != 1 or not lora_b.is_contiguous():
-            raise ValueError("add_lora (cpu kernel): float32, dense y rows and slot tables")
+        if (
+            any(t.dtype != torch.float32 or t.device.type != "cpu" for t in (x, y, lora_a, lora_b))
+            or y.stride(1) != 1
+            or not (lora_a.is_contiguous() and lora_b.is_contiguous())
+            or (x.shape[1], y.shape[1], lora_b.shape[:2]) != (fan_in, fan_out, (slots, rank))
+        ):
+            raise ValueError("add_lora (cpu kernel): float32 CPU tensors, dense rows and tables")
         rows = meta.num_lora_rows
-        if ends.numel() != slots or rows > min(x.shape[0], y.shape[0]):
+        if (
+            ends.dtype != torch.int32
+            or ends.numel() != slots
+            or int(ends[-1]) != rows
+            or rows > min(x.shape[0], y.shape[0])
+        ):
             raise ValueError("add_lora (cpu kernel): the metadata does not fit these tensors")
         # ctypes drops the GIL for the call, so the API thread keeps serving meanwhile.
         kernel(
