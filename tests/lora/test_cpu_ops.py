@@ -89,18 +89,22 @@ def test_build_is_cached(tmp_path: Path) -> None:
 
 
 def test_select_falls_back_or_refuses(tmp_path: Path, monkeypatch, caplog) -> None:
-    assert select_add_lora("torch", CPU, torch.float32, tmp_path) == ("torch", add_lora)
-    assert select_add_lora("auto", CPU, torch.bfloat16, tmp_path) == ("torch", add_lora)
+    assert select_add_lora("torch", CPU, torch.float32, tmp_path, 16) == ("torch", add_lora)
+    assert select_add_lora("auto", CPU, torch.bfloat16, tmp_path, 16) == ("torch", add_lora)
     with pytest.raises(ValueError, match="float32 on the CPU"):
-        select_add_lora("cpu", CPU, torch.bfloat16, tmp_path)
+        select_add_lora("cpu", CPU, torch.bfloat16, tmp_path, 16)
+    # Ranks past the kernel's stack budget take the reference (or are refused when forced).
+    assert select_add_lora("auto", CPU, torch.float32, tmp_path, 2048) == ("torch", add_lora)
+    with pytest.raises(ValueError, match="ranks up to 1024"):
+        select_add_lora("cpu", CPU, torch.float32, tmp_path, 2048)
     with pytest.raises(ValueError, match="unknown LoRA kernel"):
-        select_add_lora("triton", CPU, torch.float32, tmp_path)
+        select_add_lora("triton", CPU, torch.float32, tmp_path, 16)
     monkeypatch.setenv("CC", str(tmp_path / "no-such-compiler"))
     with caplog.at_level(logging.WARNING):
-        assert select_add_lora("auto", CPU, torch.float32, tmp_path) == ("torch", add_lora)
+        assert select_add_lora("auto", CPU, torch.float32, tmp_path, 16) == ("torch", add_lora)
     assert "no C compiler" in caplog.text
     with pytest.raises(KernelBuildError, match="no C compiler"):
-        select_add_lora("cpu", CPU, torch.float32, tmp_path)
+        select_add_lora("cpu", CPU, torch.float32, tmp_path, 16)
 
 
 def test_a_failing_compile_is_reported(tmp_path: Path, monkeypatch) -> None:

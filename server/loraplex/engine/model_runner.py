@@ -12,7 +12,7 @@ from loraplex.config import CacheConfig, LoRAConfig, ModelConfig
 from loraplex.engine.attention import FORWARD, register_paged_attention
 from loraplex.engine.batch import PackedBatch
 from loraplex.engine.default_model import kernel_cache
-from loraplex.lora.manager import LoRAModelManager
+from loraplex.lora.manager import LoRAModelManager, padded_rank
 from loraplex.lora.ops import select_add_lora
 
 log = logging.getLogger(__name__)
@@ -86,7 +86,9 @@ class ModelRunner:
         ).to(self.device)
         self.model.eval().requires_grad_(False)
         prepack_output_projection(self.model)
-        kernel, op = select_add_lora(lora.kernel, self.device, self.dtype, kernel_cache())
+        kernel, op = select_add_lora(
+            lora.kernel, self.device, self.dtype, kernel_cache(), padded_rank(lora.max_lora_rank)
+        )
         log.info("add_lora backend: %s", kernel)
         self.lora = LoRAModelManager(self.model, lora.max_loras, lora.max_lora_rank, op)
         self.layout = kv_layout(self.model.config, cache, self.dtype)

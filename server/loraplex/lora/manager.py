@@ -13,6 +13,11 @@ from loraplex.lora.ops import AddLoRA, LoRAMeta, add_lora
 RANK_ALIGNMENT = 8
 
 
+def padded_rank(max_rank: int) -> int:
+    """The rank of the slot tables: ``max_rank`` rounded up to a multiple of RANK_ALIGNMENT."""
+    return -(-max_rank // RANK_ALIGNMENT) * RANK_ALIGNMENT
+
+
 class LoRAModelManager:
     """Owns the LoRA layers of one model: ``num_slots`` slots of rank <= ``max_rank``.
 
@@ -26,7 +31,6 @@ class LoRAModelManager:
         self.num_slots = num_slots
         self.max_rank = max_rank
         self.context = LoRAContext(op)
-        padded_rank = -(-max_rank // RANK_ALIGNMENT) * RANK_ALIGNMENT
         output = model.get_output_embeddings()
         targets = [
             (name, module)
@@ -37,7 +41,7 @@ class LoRAModelManager:
         for name, module in targets:
             parent_name, _, child = name.rpartition(".")
             parent = model.get_submodule(parent_name)
-            layer = LoRALinear(module, num_slots, padded_rank, self.context)
+            layer = LoRALinear(module, num_slots, padded_rank(max_rank), self.context)
             setattr(parent, child, layer)
             self.layers[name] = layer
 
@@ -85,4 +89,4 @@ def base_projection(module: nn.Module) -> nn.Module:
     return module.base if isinstance(module, LoRALinear) else module
 
 
-__all__ = ["LoRAModelManager", "base_projection", "in_out_features"]
+__all__ = ["LoRAModelManager", "base_projection", "in_out_features", "padded_rank"]

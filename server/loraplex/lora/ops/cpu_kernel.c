@@ -40,7 +40,7 @@ static inline float sum8(v8 v) {
 static void chunk(const float *restrict x, float *restrict y, const float *restrict A,
                   const float *restrict Bt, int64_t np, int64_t in, int64_t out, int64_t R,
                   int64_t ldx, int64_t ldy) {
-  float u[ROWS][R];
+  float u[ROWS][R]; /* R <= 1024 (cpu_ops.MAX_RANK): at most 32 KiB of stack */
   const int64_t in8 = in & ~(int64_t)7, out8 = out & ~(int64_t)7;
   for (int64_t r = 0; r < R; r++) {
     const float *restrict a = A + r * in;

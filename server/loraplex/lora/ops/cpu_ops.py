@@ -32,6 +32,8 @@ FLAG_SETS = (
     ("-O3",),
 )
 COMMON_FLAGS = ("-std=c11", "-shared", "-fPIC")
+# The kernel keeps ``8 x rank`` floats on each thread's stack; past this, use the torch op.
+MAX_RANK = 1024
 
 
 class KernelBuildError(RuntimeError):
@@ -121,6 +123,7 @@ def load(cache_dir: Path) -> AddLoRA:
             or y.stride(1) != 1
             or not (lora_a.is_contiguous() and lora_b.is_contiguous())
             or (x.shape[1], y.shape[1], lora_b.shape[:2]) != (fan_in, fan_out, (slots, rank))
+            or rank > MAX_RANK
         ):
             raise ValueError("add_lora (cpu kernel): float32 CPU tensors, dense rows and tables")
         rows = meta.num_lora_rows

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from loraplex.lora.ops.cpu_ops import KernelBuildError, load
+from loraplex.lora.ops.cpu_ops import MAX_RANK, KernelBuildError, load
 from loraplex.lora.ops.torch_ops import AddLoRA
 from loraplex.lora.ops.torch_ops import add_lora as torch_add_lora
 
@@ -15,22 +15,24 @@ log = logging.getLogger(__name__)
 
 
 def select_add_lora(
-    kernel: str, device: torch.device, dtype: torch.dtype, cache_dir: Path
+    kernel: str, device: torch.device, dtype: torch.dtype, cache_dir: Path, max_rank: int
 ) -> tuple[str, AddLoRA]:
     """(name, op) of the backend every LoRA layer of one model will call.
 
     ``torch`` is the reference (any device and dtype). ``cpu`` is the C kernel, for float32 on
-    the CPU; asked for explicitly where it cannot run, that is an error. ``auto`` takes the C
-    kernel where it applies and builds, else the reference (with a warning if the build failed).
+    the CPU and slot ranks up to ``cpu_ops.MAX_RANK``; asked for explicitly where it cannot
+    run, that is an error. ``auto`` takes the C kernel where it applies and builds, else the
+    reference (with a warning if the build failed).
     """
     if kernel not in ("auto", "torch", "cpu"):
         raise ValueError(f"unknown LoRA kernel {kernel!r}: expected auto, torch or cpu")
     if kernel == "torch":
         return "torch", torch_add_lora
-    if device.type != "cpu" or dtype != torch.float32:
+    if device.type != "cpu" or dtype != torch.float32 or max_rank > MAX_RANK:
         if kernel == "cpu":
             raise ValueError(
-                f"the cpu LoRA kernel runs float32 on the CPU, not {dtype} on {device}"
+                f"the cpu LoRA kernel runs float32 on the CPU with ranks up to {MAX_RANK}, "
+                f"not {dtype} on {device} with rank {max_rank}"
             )
         return "torch", torch_add_lora
     try:
