@@ -31,11 +31,18 @@ _KEY = re.compile(
 
 @dataclass(frozen=True)
 class LoRAWeights:
-    """One module's update: ``delta = scale · B @ A``; a [r, in], b [out, r]."""
+    """One module's update: ``delta = scale · B @ A``; a [r, in], b [out, r].
+
+    ``b`` is kept column-major (its memory is Bᵀ's rows, the slot tables' layout), so that
+    loading a slot copies contiguous memory instead of transposing.
+    """
 
     a: torch.Tensor
     b: torch.Tensor
     scale: float
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "b", self.b.T.contiguous().T)
 
     @property
     def rank(self) -> int:
