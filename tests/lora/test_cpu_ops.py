@@ -107,6 +107,15 @@ def test_select_falls_back_or_refuses(tmp_path: Path, monkeypatch, caplog) -> No
         select_add_lora("cpu", CPU, torch.float32, tmp_path, 16)
 
 
+@needs_cc
+def test_an_unwritable_cache_falls_back_to_torch(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("")  # a file where the cache folder should be
+    cache = tmp_path / "file" / "kernels"
+    with pytest.raises(KernelBuildError, match="cannot write"):
+        build(cache)
+    assert select_add_lora("auto", CPU, torch.float32, cache, 16) == ("torch", add_lora)
+
+
 def test_a_failing_compile_is_reported(tmp_path: Path, monkeypatch) -> None:
     fake = tmp_path / "cc"
     fake.write_text("#!/bin/sh\necho 'cc (fake) 1.0'\n[ \"$1\" = --version ] || exit 1\n")

@@ -75,10 +75,13 @@ def build(cache_dir: Path) -> Path:
         target = cache_dir / f"add_lora-{key}.so"
         if target.exists():
             return target
-        cache_dir.mkdir(parents=True, exist_ok=True)
-        # Build beside the target and rename: concurrent builders never see a partial file.
-        fd, partial = tempfile.mkstemp(dir=cache_dir, suffix=".so.partial")
-        os.close(fd)
+        try:
+            cache_dir.mkdir(parents=True, exist_ok=True)
+            # Build beside the target and rename: concurrent builders never see a partial file.
+            fd, partial = tempfile.mkstemp(dir=cache_dir, suffix=".so.partial")
+            os.close(fd)
+        except OSError as exc:  # e.g. a read-only cache folder
+            raise KernelBuildError(f"cannot write the kernel into {cache_dir}: {exc}") from exc
         command = [cc, *flags, *COMMON_FLAGS, str(SOURCE), "-o", partial]
         try:
             done = subprocess.run(command, capture_output=True, text=True, timeout=300)
