@@ -8,7 +8,7 @@ from pydantic import BaseModel, ConfigDict
 
 from loraplex.api.logprobs import ChatLogprobs
 from loraplex.api.schemas import OpenAIChunk, OpenAIResponse, SamplingRequest
-from loraplex.engine.sampling_params import MAX_LOGPROBS, ParameterError, SamplingParams
+from loraplex.engine.sampling_params import ParameterError, SamplingParams, check_logprobs
 
 
 class TextPart(BaseModel):
@@ -70,8 +70,7 @@ class ChatCompletionRequest(SamplingRequest):
         raises :class:`ParameterError` for a bad value."""
         if self.top_logprobs is not None and not self.logprobs:
             raise ParameterError("top_logprobs", "top_logprobs requires logprobs=true")
-        if not 0 <= (self.top_logprobs or 0) <= MAX_LOGPROBS:
-            raise ParameterError("top_logprobs", f"top_logprobs must be in [0, {MAX_LOGPROBS}]")
+        check_logprobs(self.top_logprobs, "top_logprobs")
         max_tokens = self.max_completion_tokens
         if max_tokens is None:
             max_tokens = self.max_tokens

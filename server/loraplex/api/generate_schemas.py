@@ -13,7 +13,7 @@ import random
 from pydantic import BaseModel, Field
 
 from loraplex.api.schemas import LenientBody, check_mix
-from loraplex.engine.sampling_params import MAX_LOGPROBS, ParameterError, SamplingParams
+from loraplex.engine.sampling_params import ParameterError, SamplingParams, check_logprobs
 
 
 class MergedAdapters(LenientBody):
@@ -75,9 +75,7 @@ class GenerateParameters(LenientBody):
         request that asks for ``details`` without a ``seed`` gets one, so details can say it."""
         if self.best_of is not None and self.best_of != 1:
             raise ParameterError("best_of", "only best_of=1 is supported")
-        top_n = self.top_n_tokens or 0
-        if not 0 <= top_n <= MAX_LOGPROBS:
-            raise ParameterError("top_n_tokens", f"top_n_tokens must be in [0, {MAX_LOGPROBS}]")
+        check_logprobs(self.top_n_tokens, "top_n_tokens")
         seed = self.seed
         if self.sampling and seed is None and self.details:
             seed = random.getrandbits(63)
@@ -92,7 +90,7 @@ class GenerateParameters(LenientBody):
             repetition_penalty=self.repetition_penalty,
             frequency_penalty=self.frequency_penalty,
             stop=tuple(self.stop),
-            logprobs=top_n,  # every token carries its logprob, as in TGI
+            logprobs=self.top_n_tokens or 0,  # every token carries its logprob, as in TGI
             prompt_logprobs=0 if self.decoder_input_details and self.details else None,
         )
 

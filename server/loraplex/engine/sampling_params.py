@@ -21,6 +21,16 @@ def _check(condition: bool, param: str, message: str) -> None:
         raise ParameterError(param, message)
 
 
+def check_logprobs(value: int | None, param: str) -> None:
+    """A count of most-likely alternatives (None: off) must be in [0, MAX_LOGPROBS]; the error
+    names ``param``, the field as the caller's API spells it."""
+    _check(
+        value is None or 0 <= value <= MAX_LOGPROBS,
+        param,
+        f"{param} must be in [0, {MAX_LOGPROBS}]",
+    )
+
+
 @dataclass(frozen=True)
 class SamplingParams:
     """How one request picks its next tokens.
@@ -78,16 +88,8 @@ class SamplingParams:
         _check(all(s for s in self.stop), "stop", "stop strings must not be empty")
         _check(len(self.stop) <= 16, "stop", "at most 16 stop strings")
         _check(all(t >= 0 for t in self.stop_token_ids), "stop_token_ids", "token ids are >= 0")
-        _check(
-            self.logprobs is None or 0 <= self.logprobs <= MAX_LOGPROBS,
-            "logprobs",
-            f"logprobs must be in [0, {MAX_LOGPROBS}]",
-        )
-        _check(
-            self.prompt_logprobs is None or 0 <= self.prompt_logprobs <= MAX_LOGPROBS,
-            "prompt_logprobs",
-            f"prompt_logprobs must be in [0, {MAX_LOGPROBS}]",
-        )
+        check_logprobs(self.logprobs, "logprobs")
+        check_logprobs(self.prompt_logprobs, "prompt_logprobs")
 
     @property
     def greedy(self) -> bool:
