@@ -37,9 +37,13 @@ class Echo:
     """With ``echo``: the prompt text, and its tokens' logprobs if asked, ahead of a choice's
     first text (choice ``i`` echoes prompt ``i // n``). Without it: nothing."""
 
-    def __init__(self, body: CompletionRequest, tokenizer: Any, run: Run) -> None:
+    def __init__(
+        self, body: CompletionRequest, prompts: list[str | list[int]], tokenizer: Any, run: Run
+    ) -> None:
         self.enabled, self.tokenizer, self.run = body.echo, tokenizer, run
-        self.texts = [p if isinstance(p, str) else tokenizer.decode(p) for p in body.prompts()]
+        # Token-id prompts are decoded only when echoed.
+        decode = tokenizer.decode
+        self.texts = [p if isinstance(p, str) else decode(p) for p in prompts] if body.echo else []
 
     def text(self, choice: Choice) -> str:
         return self.texts[choice.index // self.run.n] if self.enabled else ""
@@ -67,10 +71,11 @@ async def create_completion(
     """
     adapter = request_adapter(engine, body)
     params = body.sampling_params()
-    prompts = [tokenize(engine, p) for p in body.prompts()]
+    raw_prompts = body.prompts()
+    prompts = [tokenize(engine, p) for p in raw_prompts]
     run = Run(engine, prompts, params, adapter, "cmpl", body.n, body.cache_salt)
     tokenizer = engine.tokenizer
-    echo = Echo(body, tokenizer, run)
+    echo = Echo(body, raw_prompts, tokenizer, run)
     if body.stream:
         chunks = Chunks(run, body, CompletionStreamResponse)
         offsets: dict[int, int] = {}  # each choice's text so far, in characters
