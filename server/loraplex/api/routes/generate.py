@@ -8,7 +8,7 @@ OpenAI routes take as ``adapters``.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 from fastapi import APIRouter, Request, Response
 
@@ -70,26 +70,25 @@ def _details(engine: AsyncEngine, run: Run, choice: Choice) -> StreamDetails:
     )
 
 
+def _decoded(
+    engine: AsyncEngine, pairs: Iterable[tuple[int, float | None]], special: set[int]
+) -> list[Token]:
+    """A Token per ``(id, logprob)``, each id decoded on its own."""
+    decode = engine.tokenizer.decode
+    return [Token(id=t, text=decode([t]), logprob=lp, special=t in special) for t, lp in pairs]
+
+
 def _top_tokens(engine: AsyncEngine, logprob: TokenLogprob, special: set[int]) -> list[Token]:
     """The ``top_n_tokens`` most likely tokens at one step, most likely first."""
-    decode = engine.tokenizer.decode
-    return [
-        Token(id=t, text=decode([t]), logprob=value, special=t in special)
-        for t, value in logprob.top
-    ]
+    return _decoded(engine, logprob.top, special)
 
 
 def _prefill(engine: AsyncEngine, run: Run, choice: Choice, special: set[int]) -> list[Token]:
     """With ``decoder_input_details``: each prompt token and its logprob (the first has none)."""
     if choice.prompt_logprobs is None:
         return []
-    decode = engine.tokenizer.decode
-    return [
-        Token(
-            id=t, text=decode([t]), logprob=None if lp is None else lp.logprob, special=t in special
-        )
-        for t, lp in zip(run.prompt_ids(choice), choice.prompt_logprobs, strict=True)
-    ]
+    logprobs = [None if lp is None else lp.logprob for lp in choice.prompt_logprobs]
+    return _decoded(engine, zip(run.prompt_ids(choice), logprobs, strict=True), special)
 
 
 def _text(body: GenerateRequest, choice: Choice) -> str:
