@@ -66,11 +66,11 @@ def build(cache_dir: Path) -> Path:
     """Compile the kernel into ``cache_dir`` (once; later calls return the cached library)."""
     cc = _compiler()
     version = _compiler_version(cc)
-    source = SOURCE.read_bytes()
+    source, cpu = SOURCE.read_bytes(), _cpu_identity()
     errors = []
     for flags in FLAG_SETS:
         key = hashlib.sha256(
-            b"\0".join(s.encode() for s in (cc, version, *flags, _cpu_identity())) + source
+            b"\0".join(s.encode() for s in (cc, version, *flags, cpu)) + source
         ).hexdigest()[:16]
         target = cache_dir / f"add_lora-{key}.so"
         if target.exists():
