@@ -10,7 +10,7 @@ import pytest
 import torch
 from builders import HAS_CC, naive_add_lora, needs_cc
 
-from loraplex.lora.ops import add_lora, build_lora_meta, select_add_lora
+from loraplex.lora.ops import LoRAMeta, add_lora, build_lora_meta, select_add_lora
 from loraplex.lora.ops.cpu_ops import KernelBuildError, build, load
 
 CPU = torch.device("cpu")
@@ -78,6 +78,32 @@ def test_kernel_refuses_what_it_cannot_read(cpu_add_lora) -> None:
         cpu_add_lora(y, torch.zeros(1, 8), *tables, build_lora_meta([0, 0], 1))
     with pytest.raises(ValueError, match="does not fit"):  # metadata for another slot count
         cpu_add_lora(y, torch.zeros(1, 8), *tables, build_lora_meta([0], 2))
+
+
+def test_kernel_checks_metadata_it_did_not_build(cpu_add_lora) -> None:
+    """Slot ends out of order would send a slot past x's rows: refused, not read."""
+    tables = torch.zeros(2, 8, 8), torch.zeros(2, 8, 8)
+    for ends in ([3, 2], [-1, 2], [1, 1]):  # descending, negative, not ending at the rows
+        meta = LoRAMeta(2, torch.tensor(ends, dtype=torch.int32), None, None, 0)
+        with pytest.raises(ValueError, match="does not fit"):
+            cpu_add_lora(torch.zeros(2, 8), torch.zeros(2, 8), *tables, meta)
+
+
+def test_kernel_checks_every_new_table(cpu_add_lora) -> None:
+    """Tables are checked once and then known by identity; a new tensor (even one at a
+    freed tensor's address) is checked again."""
+    meta = build_lora_meta([0, 1], 2)
+    x, y = torch.randn(2, 8), torch.zeros(2, 8)
+    for _ in range(3):
+        lora_a, lora_b = torch.randn(2, 4, 8), torch.randn(2, 4, 8)
+        cpu_add_lora(y, x, lora_a, lora_b, meta)
+        del lora_a, lora_b
+        with pytest.raises(ValueError, match="float32"):
+            cpu_add_lora(y, x, torch.zeros(2, 4, 8).double(), torch.zeros(2, 4, 8), meta)
+        with pytest.raises(ValueError, match="float32"):  # known A, new B of another shape
+            lora_a = torch.randn(2, 4, 8)
+            cpu_add_lora(y, x, lora_a, torch.randn(2, 4, 8), meta)
+            cpu_add_lora(y, x, lora_a, torch.randn(2, 3, 8), meta)
 
 
 @needs_cc
