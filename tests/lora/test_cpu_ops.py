@@ -74,6 +74,8 @@ def test_kernel_refuses_what_it_cannot_read(cpu_add_lora) -> None:
         cpu_add_lora(y, torch.zeros(1, 8), torch.zeros(1, 8, 8), lora_b, meta)
     with pytest.raises(ValueError, match="dense"):  # tables for another layer's width
         cpu_add_lora(y, torch.zeros(1, 8), torch.zeros(1, 8, 16), torch.zeros(1, 8, 8), meta)
+    with pytest.raises(ValueError, match="rows, features"):  # [1, T, in] must be flattened
+        cpu_add_lora(y[None], torch.zeros(1, 1, 8), *tables, meta)
     with pytest.raises(ValueError, match="does not fit"):  # more adapter rows than x has
         cpu_add_lora(y, torch.zeros(1, 8), *tables, build_lora_meta([0, 0], 1))
     with pytest.raises(ValueError, match="does not fit"):  # metadata for another slot count

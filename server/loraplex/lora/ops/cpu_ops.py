@@ -179,6 +179,8 @@ def load(cache_dir: Path) -> AddLoRA:
         if checked[0] is not meta or checked[1] != t.slots:
             _check_meta(meta, t.slots)
             checked[:] = meta, t.slots
+        if x.dim() != 2 or y.dim() != 2:
+            raise ValueError("add_lora (cpu kernel): x and y must be [rows, features]")
         if x.stride(-1) != 1:
             x = x.contiguous()
         (x_rows, fan_in), (y_rows, fan_out) = x.shape, y.shape
