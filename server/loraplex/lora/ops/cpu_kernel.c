@@ -69,7 +69,9 @@ static inline __attribute__((always_inline)) void chunk_rows(
       float *restrict yp = y + p * ldy;
       const float c = u[p][r];
       const v8 vc = {c, c, c, c, c, c, c, c};
-      if (p == 0) { /* the first pass over b prefetches ahead of it (a loop of its own) */
+      /* The first pass over b prefetches ahead of it, in a loop of its own: the same loop
+       * with a p == 0 test inside measured no faster than no prefetch at all. */
+      if (p == 0) {
         for (int64_t o = 0; o < out8; o += 8) {
           if (!(o & 15)) __builtin_prefetch(b + o + AHEAD);
           store8(yp + o, load8(yp + o) + vc * load8(b + o));

@@ -36,6 +36,9 @@ FLAG_SETS = (
 COMMON_FLAGS = ("-std=c11", "-shared", "-fPIC")
 # The kernel keeps ``8 x rank`` floats on each thread's stack; past this, use the torch op.
 MAX_RANK = 1024
+# The op's two refusals: tensors it cannot read, and metadata that does not fit them.
+BAD_TENSORS = "add_lora (cpu kernel): float32 CPU tensors, dense rows and tables"
+BAD_META = "add_lora (cpu kernel): the metadata does not fit these tensors"
 
 
 class KernelBuildError(RuntimeError):
@@ -119,7 +122,7 @@ def _check_tables(lora_a: torch.Tensor, lora_b: torch.Tensor) -> _Tables:
         or lora_a.shape[:2] != lora_b.shape[:2]
         or lora_a.shape[1] > MAX_RANK
     ):
-        raise ValueError("add_lora (cpu kernel): float32 CPU tensors, dense rows and tables")
+        raise ValueError(BAD_TENSORS)
     slots, rank, fan_in = lora_a.shape
     return _Tables(weakref.ref(lora_a), weakref.ref(lora_b), slots, rank, fan_in, lora_b.shape[2])
 
@@ -136,7 +139,7 @@ def _check_meta(meta: LoRAMeta, slots: int) -> None:
         or int(ends[0]) < 0
         or not bool((ends[1:] >= ends[:-1]).all())
     ):
-        raise ValueError("add_lora (cpu kernel): the metadata does not fit these tensors")
+        raise ValueError(BAD_META)
 
 
 def load(cache_dir: Path) -> AddLoRA:
@@ -157,7 +160,9 @@ def load(cache_dir: Path) -> AddLoRA:
     kernel.argtypes = [ptr, ptr, ptr, ptr, ptr, i64, i64, i64, i64, i64, i64, ctypes.c_int32]
     kernel.restype = None
     tables_of: dict[int, _Tables] = {}
-    checked: list = [None, 0]  # the last metadata that passed, and its slot count
+    # The last metadata that passed, and the slot count it passed for.
+    checked_meta: LoRAMeta | None = None
+    checked_slots = 0
 
     def tables(lora_a: torch.Tensor, lora_b: torch.Tensor) -> _Tables:
         known = tables_of.get(id(lora_a))
@@ -175,10 +180,11 @@ def load(cache_dir: Path) -> AddLoRA:
         meta: LoRAMeta,
     ) -> None:
         """``torch_ops.add_lora``'s math and shapes; float32 CPU tensors, rows contiguous."""
+        nonlocal checked_meta, checked_slots
         t = tables(lora_a, lora_b)
-        if checked[0] is not meta or checked[1] != t.slots:
+        if checked_meta is not meta or checked_slots != t.slots:
             _check_meta(meta, t.slots)
-            checked[:] = meta, t.slots
+            checked_meta, checked_slots = meta, t.slots
         if x.dim() != 2 or y.dim() != 2:
             raise ValueError("add_lora (cpu kernel): x and y must be [rows, features]")
         if x.stride(-1) != 1:
@@ -191,9 +197,9 @@ def load(cache_dir: Path) -> AddLoRA:
             or y.stride(-1) != 1
             or (fan_in, fan_out) != (t.fan_in, t.fan_out)
         ):
-            raise ValueError("add_lora (cpu kernel): float32 CPU tensors, dense rows and tables")
+            raise ValueError(BAD_TENSORS)
         if meta.num_lora_rows > min(x_rows, y_rows):
-            raise ValueError("add_lora (cpu kernel): the metadata does not fit these tensors")
+            raise ValueError(BAD_META)
         # ctypes drops the GIL for the call, so the API thread keeps serving meanwhile.
         kernel(
             x.data_ptr(),
