@@ -24,6 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common
 
 from loraplex.config import CacheConfig, Config, LoRAConfig, ModelConfig, SchedulerConfig
+from loraplex.engine.build import build_engine
 from loraplex.engine.llm_engine import LLMEngine
 from loraplex.engine.sampling_params import SamplingParams
 from loraplex.lora.adapter import load_adapter
@@ -61,7 +62,7 @@ def write_adapter(folder: Path, model_dir: Path, rank: int, targets: tuple[str, 
 def engine_for(
     store: Path, max_loras: int, max_rank: int, dtype: str, prefix_caching: bool = True
 ) -> LLMEngine:
-    return LLMEngine(
+    return build_engine(
         Config(
             model=ModelConfig(dtype=dtype, max_model_len=512),
             cache=CacheConfig(kv_cache_memory_mb=256, enable_prefix_caching=prefix_caching),
@@ -111,9 +112,12 @@ def throughput(store: Path, names: list[str], args: argparse.Namespace, prompts)
         engine.add_request(str(i), tokens[i % len(tokens)], params, name)
     generated = 0
     while engine.has_unfinished():
-        generated += sum(len(o.token_ids) for o in engine.step())
+        outputs = engine.step()
+        if errors := [o.error for o in outputs if o.error is not None]:
+            raise errors[0]
+        generated += sum(len(o.token_ids) for o in outputs)
     seconds = time.perf_counter() - start
-    assert not engine.failed and generated == args.requests * args.max_tokens
+    assert generated == args.requests * args.max_tokens
     del engine
     common.free_memory()
     return generated / seconds

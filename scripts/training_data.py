@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
 
-from loraplex.engine.default_model import cache_root
+from loraplex.paths import cache_root
 
 BATCH_SIZE = 8
 GEN_BATCH_SIZE = 16

@@ -16,6 +16,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from loraplex.config import CacheConfig, Config, LoRAConfig, ModelConfig, SchedulerConfig
 from loraplex.engine.default_model import DEFAULT_MODEL_NAME, ensure_default_model
+from loraplex.engine.build import build_engine
 from loraplex.engine.llm_engine import LLMEngine
 from loraplex.engine.sampling_params import SamplingParams
 
@@ -45,7 +46,7 @@ def config(model_dir: Path) -> Config:
 
 @pytest.fixture(scope="module")
 def engine(config: Config) -> LLMEngine:
-    return LLMEngine(config)
+    return build_engine(config)
 
 
 def chat(tokenizer, question: str) -> list[int]:

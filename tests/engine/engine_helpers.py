@@ -6,13 +6,14 @@ from __future__ import annotations
 from pathlib import Path
 
 from loraplex.config import CacheConfig, Config, LoRAConfig, ModelConfig, SchedulerConfig
+from loraplex.engine.build import build_engine
 from loraplex.engine.llm_engine import LLMEngine
 from loraplex.engine.sampling_params import SamplingParams
 
 
 def make_engine(store: tuple[Path, Path], **cache: int | bool) -> LLMEngine:
     model_dir, adapters = store
-    return LLMEngine(
+    return build_engine(
         Config(
             model=ModelConfig(model=str(model_dir), max_model_len=64),
             cache=CacheConfig(block_size=4, **({"num_blocks": 64} | cache)),

@@ -14,6 +14,7 @@ from transformers import AutoModelForCausalLM
 
 from loraplex import metrics
 from loraplex.config import CacheConfig, Config, LoRAConfig, ModelConfig, SchedulerConfig
+from loraplex.engine.build import build_engine
 from loraplex.engine.llm_engine import LLMEngine
 from loraplex.engine.sampling_params import ParameterError, SamplingParams
 
@@ -43,7 +44,7 @@ def twenty(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def engine_for(model_dir: Path, store: Path, **lora: object) -> LLMEngine:
-    return LLMEngine(
+    return build_engine(
         Config(
             model=ModelConfig(model=str(model_dir), max_model_len=64),
             cache=CacheConfig(block_size=4, num_blocks=256),
@@ -60,12 +61,14 @@ def run(engine: LLMEngine, requests: list, n: int = 8) -> list[list[int]]:
         )
     out: dict[str, list[int]] = {str(i): [] for i in range(len(requests))}
     deadline = time.monotonic() + 300
+    errors = []
     while engine.has_unfinished() and time.monotonic() < deadline:
         for o in engine.step():
             out[o.request_id].extend(o.token_ids)
-        if engine.last_step_idle:  # every queued request waits for an adapter load
+            errors += [o.error] if o.error else []
+        if engine.idle:  # every queued request waits for an adapter load
             time.sleep(0.005)
-    assert not engine.has_unfinished() and not engine.failed
+    assert not engine.has_unfinished() and not errors
     return [out[str(i)] for i in range(len(requests))]
 
 

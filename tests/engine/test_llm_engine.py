@@ -82,7 +82,7 @@ def test_seeded_sampling_is_reproducible_and_abort_frees_blocks(store) -> None:
     engine.add_request("x", PROMPTS[2], SamplingParams(max_tokens=20), "all")
     engine.step()
     assert engine.block_manager.num_free_blocks < 64
-    out = engine.abort("x")
+    [out] = engine.abort("x")
     assert out.finished and out.finish_reason == "abort"
     assert engine.block_manager.num_free_blocks == 64 and not engine.has_unfinished()
 
@@ -120,3 +120,21 @@ def test_bad_requests_are_refused_before_queueing(store) -> None:
     with pytest.raises(ParameterError):
         engine.add_request("d", [10_000], SamplingParams(), None)
     assert not engine.has_unfinished()
+
+
+def test_n_samples_fan_out_in_the_engine_with_seed_plus_j(store) -> None:
+    """n > 1 is the engine's: child j of a seeded request samples with seed + j, so it equals
+    a lone request seeded seed + j, and the outputs say which child they belong to."""
+    engine = make_engine(store)
+    params = {"max_tokens": 6, "temperature": 1.0, "ignore_eos": True}
+    engine.add_request("n", PROMPTS[1], SamplingParams(seed=3, **params), "all", n=3)
+    by_index: dict[int, list[int]] = {0: [], 1: [], 2: []}
+    while engine.has_unfinished():
+        for out in engine.step():
+            assert out.request_id == "n"
+            by_index[out.index].extend(out.token_ids)
+    for j in range(3):
+        [alone] = run(engine, [(PROMPTS[1], "all")], seed=3 + j, **params)
+        assert by_index[j] == alone
+    assert len({tuple(t) for t in by_index.values()}) > 1
+    assert engine.num_requests == 0

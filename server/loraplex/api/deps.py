@@ -30,7 +30,7 @@ ConfigDep = Annotated[Config, Depends(get_config)]
 
 def get_limits(engine: EngineDep) -> Limits:
     """The adapter limits the engine validates with; uploads are capped by the same values."""
-    return engine.engine.adapters.limits
+    return engine.adapters.limits
 
 
 LimitsDep = Annotated[Limits, Depends(get_limits)]

@@ -14,14 +14,13 @@ import json
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 from fastapi import Request
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel
 from starlette.background import BackgroundTask
 
-from loraplex import metrics
 from loraplex.api.errors import APIError, to_api_error
 from loraplex.api.schemas import OpenAIChunk, PromptTokensDetails, SamplingRequest, UsageInfo
 from loraplex.engine.adapters import AdapterSpec
@@ -34,7 +33,7 @@ def resolve_adapter(engine: AsyncEngine, model: str, param: str = "model") -> st
     """``model`` names the base model (no adapter) or an adapter; anything else is a 404."""
     if model == engine.model_name:
         return None
-    if engine.has_adapter(model):
+    if engine.adapters.has(model):
         return model
     raise APIError(404, f"The model `{model}` does not exist.", param=param, code="model_not_found")
 
@@ -44,7 +43,7 @@ def resolve_mix(
 ) -> AdapterSpec:
     """A weighted combination ``[(name, weight), ...]``; every name must exist (else 404)."""
     for name, _ in mix:
-        if not engine.has_adapter(name):
+        if not engine.adapters.has(name):
             message = f"The adapter `{name}` does not exist."
             raise APIError(404, message, param=param, code="model_not_found")
     return mix
@@ -69,10 +68,9 @@ def tokenize(engine: AsyncEngine, prompt: str | list[int], special: bool = True)
 
 @dataclass
 class Choice:
-    """What one prompt has produced so far, and its share of the request's metrics."""
+    """What one choice (sample ``j`` of prompt ``i``: ``index = i * n + j``) has produced."""
 
     index: int
-    arrival: float
     text: list[str] = field(default_factory=list)  # one delta per output
     token_ids: list[int] = field(default_factory=list)
     logprobs: list[TokenLogprob] = field(default_factory=list)  # when the request asked
@@ -84,21 +82,17 @@ class Choice:
     finish_reason: str | None = None
 
     def add(self, out: RequestOutput) -> None:
-        now = time.monotonic()
         if not self.started:
             self.started = True
             self.prompt_tokens = out.num_prompt_tokens
             self.cached_tokens = out.num_cached_tokens
             self.prompt_logprobs = out.prompt_logprobs
-            metrics.record_first_token(now - self.arrival, self.prompt_tokens, self.cached_tokens)
-        metrics.record_generated_tokens(out.num_output_tokens - self.completion_tokens)
         self.completion_tokens = out.num_output_tokens
         self.text.append(out.text)
         self.token_ids.extend(out.token_ids)
         self.logprobs.extend(out.logprobs or ())
         if out.finished:
             self.finish_reason = out.finish_reason or "stop"
-            metrics.record_finished(self.finish_reason, now - self.arrival)
 
     @property
     def full_text(self) -> str:
@@ -106,9 +100,8 @@ class Choice:
 
 
 class Run:
-    """The engine streams of one HTTP request, pumped into one queue: ``n`` per prompt, choice
-    ``i * n + j`` being sample ``j`` of prompt ``i`` (OpenAI's order). With a seed, sample ``j``
-    runs with ``seed + j``, so the samples differ and each is reproducible (as in vLLM)."""
+    """One engine request for one HTTP request: ``n`` samples of each prompt, its outputs
+    pumped into a queue and recorded per choice (the engine does the fan-out and the seeds)."""
 
     def __init__(
         self,
@@ -123,58 +116,43 @@ class Run:
         self.id = f"{id_prefix}-{uuid.uuid4().hex}"
         self.params, self.n, self.prompts = params, n, prompts
         self.created = int(time.time())
-        arrival = time.monotonic()
-        jobs = [(ids, self._sample_params(j)) for ids in prompts for j in range(n)]
-        self.choices = [Choice(i, arrival) for i in range(len(jobs))]
-        self._queue: asyncio.Queue[tuple[int, RequestOutput | Exception | None]] = asyncio.Queue()
-        self._open = len(jobs)
-        # Creating an engine stream runs nothing yet: it validates and queues on first iteration.
-        self._tasks = [
-            asyncio.create_task(
-                self._pump(i, engine.generate(f"{self.id}-{i}", ids, p, adapter, cache_salt))
-            )
-            for i, (ids, p) in enumerate(jobs)
-        ]
+        self.choices = [Choice(i) for i in range(len(prompts) * n)]
+        self._queue: asyncio.Queue[RequestOutput | Exception | None] = asyncio.Queue()
+        self._done = False
+        # Creating the engine stream runs nothing yet: it checks and queues on first iteration.
+        stream = engine.generate(self.id, prompts, params, adapter, n=n, cache_salt=cache_salt)
+        self._task = asyncio.create_task(self._pump(stream))
 
     def prompt_ids(self, choice: Choice) -> list[int]:
         """The token ids of the prompt ``choice`` answers."""
         return self.prompts[choice.index // self.n]
 
-    def _sample_params(self, j: int) -> SamplingParams:
-        seed = self.params.seed
-        return self.params if not j or seed is None else replace(self.params, seed=seed + j)
-
-    async def _pump(self, i: int, stream: AsyncIterator[RequestOutput]) -> None:
+    async def _pump(self, stream: AsyncIterator[RequestOutput]) -> None:
         try:
             async for out in stream:
-                self._queue.put_nowait((i, out))
+                self._queue.put_nowait(out)
         except Exception as exc:  # re-raised in the consumer, which knows how to report it
-            self._queue.put_nowait((i, exc))
+            self._queue.put_nowait(exc)
         else:
-            self._queue.put_nowait((i, None))
+            self._queue.put_nowait(None)
 
     async def next(self) -> tuple[Choice, RequestOutput] | None:
-        """The next output of any prompt (recorded in its choice), or None when all are done."""
-        while self._open:
-            i, item = await self._queue.get()
-            if item is None:
-                self._open -= 1
-            elif isinstance(item, Exception):
-                raise item
-            else:
-                self.choices[i].add(item)
-                return self.choices[i], item
-        return None
+        """The next output of any choice (recorded in it), or None when all are done."""
+        if self._done:
+            return None
+        item = await self._queue.get()
+        if item is None:
+            self._done = True
+            return None
+        if isinstance(item, Exception):
+            raise item
+        choice = self.choices[item.index]
+        choice.add(item)
+        return choice, item
 
     def close(self) -> None:
-        """Stop every stream; cancelling a pump closes its generator, so the engine aborts it."""
-        for task in self._tasks:
-            task.cancel()
-        now = time.monotonic()
-        for choice in self.choices:
-            if choice.started and choice.finish_reason is None:
-                choice.finish_reason = "abort"
-                metrics.record_finished("abort", now - choice.arrival)
+        """Stop the stream; cancelling the pump closes its generator, so the engine aborts it."""
+        self._task.cancel()
 
     async def aclose(self) -> None:
         self.close()

@@ -6,9 +6,8 @@ happens in :meth:`EngineAdapters.activate`, between steps, on the engine thread.
 
 from __future__ import annotations
 
-import functools
 import logging
-from collections.abc import Callable
+from collections.abc import Iterable
 from pathlib import Path
 
 from loraplex import metrics
@@ -22,55 +21,33 @@ from loraplex.lora.combine import combine, mix_key
 from loraplex.lora.errors import AdapterPathError
 from loraplex.lora.registry import AdapterRegistry
 from loraplex.lora.slot_cache import SlotCache
-from loraplex.lora.store import open_store
-from loraplex.lora.validation import Limits, check_folder
+from loraplex.lora.validation import Limits
 
 log = logging.getLogger(__name__)
 AdapterSpec = str | list[tuple[str, float]] | None
 
 
 class EngineAdapters:
-    """Registry (store + host tier), device slots and pre-merged tenants of one engine."""
+    """Registry (store + host tier), device slots and pre-merged tenants of one engine.
+
+    ``build_engine`` wires it (``engine/build.py``); the API reaches it only through the
+    :class:`~loraplex.engine.adapter_service.AdapterService`.
+    """
 
     def __init__(
         self,
         config: LoRAConfig,
         runner: ModelRunner,
-        base_model: str,
-        cache_dir: Path,
-        on_loaded: Callable[[], None] = lambda: None,
+        registry: AdapterRegistry,
+        slots: SlotCache,
+        limits: Limits,
     ) -> None:
         self.config = config
         self.runner = runner
-        self.limits = Limits(
-            max_rank=config.max_lora_rank,
-            allow_base_mismatch=config.allow_base_mismatch,
-            max_body_bytes=config.max_upload_mb * 2**20,
-            max_file_bytes=config.max_upload_mb * 2**20,
-        )
-        shapes = {n: (m.in_features, m.out_features) for n, m in runner.lora.layers.items()}
-        checker = functools.partial(
-            check_folder, limits=self.limits, served_model=base_model, module_shapes=shapes
-        )
-        location = config.store_location or str(cache_dir / "adapter-store")
-        self.registry = AdapterRegistry(
-            open_store(location, cache_dir),
-            runner.dtype,
-            checker,
-            runner.lora.validate,
-            config.max_cpu_loras,
-            on_loaded,
-        )
-        self.slots = SlotCache(config.max_loras)
+        self.registry = registry
+        self.slots = slots
+        self.limits = limits
         self.merged: set[str] = set()
-        self.registry.scan()
-        for name, folder in config.lora_modules:
-            self.registry.register(name, Path(folder), replace=True)
-        for card in self.registry.cards():
-            if card.pinned:
-                self.pin(card)
-        for name in config.merged_adapters:
-            self.merge(name)
 
     # ---- requests (API thread) ---------------------------------------------------------
 
@@ -114,6 +91,23 @@ class EngineAdapters:
     def is_ready(self, seq: Sequence) -> bool:
         """Whether ``seq``'s adapter is in host memory (the engine prefetches queued ones)."""
         return seq.adapter is None or seq.merged or seq.adapter in self.registry.host
+
+    def poll_waiting(self, waiting: Iterable[Sequence]) -> list[tuple[Sequence, Exception]]:
+        """Prefetch the adapters of queued sequences (the first ``max_cpu_loras`` distinct
+        ones, so prefetching never thrashes host memory); returns those whose adapter could not
+        be loaded (deleted or replaced meanwhile), with the reason."""
+        wanted: set[str] = set()
+        failed: list[tuple[Sequence, Exception]] = []
+        for seq in waiting:
+            if seq.adapter is None or seq.merged:
+                continue
+            error = self.registry.failure(seq.adapter)
+            if error is not None:
+                failed.append((seq, error))
+            elif len(wanted) < self.config.max_cpu_loras:
+                wanted.add(seq.adapter)
+                self.registry.prefetch(seq.adapter)
+        return failed
 
     def activate(self, keys: set[str]) -> dict[str, int]:
         """Give every adapter of the step a device slot, loading the new ones from host memory."""

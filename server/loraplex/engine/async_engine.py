@@ -1,4 +1,9 @@
-"""The engine loop in its own thread, bridged to asyncio: the event loop never runs model work."""
+"""The engine loop in its own thread, bridged to asyncio: the event loop never runs model work.
+
+Commands (add, abort, call) go to the engine thread through one queue; each request's outputs
+come back through its own asyncio queue. That is all this module does: requests are built and
+checked by :meth:`LLMEngine.prepare`, adapters are managed by :class:`AdapterService`.
+"""
 
 from __future__ import annotations
 
@@ -9,16 +14,16 @@ import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TypeVar
 
 from loraplex import metrics
 from loraplex.config import Config
+from loraplex.engine.adapter_service import AdapterService
 from loraplex.engine.adapters import AdapterSpec
+from loraplex.engine.build import build_engine
 from loraplex.engine.llm_engine import LLMEngine
 from loraplex.engine.outputs import RequestOutput
 from loraplex.engine.sampling_params import SamplingParams
-from loraplex.lora.card import AdapterCard
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -29,14 +34,14 @@ class _Stream:
     """Where one request's outputs go: an asyncio queue fed from the engine thread."""
 
     loop: asyncio.AbstractEventLoop
-    queue: asyncio.Queue[RequestOutput | BaseException]
+    queue: asyncio.Queue[RequestOutput]
 
-    def put(self, item: RequestOutput | BaseException) -> None:
+    def put(self, item: RequestOutput) -> None:
         self.loop.call_soon_threadsafe(self.queue.put_nowait, item)
 
 
 class AsyncEngine:
-    """Thread-owned :class:`LLMEngine`; requests arrive through a command queue."""
+    """Thread-owned :class:`LLMEngine`; ``adapters`` is the adapter service for the API."""
 
     def __init__(self, engine: LLMEngine, commands: queue.SimpleQueue[tuple] | None = None) -> None:
         self.engine = engine
@@ -45,6 +50,7 @@ class AsyncEngine:
         self.max_model_len = engine.max_model_len
         self.eos_token_ids = engine.eos_token_ids
         self.created = int(time.time())
+        self.adapters = AdapterService(engine.adapters, self.on_engine)
         self._commands: queue.SimpleQueue[tuple] = commands or queue.SimpleQueue()
         self._streams: dict[str, _Stream] = {}
         self._thread: threading.Thread | None = None
@@ -53,67 +59,8 @@ class AsyncEngine:
     @classmethod
     def from_config(cls, config: Config) -> AsyncEngine:
         commands: queue.SimpleQueue[tuple] = queue.SimpleQueue()
-        engine = LLMEngine(config, on_adapter_loaded=lambda: commands.put(("wake",)))
+        engine = build_engine(config, on_adapter_loaded=lambda: commands.put(("wake",)))
         return cls(engine, commands)
-
-    def adapter_names(self) -> list[str]:
-        return self.engine.registry.names()
-
-    def has_adapter(self, name: str) -> bool:
-        return self.engine.registry.has(name)
-
-    # ---- adapter management (validation and I/O in worker threads, slots on the engine) ---
-
-    def adapter_cards(self) -> list[AdapterCard]:
-        return self.engine.registry.cards()
-
-    def adapter_card(self, name: str) -> tuple[AdapterCard, dict[str, object]]:
-        """The card and where the adapter is now (device slot, host memory, store)."""
-        card = self.engine.registry.get(name)
-        return card, self.engine.adapters.location(card)
-
-    async def register_adapter(
-        self,
-        name: str,
-        folder: Path,
-        *,
-        replace: bool = False,
-        description: str | None = None,
-        pinned: bool = False,
-    ) -> AdapterCard:
-        """Validate and store ``folder`` as ``name``; a replaced version leaves the device."""
-        registry, adapters = self.engine.registry, self.engine.adapters
-        if pinned:
-            adapters.check_pin_capacity()
-        old = registry.get(name) if registry.has(name) else None
-        card = await asyncio.to_thread(
-            registry.register, name, folder, replace=replace, description=description, pinned=pinned
-        )
-
-        def settle() -> None:
-            if old is not None and old.key != card.key:
-                adapters.forget(old.key)
-            if pinned:
-                adapters.pin(card)
-
-        await self.on_engine(settle)
-        return card
-
-    async def load_adapter_path(self, name: str, path: str, replace: bool = False) -> AdapterCard:
-        folder = self.engine.adapters.check_path(path)
-        return await self.register_adapter(name, folder, replace=replace)
-
-    async def remove_adapter(self, name: str) -> AdapterCard:
-        """New requests get 404 at once; running ones finish on the weights they hold."""
-        card = await asyncio.to_thread(self.engine.registry.remove, name)
-        await self.on_engine(lambda: self.engine.adapters.forget(card.key))
-        return card
-
-    async def merge_adapter(self, name: str) -> AdapterCard:
-        return await self.on_engine(lambda: self.engine.adapters.merge(name))
-
-    async def unmerge_adapter(self, name: str) -> AdapterCard:
-        return await self.on_engine(lambda: self.engine.adapters.unmerge(name))
 
     async def on_engine(self, fn: Callable[[], T]) -> T:
         """Run ``fn`` on the engine thread between two steps (it owns slots and weights)."""
@@ -141,32 +88,37 @@ class AsyncEngine:
     async def generate(
         self,
         request_id: str,
-        prompt_token_ids: list[int],
+        prompts: list[list[int]],
         params: SamplingParams,
-        adapter: AdapterSpec,
+        adapter: AdapterSpec = None,
+        *,
+        n: int = 1,
         cache_salt: str | None = None,
     ) -> AsyncIterator[RequestOutput]:
-        """Yield output deltas until the finished one; abort the request if iteration stops.
+        """Yield the output deltas of every child (``index`` tells which) until all finished;
+        abort what is left if iteration stops early. A child's error is raised.
 
         ``adapter``: a name, a weighted mix ``[(name, weight), ...]`` or None (base model).
-        ``cache_salt``: only requests with the same salt share prefix-cache blocks.
+        ``n`` samples per prompt; ``cache_salt``: only the same salt shares prefix blocks.
         """
-        self.engine.check_request(prompt_token_ids, params)
-        # Unknown names fail now, before any byte is sent; a mix is combined off the engine.
-        await asyncio.to_thread(self.engine.adapters.resolve, adapter)
+        # Checked and resolved once, off the event loop (a mix is combined here): unknown
+        # names and impossible prompts fail now, before any byte is sent.
+        parent = await asyncio.to_thread(
+            self.engine.prepare, request_id, prompts, params, adapter, n=n, cache_salt=cache_salt
+        )
         stream = _Stream(asyncio.get_running_loop(), asyncio.Queue())
         self._streams[request_id] = stream
-        self._commands.put(("add", request_id, prompt_token_ids, params, adapter, cache_salt))
-        finished = False
+        self._commands.put(("add", parent))
+        unfinished = len(parent.children)
         try:
-            while not finished:
+            while unfinished:
                 item = await stream.queue.get()
-                if isinstance(item, BaseException):
-                    raise item
-                finished = item.finished
+                if item.error is not None:
+                    raise item.error
+                unfinished -= item.finished
                 yield item
         finally:
-            if not finished:
+            if unfinished:
                 self._commands.put(("abort", request_id))
             self._streams.pop(request_id, None)
 
@@ -179,8 +131,7 @@ class AsyncEngine:
             # waits for its adapter to load (the loader posts "wake" when it is done).
             self._drain_commands(block=not busy)
             busy = self.engine.has_unfinished() and self._step()
-        for request_id in list(self.engine.requests):
-            self._deliver(self.engine.abort(request_id))
+        self._deliver(self.engine.abort_all())
 
     def _drain_commands(self, block: bool) -> None:
         try:
@@ -197,13 +148,7 @@ class AsyncEngine:
     def _apply(self, command: tuple) -> None:
         kind, *args = command
         if kind == "add":
-            request_id = args[0]
-            try:
-                self.engine.add_request(*args)
-            except Exception as exc:  # e.g. the adapter was deleted after the API checked it
-                stream = self._streams.get(request_id)
-                if stream is not None:
-                    stream.put(exc)
+            self.engine.submit(args[0])
         elif kind == "abort":
             self._deliver(self.engine.abort(args[0]))
         elif kind == "call":
@@ -223,30 +168,19 @@ class AsyncEngine:
         except Exception as exc:
             # A failed step must not kill the server: fail its requests, keep serving.
             log.exception("engine step failed")
-            for request_id in list(self.engine.requests):
-                self.engine.abort(request_id)
-                stream = self._streams.get(request_id)
-                if stream is not None:
-                    stream.put(RuntimeError(f"engine step failed: {exc}"))
+            self._deliver(self.engine.abort_all(RuntimeError(f"engine step failed: {exc}")))
             return False
-        while self.engine.failed:
-            request_id, error = self.engine.failed.pop()
-            stream = self._streams.get(request_id)
-            if stream is not None:
-                stream.put(error)
-        if self.engine.last_step_idle:
+        self._deliver(outputs)
+        if self.engine.idle:
             return False
         metrics.STEP_DURATION.observe(time.perf_counter() - start)
-        for output in outputs:
-            self._deliver(output)
         return True
 
-    def _deliver(self, output: RequestOutput | None) -> None:
-        if output is None:
-            return
-        stream = self._streams.get(output.request_id)
-        if stream is not None:
-            stream.put(output)
+    def _deliver(self, outputs: list[RequestOutput]) -> None:
+        for output in outputs:
+            stream = self._streams.get(output.request_id)
+            if stream is not None:
+                stream.put(output)
 
 
 def _settle(future: asyncio.Future, result: object, error: Exception | None) -> None:

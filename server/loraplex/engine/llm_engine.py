@@ -1,91 +1,65 @@
-"""The synchronous engine: ``step()`` = schedule -> make adapters resident -> forward -> sample."""
+"""The synchronous engine: ``step()`` = schedule -> activate adapters -> batch -> forward ->
+sample -> process. Single-threaded: ``AsyncEngine`` runs it on its own thread; benchmarks and
+tests drive it directly. ``build_engine`` (``engine/build.py``) constructs it."""
 
 from __future__ import annotations
 
-import logging
 import threading
-from collections.abc import Callable
-from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 
 from loraplex.config import Config
 from loraplex.engine.adapters import AdapterSpec, EngineAdapters
 from loraplex.engine.batch import build_batch
-from loraplex.engine.block_manager import BlockManager
-from loraplex.engine.default_model import DEFAULT_MODEL_NAME, cache_root, ensure_default_model
-from loraplex.engine.detokenizer import IncrementalDetokenizer
 from loraplex.engine.model_runner import ModelRunner
-from loraplex.engine.outputs import RequestOutput, TokenLogprob
-from loraplex.engine.sampler import Sampler, token_logprobs
+from loraplex.engine.output_processor import OutputProcessor
+from loraplex.engine.outputs import RequestOutput
+from loraplex.engine.request import ParentRequest, RequestState, make_request
+from loraplex.engine.sampler import Sampler
 from loraplex.engine.sampling_params import ParameterError, SamplingParams
 from loraplex.engine.scheduler import Scheduler
-from loraplex.engine.sequence import Sequence
-
-log = logging.getLogger(__name__)
-
-
-@dataclass
-class _Request:
-    seq: Sequence
-    detokenizer: IncrementalDetokenizer
-    generator: torch.Generator | None
-    sent_prompt_logprobs: bool = False  # they go out once, with the first output
 
 
 class LLMEngine:
-    """Owns the model runner, scheduler, adapter registry and slot cache; single-threaded."""
+    """Requests in, output deltas out; owns the scheduler, the runner and the request states."""
 
-    def __init__(self, config: Config, on_adapter_loaded: Callable[[], None] = lambda: None):
+    def __init__(
+        self,
+        config: Config,
+        model_name: str,
+        runner: ModelRunner,
+        scheduler: Scheduler,
+        adapters: EngineAdapters,
+        max_model_len: int,
+        adapter_loaded: threading.Event | None = None,
+    ) -> None:
         self.config = config
-        path = config.model.model or str(ensure_default_model())
-        self.model_name = config.model.served_model_name or (
-            DEFAULT_MODEL_NAME if config.model.model is None else path.rstrip("/").split("/")[-1]
-        )
-        self.runner = ModelRunner(path, config.model, config.cache, config.lora)
-        self.tokenizer = self.runner.tokenizer
-        limit = self.runner.max_position_embeddings or config.model.max_model_len
-        layout = self.runner.layout
-        self.max_model_len = min(
-            config.model.max_model_len, limit, layout.num_blocks * layout.block_size
-        )
-        self.block_manager = BlockManager(
-            layout.num_blocks, layout.block_size, config.cache.enable_prefix_caching
-        )
-        self._adapter_loaded = threading.Event()
-
-        def adapter_loaded() -> None:
-            self._adapter_loaded.set()
-            on_adapter_loaded()
-
-        self.adapters = EngineAdapters(
-            config.lora, self.runner, Path(path).name, cache_root(), adapter_loaded
-        )
-        self.registry = self.adapters.registry
-        self.scheduler = Scheduler(
-            config.scheduler,
-            self.block_manager,
-            config.lora.max_loras,
-            self.max_model_len,
-            is_ready=self.adapters.is_ready,
-            pinned=lambda: self.adapters.slots.pinned,
-        )
+        self.model_name = model_name
+        self.runner = runner
+        self.tokenizer = runner.tokenizer
+        self.scheduler = scheduler
+        self.block_manager = scheduler.block_manager
+        self.adapters = adapters
+        self.registry = adapters.registry
+        self.max_model_len = max_model_len
+        self.vocab_size = runner.model.config.get_text_config().vocab_size
+        self.eos_token_ids = runner.eos_token_ids()
         self.sampler = Sampler()
-        self.eos_token_ids = self.runner.eos_token_ids()
-        self.requests: dict[str, _Request] = {}
-        # Requests whose adapter failed to load; the async engine reports them to their clients.
-        self.failed: list[tuple[str, Exception]] = []
-        self.last_step_idle = True
+        self.outputs = OutputProcessor(self.eos_token_ids, max_model_len, self._finish)
+        self.idle = True  # the last step scheduled nothing
+        self._adapter_loaded = adapter_loaded or threading.Event()
         self._new_requests = False
+        self._parents: dict[str, ParentRequest] = {}
+        self._states: dict[int, RequestState] = {}  # seq_id -> state of every unfinished child
 
-    def check_request(self, prompt_ids: list[int], params: SamplingParams) -> None:
+    # ---- requests ----------------------------------------------------------------------
+
+    def check_prompt(self, prompt_ids: list[int], params: SamplingParams) -> None:
         """Refuse what can never run, before it is queued."""
         if not prompt_ids:
             raise ParameterError("prompt", "the prompt is empty")
-        vocab = self.runner.model.config.get_text_config().vocab_size
-        if min(prompt_ids) < 0 or max(prompt_ids) >= vocab:
-            raise ParameterError("prompt", f"token ids must be in [0, {vocab})")
+        if min(prompt_ids) < 0 or max(prompt_ids) >= self.vocab_size:
+            raise ParameterError("prompt", f"token ids must be in [0, {self.vocab_size})")
         if len(prompt_ids) + params.max_tokens > self.max_model_len:
             raise ParameterError(
                 "max_tokens" if len(prompt_ids) < self.max_model_len else "prompt",
@@ -93,170 +67,137 @@ class LLMEngine:
                 f"the model's context length of {self.max_model_len} tokens",
             )
 
+    def prepare(
+        self,
+        request_id: str,
+        prompts: list[list[int]],
+        params: SamplingParams,
+        adapter: AdapterSpec = None,
+        *,
+        n: int = 1,
+        cache_salt: str | None = None,
+    ) -> ParentRequest:
+        """Check and build a request (any thread): every prompt is checked and the adapter
+        resolved (a mix is combined) once, here; nothing is queued or held until ``submit``.
+        ``cache_salt``: only requests with the same salt share prefix-cache blocks."""
+        for prompt in prompts:
+            self.check_prompt(prompt, params)
+        key, merged = self.adapters.resolve(adapter)
+        return make_request(
+            request_id,
+            prompts,
+            params,
+            key,
+            merged,
+            tokenizer=self.tokenizer,
+            device=self.runner.device,
+            n=n,
+            cache_salt=cache_salt,
+        )
+
+    def submit(self, parent: ParentRequest) -> None:
+        """Queue a prepared request (engine thread); each child holds its adapter in host
+        memory until it finishes."""
+        self._parents[parent.request_id] = parent
+        for state in parent.children:
+            if parent.adapter is not None:
+                self.registry.host.acquire(parent.adapter)
+                state.holds_adapter = True
+            self._states[state.seq.seq_id] = state
+            self.scheduler.add(state.seq)
+        self._new_requests = True
+
     def add_request(
         self,
         request_id: str,
         prompt_ids: list[int],
         params: SamplingParams,
-        adapter: AdapterSpec,
+        adapter: AdapterSpec = None,
         cache_salt: str | None = None,
+        n: int = 1,
     ) -> None:
-        """Queue a request; ``adapter`` is a name, a weighted mix of names, or None (base).
-        ``cache_salt``: only requests with the same salt share prefix-cache blocks."""
-        self.check_request(prompt_ids, params)
-        key, merged = self.adapters.resolve(adapter)
-        if key is not None:
-            self.registry.host.acquire(key)  # its weights stay in host memory until it ends
-        seq = Sequence(
-            request_id, list(prompt_ids), params, adapter=key, merged=merged, cache_salt=cache_salt
+        """``prepare`` + ``submit`` of one prompt; outputs carry ``request_id``."""
+        self.submit(
+            self.prepare(request_id, [prompt_ids], params, adapter, n=n, cache_salt=cache_salt)
         )
-        generator = None
-        if params.seed is not None:
-            generator = torch.Generator(self.runner.device).manual_seed(params.seed)
-        detok = IncrementalDetokenizer(self.tokenizer, seq.prompt_token_ids, params)
-        self.requests[request_id] = _Request(seq, detok, generator)
-        self.scheduler.add(seq)
-        self._new_requests = True
 
-    def abort(self, request_id: str) -> RequestOutput | None:
-        request = self.requests.get(request_id)
-        if request is None:
-            return None
-        self.scheduler.abort(request_id)
-        self._release(request)
-        return self._output(request, "", (), "abort")
+    def abort(self, request_id: str, error: Exception | None = None) -> list[RequestOutput]:
+        """Finish every unfinished child of ``request_id`` ("abort"); one output each."""
+        parent = self._parents.get(request_id)
+        if parent is None:
+            return []
+        outputs = []
+        for state in parent.children:
+            if not state.finished:
+                self._finish(state, "abort")
+                outputs.append(self.outputs.output(state, "", (), "abort", error=error))
+        return outputs
 
-    def _release(self, request: _Request) -> None:
-        del self.requests[request.seq.request_id]
-        if request.seq.adapter is not None:
-            self.registry.host.release(request.seq.adapter)
+    def abort_all(self, error: Exception | None = None) -> list[RequestOutput]:
+        return [out for rid in list(self._parents) for out in self.abort(rid, error)]
 
-    def _check_waiting(self) -> None:
-        """Prefetch the adapters of queued requests (the first ``max_cpu_loras`` distinct ones,
-        so prefetching never thrashes host memory), and finish requests whose adapter could not
-        be loaded (deleted or replaced meanwhile)."""
-        wanted: set[str] = set()
-        for seq in list(self.scheduler.waiting):
-            if seq.adapter is None or seq.merged:
-                continue
-            error = self.registry.failure(seq.adapter)
-            if error is not None:
-                self.scheduler.finish(seq, "abort")
-                self._release(self.requests[seq.request_id])
-                self.failed.append((seq.request_id, error))
-            elif len(wanted) < self.config.lora.max_cpu_loras:
-                wanted.add(seq.adapter)
-                self.registry.prefetch(seq.adapter)
+    def _finish(self, state: RequestState, reason: str) -> None:
+        """The one way a child ends: blocks freed, adapter released, state dropped."""
+        state.finished = True
+        self.scheduler.finish(state.seq, reason)
+        self._states.pop(state.seq.seq_id, None)
+        if state.holds_adapter:
+            state.holds_adapter = False
+            self.registry.host.release(state.seq.adapter)
+        if state.parent.finished:
+            self._parents.pop(state.parent.request_id, None)
 
     def has_unfinished(self) -> bool:
         return self.scheduler.has_unfinished()
 
+    @property
+    def num_requests(self) -> int:
+        return len(self._parents)
+
+    # ---- the step ----------------------------------------------------------------------
+
     def step(self) -> list[RequestOutput]:
         """One iteration of continuous batching; returns the outputs this step produced."""
-        if self.last_step_idle and self.scheduler.num_waiting and not self._new_requests:
-            # Everything queued waits for adapter loads: wait for one rather than spin.
-            self._adapter_loaded.wait(0.05)
-        self._adapter_loaded.clear()
-        self._new_requests = False
-        self._check_waiting()
+        outputs = self._fail_unloadable()
         out = self.scheduler.schedule()
-        self.last_step_idle = out.is_empty
+        self.idle = out.is_empty
         if out.is_empty:
-            return []
-        slot_of = self.adapters.activate(
-            {s.seq.adapter for s in out.scheduled if s.seq.adapter and not s.seq.merged}
-        )
+            return outputs
+        slot_of = self.adapters.activate(out.adapter_keys())
         batch = build_batch(
             out.scheduled,
             slot_of,
-            self.runner.layout.block_size,
+            self.block_manager.block_size,
             self.config.lora.max_loras,
             self.runner.device,
         )
         logits = self.runner.forward(batch)
         self.scheduler.after_step(out)
-        num_sampled = len(batch.sample_seqs)
-        if batch.prompt_targets:
-            self._score_prompts(logits[num_sampled:], batch.prompt_targets)
-        logits = logits[:num_sampled]
-        requests = [self.requests[s.request_id] for s in batch.sample_seqs]
-        tokens = self.sampler(
+        states = [self._states[seq.seq_id] for seq in batch.sample_seqs]
+        tokens = self._sample(states, logits[: len(states)])
+        return outputs + self.outputs.process(states, tokens, logits, batch.prompt_targets)
+
+    def _fail_unloadable(self) -> list[RequestOutput]:
+        """Wait briefly when everything queued waits for adapter loads (rather than spin);
+        prefetch queued adapters; end the children whose adapter could not be loaded."""
+        if self.idle and self.scheduler.num_waiting and not self._new_requests:
+            self._adapter_loaded.wait(0.05)
+        self._adapter_loaded.clear()
+        self._new_requests = False
+        outputs = []
+        for seq, error in self.adapters.poll_waiting(list(self.scheduler.waiting)):
+            state = self._states[seq.seq_id]
+            self._finish(state, "abort")
+            outputs.append(self.outputs.output(state, "", (), "abort", error=error))
+        return outputs
+
+    def _sample(self, states: list[RequestState], logits: torch.Tensor) -> list[int]:
+        return self.sampler(
             logits,
-            [r.seq.params for r in requests],
-            [r.seq.prompt_token_ids for r in requests],
-            [r.seq.output_token_ids for r in requests],
-            [r.generator for r in requests],
-        )
-        logprobs: list[TokenLogprob | None] = [None] * len(requests)
-        wanted = [i for i, r in enumerate(requests) if r.seq.params.logprobs is not None]
-        if wanted:
-            found = token_logprobs(
-                logits[wanted],
-                [tokens[i] for i in wanted],
-                [requests[i].seq.params.logprobs or 0 for i in wanted],
-            )
-            for i, entry in zip(wanted, found, strict=True):
-                logprobs[i] = entry
-        return [
-            self._advance(r, t, lp) for r, t, lp in zip(requests, tokens, logprobs, strict=True)
-        ]
-
-    @staticmethod
-    def _score_prompts(logits: torch.Tensor, targets: list[tuple[Sequence, int]]) -> None:
-        """Append each prompt token's logprob (row m of ``logits`` scores ``targets[m]``)."""
-        tokens = [token for _, token in targets]
-        top_k = [seq.params.prompt_logprobs or 0 for seq, _ in targets]
-        for (seq, _), entry in zip(targets, token_logprobs(logits, tokens, top_k), strict=True):
-            seq.prompt_logprobs.append(entry)
-
-    def _advance(
-        self, request: _Request, token: int, logprob: TokenLogprob | None = None
-    ) -> RequestOutput:
-        """Append one sampled token, detokenize it and decide whether the request is done."""
-        seq, params = request.seq, request.seq.params
-        seq.append_token(token)
-        reason, text = None, ""
-        if token in params.stop_token_ids or (
-            token in self.eos_token_ids and not params.ignore_eos
-        ):
-            reason = "stop"
-        else:
-            text, hit_stop = request.detokenizer.step(token)
-            if hit_stop:
-                reason = "stop"
-            elif seq.num_output_tokens >= params.max_tokens or seq.num_tokens >= self.max_model_len:
-                reason = "length"
-        if reason is not None:
-            if reason != "stop" or not request.detokenizer.stopped:
-                text += request.detokenizer.flush()
-            self.scheduler.finish(seq, reason)
-            self._release(request)
-        return self._output(request, text, (token,), reason, logprob)
-
-    @staticmethod
-    def _output(
-        request: _Request,
-        text: str,
-        tokens: tuple[int, ...],
-        reason: str | None,
-        logprob: TokenLogprob | None = None,
-    ) -> RequestOutput:
-        seq = request.seq
-        prompt_logprobs = None
-        if seq.wants_prompt_logprobs and not request.sent_prompt_logprobs:
-            request.sent_prompt_logprobs = True
-            prompt_logprobs = tuple(seq.prompt_logprobs)
-        return RequestOutput(
-            request_id=seq.request_id,
-            text=text,
-            token_ids=tokens,
-            finished=reason is not None,
-            finish_reason=reason,
-            num_prompt_tokens=seq.num_prompt_tokens,
-            num_output_tokens=seq.num_output_tokens,
-            num_cached_tokens=seq.num_cached_tokens,
-            logprobs=None if logprob is None else (logprob,),
-            prompt_logprobs=prompt_logprobs,
+            [s.params for s in states],
+            [s.seq.prompt_token_ids for s in states],
+            [s.seq.output_token_ids for s in states],
+            [s.generator for s in states],
         )
 
     def stats(self) -> dict[str, float]:

@@ -11,9 +11,9 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenize
 from loraplex.config import CacheConfig, LoRAConfig, ModelConfig
 from loraplex.engine.attention import FORWARD, register_paged_attention
 from loraplex.engine.batch import PackedBatch
-from loraplex.engine.default_model import kernel_cache
 from loraplex.lora.manager import LoRAModelManager, padded_rank
 from loraplex.lora.ops import select_add_lora
+from loraplex.paths import kernel_cache
 
 log = logging.getLogger(__name__)
 

@@ -17,14 +17,15 @@ class TokenLogprob:
 
 @dataclass(frozen=True)
 class RequestOutput:
-    """A delta of one request's output.
+    """A delta of one child of a request (sample ``index``; see ``engine/request.py``).
 
     ``text`` and ``token_ids`` are new since the previous output of the same request;
     ``num_output_tokens`` is cumulative. ``finish_reason`` is ``"stop"`` (EOS, stop string or
     stop token), ``"length"`` (max_tokens or the model's context) or ``"abort"``.
     ``num_cached_tokens``: prompt tokens whose KV came from the prefix cache. ``logprobs``: set
     when the request asked for them. ``prompt_logprobs``: in the request's first output only,
-    when it asked for them; one per prompt token, the first None.
+    when it asked for them; one per prompt token, the first None. ``error``: set on the last
+    output of a child that could not run (its adapter failed to load, the step failed).
     """
 
     request_id: str
@@ -37,3 +38,5 @@ class RequestOutput:
     num_cached_tokens: int = 0  # prompt tokens served from the prefix cache
     logprobs: tuple[TokenLogprob, ...] | None = None  # one per token of ``token_ids``
     prompt_logprobs: tuple[TokenLogprob | None, ...] | None = None
+    index: int = 0  # the child's choice index: prompt i, sample j of n -> i * n + j
+    error: Exception | None = None

@@ -59,6 +59,10 @@ class SchedulerOutput:
     def is_empty(self) -> bool:
         return not self.scheduled
 
+    def adapter_keys(self) -> set[str]:
+        """The step's adapters that need a device slot (pre-merged ones need none)."""
+        return {s.seq.adapter for s in self.scheduled if s.seq.adapter and not s.seq.merged}
+
 
 @dataclass
 class _StepBudget:
@@ -129,8 +133,6 @@ class Scheduler:
         self.pinned = pinned
         self.waiting: deque[Sequence] = deque()
         self.running: list[Sequence] = []
-        # seq_id -> schedules in which that waiting seq was passed over for the adapter budget.
-        self._adapter_skips: dict[int, int] = {}
 
     @property
     def num_waiting(self) -> int:
@@ -166,7 +168,7 @@ class Scheduler:
             self.running.remove(seq)
         elif seq in self.waiting:
             self.waiting.remove(seq)
-        self._adapter_skips.pop(seq.seq_id, None)
+        seq.adapter_skips = 0
         self.block_manager.free(seq)
         seq.status = SequenceStatus.FINISHED
         seq.finish_reason = reason
@@ -240,11 +242,10 @@ class Scheduler:
             if not self.is_ready(seq):
                 continue
             if not budget.admits(seq):
-                skips = self._adapter_skips.get(seq.seq_id, 0) + 1
-                self._adapter_skips[seq.seq_id] = skips
+                seq.adapter_skips += 1
                 # Starvation guard: once a request has waited too long for an adapter slot,
                 # nobody behind it gets in, so running sequences drain and free a slot for it.
-                if skips > self.starvation_steps:
+                if seq.adapter_skips > self.starvation_steps:
                     break
                 continue
             # Leading blocks already in the prefix cache are shared, not recomputed.
@@ -261,7 +262,7 @@ class Scheduler:
         for seq in admitted:
             self.waiting.remove(seq)
             self.running.append(seq)
-            self._adapter_skips.pop(seq.seq_id, None)
+            seq.adapter_skips = 0
 
     def _take(self, seq: Sequence, num_new: int, budget: _StepBudget, out: SchedulerOutput) -> None:
         self.block_manager.allocate(seq, num_new)

@@ -50,6 +50,9 @@ class Sequence:
     # With params.prompt_logprobs: entry i for prompt token i (entry 0 is None: nothing comes
     # before it), filled as prefill chunks run; kept across preemption, so never computed twice.
     prompt_logprobs: list[TokenLogprob | None] = field(default_factory=list, repr=False)
+    # Schedules in which this waiting sequence was passed over for the adapter-slot budget
+    # (the scheduler's starvation guard); reset when it is admitted.
+    adapter_skips: int = 0
 
     def __post_init__(self) -> None:
         self.token_ids = list(self.prompt_token_ids)

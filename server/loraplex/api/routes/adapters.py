@@ -1,7 +1,7 @@
 """Adapter lifecycle: upload, load from a server folder, list, inspect, delete, merge, unmerge;
 plus vLLM's ``/v1/load_lora_adapter`` and ``/v1/unload_lora_adapter``.
 
-Every adapter that arrives is validated and stored by ``engine.register_adapter`` (which stores
+Every adapter that arrives is validated and stored by ``engine.adapters.register`` (which stores
 atomically); an upload is received into a temp folder that is always removed.
 """
 
@@ -35,7 +35,7 @@ def card_response(engine: AsyncEngine, card: AdapterCard) -> AdapterCardResponse
     """The card and, while this version is still the registered one, where it is now."""
     location = None
     try:
-        current, where = engine.adapter_card(card.name)
+        current, where = engine.adapters.card(card.name)
     except AdapterNotFoundError:  # deleted meanwhile
         pass
     else:
@@ -54,7 +54,7 @@ def _flag(fields: dict[str, str], key: str) -> bool:
 @router.get("/adapters", response_model=AdapterList)
 async def list_adapters(engine: EngineDep) -> AdapterList:
     """Every registered adapter, by name."""
-    return AdapterList(data=[card_response(engine, card) for card in engine.adapter_cards()])
+    return AdapterList(data=[card_response(engine, card) for card in engine.adapters.cards()])
 
 
 @router.post("/adapters", status_code=201, response_model=AdapterCardResponse)
@@ -72,9 +72,9 @@ async def upload_adapter(
         if name is None:
             raise APIError(400, "the form needs a name field", param="name")
         replace = replace or _flag(fields, "replace")
-        if not replace and engine.has_adapter(name):  # register checks again, atomically
+        if not replace and engine.adapters.has(name):  # register checks again, atomically
             raise AdapterExistsError(f"adapter {name!r} exists; pass replace=true")
-        card = await engine.register_adapter(
+        card = await engine.adapters.register(
             name,
             upload.folder,
             replace=replace,
@@ -87,45 +87,45 @@ async def upload_adapter(
 @router.post("/adapters/load", status_code=201, response_model=AdapterCardResponse)
 async def load_adapter(body: LoadAdapterRequest, engine: EngineDep) -> AdapterCardResponse:
     """Register a server-side adapter folder; it must lie under one of ``--adapter-roots``."""
-    card = await engine.load_adapter_path(body.name, body.path, replace=body.replace)
+    card = await engine.adapters.load_path(body.name, body.path, replace=body.replace)
     return card_response(engine, card)
 
 
 @router.get("/adapters/{name}", response_model=AdapterCardResponse)
 async def get_adapter(name: str, engine: EngineDep) -> AdapterCardResponse:
     """The card and where the adapter is now (device slot, host memory, store, merged)."""
-    card, _ = engine.adapter_card(name)
+    card, _ = engine.adapters.card(name)
     return card_response(engine, card)
 
 
 @router.delete("/adapters/{name}", response_model=AdapterDeleted)
 async def delete_adapter(name: str, engine: EngineDep) -> AdapterDeleted:
     """Requests already running on the adapter finish; new ones get 404."""
-    await engine.remove_adapter(name)
+    await engine.adapters.remove(name)
     return AdapterDeleted(id=name)
 
 
 @router.post("/adapters/{name}/merge", response_model=AdapterCardResponse)
 async def merge_adapter(name: str, engine: EngineDep) -> AdapterCardResponse:
     """Merge the adapter into the base weights: a dedicated tenant without per-token cost."""
-    return card_response(engine, await engine.merge_adapter(name))
+    return card_response(engine, await engine.adapters.merge(name))
 
 
 @router.post("/adapters/{name}/unmerge", response_model=AdapterCardResponse)
 async def unmerge_adapter(name: str, engine: EngineDep) -> AdapterCardResponse:
     """Restore the original base weights; the adapter is served dynamically again."""
-    return card_response(engine, await engine.unmerge_adapter(name))
+    return card_response(engine, await engine.adapters.unmerge(name))
 
 
 @router.post("/load_lora_adapter", response_class=PlainTextResponse)
 async def vllm_load(body: VLLMLoadRequest, engine: EngineDep) -> PlainTextResponse:
     """vLLM-compatible alias of ``POST /v1/adapters/load``; answers in vLLM's plain text."""
-    await engine.load_adapter_path(body.lora_name, body.lora_path, replace=body.load_inplace)
+    await engine.adapters.load_path(body.lora_name, body.lora_path, replace=body.load_inplace)
     return PlainTextResponse(f"Success: LoRA adapter '{body.lora_name}' added successfully.")
 
 
 @router.post("/unload_lora_adapter", response_class=PlainTextResponse)
 async def vllm_unload(body: VLLMUnloadRequest, engine: EngineDep) -> PlainTextResponse:
     """vLLM-compatible alias of ``DELETE /v1/adapters/{name}``."""
-    await engine.remove_adapter(body.lora_name)
+    await engine.adapters.remove(body.lora_name)
     return PlainTextResponse(f"Success: LoRA adapter '{body.lora_name}' removed successfully.")

@@ -17,6 +17,6 @@ async def list_models(engine: EngineDep) -> ModelList:
     cards = [ModelCard(id=base, created=engine.created, parent=None, root=base)]
     cards += [
         ModelCard(id=name, created=engine.created, parent=base, root=base)
-        for name in engine.adapter_names()
+        for name in engine.adapters.names()
     ]
     return ModelList(data=cards)

@@ -1,0 +1,92 @@
+"""The adapter management the API calls: list, inspect, upload, load, delete, merge, pin.
+
+Validation and store I/O run in worker threads (an upload may take seconds); whatever touches
+device slots or base weights runs on the engine thread between two steps, through
+``on_engine``, because the engine thread owns them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import TypeVar
+
+from loraplex.engine.adapters import EngineAdapters
+from loraplex.lora.card import AdapterCard
+from loraplex.lora.limits import Limits
+
+T = TypeVar("T")
+OnEngine = Callable[[Callable[[], T]], Awaitable[T]]
+
+
+class AdapterService:
+    """The API's one door to adapters (``engine.adapters``)."""
+
+    def __init__(self, adapters: EngineAdapters, on_engine: OnEngine) -> None:
+        self._adapters = adapters
+        self._registry = adapters.registry
+        self._on_engine = on_engine
+
+    @property
+    def limits(self) -> Limits:
+        """The limits adapters are validated with; uploads are capped by the same values."""
+        return self._adapters.limits
+
+    def names(self) -> list[str]:
+        return self._registry.names()
+
+    def has(self, name: str) -> bool:
+        return self._registry.has(name)
+
+    def cards(self) -> list[AdapterCard]:
+        return self._registry.cards()
+
+    def card(self, name: str) -> tuple[AdapterCard, dict[str, object]]:
+        """The card and where the adapter is now (device slot, host memory, store)."""
+        card = self._registry.get(name)
+        return card, self._adapters.location(card)
+
+    async def register(
+        self,
+        name: str,
+        folder: Path,
+        *,
+        replace: bool = False,
+        description: str | None = None,
+        pinned: bool = False,
+    ) -> AdapterCard:
+        """Validate and store ``folder`` as ``name``; a replaced version leaves the device."""
+        registry, adapters = self._registry, self._adapters
+        if pinned:
+            adapters.check_pin_capacity()
+        old = registry.get(name) if registry.has(name) else None
+        card = await asyncio.to_thread(
+            registry.register, name, folder, replace=replace, description=description, pinned=pinned
+        )
+
+        def settle() -> None:
+            if old is not None and old.key != card.key:
+                adapters.forget(old.key)
+            if pinned:
+                adapters.pin(card)
+
+        await self._on_engine(settle)
+        return card
+
+    async def load_path(self, name: str, path: str, replace: bool = False) -> AdapterCard:
+        """Register a server-side folder; it must lie under one of ``--adapter-roots``."""
+        folder = self._adapters.check_path(path)
+        return await self.register(name, folder, replace=replace)
+
+    async def remove(self, name: str) -> AdapterCard:
+        """New requests get 404 at once; running ones finish on the weights they hold."""
+        card = await asyncio.to_thread(self._registry.remove, name)
+        await self._on_engine(lambda: self._adapters.forget(card.key))
+        return card
+
+    async def merge(self, name: str) -> AdapterCard:
+        return await self._on_engine(lambda: self._adapters.merge(name))
+
+    async def unmerge(self, name: str) -> AdapterCard:
+        return await self._on_engine(lambda: self._adapters.unmerge(name))
