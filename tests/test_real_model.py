@@ -15,8 +15,8 @@ from peft import PeftModel
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from loraplex.config import CacheConfig, Config, LoRAConfig, ModelConfig, SchedulerConfig
-from loraplex.engine.default_model import DEFAULT_MODEL_NAME, ensure_default_model
 from loraplex.engine.build import build_engine
+from loraplex.engine.default_model import DEFAULT_MODEL_NAME, ensure_default_model
 from loraplex.engine.llm_engine import LLMEngine
 from loraplex.engine.sampling_params import SamplingParams
 
