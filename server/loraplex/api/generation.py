@@ -1,28 +1,23 @@
-"""What every generating route shares: resolve the adapter, tokenize, run one engine stream per
-prompt concurrently, and either drain them into a result or turn them into server-sent events.
+"""What every generating route shares: resolve the adapter, tokenize, run one engine request
+(every prompt, ``n`` samples each) and drain it into a result (``streaming.py`` turns it into
+server-sent events instead).
 
-Every error that can be known before the first byte (bad parameter, unknown model, prompt too
-long) becomes an ordinary JSON error response; after the first byte it becomes one
-``data: {"error": ...}`` event (then ``data: [DONE]`` on the OpenAI routes). A client that hangs
-up stops our iteration, which makes the engine abort the request and free its KV blocks.
+A client that hangs up stops our iteration, which makes the engine abort the request and free
+its KV blocks.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 from fastapi import Request
-from fastapi.responses import StreamingResponse
-from pydantic import BaseModel
-from starlette.background import BackgroundTask
 
-from loraplex.api.errors import APIError, to_api_error
-from loraplex.api.schemas import OpenAIChunk, PromptTokensDetails, SamplingRequest, UsageInfo
+from loraplex.api.errors import APIError
+from loraplex.api.schemas import PromptTokensDetails, SamplingRequest, UsageInfo
 from loraplex.engine.adapters import AdapterSpec
 from loraplex.engine.async_engine import AsyncEngine
 from loraplex.engine.outputs import RequestOutput, TokenLogprob
@@ -195,84 +190,3 @@ async def run_to_end(request: Request, run: Run) -> bool:
         work.result()
         return True
     return False
-
-
-class Chunks:
-    """The SSE payloads of an OpenAI stream as ``chunk_type`` (an :class:`OpenAIChunk`): chunks
-    of choices, and with ``stream_options.include_usage`` a last chunk of the usage (:meth:`tail`).
-    Only then do the chunks of choices have a ``usage`` field (null), as OpenAI's do.
-    """
-
-    def __init__(self, run: Run, body: SamplingRequest, chunk_type: type[OpenAIChunk]) -> None:
-        self._run, self._model, self._type = run, body.model, chunk_type
-        self._include_usage = body.include_usage
-
-    def _new(self, **fields: object) -> OpenAIChunk:
-        run = self._run
-        return self._type(id=run.id, created=run.created, model=self._model, **fields)
-
-    def choices(self, *choices: BaseModel) -> str:
-        exclude = None if self._include_usage else {"usage"}
-        return self._new(choices=list(choices)).model_dump_json(exclude=exclude)
-
-    def tail(self) -> Iterator[str]:
-        if self._include_usage:
-            yield self._new(usage=self._run.usage()).model_dump_json()
-
-
-Render = Callable[[Choice, RequestOutput], Iterable[str]]
-
-
-async def stream_response(
-    run: Run,
-    render: Render,
-    *,
-    head: Iterable[str] = (),
-    tail: Callable[[], Iterable[str]] = lambda: (),
-    done: bool = True,
-) -> StreamingResponse:
-    """Server-sent events of ``run``: the payloads of ``head``, ``render(choice, output)`` for
-    each output, ``tail()``, then ``[DONE]`` if ``done``. Payloads are JSON strings.
-
-    Waits for every prompt's first output before the response begins, so that errors the engine
-    raises before yielding (prompt too long, ...) still get a JSON error with the right status.
-    """
-    first: list[tuple[Choice, RequestOutput]] = []
-    try:
-        while not all(c.started for c in run.choices) and (item := await run.next()):
-            first.append(item)
-    except BaseException:
-        run.close()
-        raise
-
-    async def events() -> AsyncIterator[str]:
-        try:
-            for payload in head:
-                yield _event(payload)
-            for choice, out in first:
-                for payload in render(choice, out):
-                    yield _event(payload)
-            while (item := await run.next()) is not None:
-                for payload in render(*item):
-                    yield _event(payload)
-            for payload in tail():
-                yield _event(payload)
-        except Exception as exc:
-            yield _event(json.dumps(to_api_error(exc).body()))
-        finally:
-            run.close()
-        if done:
-            yield _event("[DONE]")
-
-    return StreamingResponse(
-        events(),
-        media_type="text/event-stream",
-        headers={"Cache-Control": "no-cache"},
-        # Runs even when the client left before the stream started (the generator's own
-        # finally would not run then).
-        background=BackgroundTask(run.aclose),
-    )
-
-
-def _event(payload: str) -> str:
-    return f"data: {payload}\n\n"

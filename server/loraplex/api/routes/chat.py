@@ -20,14 +20,13 @@ from loraplex.api.deps import AuthDep, EngineDep
 from loraplex.api.errors import APIError
 from loraplex.api.generation import (
     Choice,
-    Chunks,
     Run,
     request_adapter,
     run_to_end,
-    stream_response,
     tokenize,
 )
 from loraplex.api.logprobs import ChatLogprobs, chat_logprobs
+from loraplex.api.streaming import Chunks, stream_response
 from loraplex.engine.async_engine import AsyncEngine
 from loraplex.engine.outputs import RequestOutput
 

@@ -14,11 +14,9 @@ from fastapi import APIRouter, Request, Response
 from loraplex.api.deps import AuthDep, EngineDep
 from loraplex.api.generation import (
     Choice,
-    Chunks,
     Run,
     request_adapter,
     run_to_end,
-    stream_response,
     tokenize,
 )
 from loraplex.api.logprobs import CompletionLogprobs, completion_logprobs
@@ -28,6 +26,7 @@ from loraplex.api.schemas import (
     CompletionResponse,
     CompletionStreamResponse,
 )
+from loraplex.api.streaming import Chunks, stream_response
 from loraplex.engine.outputs import RequestOutput
 
 router = APIRouter(prefix="/v1", tags=["completions"], dependencies=[AuthDep])

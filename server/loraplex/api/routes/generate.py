@@ -29,9 +29,9 @@ from loraplex.api.generation import (
     resolve_adapter,
     resolve_mix,
     run_to_end,
-    stream_response,
     tokenize,
 )
+from loraplex.api.streaming import stream_response
 from loraplex.engine.adapters import AdapterSpec
 from loraplex.engine.async_engine import AsyncEngine
 from loraplex.engine.outputs import RequestOutput, TokenLogprob
