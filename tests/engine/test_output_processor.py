@@ -42,8 +42,8 @@ def test_eos_stop_ids_stop_strings_and_length() -> None:
     proc.advance(length, EOS)
     out = proc.advance(length, EOS)
     assert out.finish_reason == "length" and out.num_output_tokens == 2
-    assert [(s.seq.request_id, r) for s, r in finished] == [("q-0", r) for r in
-                                                             ("stop", "stop", "stop", "length")]  # fmt: skip
+    reasons = ["stop", "stop", "stop", "length"]
+    assert [(s.seq.request_id, r) for s, r in finished] == [("q-0", r) for r in reasons]
 
 
 def test_metrics_are_recorded_by_the_engine_side() -> None:
