@@ -8,15 +8,19 @@ device slots or base weights runs on the engine thread between two steps, throug
 from __future__ import annotations
 
 import asyncio
+import shutil
+import tempfile
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TypeVar
 
+from loraplex.engine.adapter_roots import copy_from_root
 from loraplex.engine.adapters import EngineAdapters
 from loraplex.lora.card import AdapterCard
 from loraplex.lora.limits import Limits
 
 T = TypeVar("T")
+STAGING_PREFIX = "loraplex-load-"  # copies of --adapter-roots folders, in the system temp dir
 OnEngine = Callable[[Callable[[], T]], Awaitable[T]]
 
 
@@ -75,9 +79,17 @@ class AdapterService:
         return card
 
     async def load_path(self, name: str, path: str, replace: bool = False) -> AdapterCard:
-        """Register a server-side folder; it must lie under one of ``--adapter-roots``."""
+        """Register a server-side folder; it must lie under one of ``--adapter-roots`` and hold
+        regular files only. They are copied into a private staging folder first (always
+        removed), so what is validated and stored is what was checked."""
         folder = self._adapters.check_path(path)
-        return await self.register(name, folder, replace=replace)
+        staging = Path(await asyncio.to_thread(tempfile.mkdtemp, prefix=STAGING_PREFIX))
+        try:
+            cap = self.limits.max_body_bytes
+            copy = await asyncio.to_thread(copy_from_root, folder, staging, cap)
+            return await self.register(name, copy, replace=replace)
+        finally:
+            await asyncio.to_thread(shutil.rmtree, staging, True)
 
     async def remove(self, name: str) -> AdapterCard:
         """New requests get 404 at once; running ones finish on the weights they hold."""

@@ -12,13 +12,13 @@ from pathlib import Path
 
 from loraplex import metrics
 from loraplex.config import LoRAConfig
+from loraplex.engine.adapter_roots import check_path
 from loraplex.engine.model_runner import ModelRunner
 from loraplex.engine.sampling_params import ParameterError
 from loraplex.engine.sequence import Sequence
 from loraplex.lora.adapter import LoRAAdapter, load_adapter
 from loraplex.lora.card import AdapterCard
 from loraplex.lora.combine import combine, mix_key
-from loraplex.lora.errors import AdapterPathError
 from loraplex.lora.registry import AdapterRegistry
 from loraplex.lora.slot_cache import SlotCache
 from loraplex.lora.validation import Limits
@@ -80,11 +80,7 @@ class EngineAdapters:
 
     def check_path(self, path: str) -> Path:
         """A server-side folder may be read only if it lies under one of ``--adapter-roots``."""
-        folder = Path(path).resolve()
-        for root in self.config.adapter_roots:
-            if folder.is_relative_to(Path(root).resolve()):
-                return folder
-        raise AdapterPathError(f"{path!r} is not under any --adapter-roots folder")
+        return check_path(path, self.config.adapter_roots)
 
     # ---- engine thread -----------------------------------------------------------------
 
