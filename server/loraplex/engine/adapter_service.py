@@ -60,22 +60,35 @@ class AdapterService:
         description: str | None = None,
         pinned: bool = False,
     ) -> AdapterCard:
-        """Validate and store ``folder`` as ``name``; a replaced version leaves the device."""
+        """Validate and store ``folder`` as ``name``; a replaced version leaves the device.
+
+        A pin is reserved before anything is stored, so past ``--max-pinned-loras`` the upload
+        is refused (409) and leaves no trace, however many pinned uploads arrive at once.
+        """
         registry, adapters = self._registry, self._adapters
         if pinned:
-            adapters.check_pin_capacity()
-        old = registry.get(name) if registry.has(name) else None
-        card = await asyncio.to_thread(
-            registry.register, name, folder, replace=replace, description=description, pinned=pinned
-        )
+            adapters.pins.reserve(name)
+        try:
+            old = registry.get(name) if registry.has(name) else None
+            card = await asyncio.to_thread(
+                registry.register,
+                name,
+                folder,
+                replace=replace,
+                description=description,
+                pinned=pinned,
+            )
 
-        def settle() -> None:
-            if old is not None and old.key != card.key:
-                adapters.forget(old.key)
+            def settle() -> None:
+                if old is not None and old.key != card.key:
+                    adapters.forget(old.key)
+                if pinned:
+                    adapters.pin(card)
+
+            await self._on_engine(settle)
+        finally:
             if pinned:
-                adapters.pin(card)
-
-        await self._on_engine(settle)
+                adapters.pins.release(name)
         return card
 
     async def load_path(self, name: str, path: str, replace: bool = False) -> AdapterCard:

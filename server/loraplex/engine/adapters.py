@@ -13,6 +13,7 @@ from pathlib import Path
 from loraplex import metrics
 from loraplex.config import LoRAConfig
 from loraplex.engine.adapter_roots import check_path
+from loraplex.engine.capacity import PinBudget
 from loraplex.engine.model_runner import ModelRunner
 from loraplex.engine.sampling_params import ParameterError
 from loraplex.engine.sequence import Sequence
@@ -48,6 +49,7 @@ class EngineAdapters:
         self.slots = slots
         self.limits = limits
         self.merged: set[str] = set()
+        self.pins = PinBudget(config.pinned_limit, lambda: slots.pinned)
 
     # ---- requests (API thread) ---------------------------------------------------------
 
@@ -113,16 +115,10 @@ class EngineAdapters:
             metrics.ADAPTER_LOADS.inc()
         return slot_of
 
-    def check_pin_capacity(self) -> None:
-        """Pinned adapters hold slots for good; one slot always stays free for the others."""
-        if len(self.slots.pinned) >= self.config.max_loras - 1:
-            raise ParameterError(
-                "pinned", f"at most {self.config.max_loras - 1} adapters can be pinned"
-            )
-
     def pin(self, card: AdapterCard) -> None:
-        """Keep ``card`` device-resident from now on (loaded into a slot right away)."""
-        self.check_pin_capacity()
+        """Keep ``card`` device-resident from now on (loaded into a slot right away); at most
+        ``--max-pinned-loras`` names are pinned (a :class:`CapacityError` past it)."""
+        self.pins.check(card.name)
         self.slots.pin(card.key)
         if self.registry.loaded(card.key) is None:
             self.registry.host.put(card.key, self._load_now(card))
