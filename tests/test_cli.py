@@ -27,6 +27,7 @@ SERVE_OPTIONS = [
     "--lora-modules",
     "--adapter-roots",
     "--merged-adapters",
+    "--max-merged-adapters",
     "--allow-base-mismatch",
     "--max-upload-mb",
     "--host",
@@ -65,6 +66,7 @@ def test_every_option_reaches_the_config(tmp_path) -> None:
         "--lora-modules", "a=/x/a", "b=/x/b",
         "--adapter-roots", "/srv/a", "/srv/b",
         "--merged-adapters", "a", "b",
+        "--max-merged-adapters", "2",
         "--allow-base-mismatch",
         "--max-upload-mb", "64",
         "--host", "0.0.0.0",
@@ -90,6 +92,7 @@ def test_every_option_reaches_the_config(tmp_path) -> None:
     assert config.lora.store_location == "s3://bucket/prefix"
     assert config.lora.adapter_roots == ("/srv/a", "/srv/b")
     assert config.lora.merged_adapters == ("a", "b")
+    assert config.lora.max_merged_adapters == 2
     assert config.lora.allow_base_mismatch is True
     assert config.lora.max_upload_mb == 64
     assert (config.server.host, config.server.port) == ("0.0.0.0", 9000)
@@ -136,6 +139,8 @@ def test_top_level_help_lists_serve(capsys) -> None:
         (["--max-upload-mb", "0"], "--max-upload-mb must be positive"),
         (["--max-loras", "4", "--max-pinned-loras", "4"], "--max-pinned-loras must be in 0..3"),
         (["--max-pinned-loras", "-1"], "--max-pinned-loras must be in"),
+        (["--max-merged-adapters", "-1"], "--max-merged-adapters must be >= 0"),
+        (["--merged-adapters", "a", "b"], "--max-merged-adapters is 1"),
         (["--port", "70000"], "--port must be in 0..65535"),
         (["--model", "/definitely/not/here"], "is not a folder"),
         (["--dtype", "int8"], "invalid choice"),

@@ -176,6 +176,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="adapters merged into the base weights at start (dedicated tenants)",
     )
     lora.add_argument(
+        "--max-merged-adapters",
+        type=int,
+        default=LoRAConfig.max_merged_adapters,
+        help="most adapters merged into copies of the base weights at once (POST "
+        "/v1/adapters/NAME/merge, --merged-adapters); each copy costs every base weight its "
+        "adapter targets (up to the model's size); past it a merge is refused with a 409; "
+        "0 turns merging off",
+    )
+    lora.add_argument(
         "--allow-base-mismatch",
         action="store_true",
         help="accept adapters whose base_model_name_or_path names another model (logged)",
@@ -238,6 +247,7 @@ def build_config(args: argparse.Namespace) -> Config:
             lora_modules=tuple(args.lora_modules),
             adapter_roots=tuple(args.adapter_roots),
             merged_adapters=tuple(args.merged_adapters),
+            max_merged_adapters=args.max_merged_adapters,
             allow_base_mismatch=args.allow_base_mismatch,
             max_upload_mb=args.max_upload_mb,
             kernel=args.lora_kernel,

@@ -86,6 +86,8 @@ class LoRAConfig:
     the only server-side folders ``/v1/adapters/load`` may read; ``merged_adapters`` are merged
     into the weights at start (dedicated tenants).
 
+    ``max_merged_adapters`` caps the pre-merged copies held at once (each one is a copy of every
+    base weight its adapter targets); 0 turns merging off.
     ``max_pinned_loras`` caps the adapters pinned to a device slot (None: ``max_loras // 2``), so
     pins can never leave everyone else's adapters one slot to share.
     """
@@ -94,6 +96,7 @@ class LoRAConfig:
     max_lora_rank: int = 16
     max_cpu_loras: int = 64
     max_pinned_loras: int | None = None
+    max_merged_adapters: int = 1
     adapters_dir: str | None = "adapters"
     adapter_store: str | None = None
     lora_modules: tuple[tuple[str, str], ...] = ()
@@ -112,6 +115,12 @@ class LoRAConfig:
         _require(self.max_lora_rank > 0, "--max-lora-rank must be positive")
         _require(self.max_cpu_loras > 0, "--max-cpu-loras must be positive")
         _require(self.max_upload_mb > 0, "--max-upload-mb must be positive")
+        _require(self.max_merged_adapters >= 0, "--max-merged-adapters must be >= 0")
+        _require(
+            len(self.merged_adapters) <= self.max_merged_adapters,
+            f"--merged-adapters names {len(self.merged_adapters)} adapters but "
+            f"--max-merged-adapters is {self.max_merged_adapters}",
+        )
         _require(
             self.max_pinned_loras is None or 0 <= self.max_pinned_loras < self.max_loras,
             f"--max-pinned-loras must be in 0..{self.max_loras - 1} (below --max-loras)",

@@ -10,7 +10,8 @@ Who updates what:
   token and end-to-end latency (:func:`record_first_token`, :func:`record_generated_tokens`,
   :func:`record_finished`);
 * the engine loop: step duration (``STEP_DURATION.observe``), adapter loads
-  (``ADAPTER_LOADS.inc``) and resident adapters (``ADAPTERS_RESIDENT.set``);
+  (``ADAPTER_LOADS.inc``), resident adapters (``ADAPTERS_RESIDENT.set``) and merged copies
+  (``MERGED_ADAPTERS``, ``MERGED_ADAPTER_BYTES``, set by ``engine/merged.py``);
 * ``/metrics`` refreshes the scheduler gauges from ``engine.stats()`` on every scrape
   (:func:`update_engine_gauges`), so the engine thread never has to touch them.
 """
@@ -86,6 +87,16 @@ ADAPTER_LOADS = Counter(
 )
 ADAPTERS_RESIDENT = Gauge(
     "loraplex_adapters_resident", "Adapters resident in slots now.", registry=REGISTRY
+)
+MERGED_ADAPTERS = Gauge(
+    "loraplex_merged_adapters",
+    "Pre-merged adapter copies in memory (unmerged ones included until their requests end).",
+    registry=REGISTRY,
+)
+MERGED_ADAPTER_BYTES = Gauge(
+    "loraplex_merged_adapter_bytes",
+    "Bytes held by pre-merged copies of base weights (capped by --max-merged-adapters).",
+    registry=REGISTRY,
 )
 
 

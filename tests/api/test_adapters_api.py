@@ -151,6 +151,7 @@ def test_card_shows_where_the_adapter_is(env: Env) -> None:
         "host_memory": True,
         "store": True,
         "merged": False,
+        "merged_bytes": 0,
         "pinned": False,
     }
     text(complete(env.url, "where"))
@@ -169,11 +170,13 @@ def test_merge_matches_dynamic(env: Env, base: str, tiny_adapter_name: str) -> N
     merged = post(env.url, "/v1/adapters/tenant/merge")
     assert merged.status_code == 200, merged.text
     assert merged.json()["location"]["merged"] is True
+    assert merged.json()["location"]["merged_bytes"] > 0
     assert text(complete(env.url, "tenant")) == dynamic
     assert {m: text(complete(env.url, m)) for m in others} == others  # the rest is unaffected
     unmerged = post(env.url, "/v1/adapters/tenant/unmerge")
     assert unmerged.status_code == 200, unmerged.text
     assert unmerged.json()["location"]["merged"] is False
+    assert unmerged.json()["location"]["merged_bytes"] == 0  # nothing ran on it: dropped
     assert text(complete(env.url, "tenant")) == dynamic
     assert_error(post(env.url, "/v1/adapters/nope/merge"), 404, "nope")
     assert delete(env, "tenant").status_code == 200

@@ -100,7 +100,7 @@ def test_merged_tenant_matches_dynamic_path_in_a_mixed_batch(
     engine = engine_for(model_dir, store, max_loras=4)
     requests = [(PROMPTS[0], "a00"), (PROMPTS[1], "a01"), (PROMPTS[2], None), (PROMPTS[3], "a00")]
     dynamic = run(engine, requests)
-    engine.adapters.merge("a00")
+    engine.adapters.merge_now("a00")
     assert engine.adapters.resolve("a00") == (engine.registry.get("a00").key, True)
     assert run(engine, requests) == dynamic
     engine.adapters.unmerge("a00")

@@ -9,12 +9,15 @@ from pydantic import BaseModel, ConfigDict
 
 
 class AdapterLocation(BaseModel):
-    """Where an adapter is now: its device slot (None if not resident), host memory, store."""
+    """Where an adapter is now: its device slot (None if not resident), host memory, store;
+    ``merged``: new requests run on a pre-merged copy; ``merged_bytes``: memory that copy holds
+    (still non-zero after an unmerge while requests that started on it run)."""
 
     device_slot: int | None = None
     host_memory: bool = False
     store: bool = True
     merged: bool = False
+    merged_bytes: int = 0
     pinned: bool = False
 
 

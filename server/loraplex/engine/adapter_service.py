@@ -31,6 +31,7 @@ class AdapterService:
         self._adapters = adapters
         self._registry = adapters.registry
         self._on_engine = on_engine
+        self._merging: dict[str, asyncio.Task[AdapterCard]] = {}  # key -> merge under way
 
     @property
     def limits(self) -> Limits:
@@ -111,7 +112,38 @@ class AdapterService:
         return card
 
     async def merge(self, name: str) -> AdapterCard:
-        return await self._on_engine(lambda: self._adapters.merge(name))
+        """Serve ``name`` pre-merged: ``W0 + scale·B·A`` is computed on the merge worker thread
+        while the engine keeps stepping, then swapped in between two steps. Past
+        ``--max-merged-adapters`` a :class:`CapacityError` (409); concurrent merges of one
+        adapter share one computation."""
+        card = self._registry.get(name)
+        task = self._merging.get(card.key)
+        if task is None:
+            if not self._adapters.merges.begin(card.key):
+                return card  # merged already
+            task = asyncio.ensure_future(self._merge(card))
+            self._merging[card.key] = task
+            task.add_done_callback(lambda done: self._merged(card.key, done))
+        # Shielded: a client that hangs up does not cancel a merge halfway; its place under
+        # the cap is given back when the merge ends, never while the worker still computes.
+        return await asyncio.shield(task)
+
+    async def _merge(self, card: AdapterCard) -> AdapterCard:
+        adapters = self._adapters
+        try:
+            adapter = await asyncio.to_thread(adapters.load, card)
+            weights = await asyncio.wrap_future(adapters.merges.compute(adapter))
+        except BaseException:
+            adapters.merges.cancel(card.key)
+            raise
+        await self._on_engine(lambda: adapters.install_merged(card, weights))
+        return card
+
+    def _merged(self, key: str, task: asyncio.Task[AdapterCard]) -> None:
+        self._merging.pop(key, None)
+        if not task.cancelled():
+            task.exception()  # retrieved: a client that left must not leave a warning behind
 
     async def unmerge(self, name: str) -> AdapterCard:
+        """New requests run dynamically at once; running ones finish on the merged copy."""
         return await self._on_engine(lambda: self._adapters.unmerge(name))

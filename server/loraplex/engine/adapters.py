@@ -10,16 +10,20 @@ import logging
 from collections.abc import Iterable
 from pathlib import Path
 
+import torch
+
 from loraplex import metrics
 from loraplex.config import LoRAConfig
 from loraplex.engine.adapter_roots import check_path
 from loraplex.engine.capacity import PinBudget
+from loraplex.engine.merged import MergedTenants
 from loraplex.engine.model_runner import ModelRunner
 from loraplex.engine.sampling_params import ParameterError
 from loraplex.engine.sequence import Sequence
 from loraplex.lora.adapter import LoRAAdapter, load_adapter
 from loraplex.lora.card import AdapterCard
 from loraplex.lora.combine import combine, mix_key
+from loraplex.lora.errors import AdapterNotFoundError
 from loraplex.lora.registry import AdapterRegistry
 from loraplex.lora.slot_cache import SlotCache
 from loraplex.lora.validation import Limits
@@ -48,7 +52,7 @@ class EngineAdapters:
         self.registry = registry
         self.slots = slots
         self.limits = limits
-        self.merged: set[str] = set()
+        self.merges = MergedTenants(runner.lora, config.max_merged_adapters)
         self.pins = PinBudget(config.pinned_limit, lambda: slots.pinned)
 
     # ---- requests (API thread) ---------------------------------------------------------
@@ -59,7 +63,7 @@ class EngineAdapters:
             return None, False
         if isinstance(spec, str):
             key = self.registry.get(spec).key
-            return key, key in self.merged
+            return key, self.merges.serves(key)
         parts = [(self.registry.get(name), weight) for name, weight in spec]
         key = mix_key([(card.key, weight) for card, weight in parts])
         if self.registry.loaded(key) is None:
@@ -68,11 +72,12 @@ class EngineAdapters:
                 limit = self.config.max_lora_rank
                 message = f"the combination has rank {rank} > --max-lora-rank {limit}"
                 raise ParameterError("adapters", message)
-            loaded = [(self._load_now(card), weight) for card, weight in parts]
+            loaded = [(self.load(card), weight) for card, weight in parts]
             self.registry.add_ephemeral(combine(loaded))
         return key, False
 
-    def _load_now(self, card: AdapterCard) -> LoRAAdapter:
+    def load(self, card: AdapterCard) -> LoRAAdapter:
+        """``card``'s weights: from host memory, else read from the store now (any thread)."""
         adapter = self.registry.loaded(card.key)
         if adapter is None:
             adapter = load_adapter(
@@ -111,7 +116,10 @@ class EngineAdapters:
         """Give every adapter of the step a device slot, loading the new ones from host memory."""
         slot_of, loads = self.slots.acquire(keys)
         for key, slot in loads:
-            self.runner.lora.load_slot(slot, self.registry.loaded(key))
+            adapter = self.registry.loaded(key)
+            if adapter is None:  # never serve a sequence silently on the base weights
+                raise RuntimeError(f"adapter {key} is scheduled but not in host memory")
+            self.runner.lora.load_slot(slot, adapter)
             metrics.ADAPTER_LOADS.inc()
         return slot_of
 
@@ -121,38 +129,52 @@ class EngineAdapters:
         self.pins.check(card.name)
         self.slots.pin(card.key)
         if self.registry.loaded(card.key) is None:
-            self.registry.host.put(card.key, self._load_now(card))
+            self.registry.host.put(card.key, self.load(card))
         self.activate({card.key})
 
     def forget(self, key: str) -> None:
-        """Drop a removed or replaced version from the device tier."""
+        """Drop a removed or replaced version from the device tier; its merged copy (if any)
+        stays until the sequences running on it finish."""
         slot = self.slots.evict(key)
         if slot is not None:
             self.runner.lora.load_slot(slot, None)
-        if key in self.merged:
-            self.unmerge_key(key)
+        self.merges.leave(key)
 
-    def merge(self, name: str) -> AdapterCard:
+    def merge_now(self, name: str) -> AdapterCard:
+        """Merge on the calling thread (``--merged-adapters`` at start, before the engine runs;
+        the API merges through ``AdapterService.merge``, off the engine thread)."""
         card = self.registry.get(name)
-        if card.key not in self.merged:
-            self.runner.lora.merge(self._load_now(card))
-            self.merged.add(card.key)
+        if self.merges.begin(card.key):
+            try:
+                weights = self.merges.compute(self.load(card)).result()
+            except BaseException:
+                self.merges.cancel(card.key)
+                raise
+            self.install_merged(card, weights)
         return card
+
+    def install_merged(self, card: AdapterCard, weights: dict[str, torch.Tensor]) -> None:
+        """Engine thread: swap in a computed copy, unless ``card`` was deleted or replaced while
+        it was computed (then a 404; the copy is dropped)."""
+        current = self.registry.get(card.name) if self.registry.has(card.name) else None
+        if current is None or current.key != card.key:
+            self.merges.cancel(card.key)
+            raise AdapterNotFoundError(card.name)
+        self.merges.install(card.key, weights)
 
     def unmerge(self, name: str) -> AdapterCard:
+        """New requests run dynamically at once; running ones finish on the merged copy, which
+        is dropped after them (``W0`` was never touched: nothing to restore)."""
         card = self.registry.get(name)
-        self.unmerge_key(card.key)
+        self.merges.leave(card.key)
         return card
-
-    def unmerge_key(self, key: str) -> None:
-        self.runner.lora.unmerge(key)
-        self.merged.discard(key)
 
     def location(self, card: AdapterCard) -> dict[str, object]:
         return {
             "device_slot": self.slots.lookup(card.key),
             "host_memory": card.key in self.registry.host,
             "store": True,
-            "merged": card.key in self.merged,
+            "merged": self.merges.serves(card.key),
+            "merged_bytes": self.merges.nbytes(card.key),
             "pinned": self.slots.is_pinned(card.key),
         }

@@ -75,7 +75,7 @@ def register_startup_adapters(config: LoRAConfig, adapters: EngineAdapters) -> N
             except CapacityError as exc:  # pinned under a larger --max-pinned-loras
                 log.warning("adapter %s stays unpinned: %s", card.name, exc)
     for name in config.merged_adapters:
-        adapters.merge(name)
+        adapters.merge_now(name)
 
 
 def build_engine(config: Config, on_adapter_loaded: Callable[[], None] = lambda: None) -> LLMEngine:

@@ -90,14 +90,17 @@ class LoRALinear(nn.Module):
         head = self.base(x[..., :-rows, :])
         return torch.cat([head, F.linear(x[..., -rows:, :], weight, self.base.bias)], dim=-2)
 
-    def merge(self, key: str, weights: LoRAWeights) -> None:
-        """Keep ``W0 + scale·B·A`` beside ``W0`` (which is never modified, so unmerge is exact)."""
-        base = self.base.weight.T if isinstance(self.base, Conv1D) else self.base.weight
-        delta = weights.scale * (weights.b.float() @ weights.a.float())
-        self.merged_weights[key] = (base.float() + delta.to(base.device)).to(base.dtype)
+    def merged_weight(self, weights: LoRAWeights) -> torch.Tensor:
+        """A new ``W0 + scale·B·A`` [out, in] (B [out, r] @ A [r, in], summed in float32).
 
-    def unmerge(self, key: str) -> None:
-        self.merged_weights.pop(key, None)
+        Only reads ``W0``, which is never modified (so unmerging is exact: drop the copy), so it
+        may run on another thread beside a forward; ``merged_weights[key] = ...`` installs it.
+        """
+        base = self.base.weight.T if isinstance(self.base, Conv1D) else self.base.weight
+        a = weights.a.to(base.device, torch.float32)
+        b = weights.b.to(base.device, torch.float32)
+        merged = torch.addmm(base.float(), b, a, alpha=weights.scale)  # one pass, no delta copy
+        return merged.to(base.dtype)
 
     def set_slot(self, slot: int, weights: LoRAWeights | None) -> None:
         """Write one adapter's weights into ``slot`` (scale folded into B), or clear it."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import torch
 from torch import nn
 
 from loraplex.lora.adapter import LoRAAdapter
@@ -70,14 +71,27 @@ class LoRAModelManager:
         for name, layer in self.layers.items():
             layer.set_slot(slot, modules.get(name))
 
-    def merge(self, adapter: LoRAAdapter) -> None:
-        """Pre-merge ``adapter`` into copies of the modules it targets (the rest stays shared)."""
-        for name, weights in adapter.modules.items():
-            self.layers[name].merge(adapter.key, weights)
+    def merged_weights(self, adapter: LoRAAdapter) -> dict[str, torch.Tensor]:
+        """``W0 + scale·B·A`` for every module ``adapter`` targets (the rest stays shared).
 
-    def unmerge(self, key: str) -> None:
-        for layer in self.layers.values():
-            layer.unmerge(key)
+        Reads the base weights only, so it runs on a worker thread while the engine steps.
+        """
+        with torch.no_grad():  # grad mode is per thread: a worker thread starts with it on
+            return {
+                name: self.layers[name].merged_weight(weights)
+                for name, weights in adapter.modules.items()
+            }
+
+    def install_merged(self, key: str, weights: dict[str, torch.Tensor]) -> None:
+        """Serve ``key`` pre-merged from now on (engine thread, between steps: dict stores)."""
+        for name, weight in weights.items():
+            self.layers[name].merged_weights[key] = weight
+
+    def unmerge(self, key: str) -> list[torch.Tensor]:
+        """Stop serving ``key`` pre-merged (engine thread); returns the copies it dropped, so
+        the caller can free them off the engine thread. ``W0`` was never touched."""
+        dropped = (layer.merged_weights.pop(key, None) for layer in self.layers.values())
+        return [weight for weight in dropped if weight is not None]
 
     def set_step(self, meta: LoRAMeta | None, merged: tuple[str, int] | None) -> None:
         self.context.meta = meta
