@@ -97,9 +97,14 @@ class LLMEngine:
 
     def submit(self, parent: ParentRequest) -> None:
         """Queue a prepared request (engine thread); each child holds its adapter in host
-        memory until it finishes."""
+        memory, and a pre-merged one its merged copy, until it finishes. A copy unmerged and
+        dropped since ``prepare`` is gone: the children run dynamically (the same weights)."""
         self._parents[parent.request_id] = parent
+        merges = self.adapters.merges
+        merged = parent.merged and merges.hold(parent.adapter, len(parent.children))
+        parent.merged = merged
         for state in parent.children:
+            state.seq.merged = state.holds_merged = merged
             if parent.adapter is not None:
                 self.registry.host.acquire(parent.adapter)
                 state.holds_adapter = True
@@ -144,6 +149,9 @@ class LLMEngine:
         if state.holds_adapter:
             state.holds_adapter = False
             self.registry.host.release(state.seq.adapter)
+        if state.holds_merged:
+            state.holds_merged = False
+            self.adapters.merges.release(state.seq.adapter)
         if state.parent.finished:
             self._parents.pop(state.parent.request_id, None)
 

@@ -31,6 +31,7 @@ class RequestState:
     detokenizer: IncrementalDetokenizer
     generator: torch.Generator | None
     holds_adapter: bool = False  # a host-memory reference on seq.adapter, released once
+    holds_merged: bool = False  # holds seq.adapter's merged copy (engine/merged.py), released once
     first_token_time: float | None = None  # monotonic time of its first output
     sent_prompt_logprobs: bool = False  # they go out once, with the first output
     finished: bool = False
