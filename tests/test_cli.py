@@ -34,6 +34,10 @@ SERVE_OPTIONS = [
     "--port",
     "--api-key",
     "--log-level",
+    "--timeout-keep-alive",
+    "--header-timeout",
+    "--body-timeout",
+    "--body-min-rate",
 ]
 
 
@@ -73,6 +77,10 @@ def test_every_option_reaches_the_config(tmp_path) -> None:
         "--port", "9000",
         "--api-key", "sekret",
         "--log-level", "debug",
+        "--timeout-keep-alive", "2.5",
+        "--header-timeout", "3",
+        "--body-timeout", "4",
+        "--body-min-rate", "1000",
     )  # fmt: skip
     assert config.model.model == str(tmp_path)
     assert config.model.served_model_name == "tiny"
@@ -98,6 +106,8 @@ def test_every_option_reaches_the_config(tmp_path) -> None:
     assert (config.server.host, config.server.port) == ("0.0.0.0", 9000)
     assert config.server.api_key == "sekret"
     assert config.server.log_level == "debug"
+    assert (config.server.timeout_keep_alive, config.server.header_timeout) == (2.5, 3.0)
+    assert (config.server.body_timeout, config.server.body_min_rate) == (4.0, 1000)
 
 
 def test_pins_default_to_half_the_slots() -> None:
@@ -139,6 +149,10 @@ def test_top_level_help_lists_serve(capsys) -> None:
         (["--max-upload-mb", "0"], "--max-upload-mb must be positive"),
         (["--max-loras", "4", "--max-pinned-loras", "4"], "--max-pinned-loras must be in 0..3"),
         (["--max-pinned-loras", "-1"], "--max-pinned-loras must be in"),
+        (["--header-timeout", "0"], "--header-timeout must be positive"),
+        (["--body-timeout", "-1"], "--body-timeout must be positive"),
+        (["--timeout-keep-alive", "0"], "--timeout-keep-alive must be positive"),
+        (["--body-min-rate", "-5"], "--body-min-rate must be >= 0"),
         (["--max-merged-adapters", "-1"], "--max-merged-adapters must be >= 0"),
         (["--merged-adapters", "a", "b"], "--max-merged-adapters is 1"),
         (["--port", "70000"], "--port must be in 0..65535"),

@@ -215,6 +215,38 @@ def build_parser() -> argparse.ArgumentParser:
     server.add_argument(
         "--log-level", choices=LOG_LEVELS, default=ServerConfig.log_level, help="log verbosity"
     )
+    server.add_argument(
+        "--timeout-keep-alive",
+        type=float,
+        default=ServerConfig.timeout_keep_alive,
+        metavar="SECONDS",
+        help="close a keep-alive connection idle this long between requests",
+    )
+    server.add_argument(
+        "--header-timeout",
+        type=float,
+        default=ServerConfig.header_timeout,
+        metavar="SECONDS",
+        help="close a connection whose request line and headers do not arrive within this "
+        "(from their first byte, or from connecting): slow or silent sockets are not kept",
+    )
+    server.add_argument(
+        "--body-timeout",
+        type=float,
+        default=ServerConfig.body_timeout,
+        metavar="SECONDS",
+        help="a request body (JSON or upload) must arrive within this plus its size divided "
+        "by --body-min-rate; past it: 408 and the connection closes (an upload's temporary "
+        "folder is removed)",
+    )
+    server.add_argument(
+        "--body-min-rate",
+        type=int,
+        default=ServerConfig.body_min_rate,
+        metavar="BYTES_PER_S",
+        help="the slowest sustained body upload rate accepted after --body-timeout; 0: the "
+        "body deadline is --body-timeout, whatever the size",
+    )
     return parser
 
 
@@ -253,7 +285,14 @@ def build_config(args: argparse.Namespace) -> Config:
             kernel=args.lora_kernel,
         ),
         server=ServerConfig(
-            host=args.host, port=args.port, api_key=args.api_key, log_level=args.log_level
+            host=args.host,
+            port=args.port,
+            api_key=args.api_key,
+            log_level=args.log_level,
+            timeout_keep_alive=args.timeout_keep_alive,
+            header_timeout=args.header_timeout,
+            body_timeout=args.body_timeout,
+            body_min_rate=args.body_min_rate,
         ),
     )
 
@@ -263,6 +302,7 @@ def serve(config: Config) -> None:
     import uvicorn  # here, not at the top: --help must not import torch
 
     from loraplex.api.app import create_app
+    from loraplex.api.timeouts import uvicorn_options
 
     level = config.server.log_level
     # uvicorn configures only its own loggers; ours follow the same level ("trace" is uvicorn's).
@@ -271,7 +311,11 @@ def serve(config: Config) -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     uvicorn.run(
-        create_app(config), host=config.server.host, port=config.server.port, log_level=level
+        create_app(config),
+        host=config.server.host,
+        port=config.server.port,
+        log_level=level,
+        **uvicorn_options(config.server),
     )
 
 

@@ -138,15 +138,29 @@ class LoRAConfig:
 
 @dataclass(frozen=True)
 class ServerConfig:
-    """Where uvicorn listens and who may call."""
+    """Where uvicorn listens, who may call, and how long a client may take to send a request.
+
+    ``timeout_keep_alive``: an idle connection between requests is closed after it (uvicorn's).
+    ``header_timeout``: a request head must arrive within it (of its first byte, or of the
+    connection). ``body_timeout`` + received bytes / ``body_min_rate``: the deadline of a body
+    (0 as the rate: a fixed deadline); past it a 408 and the connection closes.
+    """
 
     host: str = "127.0.0.1"
     port: int = 8000
     api_key: str | None = None
     log_level: str = "info"
+    timeout_keep_alive: float = 5.0
+    header_timeout: float = 10.0
+    body_timeout: float = 30.0
+    body_min_rate: int = 65536
 
     def __post_init__(self) -> None:
         _require(0 <= self.port < 65536, "--port must be in 0..65535")
+        _require(self.timeout_keep_alive > 0, "--timeout-keep-alive must be positive")
+        _require(self.header_timeout > 0, "--header-timeout must be positive")
+        _require(self.body_timeout > 0, "--body-timeout must be positive")
+        _require(self.body_min_rate >= 0, "--body-min-rate must be >= 0")
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,7 @@ from fastapi import FastAPI
 
 from loraplex.api.errors import register_error_handlers
 from loraplex.api.routes import adapters, chat, completions, generate, health, models
+from loraplex.api.timeouts import BodyDeadline
 from loraplex.config import Config
 from loraplex.engine.async_engine import AsyncEngine
 
@@ -53,6 +54,7 @@ def create_app(config: Config, engine: AsyncEngine | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.config = config
+    app.add_middleware(BodyDeadline, server=config.server)  # slow bodies: a 408
     register_error_handlers(app)
     for module in (models, completions, chat, generate, adapters, health):
         app.include_router(module.router)

@@ -12,19 +12,37 @@ import threading
 import time
 from typing import Any
 
+from loraplex.config import Config, ServerConfig
+
 
 class ThreadedServer:
     """uvicorn serving ``app`` on ``host`` (IPv4) : ``port`` (0: a free one), in a daemon thread."""
 
-    def __init__(self, app: Any, host: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(
+        self, app: Any, host: str = "127.0.0.1", port: int = 0, server: ServerConfig | None = None
+    ) -> None:
+        """``server``: the connection deadlines (``loraplex serve``'s); default: the app's
+        config (``create_app`` keeps it in ``app.state.config``), else the defaults."""
         import uvicorn
+
+        from loraplex.api.timeouts import uvicorn_options
+
+        if server is None:
+            config = getattr(getattr(app, "state", None), "config", None)
+            server = config.server if isinstance(config, Config) else ServerConfig()
 
         # Bind first, so the port is known and nothing can take it between choosing and serving.
         self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self._sock.bind((host, port))
         self.url = f"http://{host}:{self._sock.getsockname()[1]}"
         self.server = uvicorn.Server(
-            uvicorn.Config(app, log_level="warning", lifespan="on", timeout_graceful_shutdown=5)
+            uvicorn.Config(
+                app,
+                log_level="warning",
+                lifespan="on",
+                timeout_graceful_shutdown=5,
+                **uvicorn_options(server),
+            )
         )
         self._thread = threading.Thread(
             target=self.server.run, kwargs={"sockets": [self._sock]}, daemon=True

@@ -23,6 +23,7 @@ from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.requests import ClientDisconnect
 
 from loraplex.api.errors import APIError, BodyTooLargeError, to_api_error
+from loraplex.api.timeouts import BodyTimeoutError
 from loraplex.lora.adapter import CONFIG_FILE, WEIGHTS_FILE
 from loraplex.lora.archive import extract_archive
 from loraplex.lora.errors import AdapterValidationError
@@ -239,9 +240,8 @@ async def staged_upload(request: Request, limits: Limits) -> AsyncIterator[Uploa
         try:
             upload = await _receive(request, body, workdir, limits)
         except Exception as exc:
-            if body.done or (
-                not isinstance(exc, BodyTooLargeError) and await body.drain(DRAIN_BYTES)
-            ):
+            over = isinstance(exc, (BodyTooLargeError, BodyTimeoutError))  # never read on
+            if body.done or (not over and await body.drain(DRAIN_BYTES)):
                 raise
             err = to_api_error(exc, request)
             err.headers = {**(err.headers or {}), "Connection": "close"}
