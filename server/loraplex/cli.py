@@ -116,6 +116,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=SchedulerConfig.max_num_batched_tokens,
         help="most tokens (decode tokens plus prefill chunks) in one step",
     )
+    sched.add_argument(
+        "--max-seqs-per-request",
+        type=int,
+        default=SchedulerConfig.max_seqs_per_request,
+        help="most sequences one request may queue: its prompts times n (a longer list of "
+        "prompts or a larger n is a 400)",
+    )
 
     lora = serve.add_argument_group("LoRA adapters")
     lora.add_argument(
@@ -219,7 +226,9 @@ def build_config(args: argparse.Namespace) -> Config:
             enable_prefix_caching=args.enable_prefix_caching,
         ),
         scheduler=SchedulerConfig(
-            max_num_seqs=args.max_num_seqs, max_num_batched_tokens=args.max_num_batched_tokens
+            max_num_seqs=args.max_num_seqs,
+            max_num_batched_tokens=args.max_num_batched_tokens,
+            max_seqs_per_request=args.max_seqs_per_request,
         ),
         lora=LoRAConfig(
             max_loras=args.max_loras,

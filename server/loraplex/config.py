@@ -66,13 +66,17 @@ class CacheConfig:
 @dataclass(frozen=True)
 class SchedulerConfig:
     """Per-step budgets: at most ``max_num_seqs`` sequences and ``max_num_batched_tokens``
-    tokens (decode tokens plus prefill chunks) in one forward."""
+    tokens (decode tokens plus prefill chunks) in one forward. ``max_seqs_per_request``: the
+    most sequences (prompts x ``n``) one request may queue, so a small body cannot queue
+    tens of thousands."""
 
     max_num_seqs: int = 64
     max_num_batched_tokens: int = 512
+    max_seqs_per_request: int = 256
 
     def __post_init__(self) -> None:
         _require(self.max_num_seqs > 0, "--max-num-seqs must be positive")
+        _require(self.max_seqs_per_request > 0, "--max-seqs-per-request must be positive")
         _require(self.max_num_batched_tokens > 0, "--max-num-batched-tokens must be positive")
 
 
