@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
+
+from loraplex.adapters.peft_config import PeftConfig
 
 
 def adapter_key(name: str, version: str) -> str:
@@ -12,13 +14,14 @@ def adapter_key(name: str, version: str) -> str:
 
 @dataclass(frozen=True)
 class AdapterCard:
-    """One registered adapter version. ``version`` is the sha256 of its weights file."""
+    """One registered adapter version: its checked config and the store's metadata.
+
+    ``version`` is the sha256 of its weights file; rank, alpha and targets are the config's.
+    """
 
     name: str
     version: str
-    rank: int
-    alpha: float
-    target_modules: tuple[str, ...]
+    config: PeftConfig
     size_bytes: int
     created: int
     description: str | None = None
@@ -28,5 +31,27 @@ class AdapterCard:
     def key(self) -> str:
         return adapter_key(self.name, self.version)
 
+    @property
+    def rank(self) -> int:
+        return self.config.r
+
+    @property
+    def alpha(self) -> float:
+        return self.config.lora_alpha
+
+    @property
+    def target_modules(self) -> tuple[str, ...]:
+        return self.config.target_names
+
     def to_dict(self) -> dict:
-        return asdict(self) | {"target_modules": list(self.target_modules)}
+        return {
+            "name": self.name,
+            "version": self.version,
+            "rank": self.rank,
+            "alpha": self.alpha,
+            "target_modules": list(self.target_modules),
+            "size_bytes": self.size_bytes,
+            "created": self.created,
+            "description": self.description,
+            "pinned": self.pinned,
+        }

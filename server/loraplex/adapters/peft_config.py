@@ -1,35 +1,29 @@
-"""Rules for adapters that arrive from outside (uploads, stores): names, config, weights file.
+"""``adapter_config.json`` parsed once, strictly, into one frozen :class:`PeftConfig`.
 
-An uploaded adapter is untrusted input, so every rule refuses with :class:`AdapterValidationError`
-and a message naming the problem before any tensor reaches the engine:
-
-- names are plain identifiers, so no path can ever be formed from one;
-- the config is strict JSON describing a plain LoRA that this server applies exactly;
-- the safetensors header is read first (size, tensor count, dtypes, offsets, shapes against the
-  base model), so a hostile file costs a few small reads; only then is the file read (once:
-  :func:`check_folder` returns those tensors for loading) and checked for NaN/Inf
-  (``safetensors_check.py``);
-- pickled checkpoints (``.bin``, ``.pt`` ...) and code are never opened: loading them runs code.
+Uploads, start-up scans and reads back from the store all parse it here, with the same rules:
+strict JSON describing a plain LoRA that this server applies exactly (anything it would apply
+differently from PEFT is refused, never ignored). The parsed config answers PEFT's per-module
+questions: which modules it targets, and each module's rank ``r_m``, alpha ``alpha_m`` and
+scale ``s_m = alpha_m / r_m`` (``alpha_m / sqrt(r_m)`` with ``use_rslora``), where ``r_m`` and
+``alpha_m`` come from the first ``rank_pattern`` / ``alpha_pattern`` key matching the module.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from loraplex.lora.adapter import CONFIG_FILE, WEIGHTS_FILE, WeightsFile
-from loraplex.lora.errors import AdapterValidationError
-from loraplex.lora.limits import Limits, strict_json
-from loraplex.lora.safetensors_check import check_safetensors
+from loraplex.adapters.errors import AdapterValidationError
+from loraplex.adapters.rules import CONFIG_FILE, Limits, strict_json
 
 log = logging.getLogger(__name__)
 
-NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
-_NAME = re.compile(NAME_PATTERN)
 MAX_PATTERN_CHARS = 256  # rank_pattern / alpha_pattern / target_modules regexes
+ALL_LINEAR = "all-linear"  # PEFT's shorthand: every projection but the output embedding
 # PEFT options that change what the adapter computes at inference: any truthy value is refused.
 UNSUPPORTED = (
     "use_dora",
@@ -43,81 +37,78 @@ UNSUPPORTED = (
     "trainable_token_indices",
     "arrow_config",
 )
-# Weights in these formats are pickles (or code): opening them can execute arbitrary code.
-FORBIDDEN_SUFFIXES = frozenset({".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".py"})
+# Module names (equal to a module's name or to its last dotted components), or one regex that
+# must match the whole name.
+Targets = tuple[str, ...] | str
 
-__all__ = [
-    "FORBIDDEN_SUFFIXES",
-    "NAME_PATTERN",
-    "UNSUPPORTED",
-    "CheckedFolder",
-    "Limits",
-    "check_folder",
-    "check_safetensors",
-    "parse_config",
-    "strict_json",
-    "validate_name",
-]
+__all__ = ["ALL_LINEAR", "MAX_PATTERN_CHARS", "UNSUPPORTED", "PeftConfig", "Targets"]
 
 
-def validate_name(name: object) -> str:
-    """An adapter name is 1-64 of ``A-Z a-z 0-9 . _ -``, starting with a letter or digit.
+@functools.lru_cache(maxsize=256)
+def _regex(pattern: str) -> re.Pattern[str]:
+    """Each distinct pattern is compiled once per process, for its check and every match."""
+    return re.compile(pattern)
 
-    Names become folder names and object keys, so nothing that could form a path ("/", "\\",
-    "..", a leading dot, a newline) is allowed.
-    """
-    if not isinstance(name, str) or _NAME.fullmatch(name) is None or name in (".", ".."):
-        raise AdapterValidationError(
-            f"invalid adapter name {name!r}: use 1-64 characters from A-Z a-z 0-9 . _ - "
-            "starting with a letter or digit"
-        )
-    return name
+
+def _check_regex(what: str, pattern: str, *matched_as: str) -> None:
+    """``pattern`` must be short and compile, alone and in each form it is matched as."""
+    if len(pattern) > MAX_PATTERN_CHARS:
+        raise AdapterValidationError(f"{what}: pattern longer than {MAX_PATTERN_CHARS} characters")
+    try:
+        for form in (pattern, *matched_as):
+            _regex(form)
+    except re.error as exc:
+        raise AdapterValidationError(f"{what}: invalid regular expression {pattern!r}") from exc
+
+
+def _suffix_regex(key: str) -> str:
+    """PEFT's rank/alpha pattern rule: ``key`` matches the whole name or its dotted tail."""
+    return rf"(?:.*\.)?(?:{key})"
+
+
+def _matches(targets: Targets, module: str) -> bool:
+    """PEFT's rule: a list entry equals the module name or its last dotted components; a string
+    is a regex over the full name (``all-linear`` targets every projection)."""
+    if isinstance(targets, str):
+        return targets == ALL_LINEAR or _regex(targets).fullmatch(module) is not None
+    return any(module == t or module.endswith("." + t) for t in targets)
 
 
 def _is_number(value: object) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def _check_rank(what: str, value: object, limits: Limits) -> None:
+def _rank(what: str, value: object, limits: Limits) -> int:
     if not isinstance(value, int) or isinstance(value, bool) or not 0 < value <= limits.max_rank:
         raise AdapterValidationError(
             f"{what} must be an integer in 1..{limits.max_rank} (the server's maximum rank), "
             f"got {value!r}"
         )
+    return value
 
 
-def _check_regex(what: str, pattern: str) -> None:
-    if len(pattern) > MAX_PATTERN_CHARS:
-        raise AdapterValidationError(f"{what}: pattern longer than {MAX_PATTERN_CHARS} characters")
-    try:
-        re.compile(pattern)
-    except re.error as exc:
-        raise AdapterValidationError(f"{what}: invalid regular expression {pattern!r}") from exc
-
-
-def _check_patterns(config: dict, limits: Limits) -> None:
+def _patterns(field: str, patterns: object, limits: Limits) -> tuple[tuple[str, float], ...]:
     """``rank_pattern`` / ``alpha_pattern``: {regex: positive number}; ranks within the limit."""
-    for field in ("rank_pattern", "alpha_pattern"):
-        patterns = config.get(field)
-        if patterns is None:
-            continue
-        if not isinstance(patterns, dict):
-            raise AdapterValidationError(f"{field} must be an object, got {patterns!r}")
-        for key, value in patterns.items():
-            _check_regex(f"{field} key {key!r}", key)
-            if field == "rank_pattern":
-                _check_rank(f"rank_pattern[{key!r}]", value, limits)
-            elif not _is_number(value) or value <= 0:
-                raise AdapterValidationError(
-                    f"alpha_pattern[{key!r}] must be a positive number, got {value!r}"
-                )
+    if patterns is None:
+        return ()
+    if not isinstance(patterns, dict):
+        raise AdapterValidationError(f"{field} must be an object, got {patterns!r}")
+    for key, value in patterns.items():
+        _check_regex(f"{field} key {key!r}", key, _suffix_regex(key))
+        if field == "rank_pattern":
+            _rank(f"rank_pattern[{key!r}]", value, limits)
+        elif not _is_number(value) or value <= 0:
+            raise AdapterValidationError(
+                f"alpha_pattern[{key!r}] must be a positive number, got {value!r}"
+            )
+    return tuple(patterns.items())
 
 
-def _check_targets(targets: object, field: str = "target_modules") -> None:
+def _targets(targets: object, field: str) -> Targets:
     """A non-empty list of module names, or one regex matched against full module names."""
     if isinstance(targets, str) and targets:
         _check_regex(field, targets)
-        return
+        return targets
     if (
         not isinstance(targets, list)
         or not targets
@@ -126,6 +117,7 @@ def _check_targets(targets: object, field: str = "target_modules") -> None:
         raise AdapterValidationError(
             f"{field} must be a non-empty list of module names or a regex, got {targets!r}"
         )
+    return tuple(targets)
 
 
 def _last_component(path: str) -> str:
@@ -153,74 +145,107 @@ def _check_base(base: object, served_model: str, limits: Limits) -> None:
     log.warning("%s; accepted because base mismatches are allowed", message)
 
 
-def parse_config(data: bytes, limits: Limits, served_model: str) -> dict:
-    """Parse ``adapter_config.json`` and refuse anything this server cannot apply exactly."""
-    if len(data) > limits.max_config_bytes:
-        raise AdapterValidationError(
-            f"{CONFIG_FILE} is {len(data)} bytes; the limit is {limits.max_config_bytes}"
-        )
-    config = strict_json(data, CONFIG_FILE)
-    if not isinstance(config, dict):
-        raise AdapterValidationError(f"{CONFIG_FILE} must hold a JSON object")
-    if config.get("peft_type") != "LORA":
-        raise AdapterValidationError(f"peft_type must be 'LORA', got {config.get('peft_type')!r}")
-    _check_rank("r", config.get("r"), limits)
-    alpha = config.get("lora_alpha")
-    if not _is_number(alpha) or alpha <= 0:
-        raise AdapterValidationError(f"lora_alpha must be a positive number, got {alpha!r}")
-    if config.get("bias") not in (None, "none"):
-        raise AdapterValidationError(f"bias={config['bias']!r} is not supported (plain LoRA only)")
-    for field in UNSUPPORTED:
-        if config.get(field):
-            raise AdapterValidationError(
-                f"{field}={config[field]!r} is not supported (plain LoRA only)"
-            )
-    _check_patterns(config, limits)
-    _check_targets(config.get("target_modules"))
-    if config.get("exclude_modules"):
-        _check_targets(config["exclude_modules"], "exclude_modules")
-    _check_base(config.get("base_model_name_or_path"), served_model, limits)
-    return config
-
-
-def _read_limited(path: Path, limit: int) -> bytes:
-    with path.open("rb") as f:
-        data = f.read(limit + 1)
-    if len(data) > limit:
-        raise AdapterValidationError(f"{path.name} is larger than {limit} bytes")
-    return data
-
-
 @dataclass(frozen=True)
-class CheckedFolder:
-    """An adapter folder that passed every rule: its parsed config and its weights, read once."""
+class PeftConfig:
+    """A plain LoRA's ``adapter_config.json``, checked (build one with :meth:`parse`)."""
 
-    config: dict
-    weights: WeightsFile
+    r: int
+    lora_alpha: float
+    target_modules: Targets
+    exclude_modules: Targets | None = None
+    rank_pattern: tuple[tuple[str, int], ...] = ()  # (regex key, r_m), in the file's order
+    alpha_pattern: tuple[tuple[str, float], ...] = ()  # (regex key, alpha_m)
+    use_rslora: bool = False
+    base_model: str | None = None  # base_model_name_or_path
 
+    @classmethod
+    def parse(cls, data: bytes, limits: Limits, served_model: str) -> PeftConfig:
+        """Parse ``adapter_config.json`` and refuse anything this server cannot apply exactly.
 
-def check_folder(
-    folder: Path, limits: Limits, served_model: str, module_shapes: dict[str, tuple[int, int]]
-) -> CheckedFolder:
-    """Check an adapter folder: both files present, no pickles or code, config and weights valid.
-
-    Other files (README.md ...) are ignored. Returns the config and the weights that were checked,
-    so the caller builds the adapter from them (``build_adapter``) instead of reading it again.
-    """
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise AdapterValidationError(f"{folder.name!r} is not an adapter folder")
-    for entry in folder.iterdir():
-        if entry.suffix.lower() in FORBIDDEN_SUFFIXES:
+        ``served_model`` empty: the base model is not compared.
+        """
+        if len(data) > limits.max_config_bytes:
             raise AdapterValidationError(
-                f"{entry.name!r}: only safetensors weights are accepted; pickled checkpoints "
-                "are never loaded and code is never run"
+                f"{CONFIG_FILE} is {len(data)} bytes; the limit is {limits.max_config_bytes}"
             )
-    for required in (CONFIG_FILE, WEIGHTS_FILE):
-        if not (folder / required).is_file():
-            raise AdapterValidationError(f"{required} is missing")
-    config = parse_config(
-        _read_limited(folder / CONFIG_FILE, limits.max_config_bytes), limits, served_model
-    )
-    weights = check_safetensors(folder / WEIGHTS_FILE, config, module_shapes, limits)
-    return CheckedFolder(config, weights)
+        config = strict_json(data, CONFIG_FILE)
+        if not isinstance(config, dict):
+            raise AdapterValidationError(f"{CONFIG_FILE} must hold a JSON object")
+        if config.get("peft_type") != "LORA":
+            peft_type = config.get("peft_type")
+            raise AdapterValidationError(f"peft_type must be 'LORA', got {peft_type!r}")
+        r = _rank("r", config.get("r"), limits)
+        alpha = config.get("lora_alpha")
+        if not _is_number(alpha) or alpha <= 0:
+            raise AdapterValidationError(f"lora_alpha must be a positive number, got {alpha!r}")
+        if config.get("bias") not in (None, "none"):
+            raise AdapterValidationError(
+                f"bias={config['bias']!r} is not supported (plain LoRA only)"
+            )
+        for field in UNSUPPORTED:
+            if config.get(field):
+                raise AdapterValidationError(
+                    f"{field}={config[field]!r} is not supported (plain LoRA only)"
+                )
+        use_rslora = config.get("use_rslora")
+        if use_rslora is not None and not isinstance(use_rslora, bool):
+            raise AdapterValidationError(f"use_rslora must be true or false, got {use_rslora!r}")
+        rank_pattern = _patterns("rank_pattern", config.get("rank_pattern"), limits)
+        alpha_pattern = _patterns("alpha_pattern", config.get("alpha_pattern"), limits)
+        targets = _targets(config.get("target_modules"), "target_modules")
+        excluded = config.get("exclude_modules")
+        base = config.get("base_model_name_or_path")
+        _check_base(base, served_model, limits)
+        return cls(
+            r=r,
+            lora_alpha=float(alpha),
+            target_modules=targets,
+            exclude_modules=_targets(excluded, "exclude_modules") if excluded else None,
+            rank_pattern=rank_pattern,  # type: ignore[arg-type]  # ranks checked to be ints
+            alpha_pattern=alpha_pattern,
+            use_rslora=bool(use_rslora),
+            base_model=base or None,
+        )
+
+    @classmethod
+    def read(cls, path: Path, limits: Limits, served_model: str) -> PeftConfig:
+        """:meth:`parse` the file at ``path``, reading at most ``max_config_bytes`` of it."""
+        with path.open("rb") as f:
+            data = f.read(limits.max_config_bytes + 1)
+        if len(data) > limits.max_config_bytes:
+            raise AdapterValidationError(
+                f"{path.name} is larger than {limits.max_config_bytes} bytes"
+            )
+        return cls.parse(data, limits, served_model)
+
+    @property
+    def target_names(self) -> tuple[str, ...]:
+        """``target_modules`` as a tuple (a regex is one entry), as cards show it."""
+        targets = self.target_modules
+        return (targets,) if isinstance(targets, str) else targets
+
+    def targets(self, module: str) -> bool:
+        """Whether PEFT would put a LoRA on ``module``: targeted and not excluded."""
+        excluded = self.exclude_modules
+        return _matches(self.target_modules, module) and not (
+            excluded and _matches(excluded, module)
+        )
+
+    def rank_of(self, module: str) -> int:
+        return int(_pattern_value(self.rank_pattern, module, self.r))
+
+    def alpha_of(self, module: str) -> float:
+        return float(_pattern_value(self.alpha_pattern, module, self.lora_alpha))
+
+    def scale_of(self, module: str) -> float:
+        """``alpha_m / r_m``, or ``alpha_m / sqrt(r_m)`` with rsLoRA."""
+        rank = self.rank_of(module)
+        return self.alpha_of(module) / (math.sqrt(rank) if self.use_rslora else rank)
+
+
+def _pattern_value(patterns: tuple[tuple[str, float], ...], module: str, default: float) -> float:
+    """The value of the first key (in the file's order) matching ``module``, else ``default``."""
+    for key, value in patterns:
+        if _regex(_suffix_regex(key)).fullmatch(module) is not None:
+            return value
+    return default

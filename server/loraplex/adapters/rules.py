@@ -1,18 +1,38 @@
-"""What one untrusted adapter may cost (:class:`Limits`) and how its JSON is read (strict).
+"""The plain rules every untrusted adapter meets first: its file names, its name, what it may
+cost (:class:`Limits`), how its JSON is read (strict) and which files are never opened.
 
-Shared by the config rules (``validation.py``) and the weights checks (``safetensors_check.py``).
+No torch here: the stores and the archive reader use these rules without loading it.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, fields
+from pathlib import PurePath
 
-from loraplex.lora.errors import AdapterValidationError
+from loraplex.adapters.errors import AdapterValidationError
 
+CONFIG_FILE = "adapter_config.json"
+WEIGHTS_FILE = "adapter_model.safetensors"
 MiB = 1 << 20
 
-__all__ = ["Limits", "MiB", "strict_json"]
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+_NAME = re.compile(NAME_PATTERN)
+# Weights in these formats are pickles (or code): opening them can execute arbitrary code.
+FORBIDDEN_SUFFIXES = frozenset({".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".py"})
+
+__all__ = [
+    "CONFIG_FILE",
+    "FORBIDDEN_SUFFIXES",
+    "NAME_PATTERN",
+    "WEIGHTS_FILE",
+    "Limits",
+    "MiB",
+    "refuse_pickles",
+    "strict_json",
+    "validate_name",
+]
 
 
 @dataclass(frozen=True)
@@ -32,6 +52,30 @@ class Limits:
             value = getattr(self, f.name)
             if f.name != "allow_base_mismatch" and (not isinstance(value, int) or value <= 0):
                 raise ValueError(f"Limits.{f.name} must be a positive integer, got {value!r}")
+
+
+def validate_name(name: object) -> str:
+    """An adapter name is 1-64 of ``A-Z a-z 0-9 . _ -``, starting with a letter or digit.
+
+    Names become folder names and object keys, so nothing that could form a path ("/", "\\",
+    "..", a leading dot, a newline) is allowed.
+    """
+    if not isinstance(name, str) or _NAME.fullmatch(name) is None or name in (".", ".."):
+        raise AdapterValidationError(
+            f"invalid adapter name {name!r}: use 1-64 characters from A-Z a-z 0-9 . _ - "
+            "starting with a letter or digit"
+        )
+    return name
+
+
+def refuse_pickles(what: str, filename: str) -> None:
+    """Refuse a file by its name alone when it is a pickled checkpoint or code: such a file is
+    never opened, since loading it runs code. ``what`` names it in the message."""
+    if PurePath(filename).suffix.lower() in FORBIDDEN_SUFFIXES:
+        raise AdapterValidationError(
+            f"{what}: only safetensors weights are accepted; pickled checkpoints are never "
+            "loaded and code is never run"
+        )
 
 
 def strict_json(data: bytes, what: str) -> object:

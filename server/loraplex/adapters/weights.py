@@ -1,32 +1,33 @@
-"""PEFT LoRA adapters on disk -> per-module ``(A, B, scale)`` in host memory.
+"""Checked PEFT adapter files -> per-module ``(A, B, scale)`` in host memory, and mixes of them.
 
-A PEFT adapter folder holds ``adapter_config.json`` and ``adapter_model.safetensors`` whose keys
-look like ``base_model.model.<module>.lora_A.weight`` ([r, in]) and ``...lora_B.weight``
-([out, r]). The update of module m is ``scale_m · B_m · A_m`` with
-``scale_m = alpha_m / r_m`` (or ``alpha_m / sqrt(r_m)`` with ``use_rslora``), where ``r_m`` and
-``alpha_m`` come from ``rank_pattern`` / ``alpha_pattern`` when a pattern matches ``m``.
+An adapter's update of module m is ``scale_m · B_m · A_m`` with ``A_m`` [r_m, in],
+``B_m`` [out, r_m] and ``scale_m`` from the config (``PeftConfig.scale_of``). Only folders that
+passed :func:`~loraplex.adapters.folder_check.check_folder` are built, so names, ranks and
+shapes are already known to fit the base model here.
+
+A weighted mix ``Σ_i w_i · s_i · B_i · A_i = B · A`` is one adapter of concatenated rank:
+``A = [A_1; A_2; …]`` ([Σr_i, in]) and ``B = [w_1·s_1·B_1, w_2·s_2·B_2, …]`` ([out, Σr_i]),
+scale 1. This equals PEFT's ``add_weighted_adapter(..., combination_type="cat")``; no new kernel
+is needed.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
-import math
-import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors.torch import load
 
-from loraplex.lora.card import adapter_key
-from loraplex.lora.errors import AdapterValidationError
+from loraplex.adapters.card import adapter_key
+from loraplex.adapters.folder_check import CheckedFolder, check_folder
+from loraplex.adapters.rules import Limits
+from loraplex.adapters.safetensors_check import split_key
 
-CONFIG_FILE = "adapter_config.json"
-WEIGHTS_FILE = "adapter_model.safetensors"
-_KEY = re.compile(
-    r"^(?:base_model\.model\.)?(?P<module>.+)\.lora_(?P<ab>[AB])(?:\.[^.]+)?\.weight$"
-)
+MIX_PREFIX = "+mix-"  # "+" starts no valid adapter name
+
+__all__ = ["LoRAAdapter", "LoRAWeights", "build_adapter", "combine", "load_adapter", "mix_key"]
 
 
 @dataclass(frozen=True)
@@ -51,19 +52,16 @@ class LoRAWeights:
 
 @dataclass(frozen=True)
 class LoRAAdapter:
-    """A loaded adapter: name, content hash (sha256 of the weights file) and per-module weights."""
+    """Weights in host memory: name, content hash (sha256 of the weights file) and per-module
+    weights. What the config says of it (rank, alpha, targets) lives on its card."""
 
     name: str
     version: str
-    rank: int
-    alpha: float
-    target_modules: tuple[str, ...]
     modules: dict[str, LoRAWeights]
-    base_model: str | None = None
 
     @property
     def key(self) -> str:
-        if self.name.startswith("+mix-"):  # a combination is identified by its parts already
+        if self.name.startswith(MIX_PREFIX):  # a combination is identified by its parts already
             return self.name
         return adapter_key(self.name, self.version)
 
@@ -72,93 +70,50 @@ class LoRAAdapter:
         return max(w.rank for w in self.modules.values())
 
 
-def _pattern_value(patterns: dict[str, float], module: str, default: float) -> float:
-    """PEFT's rule: a pattern key matches a module name that equals it or ends with ``.key``."""
-    for pattern, value in patterns.items():
-        if re.match(rf"(.*\.)?({pattern})$", module):
-            return value
-    return default
-
-
-def read_config(folder: Path) -> dict:
-    path = folder / CONFIG_FILE
-    try:
-        config = json.loads(path.read_text())
-    except FileNotFoundError as exc:
-        raise AdapterValidationError(f"{CONFIG_FILE} is missing") from exc
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise AdapterValidationError(f"{CONFIG_FILE} is not valid JSON: {exc}") from exc
-    if not isinstance(config, dict):
-        raise AdapterValidationError(f"{CONFIG_FILE} must hold a JSON object")
-    if config.get("peft_type", "LORA") != "LORA":
-        raise AdapterValidationError(f"peft_type must be LORA, got {config.get('peft_type')!r}")
-    return config
-
-
-@dataclass(frozen=True)
-class WeightsFile:
-    """``adapter_model.safetensors`` read once: its sha256 (the version) and its tensors.
-
-    Hash and tensors come from the same bytes, so the version names exactly the weights served
-    and a file cannot change between being checked, hashed and loaded.
-    """
-
-    version: str
-    tensors: dict[str, torch.Tensor]
-
-    @classmethod
-    def parse(cls, data: bytes) -> WeightsFile:
-        return cls(hashlib.sha256(data).hexdigest(), load(data))
-
-
-def load_adapter(name: str, folder: str | Path, dtype: torch.dtype = torch.float32) -> LoRAAdapter:
-    """Read a PEFT adapter folder into host memory (one read of the weights file)."""
-    folder = Path(folder)
-    config = read_config(folder)
-    weights_path = folder / WEIGHTS_FILE
-    if not weights_path.is_file():
-        raise AdapterValidationError(f"{WEIGHTS_FILE} is missing (only safetensors are accepted)")
-    return build_adapter(name, config, WeightsFile.parse(weights_path.read_bytes()), dtype)
-
-
 def build_adapter(
-    name: str, config: dict, weights: WeightsFile, dtype: torch.dtype = torch.float32
+    name: str, checked: CheckedFolder, dtype: torch.dtype = torch.float32
 ) -> LoRAAdapter:
-    """Pair ``weights`` into per-module ``(A, B, scale)``; registration passes the weights its
-    checks already read, so the file is not read again."""
+    """Pair the checked tensors into per-module ``(A, B, scale)``; registration passes the
+    weights its checks already read, so the file is not read again."""
     pairs: dict[str, dict[str, torch.Tensor]] = {}
-    for key, tensor in weights.tensors.items():
-        match = _KEY.match(key)
-        if match is None:
-            raise AdapterValidationError(f"unexpected tensor {key!r}: only lora_A/lora_B weights")
-        pairs.setdefault(match["module"], {})[match["ab"]] = tensor
-    r = int(config.get("r", 8))
-    alpha = float(config.get("lora_alpha", r))
-    rank_pattern = config.get("rank_pattern") or {}
-    alpha_pattern = config.get("alpha_pattern") or {}
+    for key, tensor in checked.weights.tensors.items():
+        module, ab = split_key(key)
+        pairs.setdefault(module, {})[ab] = tensor
+    modules = {
+        module: LoRAWeights(ab["A"].to(dtype), ab["B"].to(dtype), checked.config.scale_of(module))
+        for module, ab in sorted(pairs.items())
+    }
+    return LoRAAdapter(name=name, version=checked.weights.version, modules=modules)
+
+
+def load_adapter(
+    name: str,
+    folder: str | Path,
+    module_shapes: Mapping[str, tuple[int, int]],
+    dtype: torch.dtype = torch.float32,
+    limits: Limits | None = None,
+    served_model: str = "",
+) -> LoRAAdapter:
+    """Check a PEFT adapter folder against the base model's projections and read it into host
+    memory (one read of the weights file)."""
+    checked = check_folder(Path(folder), limits or Limits(), served_model, module_shapes)
+    return build_adapter(name, checked, dtype)
+
+
+def mix_key(parts: list[tuple[str, float]]) -> str:
+    """Identity of a mix: the component keys (name@sha) and their weights."""
+    text = ";".join(f"{key}*{weight!r}" for key, weight in parts)
+    return f"{MIX_PREFIX}{hashlib.sha256(text.encode()).hexdigest()[:24]}"
+
+
+def combine(parts: list[tuple[LoRAAdapter, float]]) -> LoRAAdapter:
+    """One adapter equal to ``Σ w_i · ΔW_i`` on every module any part targets."""
     modules: dict[str, LoRAWeights] = {}
-    for module, ab in sorted(pairs.items()):
-        if set(ab) != {"A", "B"}:
-            raise AdapterValidationError(f"module {module!r} needs both lora_A and lora_B")
-        a, b = ab["A"], ab["B"]
-        rank = int(_pattern_value(rank_pattern, module, r))
-        if a.dim() != 2 or b.dim() != 2 or a.shape[0] != rank or b.shape[1] != rank:
-            raise AdapterValidationError(
-                f"module {module!r}: lora_A {tuple(a.shape)} / lora_B {tuple(b.shape)} "
-                f"do not match rank {rank}"
-            )
-        module_alpha = _pattern_value(alpha_pattern, module, alpha)
-        denom = math.sqrt(rank) if config.get("use_rslora") else rank
-        modules[module] = LoRAWeights(a.to(dtype), b.to(dtype), module_alpha / denom)
-    if not modules:
-        raise AdapterValidationError("the adapter has no LoRA weights")
-    targets = config.get("target_modules") or []
-    return LoRAAdapter(
-        name=name,
-        version=weights.version,
-        rank=r,
-        alpha=alpha,
-        target_modules=tuple([targets] if isinstance(targets, str) else targets),
-        modules=modules,
-        base_model=config.get("base_model_name_or_path"),
-    )
+    names = sorted({m for adapter, _ in parts for m in adapter.modules})
+    for name in names:
+        pieces = [(a.modules[name], w) for a, w in parts if name in a.modules]
+        lora_a = torch.cat([p.a for p, _ in pieces], dim=0)
+        lora_b = torch.cat([p.b * (w * p.scale) for p, w in pieces], dim=1)
+        modules[name] = LoRAWeights(lora_a, lora_b, 1.0)
+    key = mix_key([(a.key, w) for a, w in parts])
+    return LoRAAdapter(name=key, version=key.removeprefix(MIX_PREFIX), modules=modules)

@@ -12,18 +12,18 @@ from collections.abc import Callable
 from pathlib import Path
 
 from loraplex import metrics
+from loraplex.adapters.card import AdapterCard
+from loraplex.adapters.errors import AdapterPathError
+from loraplex.adapters.folder_check import check_folder
+from loraplex.adapters.registry import AdapterRegistry
+from loraplex.adapters.rules import Limits
+from loraplex.adapters.store import open_store
+from loraplex.adapters.weights import LoRAAdapter, combine, mix_key
 from loraplex.config import LoRAConfig
 from loraplex.engine.model_runner import ModelRunner
 from loraplex.engine.sampling_params import ParameterError
 from loraplex.engine.sequence import Sequence
-from loraplex.lora.adapter import LoRAAdapter, load_adapter
-from loraplex.lora.card import AdapterCard
-from loraplex.lora.combine import combine, mix_key
-from loraplex.lora.errors import AdapterPathError
-from loraplex.lora.registry import AdapterRegistry
 from loraplex.lora.slot_cache import SlotCache
-from loraplex.lora.store import open_store
-from loraplex.lora.validation import Limits, check_folder
 
 log = logging.getLogger(__name__)
 AdapterSpec = str | list[tuple[str, float]] | None
@@ -57,7 +57,6 @@ class EngineAdapters:
             open_store(location, cache_dir),
             runner.dtype,
             checker,
-            runner.lora.validate,
             config.max_cpu_loras,
             on_loaded,
         )
@@ -96,9 +95,7 @@ class EngineAdapters:
     def _load_now(self, card: AdapterCard) -> LoRAAdapter:
         adapter = self.registry.loaded(card.key)
         if adapter is None:
-            adapter = load_adapter(
-                card.name, self.registry.store.fetch(card.name), self.runner.dtype
-            )
+            adapter = self.registry.load(card)
         return adapter
 
     def check_path(self, path: str) -> Path:

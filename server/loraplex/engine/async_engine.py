@@ -13,12 +13,12 @@ from pathlib import Path
 from typing import TypeVar
 
 from loraplex import metrics
+from loraplex.adapters.card import AdapterCard
 from loraplex.config import Config
 from loraplex.engine.adapters import AdapterSpec
 from loraplex.engine.llm_engine import LLMEngine
 from loraplex.engine.outputs import RequestOutput
 from loraplex.engine.sampling_params import SamplingParams
-from loraplex.lora.card import AdapterCard
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

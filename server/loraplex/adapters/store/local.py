@@ -1,102 +1,30 @@
-"""Durable adapter stores: a local folder or an S3 prefix, one adapter per name.
-
-Each adapter is ``adapter_config.json`` + ``adapter_model.safetensors`` + ``loraplex.json`` (the
-store's metadata: sha256, created, description ...). Writers make a new version invisible until it
-is complete and then publish it with one atomic step, so a reader or a crash never sees half an
-adapter. Every method validates the name first: no name can form a path or key outside the store.
-"""
+"""The local adapter store: one folder per adapter under a root, replaced by atomic renames."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import secrets
-import shutil
 import threading
-import time
 from pathlib import Path
-from typing import Any, Protocol
 
-from loraplex.lora.adapter import CONFIG_FILE, WEIGHTS_FILE
-from loraplex.lora.errors import AdapterNotFoundError, AdapterValidationError
-from loraplex.lora.validation import validate_name
+from loraplex.adapters.errors import AdapterNotFoundError
+from loraplex.adapters.rules import validate_name
+from loraplex.adapters.store.files import (
+    DEL,
+    FILES,
+    METADATA_FILE,
+    OLD,
+    TMP,
+    fsync_dir,
+    full_metadata,
+    is_complete,
+    is_name,
+    remove,
+    work_dir,
+    write_synced,
+)
 
-METADATA_FILE = "loraplex.json"
-FILES = (CONFIG_FILE, WEIGHTS_FILE)
-_TMP, _OLD, _DEL = ".tmp-", ".old-", ".del-"  # work folders; names cannot start with "."
-
-
-class AdapterStore(Protocol):
-    def names(self) -> list[str]: ...
-    def exists(self, name: str) -> bool: ...
-    def fetch(self, name: str) -> Path: ...
-    def put(self, name: str, folder: Path, metadata: dict) -> None: ...
-    def metadata(self, name: str) -> dict: ...
-    def delete(self, name: str) -> None: ...
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def _complete(folder: Path) -> bool:
-    return folder.is_dir() and all((folder / f).is_file() for f in FILES)
-
-
-def _is_name(name: str) -> bool:
-    try:
-        validate_name(name)
-    except AdapterValidationError:
-        return False
-    return True
-
-
-def full_metadata(folder: Path, metadata: dict) -> dict:
-    """``metadata`` plus ``sha256`` (of the weights) and ``created`` (epoch s) unless given."""
-    for f in FILES:
-        if not (folder / f).is_file():
-            raise AdapterValidationError(f"{f} is missing")
-    meta = dict(metadata)
-    if "sha256" not in meta:  # the registry passes the hash it took: do not read the file again
-        meta["sha256"] = _sha256(folder / WEIGHTS_FILE)
-    meta.setdefault("created", int(time.time()))
-    return meta
-
-
-def _write_synced(path: Path, data: bytes | Path) -> None:
-    """Write bytes (or copy a file) to ``path`` and fsync it."""
-    with path.open("xb") as out:
-        if isinstance(data, Path):
-            with data.open("rb") as src:
-                shutil.copyfileobj(src, out, 1 << 20)
-        else:
-            out.write(data)
-        out.flush()
-        os.fsync(out.fileno())
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _remove(path: Path) -> None:
-    if path.is_symlink() or path.is_file():
-        path.unlink(missing_ok=True)
-    else:
-        shutil.rmtree(path, ignore_errors=True)
-
-
-def _work_dir(parent: Path, kind: str, name: str) -> Path:
-    return parent / f"{kind}{secrets.token_hex(8)}-{name}"
+__all__ = ["LocalAdapterStore"]
 
 
 class LocalAdapterStore:
@@ -113,24 +41,24 @@ class LocalAdapterStore:
         self.root.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
         for entry in self.root.iterdir():
-            if entry.name.startswith((_TMP, _DEL)):
-                _remove(entry)
-            elif entry.name.startswith(_OLD):
-                name = entry.name[len(_OLD) + 17 :]
-                if _is_name(name) and not os.path.lexists(self.root / name):
+            if entry.name.startswith((TMP, DEL)):
+                remove(entry)
+            elif entry.name.startswith(OLD):
+                name = entry.name[len(OLD) + 17 :]
+                if is_name(name) and not os.path.lexists(self.root / name):
                     os.replace(entry, self.root / name)
                 else:
-                    _remove(entry)
+                    remove(entry)
 
     def names(self) -> list[str]:
-        return sorted(e.name for e in self.root.iterdir() if _is_name(e.name) and _complete(e))
+        return sorted(e.name for e in self.root.iterdir() if is_name(e.name) and is_complete(e))
 
     def exists(self, name: str) -> bool:
-        return _complete(self.root / validate_name(name))
+        return is_complete(self.root / validate_name(name))
 
     def fetch(self, name: str) -> Path:
         folder = self.root / validate_name(name)
-        if not _complete(folder):
+        if not is_complete(folder):
             raise AdapterNotFoundError(name)
         return folder
 
@@ -145,23 +73,23 @@ class LocalAdapterStore:
         validate_name(name)
         folder = Path(folder)
         meta = full_metadata(folder, metadata)
-        tmp = _work_dir(self.root, _TMP, name)
+        tmp = work_dir(self.root, TMP, name)
         tmp.mkdir()
         try:
             for f in FILES:
-                _write_synced(tmp / f, folder / f)
-            _write_synced(tmp / METADATA_FILE, json.dumps(meta, indent=1).encode())
-            _fsync_dir(tmp)
+                write_synced(tmp / f, folder / f)
+            write_synced(tmp / METADATA_FILE, json.dumps(meta, indent=1).encode())
+            fsync_dir(tmp)
             with self._lock:
                 self._swap_in(tmp, self.root / name)
         except BaseException:
-            _remove(tmp)
+            remove(tmp)
             raise
 
     def _swap_in(self, new: Path, target: Path) -> None:
         old = None
         if os.path.lexists(target):
-            old = _work_dir(self.root, _OLD, target.name)
+            old = work_dir(self.root, OLD, target.name)
             os.replace(target, old)
         try:
             os.replace(new, target)
@@ -169,34 +97,15 @@ class LocalAdapterStore:
             if old is not None:
                 os.replace(old, target)
             raise
-        _fsync_dir(self.root)
+        fsync_dir(self.root)
         if old is not None:
-            _remove(old)
+            remove(old)
 
     def delete(self, name: str) -> None:
         """The name disappears with one rename; the files are deleted afterwards."""
         with self._lock:
             folder = self.fetch(name)
-            trash = _work_dir(self.root, _DEL, name)
+            trash = work_dir(self.root, DEL, name)
             os.replace(folder, trash)
-            _fsync_dir(self.root)
-        _remove(trash)
-
-
-def open_store(url_or_path: str, cache_dir: Path) -> AdapterStore:
-    """``s3://bucket/prefix`` -> :class:`S3AdapterStore` (downloads cached in ``cache_dir``);
-    anything else is a local folder."""
-    if url_or_path.startswith("s3://"):
-        from loraplex.lora.s3_store import S3AdapterStore
-
-        return S3AdapterStore(url_or_path, cache_dir)
-    return LocalAdapterStore(url_or_path)
-
-
-def __getattr__(name: str) -> Any:
-    """``S3AdapterStore`` stays importable from here; it is loaded on first use (PEP 562)."""
-    if name == "S3AdapterStore":
-        from loraplex.lora.s3_store import S3AdapterStore
-
-        return S3AdapterStore
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+            fsync_dir(self.root)
+        remove(trash)
