@@ -10,20 +10,24 @@ scale ``s_m = alpha_m / r_m`` (``alpha_m / sqrt(r_m)`` with ``use_rslora``), whe
 
 from __future__ import annotations
 
-import functools
 import logging
 import math
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from loraplex.adapters.errors import AdapterValidationError
+from loraplex.adapters.module_patterns import (
+    MAX_PATTERN_KEYS,
+    Targets,
+    check_key,
+    check_regex,
+    first_match,
+    matches,
+)
 from loraplex.adapters.rules import CONFIG_FILE, Limits, strict_json
 
 log = logging.getLogger(__name__)
 
-MAX_PATTERN_CHARS = 256  # rank_pattern / alpha_pattern / target_modules regexes
-ALL_LINEAR = "all-linear"  # PEFT's shorthand: every projection but the output embedding
 # PEFT options that change what the adapter computes at inference: any truthy value is refused.
 UNSUPPORTED = (
     "use_dora",
@@ -37,41 +41,8 @@ UNSUPPORTED = (
     "trainable_token_indices",
     "arrow_config",
 )
-# Module names (equal to a module's name or to its last dotted components), or one regex that
-# must match the whole name.
-Targets = tuple[str, ...] | str
 
-__all__ = ["ALL_LINEAR", "MAX_PATTERN_CHARS", "UNSUPPORTED", "PeftConfig", "Targets"]
-
-
-@functools.lru_cache(maxsize=256)
-def _regex(pattern: str) -> re.Pattern[str]:
-    """Each distinct pattern is compiled once per process, for its check and every match."""
-    return re.compile(pattern)
-
-
-def _check_regex(what: str, pattern: str, *matched_as: str) -> None:
-    """``pattern`` must be short and compile, alone and in each form it is matched as."""
-    if len(pattern) > MAX_PATTERN_CHARS:
-        raise AdapterValidationError(f"{what}: pattern longer than {MAX_PATTERN_CHARS} characters")
-    try:
-        for form in (pattern, *matched_as):
-            _regex(form)
-    except re.error as exc:
-        raise AdapterValidationError(f"{what}: invalid regular expression {pattern!r}") from exc
-
-
-def _suffix_regex(key: str) -> str:
-    """PEFT's rank/alpha pattern rule: ``key`` matches the whole name or its dotted tail."""
-    return rf"(?:.*\.)?(?:{key})"
-
-
-def _matches(targets: Targets, module: str) -> bool:
-    """PEFT's rule: a list entry equals the module name or its last dotted components; a string
-    is a regex over the full name (``all-linear`` targets every projection)."""
-    if isinstance(targets, str):
-        return targets == ALL_LINEAR or _regex(targets).fullmatch(module) is not None
-    return any(module == t or module.endswith("." + t) for t in targets)
+__all__ = ["UNSUPPORTED", "PeftConfig"]
 
 
 def _is_number(value: object) -> bool:
@@ -93,8 +64,12 @@ def _patterns(field: str, patterns: object, limits: Limits) -> tuple[tuple[str, 
         return ()
     if not isinstance(patterns, dict):
         raise AdapterValidationError(f"{field} must be an object, got {patterns!r}")
+    if len(patterns) > MAX_PATTERN_KEYS:
+        raise AdapterValidationError(
+            f"{field} has {len(patterns)} keys; the limit is {MAX_PATTERN_KEYS}"
+        )
     for key, value in patterns.items():
-        _check_regex(f"{field} key {key!r}", key, _suffix_regex(key))
+        check_key(f"{field} key {key!r}", key)
         if field == "rank_pattern":
             _rank(f"rank_pattern[{key!r}]", value, limits)
         elif not _is_number(value) or value <= 0:
@@ -107,7 +82,7 @@ def _patterns(field: str, patterns: object, limits: Limits) -> tuple[tuple[str, 
 def _targets(targets: object, field: str) -> Targets:
     """A non-empty list of module names, or one regex matched against full module names."""
     if isinstance(targets, str) and targets:
-        _check_regex(field, targets)
+        check_regex(field, targets)
         return targets
     if (
         not isinstance(targets, list)
@@ -227,25 +202,15 @@ class PeftConfig:
     def targets(self, module: str) -> bool:
         """Whether PEFT would put a LoRA on ``module``: targeted and not excluded."""
         excluded = self.exclude_modules
-        return _matches(self.target_modules, module) and not (
-            excluded and _matches(excluded, module)
-        )
+        return matches(self.target_modules, module) and not (excluded and matches(excluded, module))
 
     def rank_of(self, module: str) -> int:
-        return int(_pattern_value(self.rank_pattern, module, self.r))
+        return int(first_match(self.rank_pattern, module, self.r))
 
     def alpha_of(self, module: str) -> float:
-        return float(_pattern_value(self.alpha_pattern, module, self.lora_alpha))
+        return float(first_match(self.alpha_pattern, module, self.lora_alpha))
 
     def scale_of(self, module: str) -> float:
         """``alpha_m / r_m``, or ``alpha_m / sqrt(r_m)`` with rsLoRA."""
         rank = self.rank_of(module)
         return self.alpha_of(module) / (math.sqrt(rank) if self.use_rslora else rank)
-
-
-def _pattern_value(patterns: tuple[tuple[str, float], ...], module: str, default: float) -> float:
-    """The value of the first key (in the file's order) matching ``module``, else ``default``."""
-    for key, value in patterns:
-        if _regex(_suffix_regex(key)).fullmatch(module) is not None:
-            return value
-    return default
