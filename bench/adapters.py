@@ -23,11 +23,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import common
 
+from loraplex.adapters.weights import load_adapter
 from loraplex.config import CacheConfig, Config, LoRAConfig, ModelConfig, SchedulerConfig
 from loraplex.engine.build import build_engine
 from loraplex.engine.llm_engine import LLMEngine
 from loraplex.engine.sampling_params import SamplingParams
-from loraplex.lora.adapter import load_adapter
 
 ATTENTION = ("q_proj", "v_proj")
 
@@ -82,9 +82,10 @@ def load_latencies(model_dir: Path, root: Path, dtype: str) -> list[list[object]
         engine = engine_for(store, 2, 64, dtype)
         mb = (store / "x" / "adapter_model.safetensors").stat().st_size / 2**20
         cold, hot = [], []
+        shapes = engine.runner.lora.module_shapes()
         for _ in range(5):
             start = time.perf_counter()
-            adapter = load_adapter("x", store / "x", engine.runner.dtype)
+            adapter = load_adapter("x", store / "x", shapes, engine.runner.dtype)
             engine.runner.lora.load_slot(0, adapter)
             cold.append(time.perf_counter() - start)
             start = time.perf_counter()

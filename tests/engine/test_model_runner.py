@@ -10,13 +10,14 @@ from builders import ALL_SEVEN, needs_cc, save_adapter, save_tiny_model
 from peft import PeftModel
 from transformers import AutoModelForCausalLM
 
+from loraplex.adapters.rules import Limits
+from loraplex.adapters.weights import load_adapter
 from loraplex.config import CacheConfig, LoRAConfig, ModelConfig
 from loraplex.engine.batch import build_batch
 from loraplex.engine.model_runner import ModelRunner
 from loraplex.engine.sampling_params import SamplingParams
 from loraplex.engine.scheduler import ScheduledSeq
 from loraplex.engine.sequence import Sequence
-from loraplex.lora.adapter import load_adapter
 
 BLOCK = 4
 ADAPTERS = {
@@ -74,8 +75,7 @@ def test_mixed_batch_matches_peft_per_request(arch: str, kernel: str, tmp_path: 
     )
     slot_of = {}
     for slot, (name, folder) in enumerate(dirs.items(), start=1):
-        adapter = load_adapter(name, folder)
-        runner.lora.validate(adapter)
+        adapter = load_adapter(name, folder, runner.lora.module_shapes(), limits=Limits(max_rank=8))
         runner.lora.load_slot(slot, adapter)
         slot_of[name] = slot
     free = iter(range(64))

@@ -16,14 +16,14 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from loraplex.engine.sampling_params import ParameterError
-from loraplex.lora.errors import (
+from loraplex.adapters.errors import (
     AdapterError,
     AdapterExistsError,
     AdapterNotFoundError,
     AdapterPathError,
     AdapterValidationError,
 )
+from loraplex.engine.sampling_params import ParameterError
 
 log = logging.getLogger(__name__)
 

@@ -12,9 +12,9 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TypeVar
 
+from loraplex.adapters.card import AdapterCard
+from loraplex.adapters.rules import Limits
 from loraplex.engine.adapters import EngineAdapters
-from loraplex.lora.card import AdapterCard
-from loraplex.lora.limits import Limits
 
 T = TypeVar("T")
 OnEngine = Callable[[Callable[[], T]], Awaitable[T]]

@@ -11,17 +11,16 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from loraplex import metrics
+from loraplex.adapters.card import AdapterCard
+from loraplex.adapters.errors import AdapterNotFoundError, AdapterPathError
+from loraplex.adapters.registry import AdapterRegistry
+from loraplex.adapters.rules import Limits
+from loraplex.adapters.weights import LoRAAdapter, combine, mix_key
 from loraplex.config import LoRAConfig
 from loraplex.engine.model_runner import ModelRunner
 from loraplex.engine.sampling_params import ParameterError
 from loraplex.engine.sequence import Sequence
-from loraplex.lora.adapter import LoRAAdapter, load_adapter
-from loraplex.lora.card import AdapterCard
-from loraplex.lora.combine import combine, mix_key
-from loraplex.lora.errors import AdapterNotFoundError, AdapterPathError
-from loraplex.lora.registry import AdapterRegistry
 from loraplex.lora.slot_cache import SlotCache
-from loraplex.lora.validation import Limits
 
 log = logging.getLogger(__name__)
 AdapterSpec = str | list[tuple[str, float]] | None
@@ -68,16 +67,13 @@ class EngineAdapters:
                 limit = self.config.max_lora_rank
                 message = f"the combination has rank {mix.max_rank} > --max-lora-rank {limit}"
                 raise ParameterError("adapters", message)
-            self.runner.lora.validate(mix)
             self.registry.add_ephemeral(mix)
         return key, False
 
     def _load_now(self, card: AdapterCard) -> LoRAAdapter:
         adapter = self.registry.loaded(card.key)
         if adapter is None:
-            adapter = load_adapter(
-                card.name, self.registry.store.fetch(card.name), self.runner.dtype
-            )
+            adapter = self.registry.load(card)
         return adapter
 
     def check_path(self, path: str) -> Path:

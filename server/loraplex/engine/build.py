@@ -13,6 +13,10 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
+from loraplex.adapters.folder_check import check_folder
+from loraplex.adapters.registry import AdapterRegistry
+from loraplex.adapters.rules import Limits
+from loraplex.adapters.store import open_store
 from loraplex.config import Config, LoRAConfig
 from loraplex.engine.adapters import EngineAdapters
 from loraplex.engine.block_manager import BlockManager
@@ -20,10 +24,7 @@ from loraplex.engine.default_model import DEFAULT_MODEL_NAME, ensure_default_mod
 from loraplex.engine.llm_engine import LLMEngine
 from loraplex.engine.model_runner import ModelRunner
 from loraplex.engine.scheduler import Scheduler
-from loraplex.lora.registry import AdapterRegistry
 from loraplex.lora.slot_cache import SlotCache
-from loraplex.lora.store import open_store
-from loraplex.lora.validation import Limits, check_folder
 from loraplex.paths import cache_root
 
 
@@ -42,7 +43,7 @@ def build_adapters(
 ) -> EngineAdapters:
     """The registry over the store (checked against the model's projections) and the slots."""
     limits = adapter_limits(config)
-    shapes = {n: (m.in_features, m.out_features) for n, m in runner.lora.layers.items()}
+    shapes = runner.lora.module_shapes()
     checker = functools.partial(
         check_folder, limits=limits, served_model=base_model, module_shapes=shapes
     )
@@ -51,7 +52,6 @@ def build_adapters(
         open_store(location, cache_root()),
         runner.dtype,
         checker,
-        runner.lora.validate,
         config.max_cpu_loras,
         on_loaded,
     )

@@ -1,5 +1,5 @@
-"""The checks of adapter_model.safetensors (lora/safetensors_check.py and the weight rules of
-lora/validation.py) on real PEFT adapters, each corrupted in one way."""
+"""The checks of adapter_model.safetensors (adapters/safetensors_check.py, reached through
+check_folder) on real PEFT adapters, each corrupted in one way."""
 
 from __future__ import annotations
 
@@ -11,9 +11,8 @@ from adapter_edits import Q_A, Q_B, edit_config, edit_weights, write_raw
 from builders import ALL_SEVEN, save_adapter
 from safetensors.torch import load_file, save_file
 
-from loraplex.lora.adapter import WEIGHTS_FILE
-from loraplex.lora.errors import AdapterValidationError
-from loraplex.lora.validation import Limits
+from loraplex.adapters.errors import AdapterValidationError
+from loraplex.adapters.rules import WEIGHTS_FILE, Limits
 
 # ---- adapter_model.safetensors --------------------------------------------------------------
 

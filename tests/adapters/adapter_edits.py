@@ -8,8 +8,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from loraplex.lora.adapter import CONFIG_FILE, WEIGHTS_FILE
-from loraplex.lora.validation import Limits
+from loraplex.adapters.rules import CONFIG_FILE, WEIGHTS_FILE, Limits
 
 SERVED = "tiny-llama"
 LIMITS = Limits(max_rank=16)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from loraplex.lora.host_cache import HostCache
+from loraplex.adapters.host_cache import HostCache
 
 
 def test_lru_eviction_follows_recency() -> None:

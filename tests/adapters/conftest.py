@@ -12,7 +12,9 @@ from adapter_edits import LIMITS, SERVED
 from builders import save_adapter, save_tiny_model
 from transformers import AutoModelForCausalLM
 
-from loraplex.lora.validation import Limits, check_folder
+from loraplex.adapters.folder_check import check_folder
+from loraplex.adapters.peft_config import PeftConfig
+from loraplex.adapters.rules import Limits
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +48,7 @@ def adapter(good: Path, tmp_path: Path) -> Path:
 
 @pytest.fixture
 def check(module_shapes: dict[str, tuple[int, int]]):
-    def run(folder: Path, limits: Limits = LIMITS, served: str = SERVED) -> dict:
+    def run(folder: Path, limits: Limits = LIMITS, served: str = SERVED) -> PeftConfig:
         return check_folder(folder, limits, served, module_shapes).config
 
     return run

@@ -20,9 +20,8 @@ from contextlib import closing
 from pathlib import Path
 from typing import IO
 
-from loraplex.lora.adapter import CONFIG_FILE, WEIGHTS_FILE
-from loraplex.lora.errors import AdapterValidationError
-from loraplex.lora.validation import FORBIDDEN_SUFFIXES, Limits
+from loraplex.adapters.errors import AdapterValidationError
+from loraplex.adapters.rules import CONFIG_FILE, WEIGHTS_FILE, Limits, refuse_pickles
 
 MAX_MEMBERS = 16
 WANTED = (CONFIG_FILE, WEIGHTS_FILE)
@@ -185,11 +184,7 @@ def _stage(archive: Path, dest: Path, limits: Limits) -> dict[tuple[str, ...], P
             if parts in seen:
                 raise AdapterValidationError(f"archive member {name!r} appears twice")
             seen.add(parts)
-            if Path(parts[-1]).suffix.lower() in FORBIDDEN_SUFFIXES:
-                raise AdapterValidationError(
-                    f"archive member {name!r}: only safetensors weights are accepted; pickled "
-                    "checkpoints are never loaded and code is never run"
-                )
+            refuse_pickles(f"archive member {name!r}", parts[-1])
             total = _check_declared(name, size, total, limits)
             if len(parts) <= 2 and parts[-1] in WANTED:
                 staged[parts] = dest / f".part-{len(staged)}"

@@ -1,5 +1,5 @@
-"""Every rule of lora/validation.py on real PEFT adapters, each corrupted in one way:
-names, adapter_config.json and the folder (the weights file: test_safetensors_check.py)."""
+"""Every rule of adapters/peft_config.py on a real PEFT adapter's config, each corrupted in one
+way, and the per-module answers of the parsed config."""
 
 from __future__ import annotations
 
@@ -10,42 +10,17 @@ from pathlib import Path
 import pytest
 from adapter_edits import LIMITS, SERVED
 
-from loraplex.lora.adapter import CONFIG_FILE, WEIGHTS_FILE
-from loraplex.lora.errors import AdapterValidationError
-from loraplex.lora.validation import Limits, parse_config, validate_name
-
-# ---- names ---------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("name", ["a", "tiny-a", "A.b_c-1", "v2.0", "x" * 64])
-def test_valid_names(name: str) -> None:
-    assert validate_name(name) == name
-
-
-@pytest.mark.parametrize(
-    "name",
-    [
-        *("", ".", "..", ".hidden", "../x", "a/b", "a\\b", "/etc", "x" * 65, "-a", "_a"),
-        *("a b", "a\n", "a\0", "é", None, 5),
-    ],
-)
-def test_names_that_could_form_paths_are_refused(name: object) -> None:
-    with pytest.raises(AdapterValidationError, match="invalid adapter name"):
-        validate_name(name)
-
-
-def test_limits_must_be_positive() -> None:
-    with pytest.raises(ValueError, match="max_rank"):
-        Limits(max_rank=0)
-
-
-# ---- adapter_config.json -------------------------------------------------------------------
+from loraplex.adapters.errors import AdapterValidationError
+from loraplex.adapters.peft_config import PeftConfig
+from loraplex.adapters.rules import CONFIG_FILE, Limits
 
 
 def test_good_adapter_passes_and_returns_config(adapter: Path, check) -> None:
     assert (adapter / "README.md").exists()  # written by PEFT, ignored
     config = check(adapter)
-    assert config["r"] == 4 and config["peft_type"] == "LORA"
+    assert isinstance(config, PeftConfig)
+    assert (config.r, config.lora_alpha) == (4, 8.0) and config.base_model.endswith(SERVED)
+    assert set(config.target_modules) == {"q_proj", "v_proj"}
 
 
 def config_bytes(good: Path, **changes: object) -> bytes:
@@ -97,11 +72,13 @@ def config_bytes(good: Path, **changes: object) -> bytes:
         ({"exclude_modules": [3]}, "exclude_modules"),
         ({"exclude_modules": "("}, "exclude_modules: invalid regular expression"),
         ({"base_model_name_or_path": 5}, "base_model_name_or_path"),
+        ({"use_rslora": "false"}, "use_rslora must be true or false"),
+        ({"use_rslora": 1}, "use_rslora must be true or false"),
     ],
 )
 def test_config_rules(good: Path, changes: dict, message: str) -> None:
     with pytest.raises(AdapterValidationError, match=message):
-        parse_config(config_bytes(good, **changes), LIMITS, SERVED)
+        PeftConfig.parse(config_bytes(good, **changes), LIMITS, SERVED)
 
 
 @pytest.mark.parametrize(
@@ -119,13 +96,13 @@ def test_config_rules(good: Path, changes: dict, message: str) -> None:
 )
 def test_config_must_be_strict_json(text: bytes, message: str) -> None:
     with pytest.raises(AdapterValidationError, match=message):
-        parse_config(text, Limits(max_config_bytes=1 << 20), SERVED)
+        PeftConfig.parse(text, Limits(max_config_bytes=1 << 20), SERVED)
 
 
 def test_config_size_is_limited(good: Path) -> None:
     data = config_bytes(good, description="x" * 70_000)
     with pytest.raises(AdapterValidationError, match="limit is 65536"):
-        parse_config(data, LIMITS, SERVED)
+        PeftConfig.parse(data, LIMITS, SERVED)
 
 
 @pytest.mark.parametrize(
@@ -141,43 +118,58 @@ def test_config_size_is_limited(good: Path) -> None:
     ],
 )
 def test_base_model_matches_by_last_component(good: Path, base: object, served: str) -> None:
-    parse_config(config_bytes(good, base_model_name_or_path=base), LIMITS, served)
+    PeftConfig.parse(config_bytes(good, base_model_name_or_path=base), LIMITS, served)
 
 
 def test_base_model_mismatch_is_refused_unless_allowed(good: Path, caplog) -> None:
     data = config_bytes(good, base_model_name_or_path="HuggingFaceTB/SmolLM2-135M-Instruct")
     with pytest.raises(AdapterValidationError, match=r"SmolLM2-135M-Instruct.*tiny-llama"):
-        parse_config(data, LIMITS, SERVED)
+        PeftConfig.parse(data, LIMITS, SERVED)
     with caplog.at_level(logging.WARNING):
-        parse_config(data, Limits(max_rank=16, allow_base_mismatch=True), SERVED)
+        PeftConfig.parse(data, Limits(max_rank=16, allow_base_mismatch=True), SERVED)
     assert "SmolLM2-135M-Instruct" in caplog.text
 
 
-# ---- the folder ----------------------------------------------------------------------------
+# ---- the parsed config's per-module answers ----------------------------------------------------
+
+ATTN = "model.layers.0.self_attn"
+
+
+def parsed(**fields: object) -> PeftConfig:
+    config = {"peft_type": "LORA", "r": 4, "lora_alpha": 8, "target_modules": ["q_proj"]}
+    return PeftConfig.parse(json.dumps(config | fields).encode(), LIMITS, "")
+
+
+def test_patterns_give_rank_alpha_and_scale_per_module() -> None:
+    config = parsed(
+        rank_pattern={"v_proj": 2, r"layers\.0\.self_attn\.q_proj": 16, "q_proj": 8},
+        alpha_pattern={"k_proj": 32},
+    )
+    assert config.rank_of(f"{ATTN}.q_proj") == 16  # the first key that matches wins
+    assert config.rank_of("model.layers.1.self_attn.q_proj") == 8
+    assert config.rank_of(f"{ATTN}.v_proj") == 2 and config.rank_of(f"{ATTN}.o_proj") == 4
+    assert config.rank_of(f"{ATTN}.xv_proj") == 4  # a key matches whole dotted components
+    assert config.scale_of(f"{ATTN}.v_proj") == 8 / 2
+    assert config.scale_of(f"{ATTN}.k_proj") == 32 / 4
+    assert parsed(use_rslora=True).scale_of(f"{ATTN}.q_proj") == 8 / 2  # alpha / sqrt(r)
 
 
 @pytest.mark.parametrize(
-    "name", ["adapter_model.bin", "pytorch_model.pt", "x.pth", "x.pkl", "x.ckpt", "setup.py"]
+    ("fields", "targeted", "not_targeted"),
+    [
+        ({}, [f"{ATTN}.q_proj", "q_proj"], [f"{ATTN}.k_proj", f"{ATTN}.xq_proj"]),
+        ({"target_modules": "all-linear"}, [f"{ATTN}.k_proj"], []),
+        ({"target_modules": r".*\.0\..*_proj"}, [f"{ATTN}.k_proj"], ["model.layers.1.mlp.up_proj"]),
+        ({"exclude_modules": ["layers.0.self_attn.q_proj"]}, ["x.1.q_proj"], [f"{ATTN}.q_proj"]),
+        ({"exclude_modules": r".*\.0\..*"}, ["x.1.q_proj"], [f"{ATTN}.q_proj"]),
+    ],
 )
-def test_pickles_and_code_are_refused(adapter: Path, check, name: str) -> None:
-    (adapter / name).write_bytes(b"\x80\x04")
-    with pytest.raises(AdapterValidationError, match=r"only safetensors .* code is never run"):
-        check(adapter)
+def test_targets_and_exclusions(fields: dict, targeted: list, not_targeted: list) -> None:
+    config = parsed(**fields)
+    assert all(config.targets(m) for m in targeted)
+    assert not any(config.targets(m) for m in not_targeted)
 
 
-@pytest.mark.parametrize("missing", [CONFIG_FILE, WEIGHTS_FILE])
-def test_both_files_are_required(adapter: Path, check, missing: str) -> None:
-    (adapter / missing).unlink()
-    with pytest.raises(AdapterValidationError, match=f"{missing} is missing"):
-        check(adapter)
-
-
-def test_not_a_folder_is_refused(tmp_path: Path, check) -> None:
-    with pytest.raises(AdapterValidationError, match="not an adapter folder"):
-        check(tmp_path / "nothing")
-
-
-def test_large_config_file_is_refused(adapter: Path, check) -> None:
-    (adapter / CONFIG_FILE).write_bytes(b" " * 70_000)
-    with pytest.raises(AdapterValidationError, match="larger than 65536 bytes"):
-        check(adapter)
+def test_a_regex_target_is_one_entry_on_the_card() -> None:
+    assert parsed(target_modules=".*q_proj").target_names == (".*q_proj",)
+    assert parsed(target_modules=["q_proj", "v_proj"]).target_names == ("q_proj", "v_proj")

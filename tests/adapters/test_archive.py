@@ -13,9 +13,10 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from loraplex.lora.archive import _copy, extract_archive
-from loraplex.lora.errors import AdapterValidationError
-from loraplex.lora.validation import Limits, check_folder
+from loraplex.adapters.archive import _copy, extract_archive
+from loraplex.adapters.errors import AdapterValidationError
+from loraplex.adapters.folder_check import check_folder
+from loraplex.adapters.rules import Limits
 
 CONFIG, WEIGHTS = "adapter_config.json", "adapter_model.safetensors"
 FILES = {CONFIG: b'{"peft_type": "LORA"}', WEIGHTS: b"\x00" * 100, "README.md": b"# hi"}
@@ -88,7 +89,7 @@ def test_extracted_real_adapter_passes_validation(
         if isinstance(m, torch.nn.Linear) and n != "lm_head"
     }
     config = check_folder(tmp_path / "out", Limits(max_rank=8), "tiny-llama", shapes).config
-    assert config["r"] == 4
+    assert config.r == 4
 
 
 # ---- hostile names and member types --------------------------------------------------------

@@ -20,12 +20,13 @@ from pathlib import Path
 
 import torch
 
-from loraplex.lora.adapter import WEIGHTS_FILE, LoRAAdapter, build_adapter, load_adapter
-from loraplex.lora.card import AdapterCard
-from loraplex.lora.errors import AdapterError, AdapterExistsError, AdapterNotFoundError
-from loraplex.lora.host_cache import HostCache
-from loraplex.lora.store import AdapterStore
-from loraplex.lora.validation import CheckedFolder, validate_name
+from loraplex.adapters.card import AdapterCard
+from loraplex.adapters.errors import AdapterError, AdapterExistsError, AdapterNotFoundError
+from loraplex.adapters.folder_check import CheckedFolder
+from loraplex.adapters.host_cache import HostCache
+from loraplex.adapters.rules import WEIGHTS_FILE, validate_name
+from loraplex.adapters.store import AdapterStore
+from loraplex.adapters.weights import LoRAAdapter, build_adapter
 
 log = logging.getLogger(__name__)
 
@@ -33,15 +34,11 @@ log = logging.getLogger(__name__)
 def describe(name: str, folder: Path, checked: CheckedFolder, metadata: dict) -> AdapterCard:
     """A card from the checked adapter (config, weights hash) and the store's metadata; the
     version is the hash of the bytes checked, which are the bytes a load of it will find."""
-    config = checked.config
     weights = folder / WEIGHTS_FILE
-    targets = config.get("target_modules") or []
     return AdapterCard(
         name=name,
         version=checked.weights.version,
-        rank=int(config.get("r", 8)),
-        alpha=float(config.get("lora_alpha", config.get("r", 8))),
-        target_modules=tuple([targets] if isinstance(targets, str) else targets),
+        config=checked.config,
         size_bytes=weights.stat().st_size,
         created=int(metadata.get("created") or weights.stat().st_mtime),
         description=metadata.get("description"),
@@ -52,10 +49,10 @@ def describe(name: str, folder: Path, checked: CheckedFolder, metadata: dict) ->
 class AdapterRegistry:
     """name -> current :class:`AdapterCard`; key -> :class:`LoRAAdapter` in host memory.
 
-    ``check_folder`` validates an adapter's files before they reach the store (config rules,
-    safetensors header, shapes against the base model) and returns what it read, so they are not
-    read again; ``check_adapter`` validates loaded weights against the LoRA layers.
-    ``on_loaded`` wakes the engine when a load finishes.
+    ``check_folder`` validates an adapter's files (config rules, safetensors header, shapes
+    against the base model's LoRA layers) and returns what it read, so they are not read again.
+    Every folder is checked the same way: before it reaches the store, at start-up, and on each
+    read back from the store. ``on_loaded`` wakes the engine when a load finishes.
     """
 
     def __init__(
@@ -63,14 +60,12 @@ class AdapterRegistry:
         store: AdapterStore,
         dtype: torch.dtype,
         check_folder: Callable[[Path], CheckedFolder],
-        check_adapter: Callable[[LoRAAdapter], None],
         max_cpu_loras: int,
         on_loaded: Callable[[], None] = lambda: None,
     ) -> None:
         self.store = store
         self.dtype = dtype
         self.check_folder = check_folder
-        self.check_adapter = check_adapter
         self.on_loaded = on_loaded
         self.host: HostCache[LoRAAdapter] = HostCache(max_cpu_loras, on_unused=self._retire)
         self._cards: dict[str, AdapterCard] = {}
@@ -108,8 +103,7 @@ class AdapterRegistry:
         """Validate ``folder`` and store it atomically under ``name``; then it is servable."""
         validate_name(name)
         checked = self.check_folder(folder)
-        adapter = build_adapter(name, checked.config, checked.weights, self.dtype)
-        self.check_adapter(adapter)
+        adapter = build_adapter(name, checked, self.dtype)
         metadata = {
             "sha256": adapter.version,
             "created": int(time.time()),
@@ -204,13 +198,16 @@ class AdapterRegistry:
             self._loading.add(key)
         self._pool.submit(self._load, card)
 
+    def load(self, card: AdapterCard) -> LoRAAdapter:
+        """Read ``card``'s version from the store (checked as at registration) into memory."""
+        checked = self.check_folder(self.store.fetch(card.name))
+        if checked.weights.version != card.version:  # replaced since the card was taken
+            raise AdapterNotFoundError(f"{card.name} (version {card.version[:16]})")
+        return build_adapter(card.name, checked, self.dtype)
+
     def _load(self, card: AdapterCard) -> None:
         try:
-            adapter = load_adapter(card.name, self.store.fetch(card.name), self.dtype)
-            if adapter.key != card.key:  # replaced in the store since this request arrived
-                raise AdapterNotFoundError(f"{card.name} (version {card.version[:16]})")
-            self.check_adapter(adapter)
-            self.host.put(card.key, adapter)
+            self.host.put(card.key, self.load(card))
         except Exception as exc:  # reported to the requests that wait for it
             log.warning("loading adapter %s failed: %s", card.key, exc)
             with self._lock:

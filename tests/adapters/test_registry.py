@@ -14,11 +14,12 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from loraplex.lora.adapter import CONFIG_FILE, WEIGHTS_FILE, LoRAAdapter, LoRAWeights
-from loraplex.lora.errors import AdapterNotFoundError
-from loraplex.lora.registry import AdapterRegistry
-from loraplex.lora.store import LocalAdapterStore
-from loraplex.lora.validation import Limits, check_folder
+from loraplex.adapters.errors import AdapterNotFoundError, AdapterValidationError
+from loraplex.adapters.folder_check import check_folder
+from loraplex.adapters.registry import AdapterRegistry
+from loraplex.adapters.rules import CONFIG_FILE, WEIGHTS_FILE, Limits
+from loraplex.adapters.store import LocalAdapterStore
+from loraplex.adapters.weights import LoRAAdapter, LoRAWeights
 
 LAYER = "model.layers.0.self_attn"
 SHAPES = {f"{LAYER}.q_proj": (8, 8), f"{LAYER}.v_proj": (8, 8)}
@@ -51,9 +52,7 @@ def make_registry(tmp_path: Path) -> Iterator[Callable[..., AdapterRegistry]]:
             check_folder, limits=Limits(max_rank=8), served_model="", module_shapes=SHAPES
         )
         store = LocalAdapterStore(tmp_path / "store")
-        made.append(
-            AdapterRegistry(store, torch.float32, check, lambda a: None, capacity, on_loaded)
-        )
+        made.append(AdapterRegistry(store, torch.float32, check, capacity, on_loaded))
         return made[-1]
 
     yield make
@@ -177,10 +176,50 @@ def test_current_versions_and_combinations_outlive_their_requests(
     registry = make_registry()
     card = registry.register("a", write_adapter(tmp_path / "a", seed=1))
     weights = LoRAWeights(torch.zeros(2, 8), torch.zeros(8, 2), 1.0)
-    mix = LoRAAdapter("+mix-a", "", 2, 2.0, (), {f"{LAYER}.q_proj": weights})
+    mix = LoRAAdapter("+mix-a", "", {f"{LAYER}.q_proj": weights})
     registry.add_ephemeral(mix)
     for key in (card.key, mix.key):
         registry.host.acquire(key)
         registry.host.release(key)
         assert key in registry.host  # still cached for the next request
     assert set(registry._by_key) == {card.key}
+
+
+@pytest.mark.parametrize(
+    ("spoil", "message"),
+    [
+        ("peft_type", "peft_type must be 'LORA'"),  # a lenient read would default it to LORA
+        ("r", "r must be an integer"),  # ... and r to 8
+        ("weights", r"lora_A has shape \[2, 8\], expected \[3, 8\]"),
+    ],
+)
+def test_reads_back_from_the_store_are_checked_as_uploads_are(
+    make_registry, tmp_path: Path, spoil: str, message: str
+) -> None:
+    """A stored folder changed behind the registry's back (the same weights bytes, so the same
+    version, or other ones) is refused on its next read with the upload's own message."""
+    loaded = threading.Event()
+    registry = make_registry(capacity=1, on_loaded=loaded.set)
+    card = registry.register("a", write_adapter(tmp_path / "a", seed=1))
+    registry.register("b", write_adapter(tmp_path / "b", seed=2))  # evicts a from host memory
+    stored = registry.store.fetch("a")
+    config = json.loads((stored / CONFIG_FILE).read_text())
+    if spoil == "weights":
+        config["r"] = 3  # shapes must follow the config: rank 2 tensors no longer fit
+    else:
+        del config[spoil]
+    (stored / CONFIG_FILE).write_text(json.dumps(config))
+    with pytest.raises(AdapterValidationError, match=message):
+        registry.load(card)
+    registry.prefetch(card.key)
+    assert loaded.wait(10)
+    assert isinstance(registry.failure(card.key), AdapterValidationError)
+
+
+def test_read_of_a_replaced_version_is_refused(make_registry, tmp_path: Path) -> None:
+    registry = make_registry()
+    old = registry.register("a", write_adapter(tmp_path / "v1", seed=1))
+    new = registry.register("a", write_adapter(tmp_path / "v2", seed=2), replace=True)
+    assert registry.load(new).version == new.version
+    with pytest.raises(AdapterNotFoundError, match=old.version[:16]):
+        registry.load(old)

@@ -8,20 +8,55 @@ the bytes that were checked and never reads the file again.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import re
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
+from safetensors.torch import load
 
-from loraplex.lora.adapter import _KEY, WeightsFile, _pattern_value
-from loraplex.lora.errors import AdapterValidationError
-from loraplex.lora.limits import Limits, strict_json
+from loraplex.adapters.errors import AdapterValidationError
+from loraplex.adapters.peft_config import PeftConfig
+from loraplex.adapters.rules import Limits, strict_json
 
-__all__ = ["DTYPE_BYTES", "check_safetensors"]
+__all__ = ["DTYPE_BYTES", "WeightsFile", "check_safetensors", "split_key"]
 
 DTYPE_BYTES = {"F16": 2, "BF16": 2, "F32": 4, "F64": 8}
+# PEFT's keys: ``base_model.model.<module>.lora_A.weight`` ([r, in]) and ``...lora_B.weight``
+# ([out, r]), optionally with the adapter's name before ``.weight``.
+_KEY = re.compile(
+    r"^(?:base_model\.model\.)?(?P<module>.+)\.lora_(?P<ab>[AB])(?:\.[^.]+)?\.weight$"
+)
+
+
+def split_key(key: str) -> tuple[str, str]:
+    """``(module, "A" or "B")`` of a PEFT LoRA tensor key; any other key is refused."""
+    match = _KEY.match(key)
+    if match is None:
+        raise AdapterValidationError(
+            f"unexpected tensor {key!r}: only <module>.lora_A.weight / lora_B.weight"
+        )
+    return match["module"], match["ab"]
+
+
+@dataclass(frozen=True)
+class WeightsFile:
+    """``adapter_model.safetensors`` read once: its sha256 (the version) and its tensors.
+
+    Hash and tensors come from the same bytes, so the version names exactly the weights served
+    and a file cannot change between being checked, hashed and loaded.
+    """
+
+    version: str
+    tensors: dict[str, torch.Tensor]
+
+    @classmethod
+    def parse(cls, data: bytes) -> WeightsFile:
+        return cls(hashlib.sha256(data).hexdigest(), load(data))
 
 
 def _read_header(path: Path, limits: Limits) -> tuple[dict, int, bytes]:
@@ -102,27 +137,32 @@ def _read_weights(path: Path, head: bytes, size: int) -> WeightsFile:
         raise AdapterValidationError(f"{path.name} cannot be read: {exc}") from exc
 
 
-def _matches(module: str, targets: str | list[str]) -> bool:
-    """PEFT's rule: a list entry equals the module name or its last dotted components; a string
-    is a regex over the full name ("all-linear" targets every projection)."""
-    if isinstance(targets, str):
-        return targets == "all-linear" or re.fullmatch(targets, module) is not None
-    return any(module == t or module.endswith("." + t) for t in targets)
-
-
-def _is_targeted(module: str, config: dict) -> bool:
-    excluded = config.get("exclude_modules")
-    return _matches(module, config["target_modules"]) and not (
-        excluded and _matches(module, excluded)
-    )
+def _check_shapes(
+    found: dict[str, dict[str, list[int]]],
+    config: PeftConfig,
+    module_shapes: Mapping[str, tuple[int, int]],
+) -> None:
+    """The one shape rule: each module has ``A: [r_m, in]`` and ``B: [out, r_m]``, with ``r_m``
+    from the config and ``in``/``out`` from the base projection."""
+    for module, ab in sorted(found.items()):
+        if set(ab) != {"A", "B"}:
+            raise AdapterValidationError(f"module {module!r} needs both lora_A and lora_B")
+        rank = config.rank_of(module)
+        fan_in, fan_out = module_shapes[module]
+        for side, expected in (("A", [rank, fan_in]), ("B", [fan_out, rank])):
+            if ab[side] != expected:
+                raise AdapterValidationError(
+                    f"module {module!r}: lora_{side} has shape {ab[side]}, expected {expected} "
+                    f"(rank {rank}, in={fan_in}, out={fan_out})"
+                )
 
 
 def check_safetensors(
-    path: Path, config: dict, module_shapes: dict[str, tuple[int, int]], limits: Limits
+    path: Path, config: PeftConfig, module_shapes: Mapping[str, tuple[int, int]], limits: Limits
 ) -> WeightsFile:
     """Check ``adapter_model.safetensors`` against the config and the base model.
 
-    ``config`` comes from :func:`parse_config`; ``module_shapes`` maps each base projection to
+    ``module_shapes`` maps each base projection to
     ``(in_features, out_features)``. The header is
     checked before any tensor is read: limits, dtypes, offsets (contiguous, inside the file),
     keys ``<module>.lora_A/B.weight`` for targeted projections, ``A: [r_m, in]``,
@@ -139,17 +179,12 @@ def check_safetensors(
     for key, entry in header.items():
         shape, begin, end = _check_entry(key, entry, data_len)
         spans.append((begin, end, key))
-        match = _KEY.match(key)
-        if match is None:
-            raise AdapterValidationError(
-                f"unexpected tensor {key!r}: only <module>.lora_A.weight / lora_B.weight"
-            )
-        module, ab = match["module"], match["ab"]
+        module, ab = split_key(key)
         if module not in module_shapes:
             raise AdapterValidationError(
                 f"tensor {key!r}: {module!r} is not a projection of the base model"
             )
-        if not _is_targeted(module, config):
+        if not config.targets(module):
             raise AdapterValidationError(
                 f"tensor {key!r}: {module!r} is not in target_modules (or is in exclude_modules)"
             )
@@ -165,17 +200,7 @@ def check_safetensors(
         raise AdapterValidationError(f"{path.name}: {data_len - position} trailing data bytes")
     if not found:
         raise AdapterValidationError(f"{path.name} holds no LoRA weights")
-    for module, ab in sorted(found.items()):
-        if set(ab) != {"A", "B"}:
-            raise AdapterValidationError(f"module {module!r} needs both lora_A and lora_B")
-        rank = _pattern_value(config.get("rank_pattern") or {}, module, config["r"])
-        fan_in, fan_out = module_shapes[module]
-        for side, expected in (("A", [rank, fan_in]), ("B", [fan_out, rank])):
-            if ab[side] != expected:
-                raise AdapterValidationError(
-                    f"module {module!r}: lora_{side} has shape {ab[side]}, expected {expected} "
-                    f"(rank {rank}, in={fan_in}, out={fan_out})"
-                )
+    _check_shapes(found, config, module_shapes)
     weights = _read_weights(path, head, len(head) + data_len)
     for key, tensor in weights.tensors.items():
         if not torch.isfinite(tensor).all():

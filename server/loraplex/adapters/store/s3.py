@@ -11,19 +11,19 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from loraplex.lora.errors import AdapterNotFoundError, AdapterValidationError
-from loraplex.lora.store import (
-    _TMP,
+from loraplex.adapters.errors import AdapterNotFoundError, AdapterValidationError
+from loraplex.adapters.rules import validate_name
+from loraplex.adapters.store.files import (
     FILES,
     METADATA_FILE,
-    _complete,
-    _is_name,
-    _remove,
-    _sha256,
-    _work_dir,
+    TMP,
     full_metadata,
+    is_complete,
+    is_name,
+    remove,
+    sha256,
+    work_dir,
 )
-from loraplex.lora.validation import validate_name
 
 try:
     from botocore.exceptions import ClientError
@@ -72,8 +72,8 @@ class S3AdapterStore:
         self.client = client
         self.cache_dir = Path(cache_dir)
         self.cache_dir.mkdir(parents=True, exist_ok=True)
-        for entry in self.cache_dir.glob(_TMP + "*"):
-            _remove(entry)
+        for entry in self.cache_dir.glob(TMP + "*"):
+            remove(entry)
         self._lock = threading.Lock()
 
     def _key(self, *parts: str) -> str:
@@ -107,7 +107,7 @@ class S3AdapterStore:
         ):
             for item in page.get("Contents", []):
                 name = item["Key"][len(base) :].removesuffix("/" + POINTER)
-                if item["Key"].endswith("/" + POINTER) and _is_name(name):
+                if item["Key"].endswith("/" + POINTER) and is_name(name):
                     found.append(name)
         return sorted(found)
 
@@ -121,7 +121,7 @@ class S3AdapterStore:
                 raise AdapterNotFoundError(name)
             target = self.cache_dir / f"{name}.{version}"
             try:
-                if not _complete(target):
+                if not is_complete(target):
                     self._download(name, version, target)
             except ClientError as exc:
                 if not _missing(exc) or attempt == 2:
@@ -129,26 +129,26 @@ class S3AdapterStore:
                 continue  # replaced or deleted meanwhile
             for entry in self.cache_dir.glob(f"{name}.*"):  # older versions of this name
                 if entry != target and _VERSION.fullmatch(entry.name[len(name) + 1 :]):
-                    _remove(entry)
+                    remove(entry)
             return target
         raise AdapterNotFoundError(name)
 
     def _download(self, name: str, version: str, target: Path) -> None:
-        tmp = _work_dir(self.cache_dir, _TMP, name)
+        tmp = work_dir(self.cache_dir, TMP, name)
         tmp.mkdir()
         try:
             for f in (*FILES, METADATA_FILE):
                 self.client.download_file(
                     self.bucket, self._key(f"{name}.{version}", f), str(tmp / f)
                 )
-            if _version({f: _sha256(tmp / f) for f in (*FILES, METADATA_FILE)}) != version:
+            if _version({f: sha256(tmp / f) for f in (*FILES, METADATA_FILE)}) != version:
                 raise AdapterValidationError(f"adapter {name!r}: store content does not match")
             os.replace(tmp, target)
         except OSError:
-            if not _complete(target):  # unless a concurrent fetch finished first
+            if not is_complete(target):  # unless a concurrent fetch finished first
                 raise
         finally:
-            _remove(tmp)
+            remove(tmp)
 
     def metadata(self, name: str) -> dict:
         version = self._pointer(name)
@@ -161,7 +161,7 @@ class S3AdapterStore:
         validate_name(name)
         folder = Path(folder)
         meta = json.dumps(full_metadata(folder, metadata), indent=1).encode()
-        hashes = {f: _sha256(folder / f) for f in FILES}
+        hashes = {f: sha256(folder / f) for f in FILES}
         version = _version({**hashes, METADATA_FILE: hashlib.sha256(meta).hexdigest()})
         for f in FILES:
             self.client.upload_file(str(folder / f), self.bucket, self._key(f"{name}.{version}", f))
