@@ -135,7 +135,8 @@ def build_parser() -> argparse.ArgumentParser:
         choices=LORA_KERNELS,
         default=LoRAConfig.kernel,
         help="add_lora backend: torch (the reference), cpu (a C kernel built on first use with "
-        "the system compiler; float32 on the CPU) or auto (cpu where it applies, else torch)",
+        "the system compiler; float32 on the CPU), triton (Triton kernels on CUDA; needs the "
+        "triton package) or auto (triton on CUDA, cpu where it applies, else torch)",
     )
     lora.add_argument(
         "--max-cpu-loras",

@@ -13,8 +13,9 @@ DTYPES = ("float32", "bfloat16", "float16")
 
 
 # add_lora backends: "torch" is the reference; "cpu" the C kernel (float32 on the CPU);
-# "auto" the C kernel where it applies and builds, else the reference.
-LORA_KERNELS = ("auto", "torch", "cpu")
+# "triton" the Triton kernels (CUDA, or the CPU under TRITON_INTERPRET=1); "auto" triton on
+# CUDA, else the C kernel where it applies and builds, else the reference.
+LORA_KERNELS = ("auto", "torch", "cpu", "triton")
 
 
 def _require(condition: bool, message: str) -> None:
