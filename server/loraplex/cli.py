@@ -11,7 +11,9 @@ import logging
 from collections.abc import Sequence
 
 from loraplex.config import (
+    ATTENTION_BACKENDS,
     DTYPES,
+    LOAD_FORMATS,
     LORA_KERNELS,
     CacheConfig,
     Config,
@@ -71,6 +73,20 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--dtype", choices=DTYPES, default=ModelConfig.dtype, help="weight dtype")
     model.add_argument(
         "--device", default=ModelConfig.device, help="torch device, e.g. cpu or cuda"
+    )
+    model.add_argument(
+        "--attention-backend",
+        choices=ATTENTION_BACKENDS,
+        default=ModelConfig.attention_backend,
+        help="torch (SDPA, the reference), triton (a paged Triton kernel reading the KV cache "
+        "in place; CUDA, needs the triton package) or auto (triton on CUDA, else torch)",
+    )
+    model.add_argument(
+        "--load-format",
+        choices=LOAD_FORMATS,
+        default=ModelConfig.load_format,
+        help="auto: the weights in --model; dummy: random weights of --model's config (or of "
+        "a built-in Llama-3-8B-shaped config without --model), for benchmarks",
     )
     model.add_argument(
         "--max-model-len",
@@ -212,6 +228,8 @@ def build_config(args: argparse.Namespace) -> Config:
             served_model_name=args.served_model_name,
             max_model_len=args.max_model_len,
             device=args.device,
+            attention_backend=args.attention_backend,
+            load_format=args.load_format,
         ),
         cache=CacheConfig(
             block_size=args.block_size,

