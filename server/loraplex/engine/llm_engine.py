@@ -16,6 +16,7 @@ from loraplex.engine.batch import build_batch
 from loraplex.engine.block_manager import BlockManager
 from loraplex.engine.default_model import DEFAULT_MODEL_NAME, cache_root, ensure_default_model
 from loraplex.engine.detokenizer import IncrementalDetokenizer
+from loraplex.engine.dummy_weights import builtin_dummy_folder
 from loraplex.engine.model_runner import ModelRunner
 from loraplex.engine.outputs import RequestOutput, TokenLogprob
 from loraplex.engine.sampler import Sampler, token_logprobs
@@ -39,9 +40,11 @@ class LLMEngine:
 
     def __init__(self, config: Config, on_adapter_loaded: Callable[[], None] = lambda: None):
         self.config = config
-        path = config.model.model or str(ensure_default_model())
+        dummy = config.model.load_format == "dummy"
+        default = builtin_dummy_folder if dummy else ensure_default_model
+        path = config.model.model or str(default())
         self.model_name = config.model.served_model_name or (
-            DEFAULT_MODEL_NAME if config.model.model is None else path.rstrip("/").split("/")[-1]
+            DEFAULT_MODEL_NAME if config.model.model is None and not dummy else Path(path).name
         )
         self.runner = ModelRunner(path, config.model, config.cache, config.lora)
         self.tokenizer = self.runner.tokenizer

@@ -12,6 +12,7 @@ from loraplex.config import CacheConfig, LoRAConfig, ModelConfig
 from loraplex.engine.attention import FORWARD, register_paged_attention, select_attention
 from loraplex.engine.batch import PackedBatch
 from loraplex.engine.default_model import kernel_cache
+from loraplex.engine.dummy_weights import build_dummy_model, dummy_tokenizer
 from loraplex.lora.manager import LoRAModelManager, padded_rank
 from loraplex.lora.ops import select_add_lora
 
@@ -80,10 +81,15 @@ class ModelRunner:
         self.device = torch.device(model.device)
         self.dtype = getattr(torch, model.dtype)
         attn = register_paged_attention()
-        self.tokenizer: PreTrainedTokenizerBase = AutoTokenizer.from_pretrained(path)
-        self.model = AutoModelForCausalLM.from_pretrained(
-            path, dtype=self.dtype, attn_implementation=attn
-        ).to(self.device)
+        if model.load_format == "dummy":  # random weights of the folder's config, on the device
+            self.model = build_dummy_model(path, self.dtype, self.device, attn)
+            vocab = self.model.config.get_text_config().vocab_size
+            self.tokenizer: PreTrainedTokenizerBase = dummy_tokenizer(path, vocab)
+        else:
+            self.tokenizer = AutoTokenizer.from_pretrained(path)
+            self.model = AutoModelForCausalLM.from_pretrained(
+                path, dtype=self.dtype, attn_implementation=attn
+            ).to(self.device)
         self.model.eval().requires_grad_(False)
         prepack_output_projection(self.model)
         kernel, op = select_add_lora(
