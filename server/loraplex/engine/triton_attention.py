@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 
 from loraplex.engine.attention import AttentionMetadata
+from loraplex.engine.sequence_tables import SequenceTables
 from loraplex.engine.triton_attention_kernels import (
     combine_splits_kernel,
     paged_attention_kernel,
@@ -37,6 +38,40 @@ def choose_splits(programs: int, max_seq_len: int) -> int:
     ):
         splits *= 2
     return splits
+
+
+def kernel_constants(
+    heads: int,
+    kv_heads: int,
+    dim: int,
+    dtype: torch.dtype,
+    tables: SequenceTables,
+    rows: int,
+    num_splits: int | None,
+    block_n: int,
+) -> dict:
+    """The compile-time arguments of the attention kernel for one step (``NUM_SPLITS`` chosen
+    here unless forced)."""
+    group = heads // kv_heads
+    group_pad = triton.next_power_of_2(group)
+    tile_rows = DECODE_TILE_ROWS if tables.max_query_len == 1 else PREFILL_TILE_ROWS
+    block_q = max(1, tile_rows // group_pad)  # tiles hold >= 16 rows: tl.dot's minimum
+    num_seqs = tables.seq_lens.shape[0]
+    tiles = rows // block_q + num_seqs
+    upcast = upcast_dots(dtype)
+    return {
+        "GROUP": group,
+        "GROUP_PAD": group_pad,
+        "BLOCK_Q": block_q,
+        "HEAD_DIM": dim,
+        "BLOCK_D": max(MIN_DOT_DIM, triton.next_power_of_2(dim)),
+        "BLOCK_N": block_n,
+        "BLOCK_SIZE": tables.block_size,
+        "NUM_SPLITS": num_splits or choose_splits(tiles * kv_heads, tables.max_seq_len),
+        "SEARCH_STEPS": num_seqs.bit_length(),
+        "UPCAST": upcast,
+        "PRECISION": "ieee" if dtype == torch.float32 or upcast else "tf32",
+    }
 
 
 def make_triton_attend(num_splits: int | None = None, block_n: int = 64):
@@ -67,22 +102,14 @@ def make_triton_attend(num_splits: int | None = None, block_n: int = 64):
             raise ValueError("attention (triton): q [H, T, D] with H a multiple of H_kv")
         if not value_cache.is_contiguous() or value_cache.shape != key_cache.shape:
             raise ValueError("attention (triton): keys and values must share one dense layout")
-        block_d = max(MIN_DOT_DIM, triton.next_power_of_2(dim))
-        group = heads // kv_heads
-        group_pad = triton.next_power_of_2(group)
-        tile_rows = DECODE_TILE_ROWS if tables.max_query_len == 1 else PREFILL_TILE_ROWS
-        block_q = max(1, tile_rows // group_pad)
-        num_seqs = tables.seq_lens.shape[0]
-        tiles = rows // block_q + num_seqs
-        splits = num_splits or choose_splits(tiles * kv_heads, tables.max_seq_len)
+        consts = kernel_constants(heads, kv_heads, dim, q.dtype, tables, rows, num_splits, block_n)
+        splits, num_seqs = consts["NUM_SPLITS"], tables.seq_lens.shape[0]
         out = torch.empty(rows, heads, dim, dtype=q.dtype, device=q.device)
         part = stats = out  # unread with one split
         if splits > 1:
             part = torch.empty(splits, rows, heads, dim, dtype=torch.float32, device=q.device)
             stats = torch.empty(splits, rows, heads, 2, dtype=torch.float32, device=q.device)
-        upcast = upcast_dots(q.dtype)
-        precision = "ieee" if q.dtype == torch.float32 or upcast else "tf32"
-        paged_attention_kernel[(tiles, kv_heads, splits)](
+        paged_attention_kernel[(rows // consts["BLOCK_Q"] + num_seqs, kv_heads, splits)](
             q,
             key_cache,
             value_cache,
@@ -106,17 +133,7 @@ def make_triton_attend(num_splits: int | None = None, block_n: int = 64):
             part.stride(2),
             stats.stride(0),
             stats.stride(1),
-            GROUP=group,
-            GROUP_PAD=group_pad,
-            BLOCK_Q=block_q,
-            HEAD_DIM=dim,
-            BLOCK_D=block_d,
-            BLOCK_N=block_n,
-            BLOCK_SIZE=tables.block_size,
-            NUM_SPLITS=splits,
-            SEARCH_STEPS=num_seqs.bit_length(),
-            UPCAST=upcast,
-            PRECISION=precision,
+            **consts,
         )
         if splits > 1:
             combine_splits_kernel[(rows, heads)](
@@ -131,7 +148,7 @@ def make_triton_attend(num_splits: int | None = None, block_n: int = 64):
                 out.stride(0),
                 out.stride(1),
                 HEAD_DIM=dim,
-                BLOCK_D=block_d,
+                BLOCK_D=consts["BLOCK_D"],
                 NUM_SPLITS=splits,
             )
         return out

@@ -97,6 +97,25 @@ def _check(y: torch.Tensor, x: torch.Tensor, a: torch.Tensor, b: torch.Tensor, m
         raise ValueError(BAD_META)
 
 
+def kernel_constants(
+    tiles: Tiles, table_rank: int, fan_in: int, has_ranks: bool, dtype: torch.dtype
+) -> tuple[dict, dict]:
+    """The compile-time arguments of the shrink and the expand kernel for one launch."""
+    upcast = upcast_dots(dtype)
+    common = {
+        "TABLE_RANK": table_rank,
+        "HAS_RANKS": has_ranks,
+        "BLOCK_M": tiles.block_m,
+        "BLOCK_R": tiles.block_r,
+        "SPLIT_K": tiles.split_k,
+        "UPCAST": upcast,
+        "PRECISION": "ieee" if dtype == torch.float32 or upcast else "tf32",
+    }
+    k_per_split = -(-fan_in // (tiles.split_k * tiles.block_k)) * tiles.block_k
+    shrink = common | {"BLOCK_K": tiles.block_k, "K_PER_SPLIT": k_per_split}
+    return shrink, common | {"BLOCK_N": tiles.block_n}
+
+
 def make_add_lora(split_k: int | None = None) -> AddLoRA:
     """An ``add_lora`` running the Triton kernels; ``split_k`` forces the split (tests)."""
 
@@ -119,13 +138,10 @@ def make_add_lora(split_k: int | None = None) -> AddLoRA:
         fan_out = lora_b.shape[2]
         rows = x.shape[0]  # a bound fixed per batch size: the grid never depends on the mix
         tiles = choose_tiles(rows, slots, fan_in, table_rank, split_k)
-        k_per_split = -(-fan_in // (tiles.split_k * tiles.block_k)) * tiles.block_k
-        buf = torch.empty(tiles.split_k, rows, table_rank, dtype=torch.float32, device=x.device)
         ranks = meta.slot_ranks
-        has_ranks = ranks is not None
-        ranks_ptr = ranks if has_ranks else meta.group_ends  # unread without ranks
-        upcast = upcast_dots(x.dtype)
-        precision = "ieee" if x.dtype == torch.float32 or upcast else "tf32"
+        shrink, expand = kernel_constants(tiles, table_rank, fan_in, ranks is not None, x.dtype)
+        ranks = ranks if ranks is not None else meta.group_ends  # unread without ranks
+        buf = torch.empty(tiles.split_k, rows, table_rank, dtype=torch.float32, device=x.device)
         row_tiles = triton.cdiv(rows, tiles.block_m)
         rank_tiles = triton.cdiv(table_rank, tiles.block_r)
         shrink_kernel[(tiles.split_k * rank_tiles * row_tiles, slots)](
@@ -133,43 +149,28 @@ def make_add_lora(split_k: int | None = None) -> AddLoRA:
             lora_a,
             buf,
             meta.group_ends,
-            ranks_ptr,
+            ranks,
             fan_in,
             x.stride(0),
             lora_a.stride(0),
             lora_a.stride(1),
             buf.stride(0),
             buf.stride(1),
-            TABLE_RANK=table_rank,
-            HAS_RANKS=has_ranks,
-            BLOCK_M=tiles.block_m,
-            BLOCK_R=tiles.block_r,
-            BLOCK_K=tiles.block_k,
-            SPLIT_K=tiles.split_k,
-            K_PER_SPLIT=k_per_split,
-            UPCAST=upcast,
-            PRECISION=precision,
+            **shrink,
         )
         expand_kernel[(row_tiles * triton.cdiv(fan_out, tiles.block_n), slots)](
             buf,
             lora_b,
             y,
             meta.group_ends,
-            ranks_ptr,
+            ranks,
             fan_out,
             y.stride(0),
             lora_b.stride(0),
             lora_b.stride(1),
             buf.stride(0),
             buf.stride(1),
-            TABLE_RANK=table_rank,
-            HAS_RANKS=has_ranks,
-            BLOCK_M=tiles.block_m,
-            BLOCK_N=tiles.block_n,
-            BLOCK_R=tiles.block_r,
-            SPLIT_K=tiles.split_k,
-            UPCAST=upcast,
-            PRECISION=precision,
+            **expand,
         )
 
     return add_lora
