@@ -103,7 +103,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--kv-cache-memory-mb",
         type=int,
         default=CacheConfig.kv_cache_memory_mb,
-        help="memory for the KV cache, from which the number of blocks is derived",
+        help="memory for the KV cache, from which the number of blocks is derived (on the "
+        "CPU; a CUDA device uses --gpu-memory-utilization)",
+    )
+    cache.add_argument(
+        "--gpu-memory-utilization",
+        type=float,
+        default=CacheConfig.gpu_memory_utilization,
+        help="with a CUDA device: the fraction of its memory the engine may hold (weights, "
+        "adapter slots, activations, KV cache); the KV cache gets what is left",
     )
     cache.add_argument(
         "--num-blocks",
@@ -236,6 +244,7 @@ def build_config(args: argparse.Namespace) -> Config:
             kv_cache_memory_mb=args.kv_cache_memory_mb,
             num_blocks=args.num_blocks,
             enable_prefix_caching=args.enable_prefix_caching,
+            gpu_memory_utilization=args.gpu_memory_utilization,
         ),
         scheduler=SchedulerConfig(
             max_num_seqs=args.max_num_seqs, max_num_batched_tokens=args.max_num_batched_tokens
