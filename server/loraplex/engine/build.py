@@ -21,6 +21,7 @@ from loraplex.config import Config, LoRAConfig
 from loraplex.engine.adapters import EngineAdapters
 from loraplex.engine.block_manager import BlockManager
 from loraplex.engine.default_model import DEFAULT_MODEL_NAME, ensure_default_model
+from loraplex.engine.dummy_weights import builtin_dummy_folder
 from loraplex.engine.llm_engine import LLMEngine
 from loraplex.engine.model_runner import ModelRunner
 from loraplex.engine.scheduler import Scheduler
@@ -74,9 +75,11 @@ def register_startup_adapters(config: LoRAConfig, adapters: EngineAdapters) -> N
 def build_engine(config: Config, on_adapter_loaded: Callable[[], None] = lambda: None) -> LLMEngine:
     """Load the model and everything around it; ``on_adapter_loaded`` runs (on a loader
     thread) whenever an adapter reaches host memory, so a waiting engine loop wakes."""
-    path = config.model.model or str(ensure_default_model())
+    dummy = config.model.load_format == "dummy"  # random weights: a real shape, no files
+    default = builtin_dummy_folder if dummy else ensure_default_model
+    path = config.model.model or str(default())
     model_name = config.model.served_model_name or (
-        DEFAULT_MODEL_NAME if config.model.model is None else path.rstrip("/").split("/")[-1]
+        DEFAULT_MODEL_NAME if config.model.model is None and not dummy else Path(path).name
     )
     runner = ModelRunner(path, config.model, config.cache, config.lora)
     layout = runner.layout

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
+
+import torch
 from torch import nn
 
 from loraplex.adapters.weights import LoRAAdapter
@@ -44,6 +47,10 @@ class LoRAModelManager:
             layer = LoRALinear(module, num_slots, padded_rank(max_rank), self.context)
             setattr(parent, child, layer)
             self.layers[name] = layer
+        # The real rank of each slot's adapter (0: empty), handed to the kernels with every
+        # step's metadata so they stream only that many rows of the padded slot tables.
+        device = next(iter(self.layers.values())).lora_a.device if self.layers else "cpu"
+        self.slot_ranks = torch.zeros(num_slots, dtype=torch.int32, device=device)
 
     def module_shapes(self) -> dict[str, tuple[int, int]]:
         """``(in_features, out_features)`` of every wrapped projection: what an adapter's
@@ -57,6 +64,7 @@ class LoRAModelManager:
         modules = adapter.modules if adapter is not None else {}
         for name, layer in self.layers.items():
             layer.set_slot(slot, modules.get(name))
+        self.slot_ranks[slot] = adapter.max_rank if adapter is not None else 0
 
     def merge(self, adapter: LoRAAdapter) -> None:
         """Pre-merge ``adapter`` into copies of the modules it targets (the rest stays shared)."""
@@ -68,6 +76,8 @@ class LoRAModelManager:
             layer.unmerge(key)
 
     def set_step(self, meta: LoRAMeta | None, merged: tuple[str, int] | None) -> None:
+        if meta is not None and meta.slot_ranks is None:
+            meta = dataclasses.replace(meta, slot_ranks=self.slot_ranks)
         self.context.meta = meta
         self.context.merged = merged
 
