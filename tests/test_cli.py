@@ -21,6 +21,7 @@ SERVE_OPTIONS = [
     "--max-loras",
     "--max-lora-rank",
     "--max-cpu-loras",
+    "--max-pinned-loras",
     "--adapters-dir",
     "--adapter-store",
     "--lora-modules",
@@ -62,6 +63,7 @@ def test_every_option_reaches_the_config(tmp_path) -> None:
         "--max-loras", "4",
         "--max-lora-rank", "16",
         "--max-cpu-loras", "32",
+        "--max-pinned-loras", "3",
         "--adapters-dir", "/srv/adapters",
         "--adapter-store", "s3://bucket/prefix",
         "--lora-modules", "a=/x/a", "b=/x/b",
@@ -90,6 +92,7 @@ def test_every_option_reaches_the_config(tmp_path) -> None:
     assert config.lora.adapters_dir == "/srv/adapters"
     assert config.lora.lora_modules == (("a", "/x/a"), ("b", "/x/b"))
     assert config.lora.max_cpu_loras == 32
+    assert config.lora.max_pinned_loras == config.lora.pinned_limit == 3
     assert config.lora.adapter_store == "s3://bucket/prefix"
     assert config.lora.store_location == "s3://bucket/prefix"
     assert config.lora.adapter_roots == ("/srv/a", "/srv/b")
@@ -99,6 +102,11 @@ def test_every_option_reaches_the_config(tmp_path) -> None:
     assert (config.server.host, config.server.port) == ("0.0.0.0", 9000)
     assert config.server.api_key == "sekret"
     assert config.server.log_level == "debug"
+
+
+def test_pins_default_to_half_the_slots() -> None:
+    assert _config("--max-loras", "16").lora.pinned_limit == 8
+    assert _config("--max-loras", "1").lora.pinned_limit == 0
 
 
 def test_empty_adapters_dir_disables_the_store() -> None:
@@ -133,6 +141,8 @@ def test_top_level_help_lists_serve(capsys) -> None:
         (["--max-loras", "0"], "--max-loras must be positive"),
         (["--max-cpu-loras", "0"], "--max-cpu-loras must be positive"),
         (["--max-upload-mb", "0"], "--max-upload-mb must be positive"),
+        (["--max-loras", "4", "--max-pinned-loras", "4"], "--max-pinned-loras must be in 0..3"),
+        (["--max-pinned-loras", "-1"], "--max-pinned-loras must be in"),
         (["--port", "70000"], "--port must be in 0..65535"),
         (["--model", "/definitely/not/here"], "is not a folder"),
         (["--dtype", "int8"], "invalid choice"),

@@ -170,6 +170,13 @@ def build_parser() -> argparse.ArgumentParser:
         "triton package) or auto (triton on CUDA, cpu where it applies, else torch)",
     )
     lora.add_argument(
+        "--max-pinned-loras",
+        type=int,
+        default=None,
+        help="most adapters pinned to a device slot (upload with pinned=true); past it a pin is "
+        "refused with a 409; default: --max-loras // 2",
+    )
+    lora.add_argument(
         "--max-cpu-loras",
         type=int,
         default=LoRAConfig.max_cpu_loras,
@@ -262,6 +269,7 @@ def build_config(args: argparse.Namespace) -> Config:
             max_loras=args.max_loras,
             max_lora_rank=args.max_lora_rank,
             max_cpu_loras=args.max_cpu_loras,
+            max_pinned_loras=args.max_pinned_loras,
             adapters_dir=args.adapters_dir or None,
             adapter_store=args.adapter_store or None,
             lora_modules=tuple(args.lora_modules),

@@ -113,11 +113,15 @@ class LoRAConfig:
     ``lora_modules`` are extra ``(name, path)`` pairs registered at start; ``adapter_roots`` are
     the only server-side folders ``/v1/adapters/load`` may read; ``merged_adapters`` are merged
     into the weights at start (dedicated tenants).
+
+    ``max_pinned_loras`` caps the adapters pinned to a device slot (None: ``max_loras // 2``), so
+    pins can never leave everyone else's adapters one slot to share.
     """
 
     max_loras: int = 16
     max_lora_rank: int = 16
     max_cpu_loras: int = 64
+    max_pinned_loras: int | None = None
     adapters_dir: str | None = "adapters"
     adapter_store: str | None = None
     lora_modules: tuple[tuple[str, str], ...] = ()
@@ -136,6 +140,15 @@ class LoRAConfig:
         _require(self.max_lora_rank > 0, "--max-lora-rank must be positive")
         _require(self.max_cpu_loras > 0, "--max-cpu-loras must be positive")
         _require(self.max_upload_mb > 0, "--max-upload-mb must be positive")
+        _require(
+            self.max_pinned_loras is None or 0 <= self.max_pinned_loras < self.max_loras,
+            f"--max-pinned-loras must be in 0..{self.max_loras - 1} (below --max-loras)",
+        )
+
+    @property
+    def pinned_limit(self) -> int:
+        """The most adapters that may be pinned (``--max-pinned-loras``)."""
+        return self.max_loras // 2 if self.max_pinned_loras is None else self.max_pinned_loras
 
     @property
     def store_location(self) -> str | None:

@@ -23,6 +23,7 @@ from loraplex.adapters.errors import (
     AdapterPathError,
     AdapterValidationError,
 )
+from loraplex.engine.capacity import CapacityError
 from loraplex.engine.sampling_params import ParameterError
 
 log = logging.getLogger(__name__)
@@ -100,6 +101,8 @@ def to_api_error(exc: Exception, request: Request | None = None) -> APIError:
     """The status and body for any exception: the one mapping table, also used mid-stream."""
     if isinstance(exc, APIError):
         return exc
+    if isinstance(exc, CapacityError):  # a server-wide cap, named in the message
+        return APIError(409, str(exc), param=exc.param, code="limit_reached")
     if isinstance(exc, ParameterError):
         return APIError(400, str(exc), param=exc.param, code="invalid_value")
     if isinstance(exc, AdapterNotFoundError):

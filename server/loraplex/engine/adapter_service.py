@@ -8,15 +8,19 @@ device slots or base weights runs on the engine thread between two steps, throug
 from __future__ import annotations
 
 import asyncio
+import shutil
+import tempfile
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TypeVar
 
 from loraplex.adapters.card import AdapterCard
 from loraplex.adapters.rules import Limits
+from loraplex.engine.adapter_roots import copy_from_root
 from loraplex.engine.adapters import EngineAdapters
 
 T = TypeVar("T")
+STAGING_PREFIX = "loraplex-load-"  # copies of --adapter-roots folders, in the system temp dir
 OnEngine = Callable[[Callable[[], T]], Awaitable[T]]
 
 
@@ -56,28 +60,49 @@ class AdapterService:
         description: str | None = None,
         pinned: bool = False,
     ) -> AdapterCard:
-        """Validate and store ``folder`` as ``name``; a replaced version leaves the device."""
+        """Validate and store ``folder`` as ``name``; a replaced version leaves the device.
+
+        A pin is reserved before anything is stored, so past ``--max-pinned-loras`` the upload
+        is refused (409) and leaves no trace, however many pinned uploads arrive at once.
+        """
         registry, adapters = self._registry, self._adapters
         if pinned:
-            adapters.check_pin_capacity()
-        old = registry.get(name) if registry.has(name) else None
-        card = await asyncio.to_thread(
-            registry.register, name, folder, replace=replace, description=description, pinned=pinned
-        )
+            adapters.pins.reserve(name)
+        try:
+            old = registry.get(name) if registry.has(name) else None
+            card = await asyncio.to_thread(
+                registry.register,
+                name,
+                folder,
+                replace=replace,
+                description=description,
+                pinned=pinned,
+            )
 
-        def settle() -> None:
-            if old is not None and old.key != card.key:
-                adapters.forget(old.key)
+            def settle() -> None:
+                if old is not None and old.key != card.key:
+                    adapters.forget(old.key)
+                if pinned:
+                    adapters.pin(card)
+
+            await self._on_engine(settle)
+        finally:
             if pinned:
-                adapters.pin(card)
-
-        await self._on_engine(settle)
+                adapters.pins.release(name)
         return card
 
     async def load_path(self, name: str, path: str, replace: bool = False) -> AdapterCard:
-        """Register a server-side folder; it must lie under one of ``--adapter-roots``."""
+        """Register a server-side folder; it must lie under one of ``--adapter-roots`` and hold
+        regular files only. They are copied into a private staging folder first (always
+        removed), so what is validated and stored is what was checked."""
         folder = self._adapters.check_path(path)
-        return await self.register(name, folder, replace=replace)
+        staging = Path(await asyncio.to_thread(tempfile.mkdtemp, prefix=STAGING_PREFIX))
+        try:
+            cap = self.limits.max_body_bytes
+            copy = await asyncio.to_thread(copy_from_root, folder, staging, cap)
+            return await self.register(name, copy, replace=replace)
+        finally:
+            await asyncio.to_thread(shutil.rmtree, staging, True)
 
     async def remove(self, name: str) -> AdapterCard:
         """New requests get 404 at once; running ones finish on the weights they hold."""

@@ -12,11 +12,13 @@ from pathlib import Path
 
 from loraplex import metrics
 from loraplex.adapters.card import AdapterCard
-from loraplex.adapters.errors import AdapterNotFoundError, AdapterPathError
+from loraplex.adapters.errors import AdapterNotFoundError
 from loraplex.adapters.registry import AdapterRegistry
 from loraplex.adapters.rules import Limits
 from loraplex.adapters.weights import LoRAAdapter, combine, mix_key
 from loraplex.config import LoRAConfig
+from loraplex.engine.adapter_roots import check_path
+from loraplex.engine.capacity import PinBudget
 from loraplex.engine.model_runner import ModelRunner
 from loraplex.engine.sampling_params import ParameterError
 from loraplex.engine.sequence import Sequence
@@ -47,6 +49,7 @@ class EngineAdapters:
         self.slots = slots
         self.limits = limits
         self.merged: set[str] = set()
+        self.pins = PinBudget(config.pinned_limit, lambda: slots.pinned)
 
     # ---- requests (API thread) ---------------------------------------------------------
 
@@ -78,11 +81,7 @@ class EngineAdapters:
 
     def check_path(self, path: str) -> Path:
         """A server-side folder may be read only if it lies under one of ``--adapter-roots``."""
-        folder = Path(path).resolve()
-        for root in self.config.adapter_roots:
-            if folder.is_relative_to(Path(root).resolve()):
-                return folder
-        raise AdapterPathError(f"{path!r} is not under any --adapter-roots folder")
+        return check_path(path, self.config.adapter_roots)
 
     # ---- engine thread -----------------------------------------------------------------
 
@@ -131,16 +130,10 @@ class EngineAdapters:
                 metrics.ADAPTER_LOADS.inc()
         return slot_of, failed
 
-    def check_pin_capacity(self) -> None:
-        """Pinned adapters hold slots for good; one slot always stays free for the others."""
-        if len(self.slots.pinned) >= self.config.max_loras - 1:
-            raise ParameterError(
-                "pinned", f"at most {self.config.max_loras - 1} adapters can be pinned"
-            )
-
     def pin(self, card: AdapterCard) -> None:
-        """Keep ``card`` device-resident from now on (loaded into a slot right away)."""
-        self.check_pin_capacity()
+        """Keep ``card`` device-resident from now on (loaded into a slot right away); at most
+        ``--max-pinned-loras`` names are pinned (a :class:`CapacityError` past it)."""
+        self.pins.check(card.name)
         self.slots.pin(card.key)
         if self.registry.loaded(card.key) is None:
             self.registry.host.put(card.key, self._load_now(card))

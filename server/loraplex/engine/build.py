@@ -9,6 +9,7 @@ start (the store's, ``--lora-modules``, pinned ones and ``--merged-adapters``).
 from __future__ import annotations
 
 import functools
+import logging
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -20,6 +21,7 @@ from loraplex.adapters.store import open_store
 from loraplex.config import Config, LoRAConfig
 from loraplex.engine.adapters import EngineAdapters
 from loraplex.engine.block_manager import BlockManager
+from loraplex.engine.capacity import CapacityError
 from loraplex.engine.default_model import DEFAULT_MODEL_NAME, ensure_default_model
 from loraplex.engine.dummy_weights import builtin_dummy_folder
 from loraplex.engine.llm_engine import LLMEngine
@@ -27,6 +29,8 @@ from loraplex.engine.model_runner import ModelRunner
 from loraplex.engine.scheduler import Scheduler
 from loraplex.lora.slot_cache import SlotCache
 from loraplex.paths import cache_root
+
+log = logging.getLogger(__name__)
 
 
 def adapter_limits(config: LoRAConfig) -> Limits:
@@ -67,7 +71,10 @@ def register_startup_adapters(config: LoRAConfig, adapters: EngineAdapters) -> N
         adapters.registry.register(name, Path(folder), replace=True)
     for card in adapters.registry.cards():
         if card.pinned:
-            adapters.pin(card)
+            try:
+                adapters.pin(card)
+            except CapacityError as exc:  # pinned under a larger --max-pinned-loras
+                log.warning("adapter %s stays unpinned: %s", card.name, exc)
     for name in config.merged_adapters:
         adapters.merge(name)
 

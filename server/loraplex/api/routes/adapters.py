@@ -72,6 +72,10 @@ async def upload_adapter(
         if name is None:
             raise APIError(400, "the form needs a name field", param="name")
         replace = replace or _flag(fields, "replace")
+        # A pin holds a device slot for everyone: capped by --max-pinned-loras (409 past it).
+        # Hook for roles: this is the one place a client asks for a pin; once keys carry roles,
+        # refuse pinned=true here unless the caller is an admin.
+        pinned = _flag(fields, "pinned")
         if not replace and engine.adapters.has(name):  # register checks again, atomically
             raise AdapterExistsError(f"adapter {name!r} exists; pass replace=true")
         card = await engine.adapters.register(
@@ -79,7 +83,7 @@ async def upload_adapter(
             upload.folder,
             replace=replace,
             description=fields.get("description") or None,
-            pinned=_flag(fields, "pinned"),
+            pinned=pinned,
         )
     return card_response(engine, card)
 
