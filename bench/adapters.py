@@ -9,54 +9,24 @@ Target: tokens/s with 512 registered adapters >= 0.85 x tokens/s with 8.
 from __future__ import annotations
 
 import argparse
-import json
 import random
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-import torch
-from safetensors.torch import save_file
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import common
+from adapter_store import write_adapter
 
+from loraplex.adapters.weights import load_adapter
 from loraplex.config import CacheConfig, Config, LoRAConfig, ModelConfig, SchedulerConfig
 from loraplex.engine.build import build_engine
 from loraplex.engine.llm_engine import LLMEngine
 from loraplex.engine.sampling_params import SamplingParams
-from loraplex.lora.adapter import load_adapter
 
 ATTENTION = ("q_proj", "v_proj")
-
-
-def write_adapter(folder: Path, model_dir: Path, rank: int, targets: tuple[str, ...], seed: int):
-    """A PEFT-format adapter with random A and B, written directly (fast for hundreds)."""
-    config = json.loads((model_dir / "config.json").read_text())
-    hidden, inter = config["hidden_size"], config["intermediate_size"]
-    kv = config["num_key_value_heads"] * (hidden // config["num_attention_heads"])
-    shapes = {
-        "q_proj": (hidden, hidden), "k_proj": (hidden, kv), "v_proj": (hidden, kv),
-        "o_proj": (hidden, hidden), "gate_proj": (hidden, inter), "up_proj": (hidden, inter),
-        "down_proj": (inter, hidden),
-    }  # fmt: skip
-    gen = torch.Generator().manual_seed(seed)
-    tensors = {}
-    for layer in range(config["num_hidden_layers"]):
-        for target in targets:
-            part = "mlp" if target in ("gate_proj", "up_proj", "down_proj") else "self_attn"
-            prefix = f"base_model.model.model.layers.{layer}.{part}.{target}"
-            fan_in, fan_out = shapes[target]
-            tensors[f"{prefix}.lora_A.weight"] = torch.randn(rank, fan_in, generator=gen) * 0.02
-            tensors[f"{prefix}.lora_B.weight"] = torch.randn(fan_out, rank, generator=gen) * 0.02
-    folder.mkdir(parents=True)
-    save_file({k: v.half() for k, v in tensors.items()}, folder / "adapter_model.safetensors")
-    (folder / "adapter_config.json").write_text(
-        json.dumps({"peft_type": "LORA", "r": rank, "lora_alpha": 2 * rank,
-                    "target_modules": list(targets), "bias": "none"})
-    )  # fmt: skip
 
 
 def engine_for(
@@ -82,9 +52,10 @@ def load_latencies(model_dir: Path, root: Path, dtype: str) -> list[list[object]
         engine = engine_for(store, 2, 64, dtype)
         mb = (store / "x" / "adapter_model.safetensors").stat().st_size / 2**20
         cold, hot = [], []
+        shapes = engine.runner.lora.module_shapes()
         for _ in range(5):
             start = time.perf_counter()
-            adapter = load_adapter("x", store / "x", engine.runner.dtype)
+            adapter = load_adapter("x", store / "x", shapes, engine.runner.dtype)
             engine.runner.lora.load_slot(0, adapter)
             cold.append(time.perf_counter() - start)
             start = time.perf_counter()

@@ -209,6 +209,23 @@ def hf_generate(
     return Measurement(system, new.numel(), seconds, texts)
 
 
+def timed_decode_steps(model: Any, input_ids: Any, attention_mask: Any, steps: int) -> float:
+    """Seconds for ``steps`` one-token greedy decode forwards of the whole batch over its KV
+    cache: the bare forward, no ``generate`` loop. The prefill before them is not timed."""
+    import torch
+
+    with torch.inference_mode():
+        out = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=True)
+        cache, mask = out.cache, attention_mask
+        token = out.logits[:, -1:].argmax(-1)
+        start = time.perf_counter()
+        for _ in range(steps):
+            mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=1)
+            out = model(input_ids=token, attention_mask=mask, cache=cache, use_cache=True)
+            token = out.logits[:, -1:].argmax(-1)
+        return time.perf_counter() - start
+
+
 # ---- reporting ---------------------------------------------------------------------------
 
 

@@ -111,22 +111,13 @@ def bare_decode_system(
     model_dir: Path, prompts: list[str], max_tokens: int, dtype: str
 ) -> Iterator[Measure]:
     """(r): per call, ``max_tokens`` one-token forwards of the batch (its prefill not timed)."""
-    import torch
-
     model, tokenizer = common.load_hf_model(model_dir, dtype)
     inputs = tokenizer(prompts, return_tensors="pt", padding=True)
 
-    @torch.inference_mode()
     def measure() -> common.Measurement:
-        out = model(**inputs, use_cache=True)
-        cache, mask = out.cache, inputs["attention_mask"]
-        token = out.logits[:, -1:].argmax(-1)
-        start = time.perf_counter()
-        for _ in range(max_tokens):
-            mask = torch.cat([mask, mask.new_ones(len(prompts), 1)], dim=1)
-            out = model(input_ids=token, attention_mask=mask, cache=cache, use_cache=True)
-            token = out.logits[:, -1:].argmax(-1)
-        seconds = time.perf_counter() - start
+        seconds = common.timed_decode_steps(
+            model, inputs["input_ids"], inputs["attention_mask"], max_tokens
+        )
         return common.Measurement(SYSTEMS["r"], len(prompts) * max_tokens, seconds, [])
 
     yield measure

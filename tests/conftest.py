@@ -7,10 +7,17 @@ whole stack runs end to end in seconds on a laptop CPU.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+import torch
+
+# Triton kernels run on CPU tensors under Triton's interpreter, which triton reads when it is
+# first imported: set it before any test can import it (a CUDA machine runs them for real).
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 from loraplex.config import CacheConfig, Config, LoRAConfig, ModelConfig, SchedulerConfig
 

@@ -56,9 +56,13 @@ def test_every_option_reaches_the_config(tmp_path) -> None:
         "--dtype", "bfloat16",
         "--device", "cuda",
         "--max-model-len", "1024",
+        "--attention-backend", "triton",
+        "--load-format", "dummy",
+        "--lora-kernel", "triton",
         "--block-size", "32",
         "--kv-cache-memory-mb", "64",
         "--num-blocks", "100",
+        "--gpu-memory-utilization", "0.8",
         "--max-num-seqs", "8",
         "--max-num-batched-tokens", "256",
         "--max-loras", "4",
@@ -87,8 +91,11 @@ def test_every_option_reaches_the_config(tmp_path) -> None:
     assert config.model.dtype == "bfloat16"
     assert config.model.device == "cuda"
     assert config.model.max_model_len == 1024
+    assert (config.model.attention_backend, config.model.load_format) == ("triton", "dummy")
+    assert config.lora.kernel == "triton"
     assert (config.cache.block_size, config.cache.kv_cache_memory_mb) == (32, 64)
     assert config.cache.num_blocks == 100
+    assert config.cache.gpu_memory_utilization == 0.8
     assert config.scheduler.max_num_seqs == 8
     assert config.scheduler.max_num_batched_tokens == 256
     assert (config.lora.max_loras, config.lora.max_lora_rank) == (4, 16)

@@ -11,7 +11,9 @@ import logging
 from collections.abc import Sequence
 
 from loraplex.config import (
+    ATTENTION_BACKENDS,
     DTYPES,
+    LOAD_FORMATS,
     LORA_KERNELS,
     CacheConfig,
     Config,
@@ -73,6 +75,20 @@ def build_parser() -> argparse.ArgumentParser:
         "--device", default=ModelConfig.device, help="torch device, e.g. cpu or cuda"
     )
     model.add_argument(
+        "--attention-backend",
+        choices=ATTENTION_BACKENDS,
+        default=ModelConfig.attention_backend,
+        help="torch (SDPA, the reference), triton (a paged Triton kernel reading the KV cache "
+        "in place; CUDA, needs the triton package) or auto (triton on CUDA, else torch)",
+    )
+    model.add_argument(
+        "--load-format",
+        choices=LOAD_FORMATS,
+        default=ModelConfig.load_format,
+        help="auto: the weights in --model; dummy: random weights of --model's config (or of "
+        "a built-in Llama-3-8B-shaped config without --model), for benchmarks",
+    )
+    model.add_argument(
         "--max-model-len",
         type=int,
         default=ModelConfig.max_model_len,
@@ -87,7 +103,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--kv-cache-memory-mb",
         type=int,
         default=CacheConfig.kv_cache_memory_mb,
-        help="memory for the KV cache, from which the number of blocks is derived",
+        help="memory for the KV cache, from which the number of blocks is derived (on the "
+        "CPU; a CUDA device uses --gpu-memory-utilization)",
+    )
+    cache.add_argument(
+        "--gpu-memory-utilization",
+        type=float,
+        default=CacheConfig.gpu_memory_utilization,
+        help="with a CUDA device: the fraction of its memory the engine may hold (weights, "
+        "adapter slots, activations, KV cache); the KV cache gets what is left",
     )
     cache.add_argument(
         "--num-blocks",
@@ -116,6 +140,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=SchedulerConfig.max_num_batched_tokens,
         help="most tokens (decode tokens plus prefill chunks) in one step",
     )
+    sched.add_argument(
+        "--max-seqs-per-request",
+        type=int,
+        default=SchedulerConfig.max_seqs_per_request,
+        help="most sequences one request may queue: its prompts times n (a longer list of "
+        "prompts or a larger n is a 400)",
+    )
 
     lora = serve.add_argument_group("LoRA adapters")
     lora.add_argument(
@@ -135,7 +166,8 @@ def build_parser() -> argparse.ArgumentParser:
         choices=LORA_KERNELS,
         default=LoRAConfig.kernel,
         help="add_lora backend: torch (the reference), cpu (a C kernel built on first use with "
-        "the system compiler; float32 on the CPU) or auto (cpu where it applies, else torch)",
+        "the system compiler; float32 on the CPU), triton (Triton kernels on CUDA; needs the "
+        "triton package) or auto (triton on CUDA, cpu where it applies, else torch)",
     )
     lora.add_argument(
         "--max-pinned-loras",
@@ -259,15 +291,20 @@ def build_config(args: argparse.Namespace) -> Config:
             served_model_name=args.served_model_name,
             max_model_len=args.max_model_len,
             device=args.device,
+            attention_backend=args.attention_backend,
+            load_format=args.load_format,
         ),
         cache=CacheConfig(
             block_size=args.block_size,
             kv_cache_memory_mb=args.kv_cache_memory_mb,
             num_blocks=args.num_blocks,
             enable_prefix_caching=args.enable_prefix_caching,
+            gpu_memory_utilization=args.gpu_memory_utilization,
         ),
         scheduler=SchedulerConfig(
-            max_num_seqs=args.max_num_seqs, max_num_batched_tokens=args.max_num_batched_tokens
+            max_num_seqs=args.max_num_seqs,
+            max_num_batched_tokens=args.max_num_batched_tokens,
+            max_seqs_per_request=args.max_seqs_per_request,
         ),
         lora=LoRAConfig(
             max_loras=args.max_loras,

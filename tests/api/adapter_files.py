@@ -19,9 +19,9 @@ import pytest
 import torch
 from safetensors.torch import load, save
 
+from loraplex.adapters.rules import CONFIG_FILE, WEIGHTS_FILE
 from loraplex.api import upload as upload_module
 from loraplex.config import Config
-from loraplex.lora.adapter import CONFIG_FILE, WEIGHTS_FILE
 
 LAYER = "base_model.model.model.layers.0.self_attn"
 PROMPT = "The capital of France is"

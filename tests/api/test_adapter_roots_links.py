@@ -13,8 +13,8 @@ import pytest
 from adapter_files import Env, assert_error, complete, env_fixture, post, text
 from attack_helpers import bystanders
 
+from loraplex.adapters.rules import CONFIG_FILE, WEIGHTS_FILE
 from loraplex.engine.adapter_service import STAGING_PREFIX
-from loraplex.lora.adapter import CONFIG_FILE, WEIGHTS_FILE
 
 env = env_fixture("roots-links")
 

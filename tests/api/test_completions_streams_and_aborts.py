@@ -210,3 +210,50 @@ def test_health_is_503_when_the_engine_stopped(
     response = httpx.get(f"{url}/health")
     assert response.status_code == 503
     assert response.json() == {"status": "unhealthy"}
+
+
+def test_streams_reset_before_their_first_token_are_never_prefilled(
+    live_server: str, base_name: str
+) -> None:
+    """Issue 10 (12): a client that resets its stream while the request still waits in the
+    queue aborts it there; it is never prefilled. A blocker fills every batch slot (n=16 of
+    the tiny config's max_num_seqs) so that the 20 streams behind it must wait."""
+    import json
+    import socket
+    import struct
+    import threading
+
+    blocker_body = {"model": base_name, "prompt": PROMPT, "n": 16, "max_tokens": 200,
+                    "ignore_eos": True}  # fmt: skip
+    blocker = threading.Thread(
+        target=httpx.post,
+        args=(f"{live_server}/v1/completions",),
+        kwargs={"json": blocker_body, "timeout": 120},
+    )
+    blocker.start()
+    deadline = time.monotonic() + 30
+    while metric(live_server, "loraplex_num_requests_running") < 16:
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    host, port = live_server.removeprefix("http://").split(":")
+    payload = json.dumps({"model": base_name, "prompt": PROMPT, "stream": True, "max_tokens": 4})
+    request = (
+        f"POST /v1/completions HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(payload)}\r\n\r\n{payload}"
+    ).encode()
+    sockets = []
+    for _ in range(20):
+        sock = socket.create_connection((host, int(port)))
+        sock.sendall(request)
+        sockets.append(sock)
+    while metric(live_server, "loraplex_num_requests_waiting") < 20:
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    for sock in sockets:  # RST, as a client that dies does
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        sock.close()
+    while metric(live_server, "loraplex_num_requests_waiting") > 0:
+        assert time.monotonic() < deadline, "reset streams are still queued"
+        time.sleep(0.02)
+    assert metric(live_server, "loraplex_num_requests_running") == 16  # the blocker still runs
+    blocker.join(120)

@@ -7,14 +7,14 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from pydantic import BaseModel
 
-from loraplex.api.errors import APIError, BodyTooLargeError, error_body, register_error_handlers
-from loraplex.engine.sampling_params import ParameterError
-from loraplex.lora.errors import (
+from loraplex.adapters.errors import (
     AdapterExistsError,
     AdapterNotFoundError,
     AdapterPathError,
     AdapterValidationError,
 )
+from loraplex.api.errors import APIError, BodyTooLargeError, error_body, register_error_handlers
+from loraplex.engine.sampling_params import ParameterError
 
 INVALID = "invalid_request_error"
 

@@ -10,8 +10,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from loraplex.adapters.rules import CONFIG_FILE, WEIGHTS_FILE
 from loraplex.config import Config
-from loraplex.lora.adapter import CONFIG_FILE, WEIGHTS_FILE
 
 
 @pytest.fixture

@@ -23,7 +23,7 @@ import httpx
 import pytest
 from adapter_files import AdapterFiles
 
-from loraplex.lora.adapter import WEIGHTS_FILE
+from loraplex.adapters.rules import WEIGHTS_FILE
 
 
 def free_port() -> int:

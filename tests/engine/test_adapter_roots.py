@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from loraplex.adapters.errors import AdapterPathError, AdapterValidationError
 from loraplex.engine.adapter_roots import check_path, copy_from_root
-from loraplex.lora.errors import AdapterPathError, AdapterValidationError
 
 
 def test_copies_regular_files_and_refuses_the_rest(tmp_path: Path) -> None:

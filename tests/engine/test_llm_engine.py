@@ -10,8 +10,8 @@ from engine_helpers import make_engine, run
 from peft import PeftModel
 from transformers import AutoModelForCausalLM
 
+from loraplex.adapters.errors import AdapterNotFoundError
 from loraplex.engine.sampling_params import ParameterError, SamplingParams
-from loraplex.lora.errors import AdapterNotFoundError
 
 PROMPTS = [[5, 6, 7, 8, 9], [10, 11], list(range(20, 33)), [40, 41, 42], [50] * 9, [60, 61]]
 

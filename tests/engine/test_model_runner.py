@@ -9,14 +9,16 @@ import torch
 from builders import ALL_SEVEN, needs_cc, save_adapter, save_tiny_model
 from peft import PeftModel
 from transformers import AutoModelForCausalLM
+from triton_check import triton_tests
 
+from loraplex.adapters.rules import Limits
+from loraplex.adapters.weights import load_adapter
 from loraplex.config import CacheConfig, LoRAConfig, ModelConfig
 from loraplex.engine.batch import build_batch
 from loraplex.engine.model_runner import ModelRunner
 from loraplex.engine.sampling_params import SamplingParams
 from loraplex.engine.scheduler import ScheduledSeq
 from loraplex.engine.sequence import Sequence
-from loraplex.lora.adapter import load_adapter
 
 BLOCK = 4
 ADAPTERS = {
@@ -58,7 +60,10 @@ def make_seq(prompt: list[int], adapter: str | None, blocks: list[int]) -> Seque
     return seq
 
 
-@pytest.mark.parametrize("kernel", ["torch", pytest.param("cpu", marks=needs_cc)])
+@pytest.mark.parametrize(
+    "kernel",
+    ["torch", pytest.param("cpu", marks=needs_cc), pytest.param("triton", marks=triton_tests)],
+)
 @pytest.mark.parametrize("arch", ["llama", "qwen2", "gpt2"])
 def test_mixed_batch_matches_peft_per_request(arch: str, kernel: str, tmp_path: Path) -> None:
     model_dir = save_tiny_model(tmp_path / "model", arch)
@@ -68,14 +73,16 @@ def test_mixed_batch_matches_peft_per_request(arch: str, kernel: str, tmp_path: 
     }
     runner = ModelRunner(
         str(model_dir),
-        ModelConfig(model=str(model_dir)),
+        # "triton" runs both Triton backends (add_lora and attention) under the interpreter.
+        ModelConfig(
+            model=str(model_dir), attention_backend="triton" if kernel == "triton" else "torch"
+        ),
         CacheConfig(block_size=BLOCK, num_blocks=64),
         LoRAConfig(max_loras=4, max_lora_rank=8, kernel=kernel),
     )
     slot_of = {}
     for slot, (name, folder) in enumerate(dirs.items(), start=1):
-        adapter = load_adapter(name, folder)
-        runner.lora.validate(adapter)
+        adapter = load_adapter(name, folder, runner.lora.module_shapes(), limits=Limits(max_rank=8))
         runner.lora.load_slot(slot, adapter)
         slot_of[name] = slot
     free = iter(range(64))

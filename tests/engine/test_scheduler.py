@@ -146,12 +146,13 @@ def test_abort_frees_blocks_of_running_and_drops_waiting() -> None:
     run_step(sched)
     assert running.block_table and sched.block_manager.num_free_blocks < 64
 
-    assert sched.abort("run") is running
+    sched.finish(running, "abort")
     assert running.status is SequenceStatus.FINISHED and running.finish_reason == "abort"
     assert running.block_table == []
     assert sched.block_manager.num_free_blocks == 64
-    assert sched.abort("wait") is waiting and waiting.finish_reason == "abort"
-    assert sched.abort("nope") is None
+    sched.finish(waiting, "abort")
+    assert waiting.finish_reason == "abort"
+    sched.finish(waiting, "abort")  # finishing twice is harmless
     assert not sched.has_unfinished()
     assert sched.schedule().is_empty
 
@@ -161,7 +162,7 @@ def test_after_step_ignores_a_sequence_aborted_mid_step() -> None:
     seq = make_seq("a", 5)
     sched.add(seq)
     out = sched.schedule()
-    sched.abort("a")
+    sched.finish(seq, "abort")
     sched.after_step(out)
     assert seq.num_computed_tokens == 0
 
@@ -179,3 +180,16 @@ def test_add_rejects_prompts_longer_than_max_model_len() -> None:
 def test_kv_cache_must_hold_one_max_length_sequence() -> None:
     with pytest.raises(ValueError, match="max_model_len"):
         make_scheduler(num_blocks=3, block_size=4, max_model_len=13)
+
+
+def test_finishing_from_the_middle_of_a_long_queue_keeps_the_order() -> None:
+    """Aborts remove from anywhere in O(1) (a client with 64k sequences hanging up)."""
+    sched = make_scheduler()
+    seqs = [make_seq(str(i), 4) for i in range(2000)]
+    for seq in seqs:
+        sched.add(seq)
+    for seq in seqs[1:-1:2]:
+        sched.finish(seq, "abort")
+    assert sched.num_waiting == 1001
+    assert [s.request_id for s in sched.waiting][:3] == ["0", "2", "4"]
+    assert sched.waiting[0] is seqs[0]

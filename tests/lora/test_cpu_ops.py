@@ -126,7 +126,7 @@ def test_select_falls_back_or_refuses(tmp_path: Path, monkeypatch, caplog) -> No
     with pytest.raises(ValueError, match="ranks up to 1024"):
         select_add_lora("cpu", CPU, torch.float32, tmp_path, 2048)
     with pytest.raises(ValueError, match="unknown LoRA kernel"):
-        select_add_lora("triton", CPU, torch.float32, tmp_path, 16)
+        select_add_lora("fastest", CPU, torch.float32, tmp_path, 16)
     monkeypatch.setenv("CC", str(tmp_path / "no-such-compiler"))
     with caplog.at_level(logging.WARNING):
         assert select_add_lora("auto", CPU, torch.float32, tmp_path, 16) == ("torch", add_lora)

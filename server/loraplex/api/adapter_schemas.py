@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, field_validator
 
 
 class AdapterLocation(BaseModel):
@@ -50,6 +50,17 @@ class AdapterDeleted(BaseModel):
     deleted: bool = True
 
 
+def plain_path(path: str) -> str:
+    """A server-side path with no NUL byte and no lone surrogate (neither names a file)."""
+    if "\0" in path:
+        raise ValueError("the path holds a NUL byte")
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("the path holds a lone surrogate") from None
+    return path
+
+
 class LoadAdapterRequest(BaseModel):
     """``POST /v1/adapters/load``: register a server-side folder (under ``--adapter-roots``)."""
 
@@ -58,6 +69,11 @@ class LoadAdapterRequest(BaseModel):
     name: str
     path: str
     replace: bool = False
+
+    @field_validator("path")
+    @classmethod
+    def _plain_path(cls, path: str) -> str:
+        return plain_path(path)
 
 
 class VLLMLoadRequest(BaseModel):
@@ -68,6 +84,11 @@ class VLLMLoadRequest(BaseModel):
     lora_name: str
     lora_path: str
     load_inplace: bool = False
+
+    @field_validator("lora_path")
+    @classmethod
+    def _plain_path(cls, path: str) -> str:
+        return plain_path(path)
 
 
 class VLLMUnloadRequest(BaseModel):

@@ -8,10 +8,10 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
+from loraplex.adapters.rules import Limits
 from loraplex.api.errors import APIError
 from loraplex.config import Config
 from loraplex.engine.async_engine import AsyncEngine
-from loraplex.lora.validation import Limits
 
 
 def get_engine(request: Request) -> AsyncEngine:

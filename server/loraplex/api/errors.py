@@ -16,15 +16,15 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from loraplex.engine.capacity import CapacityError
-from loraplex.engine.sampling_params import ParameterError
-from loraplex.lora.errors import (
+from loraplex.adapters.errors import (
     AdapterError,
     AdapterExistsError,
     AdapterNotFoundError,
     AdapterPathError,
     AdapterValidationError,
 )
+from loraplex.engine.capacity import CapacityError
+from loraplex.engine.sampling_params import ParameterError
 
 log = logging.getLogger(__name__)
 
@@ -68,11 +68,17 @@ class APIError(Exception):
         return JSONResponse(self.body(), status_code=self.status, headers=self.headers)
 
 
+def encodable(text: str) -> str:
+    """``text`` with any lone surrogate (valid JSON, not UTF-8) escaped as ``\\udXXX``, so an
+    error that quotes client input can always be sent."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def error_body(
     message: str, type: str = INVALID_REQUEST, param: str | None = None, code: str | None = None
 ) -> dict[str, dict[str, Any]]:
     """The one error shape; also used for the ``data: {"error": ...}`` event of a broken stream."""
-    return {"error": {"message": message, "type": type, "param": param, "code": code}}
+    return {"error": {"message": encodable(message), "type": type, "param": param, "code": code}}
 
 
 def _type_for_status(status: int) -> str:

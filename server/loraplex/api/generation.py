@@ -11,8 +11,9 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
 from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
 from fastapi import Request
 
@@ -21,7 +22,9 @@ from loraplex.api.schemas import PromptTokensDetails, SamplingRequest, UsageInfo
 from loraplex.engine.adapters import AdapterSpec
 from loraplex.engine.async_engine import AsyncEngine
 from loraplex.engine.outputs import RequestOutput, TokenLogprob
-from loraplex.engine.sampling_params import SamplingParams
+from loraplex.engine.sampling_params import ParameterError, SamplingParams
+
+T = TypeVar("T")
 
 
 def resolve_adapter(engine: AsyncEngine, model: str, param: str = "model") -> str | None:
@@ -50,11 +53,21 @@ def request_adapter(engine: AsyncEngine, body: SamplingRequest) -> AdapterSpec:
     return resolve_adapter(engine, body.model) if mix is None else resolve_mix(engine, mix)
 
 
+def check_text(text: str, param: str) -> None:
+    """Text must be encodable as UTF-8: JSON allows lone surrogates (``"\\ud800"``), which no
+    tokenizer takes."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ParameterError(param, f"{param} holds a lone surrogate at {exc.start}") from None
+
+
 def tokenize(engine: AsyncEngine, prompt: str | list[int], special: bool = True) -> list[int]:
     """Token ids of one prompt; ``special``: add the special tokens the tokenizer adds by default
     (off for text a chat template rendered, which has them already). Token-id prompts pass
     through; the engine checks them against the model's vocabulary."""
     if isinstance(prompt, str):
+        check_text(prompt, "prompt")
         # Inline on the event loop: a fast tokenizer needs microseconds for a prompt that fits
         # the context, less than handing it to a thread would cost.
         return list(engine.tokenizer(prompt, add_special_tokens=special).input_ids)
@@ -166,6 +179,26 @@ class Run:
         )
 
 
+async def unless_hung_up(request: Request, work: Coroutine[Any, Any, T]) -> tuple[bool, T | None]:
+    """Await ``work`` unless the client hangs up first (then ``work`` is cancelled): returns
+    (finished, its result). Its exception is raised. The body must be read already, so the
+    next ASGI message can only be the disconnect."""
+
+    async def hang_up() -> None:
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+
+    task, watch = asyncio.ensure_future(work), asyncio.ensure_future(hang_up())
+    try:
+        await asyncio.wait({task, watch}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watch.cancel()
+        task.cancel()  # no-op when done
+    if task.done() and not task.cancelled():
+        return True, task.result()
+    return False, None
+
+
 async def run_to_end(request: Request, run: Run) -> bool:
     """Read every output of ``run``; False if the client hung up first (then nothing is left
     running). An engine error is raised, for the error handlers."""
@@ -174,19 +207,8 @@ async def run_to_end(request: Request, run: Run) -> bool:
         while await run.next() is not None:
             pass
 
-    async def hang_up() -> None:
-        # The body is already read, so the next ASGI message is the disconnect.
-        while (await request.receive())["type"] != "http.disconnect":
-            pass
-
-    work, watch = asyncio.ensure_future(drain()), asyncio.ensure_future(hang_up())
     try:
-        await asyncio.wait({work, watch}, return_when=asyncio.FIRST_COMPLETED)
+        finished, _ = await unless_hung_up(request, drain())
     finally:
-        watch.cancel()
-        work.cancel()  # no-op when done
         run.close()
-    if work.done() and not work.cancelled():
-        work.result()
-        return True
-    return False
+    return finished

@@ -11,12 +11,13 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 
+from fastapi import Request
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel
 from starlette.background import BackgroundTask
 
 from loraplex.api.errors import to_api_error
-from loraplex.api.generation import Choice, Run
+from loraplex.api.generation import Choice, Run, unless_hung_up
 from loraplex.api.schemas import OpenAIChunk, SamplingRequest
 from loraplex.engine.outputs import RequestOutput
 
@@ -48,6 +49,7 @@ Render = Callable[[Choice, RequestOutput], Iterable[str]]
 
 
 async def stream_response(
+    request: Request,
     run: Run,
     render: Render,
     *,
@@ -60,14 +62,22 @@ async def stream_response(
 
     Waits for every prompt's first output before the response begins, so that errors the engine
     raises before yielding (prompt too long, ...) still get a JSON error with the right status.
+    A client that hangs up meanwhile (before its prompt was even prefilled) aborts the run.
     """
     first: list[tuple[Choice, RequestOutput]] = []
-    try:
+
+    async def first_outputs() -> None:
         while not all(c.started for c in run.choices) and (item := await run.next()):
             first.append(item)
+
+    try:
+        started, _ = await unless_hung_up(request, first_outputs())
     except BaseException:
         run.close()
         raise
+    if not started:
+        run.close()
+        return StreamingResponse(iter(()), media_type="text/event-stream")  # nobody listens
 
     async def events() -> AsyncIterator[str]:
         try:

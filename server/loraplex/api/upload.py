@@ -22,12 +22,17 @@ from python_multipart.exceptions import FormParserError
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.requests import ClientDisconnect
 
+from loraplex.adapters.archive import extract_archive
+from loraplex.adapters.errors import AdapterValidationError
+from loraplex.adapters.rules import (
+    CONFIG_FILE,
+    WEIGHTS_FILE,
+    Limits,
+    refuse_pickles,
+    validate_name,
+)
 from loraplex.api.errors import APIError, BodyTooLargeError, to_api_error
 from loraplex.api.timeouts import BodyTimeoutError
-from loraplex.lora.adapter import CONFIG_FILE, WEIGHTS_FILE
-from loraplex.lora.archive import extract_archive
-from loraplex.lora.errors import AdapterValidationError
-from loraplex.lora.validation import FORBIDDEN_SUFFIXES, Limits, validate_name
 
 CONFIG, WEIGHTS, ARCHIVE = "config", "weights", "archive"
 FIELDS = ("name", "description", "pinned", "replace")
@@ -142,11 +147,8 @@ class _Parts:
         self.seen.add(name)
         self._name = name
         filename = options.get(b"filename", b"").decode("utf-8", "replace")
-        if name == WEIGHTS and Path(filename.lower()).suffix in FORBIDDEN_SUFFIXES:
-            raise AdapterValidationError(
-                f"weights {filename!r}: only safetensors weights are accepted; pickled "
-                "checkpoints are never loaded and code is never run"
-            )
+        if name == WEIGHTS:
+            refuse_pickles(f"weights {filename!r}", filename)
         if name in self.targets:
             self._file = self.targets[name][0].open("xb")
             self.handles.append(self._file)

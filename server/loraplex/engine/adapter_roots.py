@@ -16,7 +16,7 @@ import stat
 from collections.abc import Sequence
 from pathlib import Path
 
-from loraplex.lora.errors import AdapterPathError, AdapterValidationError
+from loraplex.adapters.errors import AdapterPathError, AdapterValidationError
 
 _CHUNK = 1 << 20
 _NOFOLLOW = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK  # NONBLOCK: a FIFO must not hang us

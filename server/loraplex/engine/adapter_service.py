@@ -14,10 +14,10 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TypeVar
 
+from loraplex.adapters.card import AdapterCard
+from loraplex.adapters.rules import Limits
 from loraplex.engine.adapter_roots import copy_from_root
 from loraplex.engine.adapters import EngineAdapters
-from loraplex.lora.card import AdapterCard
-from loraplex.lora.limits import Limits
 
 T = TypeVar("T")
 STAGING_PREFIX = "loraplex-load-"  # copies of --adapter-roots folders, in the system temp dir

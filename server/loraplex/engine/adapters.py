@@ -13,6 +13,11 @@ from pathlib import Path
 import torch
 
 from loraplex import metrics
+from loraplex.adapters.card import AdapterCard
+from loraplex.adapters.errors import AdapterNotFoundError
+from loraplex.adapters.registry import AdapterRegistry
+from loraplex.adapters.rules import Limits
+from loraplex.adapters.weights import LoRAAdapter, combine, mix_key
 from loraplex.config import LoRAConfig
 from loraplex.engine.adapter_roots import check_path
 from loraplex.engine.capacity import PinBudget
@@ -20,13 +25,7 @@ from loraplex.engine.merged import MergedTenants
 from loraplex.engine.model_runner import ModelRunner
 from loraplex.engine.sampling_params import ParameterError
 from loraplex.engine.sequence import Sequence
-from loraplex.lora.adapter import LoRAAdapter, load_adapter
-from loraplex.lora.card import AdapterCard
-from loraplex.lora.combine import combine, mix_key
-from loraplex.lora.errors import AdapterNotFoundError
-from loraplex.lora.registry import AdapterRegistry
 from loraplex.lora.slot_cache import SlotCache
-from loraplex.lora.validation import Limits
 
 log = logging.getLogger(__name__)
 AdapterSpec = str | list[tuple[str, float]] | None
@@ -67,22 +66,21 @@ class EngineAdapters:
         parts = [(self.registry.get(name), weight) for name, weight in spec]
         key = mix_key([(card.key, weight) for card, weight in parts])
         if self.registry.loaded(key) is None:
-            rank = sum(card.rank for card, _ in parts)
-            if rank > self.config.max_lora_rank:
+            mix = combine([(self.load(card), weight) for card, weight in parts])
+            # Checked on the real tensors (per-module ranks add up, whatever each config's r
+            # says), so a mix that cannot fit a slot never reaches a step.
+            if mix.max_rank > self.config.max_lora_rank:
                 limit = self.config.max_lora_rank
-                message = f"the combination has rank {rank} > --max-lora-rank {limit}"
+                message = f"the combination has rank {mix.max_rank} > --max-lora-rank {limit}"
                 raise ParameterError("adapters", message)
-            loaded = [(self.load(card), weight) for card, weight in parts]
-            self.registry.add_ephemeral(combine(loaded))
+            self.registry.add_ephemeral(mix)
         return key, False
 
     def load(self, card: AdapterCard) -> LoRAAdapter:
         """``card``'s weights: from host memory, else read from the store now (any thread)."""
         adapter = self.registry.loaded(card.key)
         if adapter is None:
-            adapter = load_adapter(
-                card.name, self.registry.store.fetch(card.name), self.runner.dtype
-            )
+            adapter = self.registry.load(card)
         return adapter
 
     def check_path(self, path: str) -> Path:
@@ -112,16 +110,29 @@ class EngineAdapters:
                 self.registry.prefetch(seq.adapter)
         return failed
 
-    def activate(self, keys: set[str]) -> dict[str, int]:
-        """Give every adapter of the step a device slot, loading the new ones from host memory."""
+    def activate(self, keys: set[str]) -> tuple[dict[str, int], dict[str, Exception]]:
+        """Give every adapter of the step a device slot, loading the new ones from host memory.
+
+        Returns the slots, and the adapters that could not be loaded with why: only their
+        requests fail; the rest of the step runs without them.
+        """
         slot_of, loads = self.slots.acquire(keys)
+        failed: dict[str, Exception] = {}
         for key, slot in loads:
-            adapter = self.registry.loaded(key)
-            if adapter is None:  # never serve a sequence silently on the base weights
-                raise RuntimeError(f"adapter {key} is scheduled but not in host memory")
-            self.runner.lora.load_slot(slot, adapter)
-            metrics.ADAPTER_LOADS.inc()
-        return slot_of
+            try:
+                adapter = self.registry.loaded(key)
+                if adapter is None:
+                    raise AdapterNotFoundError(key.split("@")[0])
+                self.runner.lora.load_slot(slot, adapter)
+            except Exception as exc:
+                log.exception("loading adapter %s into slot %d failed", key, slot)
+                self.slots.evict(key)
+                self.runner.lora.load_slot(slot, None)
+                slot_of.pop(key, None)
+                failed[key] = exc
+            else:
+                metrics.ADAPTER_LOADS.inc()
+        return slot_of, failed
 
     def pin(self, card: AdapterCard) -> None:
         """Keep ``card`` device-resident from now on (loaded into a slot right away); at most
@@ -130,7 +141,10 @@ class EngineAdapters:
         self.slots.pin(card.key)
         if self.registry.loaded(card.key) is None:
             self.registry.host.put(card.key, self.load(card))
-        self.activate({card.key})
+        _, failed = self.activate({card.key})
+        if failed:
+            self.slots.unpin(card.key)
+            raise failed[card.key]
 
     def forget(self, key: str) -> None:
         """Drop a removed or replaced version from the device tier; its merged copy (if any)

@@ -49,6 +49,7 @@ class AsyncEngine:
         self.tokenizer = engine.tokenizer
         self.max_model_len = engine.max_model_len
         self.eos_token_ids = engine.eos_token_ids
+        self.check_fanout = engine.check_fanout  # host-side: safe from the event loop
         self.created = int(time.time())
         self.adapters = AdapterService(engine.adapters, self.on_engine)
         self._commands: queue.SimpleQueue[tuple] = commands or queue.SimpleQueue()
@@ -165,8 +166,7 @@ class AsyncEngine:
         start = time.perf_counter()
         try:
             outputs = self.engine.step()
-        except Exception as exc:
-            # A failed step must not kill the server: fail its requests, keep serving.
+        except Exception as exc:  # outside the forward (which fails only its own requests)
             log.exception("engine step failed")
             self._deliver(self.engine.abort_all(RuntimeError(f"engine step failed: {exc}")))
             return False

@@ -6,19 +6,27 @@ positions. Every attention layer of every architecture calls :func:`paged_attent
 1. writes this step's keys/values into the layer's paged cache at ``slot_mapping``, and
 2. attends each sequence's queries to its own cached keys, causally.
 
-Decode sequences (one query each) are attended in one batched SDPA call over keys gathered
-through their block tables; prefill chunks get one SDPA call each. Per-step metadata is built
-once by the model runner (:class:`AttentionMetadata`) and read here through :data:`FORWARD`.
+Step 2 is the backend's, chosen once per model (:func:`select_attention`): the reference,
+:func:`sdpa_attend`, attends decode sequences (one query each) in one batched SDPA call over keys
+gathered through their block tables and prefill chunks with one SDPA call each; the Triton
+backend (``triton_attention``) reads keys in place in one launch for all of them. Per-step
+metadata is built once by the model runner (:class:`AttentionMetadata`) and read here through
+:data:`FORWARD`.
 """
 
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from transformers import AttentionInterface
+
+from loraplex.config import ATTENTION_BACKENDS
+from loraplex.engine.sequence_tables import SequenceTables
+from loraplex.triton_support import require_triton, triton_installed
 
 ATTN_IMPLEMENTATION = "loraplex_paged"
 
@@ -48,6 +56,8 @@ class AttentionMetadata:
     decode_cache_rows: [D, L] cache rows of each decode sequence's keys, padded to L.
     decode_mask: [D, 1, 1, L] True where a key is real (not padding).
     prefills: the other sequences, one SDPA call each.
+    sequences: every sequence's query rows, length and block table (read in place by the
+        Triton backend).
     """
 
     slot_mapping: torch.Tensor
@@ -55,6 +65,22 @@ class AttentionMetadata:
     decode_cache_rows: torch.Tensor | None
     decode_mask: torch.Tensor | None
     prefills: list[PrefillChunk]
+    sequences: SequenceTables | None = None
+
+
+# (q [H, T, D], k [T, H_kv, D], v, key_cache, value_cache, metadata, scale) -> out [T, H, D]
+Attend = Callable[
+    [
+        torch.Tensor,
+        torch.Tensor,
+        torch.Tensor,
+        torch.Tensor,
+        torch.Tensor,
+        AttentionMetadata,
+        float | None,
+    ],
+    torch.Tensor,
+]
 
 
 class ForwardContext(threading.local):
@@ -63,14 +89,13 @@ class ForwardContext(threading.local):
     Thread-local, so two engines in one process (tests) never see each other's step.
 
     ``kv_caches[layer_idx]`` is ``(key_cache, value_cache)``, each [num_blocks*block_size, H_kv, D].
+    ``attend`` is the model's attention backend.
     """
 
     def __init__(self) -> None:
         self.kv_caches: list[tuple[torch.Tensor, torch.Tensor]] = []
         self.metadata: AttentionMetadata | None = None
-
-
-FORWARD = ForwardContext()
+        self.attend: Attend = sdpa_attend
 
 
 def paged_attention(
@@ -93,7 +118,20 @@ def paged_attention(
     q, k, v = query[0], key[0].transpose(0, 1), value[0].transpose(0, 1)  # q [H,T,D]; k,v [T,Hkv,D]
     key_cache.index_copy_(0, meta.slot_mapping, k)
     value_cache.index_copy_(0, meta.slot_mapping, v)
+    return FORWARD.attend(q, k, v, key_cache, value_cache, meta, scaling).unsqueeze(0), None
 
+
+def sdpa_attend(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    key_cache: torch.Tensor,
+    value_cache: torch.Tensor,
+    meta: AttentionMetadata,
+    scaling: float | None,
+) -> torch.Tensor:
+    """The reference backend (SDPA): q [H, T, D], this step's k/v [T, H_kv, D], caches already
+    written -> out [T, H, D]."""
     out = torch.empty_like(q)  # [H, T, D]
     if meta.decode_rows is not None:
         # One query per sequence: fold the query heads that share a KV head into the query
@@ -126,7 +164,26 @@ def paged_attention(
             cq, ck, cv, attn_mask=mask, is_causal=mask is None, scale=scaling, enable_gqa=True
         )
         out[:, chunk.q_start : chunk.q_end] = o[0]
-    return out.transpose(0, 1).unsqueeze(0), None
+    return out.transpose(0, 1)
+
+
+FORWARD = ForwardContext()
+
+
+def select_attention(backend: str, device: torch.device) -> tuple[str, Attend]:
+    """(name, backend) for ``--attention-backend``: ``torch`` is SDPA (the reference and the
+    CPU default), ``triton`` the paged Triton kernel (CUDA, or the CPU under Triton's
+    interpreter), ``auto`` triton on CUDA when it is installed, else torch."""
+    if backend not in ATTENTION_BACKENDS:
+        raise ValueError(f"--attention-backend must be one of {ATTENTION_BACKENDS}")
+    if backend == "auto" and not (device.type == "cuda" and triton_installed()):
+        backend = "torch"
+    if backend == "torch":
+        return "torch", sdpa_attend
+    require_triton(device, "--attention-backend triton")
+    from loraplex.engine.triton_attention import triton_attend  # triton is optional
+
+    return "triton", triton_attend
 
 
 def register_paged_attention() -> str:

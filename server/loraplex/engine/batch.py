@@ -9,6 +9,7 @@ import torch
 from loraplex.engine.attention import AttentionMetadata, PrefillChunk
 from loraplex.engine.scheduler import ScheduledSeq
 from loraplex.engine.sequence import Sequence
+from loraplex.engine.sequence_tables import build_sequence_tables
 from loraplex.lora.ops import LoRAMeta, build_lora_meta
 
 
@@ -70,6 +71,7 @@ def build_batch(
     sample_seqs: list[Sequence] = []
     prompt_rows: list[int] = []
     prompt_targets: list[tuple[Sequence, int]] = []
+    chunks: list[tuple[int, int, list[int]]] = []  # (rows, context length, block table)
     for item in order:
         seq, n = item.seq, item.num_new_tokens
         start, end, row = seq.num_computed_tokens, seq.num_computed_tokens + n, len(ids)
@@ -77,6 +79,7 @@ def build_batch(
         positions.append(torch.arange(start, end))
         context = cache_rows(seq.block_table, block_size, 0, end)
         slot_mapping.append(context[start:])
+        chunks.append((n, end, seq.block_table))
         row_slots.extend([-1 if seq.merged or not seq.adapter else slot_of[seq.adapter]] * n)
         if n == 1:
             decode_rows.append(row)
@@ -100,6 +103,7 @@ def build_batch(
         decode_cache_rows=None,
         decode_mask=None,
         prefills=prefills,
+        sequences=build_sequence_tables(chunks, block_size, device),
     )
     if decode_rows:
         lengths = torch.tensor([len(c) for c in decode_ctx])

@@ -14,18 +14,20 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
+from loraplex.adapters.folder_check import check_folder
+from loraplex.adapters.registry import AdapterRegistry
+from loraplex.adapters.rules import Limits
+from loraplex.adapters.store import open_store
 from loraplex.config import Config, LoRAConfig
 from loraplex.engine.adapters import EngineAdapters
 from loraplex.engine.block_manager import BlockManager
 from loraplex.engine.capacity import CapacityError
 from loraplex.engine.default_model import DEFAULT_MODEL_NAME, ensure_default_model
+from loraplex.engine.dummy_weights import builtin_dummy_folder
 from loraplex.engine.llm_engine import LLMEngine
 from loraplex.engine.model_runner import ModelRunner
 from loraplex.engine.scheduler import Scheduler
-from loraplex.lora.registry import AdapterRegistry
 from loraplex.lora.slot_cache import SlotCache
-from loraplex.lora.store import open_store
-from loraplex.lora.validation import Limits, check_folder
 from loraplex.paths import cache_root
 
 log = logging.getLogger(__name__)
@@ -46,7 +48,7 @@ def build_adapters(
 ) -> EngineAdapters:
     """The registry over the store (checked against the model's projections) and the slots."""
     limits = adapter_limits(config)
-    shapes = {n: (m.in_features, m.out_features) for n, m in runner.lora.layers.items()}
+    shapes = runner.lora.module_shapes()
     checker = functools.partial(
         check_folder, limits=limits, served_model=base_model, module_shapes=shapes
     )
@@ -55,7 +57,6 @@ def build_adapters(
         open_store(location, cache_root()),
         runner.dtype,
         checker,
-        runner.lora.validate,
         config.max_cpu_loras,
         on_loaded,
     )
@@ -81,9 +82,11 @@ def register_startup_adapters(config: LoRAConfig, adapters: EngineAdapters) -> N
 def build_engine(config: Config, on_adapter_loaded: Callable[[], None] = lambda: None) -> LLMEngine:
     """Load the model and everything around it; ``on_adapter_loaded`` runs (on a loader
     thread) whenever an adapter reaches host memory, so a waiting engine loop wakes."""
-    path = config.model.model or str(ensure_default_model())
+    dummy = config.model.load_format == "dummy"  # random weights: a real shape, no files
+    default = builtin_dummy_folder if dummy else ensure_default_model
+    path = config.model.model or str(default())
     model_name = config.model.served_model_name or (
-        DEFAULT_MODEL_NAME if config.model.model is None else path.rstrip("/").split("/")[-1]
+        DEFAULT_MODEL_NAME if config.model.model is None and not dummy else Path(path).name
     )
     runner = ModelRunner(path, config.model, config.cache, config.lora)
     layout = runner.layout

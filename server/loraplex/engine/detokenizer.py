@@ -8,9 +8,10 @@ window rather than everything keeps each step O(1) in the output length. A windo
 ends in U+FFFD is an incomplete UTF-8 sequence (a character split across byte-level tokens), so
 it is held back until the next token completes it.
 
-Stop strings are matched on the decoded text. Text that could still grow into a stop string
-(a suffix that is a prefix of one) is held back too, so a client never sees a stop string's
-head that would later be cut away.
+Stop strings are matched on the decoded text, incrementally (``stop_matcher.py``: O(new
+characters) per token, whatever the text's length). Text that could still grow into a stop
+string (a suffix that is a prefix of one) is held back too, so a client never sees a stop
+string's head that would later be cut away.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from __future__ import annotations
 from typing import Any
 
 from loraplex.engine.sampling_params import SamplingParams
+from loraplex.engine.stop_matcher import StopMatcher
 
 # Prompt tokens decoded as left context of the first output token: enough for tokenizers whose
 # decoding of a token depends on its neighbours (e.g. SentencePiece's leading-space marker).
@@ -36,9 +38,8 @@ class IncrementalDetokenizer:
 
     def __init__(self, tokenizer: Any, prompt_token_ids: list[int], params: SamplingParams) -> None:
         self._tokenizer = tokenizer
-        self._stops = params.stop
+        self._stops = StopMatcher(params.stop)
         self._include_stop = params.include_stop_str_in_output
-        self._max_stop_len = max((len(s) for s in self._stops), default=0)
         # Only the prompt's tail is ever decoded, so only the tail is kept.
         self._ids: list[int] = list(prompt_token_ids[-_PROMPT_CONTEXT_TOKENS:])
         self._prefix_offset = 0
@@ -97,31 +98,18 @@ class IncrementalDetokenizer:
         """Add ``delta`` to the text; on a stop string, truncate there and return True."""
         if not delta:
             return False
-        # A new match must end inside delta, so it starts no earlier than this.
-        start = max(0, len(self._text) - self._max_stop_len + 1)
         self._text += delta
-        found = [(i, s) for s in self._stops if (i := self._text.find(s, start)) >= 0]
-        if not found:
+        found = self._stops.feed(delta)  # a new match must end inside delta
+        if found is None:
             return False
-        # Earliest match wins; at equal positions the longer stop string.
-        index, stop = min(found, key=lambda m: (m[0], -len(m[1])))
+        index, stop = found
         self._text = self._text[: index + len(stop) if self._include_stop else index]
         self._stopped = True
         return True
 
     def _take(self, *, hold_back: bool) -> str:
         """Return the not-yet-emitted text, minus a trailing partial stop string if holding."""
-        end = len(self._text) - (self._partial_stop_len() if hold_back else 0)
+        end = len(self._text) - (self._stops.partial() if hold_back else 0)
         delta = self._text[self._emitted : end] if end > self._emitted else ""
         self._emitted = max(self._emitted, end)
         return delta
-
-    def _partial_stop_len(self) -> int:
-        """Length of the longest suffix of the text that is a proper prefix of a stop string."""
-        best = 0
-        for stop in self._stops:
-            for k in range(min(len(stop) - 1, len(self._text)), best, -1):
-                if self._text.endswith(stop[:k]):
-                    best = k
-                    break
-        return best

@@ -4,6 +4,7 @@ tests drive it directly. ``build_engine`` (``engine/build.py``) constructs it.""
 
 from __future__ import annotations
 
+import logging
 import threading
 
 import torch
@@ -17,7 +18,9 @@ from loraplex.engine.outputs import RequestOutput
 from loraplex.engine.request import ParentRequest, RequestState, make_request
 from loraplex.engine.sampler import Sampler
 from loraplex.engine.sampling_params import ParameterError, SamplingParams
-from loraplex.engine.scheduler import Scheduler
+from loraplex.engine.scheduler import Scheduler, SchedulerOutput
+
+log = logging.getLogger(__name__)
 
 
 class LLMEngine:
@@ -67,6 +70,17 @@ class LLMEngine:
                 f"the model's context length of {self.max_model_len} tokens",
             )
 
+    def check_fanout(self, num_prompts: int, n: int) -> None:
+        """A request queues ``num_prompts * n`` sequences; refuse more than the option allows
+        (before anything is tokenized, so call it first)."""
+        limit = self.config.scheduler.max_seqs_per_request
+        if num_prompts * n > limit:
+            raise ParameterError(
+                "n" if n > 1 else "prompt",
+                f"{num_prompts} prompts x n={n} is more than the {limit} sequences one request "
+                "may queue (--max-seqs-per-request)",
+            )
+
     def prepare(
         self,
         request_id: str,
@@ -80,6 +94,7 @@ class LLMEngine:
         """Check and build a request (any thread): every prompt is checked and the adapter
         resolved (a mix is combined) once, here; nothing is queued or held until ``submit``.
         ``cache_salt``: only requests with the same salt share prefix-cache blocks."""
+        self.check_fanout(len(prompts), n)
         for prompt in prompts:
             self.check_prompt(prompt, params)
         key, merged = self.adapters.resolve(adapter)
@@ -169,9 +184,9 @@ class LLMEngine:
         outputs = self._fail_unloadable()
         out = self.scheduler.schedule()
         self.idle = out.is_empty
+        slot_of = self._activate(out, outputs)
         if out.is_empty:
             return outputs
-        slot_of = self.adapters.activate(out.adapter_keys())
         batch = build_batch(
             out.scheduled,
             slot_of,
@@ -179,11 +194,35 @@ class LLMEngine:
             self.config.lora.max_loras,
             self.runner.device,
         )
-        logits = self.runner.forward(batch)
-        self.scheduler.after_step(out)
         states = [self._states[seq.seq_id] for seq in batch.sample_seqs]
-        tokens = self._sample(states, logits[: len(states)])
+        try:
+            logits = self.runner.forward(batch)
+            tokens = self._sample(states, logits[: len(states)])
+        except Exception as exc:  # fails this step's requests only; the rest keep running
+            log.exception("engine step failed")
+            return outputs + self._fail(out, RuntimeError(f"engine step failed: {exc}"))
+        self.scheduler.after_step(out)
         return outputs + self.outputs.process(states, tokens, logits, batch.prompt_targets)
+
+    def _activate(self, out: SchedulerOutput, outputs: list[RequestOutput]) -> dict[str, int]:
+        """Slots for the step's adapters; sequences whose adapter cannot be loaded leave the
+        step (their requests fail, with the reason appended to ``outputs``)."""
+        slot_of, failed = self.adapters.activate(out.adapter_keys())
+        for key, error in failed.items():
+            dropped = SchedulerOutput([s for s in out.scheduled if s.seq.adapter == key])
+            outputs += self._fail(dropped, error)
+        out.scheduled = [s for s in out.scheduled if s.seq.adapter not in failed]
+        return slot_of
+
+    def _fail(self, out: SchedulerOutput, error: Exception) -> list[RequestOutput]:
+        """End every child scheduled in ``out`` with ``error``."""
+        failed = []
+        for scheduled in out.scheduled:
+            state = self._states.get(scheduled.seq.seq_id)
+            if state is not None and not state.finished:
+                self._finish(state, "abort")
+                failed.append(self.outputs.output(state, "", (), "abort", error=error))
+        return failed
 
     def _fail_unloadable(self) -> list[RequestOutput]:
         """Wait briefly when everything queued waits for adapter loads (rather than spin);

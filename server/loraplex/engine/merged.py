@@ -26,8 +26,8 @@ from dataclasses import dataclass
 import torch
 
 from loraplex import metrics
+from loraplex.adapters.weights import LoRAAdapter
 from loraplex.engine.capacity import CapacityError
-from loraplex.lora.adapter import LoRAAdapter
 from loraplex.lora.manager import LoRAModelManager
 
 log = logging.getLogger(__name__)

@@ -9,8 +9,10 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
 
 from loraplex.config import CacheConfig, LoRAConfig, ModelConfig
-from loraplex.engine.attention import FORWARD, register_paged_attention
+from loraplex.engine.attention import FORWARD, register_paged_attention, select_attention
 from loraplex.engine.batch import PackedBatch
+from loraplex.engine.dummy_weights import build_dummy_model, dummy_tokenizer
+from loraplex.engine.memory_sizing import activation_reserve_bytes, kv_cache_bytes
 from loraplex.lora.manager import LoRAModelManager, padded_rank
 from loraplex.lora.ops import select_add_lora
 from loraplex.paths import kernel_cache
@@ -29,15 +31,19 @@ class KVLayout:
     num_blocks: int
 
 
-def kv_layout(model_config, cache: CacheConfig, dtype: torch.dtype) -> KVLayout:
-    """Size the block pool from ``kv_cache_memory_mb`` (keys and values of every layer)."""
+def kv_layout(
+    model_config, cache: CacheConfig, dtype: torch.dtype, memory_bytes: int | None = None
+) -> KVLayout:
+    """Size the block pool (keys and values of every layer) from ``memory_bytes``, by default
+    ``kv_cache_memory_mb``; ``num_blocks`` overrides both."""
     text = model_config.get_text_config()
     heads = text.num_attention_heads
     kv_heads = getattr(text, "num_key_value_heads", None) or heads
     head_dim = getattr(text, "head_dim", None) or text.hidden_size // heads
     layers = text.num_hidden_layers
     bytes_per_block = 2 * layers * cache.block_size * kv_heads * head_dim * dtype.itemsize
-    num_blocks = cache.num_blocks or max(1, cache.kv_cache_memory_mb * 2**20 // bytes_per_block)
+    memory = cache.kv_cache_memory_mb * 2**20 if memory_bytes is None else memory_bytes
+    num_blocks = cache.num_blocks or max(1, memory // bytes_per_block)
     return KVLayout(layers, kv_heads, head_dim, cache.block_size, num_blocks)
 
 
@@ -73,6 +79,19 @@ class PrepackedLinear(torch.nn.Module):
         return torch._C._nn.mkldnn_linear(x.to_mkldnn(), self.packed, self.bias).to_dense()
 
 
+def device_kv_cache_bytes(
+    device: torch.device, model_config, utilization: float, tokens: int, dtype: torch.dtype
+) -> int:
+    """The KV cache's share of a CUDA device, measured now (weights and slot tables loaded)."""
+    torch.cuda.empty_cache()  # the allocator's cached, unused blocks count as free
+    free, total = torch.cuda.mem_get_info(device)
+    text = model_config.get_text_config()
+    width = text.hidden_size
+    intermediate = getattr(text, "intermediate_size", None) or 4 * width
+    reserve = activation_reserve_bytes(tokens, width, intermediate, text.vocab_size, dtype.itemsize)
+    return kv_cache_bytes(total, free, utilization, reserve)
+
+
 class ModelRunner:
     """The frozen base model with LoRA layers installed, its paged KV cache, and the forward."""
 
@@ -80,18 +99,34 @@ class ModelRunner:
         self.device = torch.device(model.device)
         self.dtype = getattr(torch, model.dtype)
         attn = register_paged_attention()
-        self.tokenizer: PreTrainedTokenizerBase = AutoTokenizer.from_pretrained(path)
-        self.model = AutoModelForCausalLM.from_pretrained(
-            path, dtype=self.dtype, attn_implementation=attn
-        ).to(self.device)
+        if model.load_format == "dummy":  # random weights of the folder's config, on the device
+            self.model = build_dummy_model(path, self.dtype, self.device, attn)
+            vocab = self.model.config.get_text_config().vocab_size
+            self.tokenizer: PreTrainedTokenizerBase = dummy_tokenizer(path, vocab)
+        else:
+            self.tokenizer = AutoTokenizer.from_pretrained(path)
+            self.model = AutoModelForCausalLM.from_pretrained(
+                path, dtype=self.dtype, attn_implementation=attn
+            ).to(self.device)
         self.model.eval().requires_grad_(False)
         prepack_output_projection(self.model)
         kernel, op = select_add_lora(
             lora.kernel, self.device, self.dtype, kernel_cache(), padded_rank(lora.max_lora_rank)
         )
         log.info("add_lora backend: %s", kernel)
+        backend, self.attend = select_attention(model.attention_backend, self.device)
+        log.info("attention backend: %s", backend)
         self.lora = LoRAModelManager(self.model, lora.max_loras, lora.max_lora_rank, op)
-        self.layout = kv_layout(self.model.config, cache, self.dtype)
+        memory = None  # on a GPU, the cache takes what --gpu-memory-utilization leaves
+        if self.device.type == "cuda" and cache.num_blocks is None:
+            memory = device_kv_cache_bytes(
+                self.device,
+                self.model.config,
+                cache.gpu_memory_utilization,
+                model.max_model_len,
+                self.dtype,
+            )
+        self.layout = kv_layout(self.model.config, cache, self.dtype, memory)
         rows = self.layout.num_blocks * self.layout.block_size
         shape = (rows, self.layout.kv_heads, self.layout.head_dim)
         self.kv_caches = [
@@ -127,6 +162,7 @@ class ModelRunner:
         (N), then at ``batch.prompt_rows`` (M, usually none)."""
         FORWARD.kv_caches = self.kv_caches
         FORWARD.metadata = batch.attention
+        FORWARD.attend = self.attend
         self.lora.set_step(batch.lora, batch.merged)
         try:
             out = self.model(

@@ -61,7 +61,7 @@ class OutputProcessor:
         seq, params = state.seq, state.params
         seq.append_token(token)
         reason, text = None, ""
-        if token in params.stop_token_ids or (
+        if token in params.stop_token_set or (
             token in self.eos_token_ids and not params.ignore_eos
         ):
             reason = "stop"

@@ -3,9 +3,17 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 MAX_LOGPROBS = 20  # most alternatives per token, as OpenAI allows
+# Stop conditions run on the engine thread for every token of the request, so their size is
+# capped (OpenAI allows 4 stop strings; the matcher is linear in any case).
+MAX_STOP_STRINGS = 16
+MAX_STOP_CHARS = 512
+MAX_STOP_TOKEN_IDS = 256
+MAX_TOP_K = 2**31 - 1  # any k past the vocabulary means "off"; beyond this torch overflows
+# torch.Generator.manual_seed takes a 64-bit seed; sample j of n uses seed + j.
+SEED_RANGE = (-(2**63), 2**63 - 1)
 
 
 class ParameterError(ValueError):
@@ -60,6 +68,9 @@ class SamplingParams:
     # none) and the k most likely there. Such a request computes its whole prompt: no prefix
     # cache hits (cached tokens have no logits).
     prompt_logprobs: int | None = None
+    stop_token_set: frozenset[int] = field(
+        default=frozenset(), init=False, repr=False, compare=False
+    )
 
     def __post_init__(self) -> None:
         _check(self.max_tokens >= 1, "max_tokens", "max_tokens must be at least 1")
@@ -69,7 +80,11 @@ class SamplingParams:
             "temperature must be in [0, 2]",
         )
         _check(0.0 < self.top_p <= 1.0, "top_p", "top_p must be in (0, 1]")
-        _check(self.top_k >= -1, "top_k", "top_k must be -1, 0 (off) or a positive integer")
+        _check(
+            -1 <= self.top_k <= MAX_TOP_K,
+            "top_k",
+            f"top_k must be -1, 0 (off) or a positive integer up to {MAX_TOP_K}",
+        )
         _check(
             math.isfinite(self.repetition_penalty) and self.repetition_penalty > 0.0,
             "repetition_penalty",
@@ -86,8 +101,27 @@ class SamplingParams:
             "frequency_penalty must be in [-2, 2]",
         )
         _check(all(s for s in self.stop), "stop", "stop strings must not be empty")
-        _check(len(self.stop) <= 16, "stop", "at most 16 stop strings")
+        _check(
+            len(self.stop) <= MAX_STOP_STRINGS, "stop", f"at most {MAX_STOP_STRINGS} stop strings"
+        )
+        _check(
+            all(len(s) <= MAX_STOP_CHARS for s in self.stop),
+            "stop",
+            f"a stop string has at most {MAX_STOP_CHARS} characters",
+        )
+        _check(
+            len(self.stop_token_ids) <= MAX_STOP_TOKEN_IDS,
+            "stop_token_ids",
+            f"at most {MAX_STOP_TOKEN_IDS} stop token ids",
+        )
         _check(all(t >= 0 for t in self.stop_token_ids), "stop_token_ids", "token ids are >= 0")
+        _check(
+            self.seed is None or SEED_RANGE[0] <= self.seed <= SEED_RANGE[1],
+            "seed",
+            f"seed must be a 64-bit signed integer, in [{SEED_RANGE[0]}, {SEED_RANGE[1]}]",
+        )
+        # Looked up for every generated token: a set, not a scan of the tuple.
+        object.__setattr__(self, "stop_token_set", frozenset(self.stop_token_ids))
         check_logprobs(self.logprobs, "logprobs")
         check_logprobs(self.prompt_logprobs, "prompt_logprobs")
 

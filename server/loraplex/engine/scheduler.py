@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from loraplex.config import SchedulerConfig
 from loraplex.engine.block_manager import BlockManager
 from loraplex.engine.sequence import Sequence, SequenceStatus
+from loraplex.engine.waiting_queue import WaitingQueue
 
 
 def _arrival(seq: Sequence) -> tuple[float, int]:
@@ -131,7 +132,7 @@ class Scheduler:
         # False while a waiting request's adapter is still on its way to host memory.
         self.is_ready = is_ready
         self.pinned = pinned
-        self.waiting: deque[Sequence] = deque()
+        self.waiting = WaitingQueue()
         self.running: list[Sequence] = []
 
     @property
@@ -154,20 +155,12 @@ class Scheduler:
         seq.status = SequenceStatus.WAITING
         self.waiting.append(seq)
 
-    def abort(self, request_id: str) -> Sequence | None:
-        """Finish the unfinished sequence ``request_id`` with reason "abort"; None if unknown."""
-        for seq in [*self.running, *self.waiting]:
-            if seq.request_id == request_id:
-                self.finish(seq, "abort")
-                return seq
-        return None
-
     def finish(self, seq: Sequence, reason: str) -> None:
         """Mark ``seq`` FINISHED, free its blocks and drop it from the queues."""
-        if seq in self.running:
-            self.running.remove(seq)
-        elif seq in self.waiting:
-            self.waiting.remove(seq)
+        if seq.status is SequenceStatus.RUNNING:
+            self.running.remove(seq)  # at most max_num_seqs long
+        elif seq.status is SequenceStatus.WAITING:
+            self.waiting.discard(seq)  # O(1), however long the queue
         seq.adapter_skips = 0
         self.block_manager.free(seq)
         seq.status = SequenceStatus.FINISHED

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
-from loraplex.lora.adapter import LoRAWeights
+from loraplex.adapters.weights import LoRAWeights
 from loraplex.lora.ops import AddLoRA, LoRAMeta, add_lora
 
 LORA_BASE_TYPES = (nn.Linear, Conv1D)

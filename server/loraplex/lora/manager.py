@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 from torch import nn
 
-from loraplex.lora.adapter import LoRAAdapter
-from loraplex.lora.errors import AdapterValidationError
+from loraplex.adapters.weights import LoRAAdapter
 from loraplex.lora.layers import LORA_BASE_TYPES, LoRAContext, LoRALinear, in_out_features
 from loraplex.lora.ops import AddLoRA, LoRAMeta, add_lora
 
@@ -24,6 +25,7 @@ class LoRAModelManager:
 
     Every Linear/Conv1D projection except the output embedding is wrapped, so any adapter that
     targets projections of the base model can be loaded later without touching the model again.
+    Adapters arrive checked against :meth:`module_shapes` and a rank limit of ``max_rank``.
     """
 
     def __init__(
@@ -45,31 +47,24 @@ class LoRAModelManager:
             layer = LoRALinear(module, num_slots, padded_rank(max_rank), self.context)
             setattr(parent, child, layer)
             self.layers[name] = layer
+        # The real rank of each slot's adapter (0: empty), handed to the kernels with every
+        # step's metadata so they stream only that many rows of the padded slot tables.
+        device = next(iter(self.layers.values())).lora_a.device if self.layers else "cpu"
+        self.slot_ranks = torch.zeros(num_slots, dtype=torch.int32, device=device)
 
-    def validate(self, adapter: LoRAAdapter) -> None:
-        """Refuse an adapter whose modules or shapes do not fit this model."""
-        if adapter.max_rank > self.max_rank:
-            raise AdapterValidationError(
-                f"adapter rank {adapter.max_rank} exceeds --max-lora-rank {self.max_rank}"
-            )
-        for module, weights in adapter.modules.items():
-            layer = self.layers.get(module)
-            if layer is None:
-                raise AdapterValidationError(
-                    f"module {module!r} is not a projection of the base model"
-                )
-            if weights.a.shape[1] != layer.in_features or weights.b.shape[0] != layer.out_features:
-                raise AdapterValidationError(
-                    f"module {module!r}: lora_A {tuple(weights.a.shape)} / lora_B "
-                    f"{tuple(weights.b.shape)} do not fit the base layer "
-                    f"(in={layer.in_features}, out={layer.out_features})"
-                )
+    def module_shapes(self) -> dict[str, tuple[int, int]]:
+        """``(in_features, out_features)`` of every wrapped projection: what an adapter's
+        shapes are checked against before it can reach a slot (``adapters.folder_check``)."""
+        return {
+            name: (layer.in_features, layer.out_features) for name, layer in self.layers.items()
+        }
 
     def load_slot(self, slot: int, adapter: LoRAAdapter | None) -> None:
         """Make ``slot`` hold ``adapter`` in every layer (modules it does not target: zero)."""
         modules = adapter.modules if adapter is not None else {}
         for name, layer in self.layers.items():
             layer.set_slot(slot, modules.get(name))
+        self.slot_ranks[slot] = adapter.max_rank if adapter is not None else 0
 
     def merged_weights(self, adapter: LoRAAdapter) -> dict[str, torch.Tensor]:
         """``W0 + scale·B·A`` for every module ``adapter`` targets (the rest stays shared).
@@ -94,6 +89,8 @@ class LoRAModelManager:
         return [weight for weight in dropped if weight is not None]
 
     def set_step(self, meta: LoRAMeta | None, merged: tuple[str, int] | None) -> None:
+        if meta is not None and meta.slot_ranks is None:
+            meta = dataclasses.replace(meta, slot_ranks=self.slot_ranks)
         self.context.meta = meta
         self.context.merged = merged
 

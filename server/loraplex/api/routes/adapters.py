@@ -10,6 +10,8 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from fastapi.responses import PlainTextResponse
 
+from loraplex.adapters.card import AdapterCard
+from loraplex.adapters.errors import AdapterExistsError, AdapterNotFoundError
 from loraplex.api.adapter_schemas import (
     AdapterCardResponse,
     AdapterDeleted,
@@ -23,8 +25,6 @@ from loraplex.api.deps import AuthDep, EngineDep, LimitsDep
 from loraplex.api.errors import APIError
 from loraplex.api.upload import staged_upload
 from loraplex.engine.async_engine import AsyncEngine
-from loraplex.lora.card import AdapterCard
-from loraplex.lora.errors import AdapterExistsError, AdapterNotFoundError
 
 router = APIRouter(prefix="/v1", tags=["adapters"], dependencies=[AuthDep])
 

@@ -21,6 +21,7 @@ from loraplex.api.errors import APIError
 from loraplex.api.generation import (
     Choice,
     Run,
+    check_text,
     request_adapter,
     run_to_end,
     tokenize,
@@ -51,6 +52,7 @@ def render_chat(engine: AsyncEngine, messages: list[dict[str, str]]) -> str:
     except jinja2.TemplateError as exc:
         message = f"The chat template refused the messages: {exc}"
         raise APIError(400, message, param="messages", code="invalid_value") from exc
+    check_text(str(text), "messages")
     return str(text)
 
 
@@ -105,4 +107,4 @@ async def create_chat_completion(
             yield chunk(choice.index, {}, out.finish_reason)
 
     head = [chunk(c.index, {"role": "assistant"}) for c in run.choices]
-    return await stream_response(run, render, head=head, tail=chunks.tail)
+    return await stream_response(request, run, render, head=head, tail=chunks.tail)

@@ -71,6 +71,7 @@ async def create_completion(
     adapter = request_adapter(engine, body)
     params = body.sampling_params()
     raw_prompts = body.prompts()
+    engine.check_fanout(len(raw_prompts), body.n)  # before tokenizing a thousand prompts
     prompts = [tokenize(engine, p) for p in raw_prompts]
     run = Run(engine, prompts, params, adapter, "cmpl", body.n, body.cache_salt)
     tokenizer = engine.tokenizer
@@ -100,7 +101,7 @@ async def create_completion(
                 )
                 yield chunks.choices(delta)
 
-        return await stream_response(run, render, tail=chunks.tail)
+        return await stream_response(request, run, render, tail=chunks.tail)
     if not await run_to_end(request, run):
         return Response(status_code=499)  # nobody is listening; the status is for the access log
 

@@ -124,7 +124,7 @@ async def generate(
 
 
 @router.post("/generate_stream", response_class=Response)
-async def generate_stream(body: GenerateRequest, engine: EngineDep) -> Response:
+async def generate_stream(body: GenerateRequest, request: Request, engine: EngineDep) -> Response:
     """One event per token: ``{"index", "token": {"id", "text", "logprob", "special"},
     "generated_text": null, "details": null}``; on the last, the whole text (and the details
     when ``parameters.details``). Concatenating the token texts gives the whole text."""
@@ -156,4 +156,4 @@ async def generate_stream(body: GenerateRequest, engine: EngineDep) -> Response:
                     event.details = _details(engine, run, choice)
             yield event.model_dump_json()
 
-    return await stream_response(run, render, done=False)
+    return await stream_response(request, run, render, done=False)

@@ -25,6 +25,9 @@ class LoRAMeta:
     gather_rows: [S*P] int64, packed row feeding each padded position (``padded`` strategy).
     scatter_rows: [n] int64, padded position of each adapter row (``padded`` strategy).
     padded_rows: P, rows per slot in the padded layout (0 for ``grouped``).
+    slot_ranks: [S] int32, the real rank of each slot's adapter (0: empty), on the device;
+        kernels that stream only real ranks read it (the slot tables are padded to R). ``None``:
+        every slot is read up to R (always exact: padded rank rows are zero).
     """
 
     num_lora_rows: int
@@ -32,6 +35,7 @@ class LoRAMeta:
     gather_rows: torch.Tensor | None
     scatter_rows: torch.Tensor | None
     padded_rows: int
+    slot_ranks: torch.Tensor | None = None
 
     @property
     def strategy(self) -> str:

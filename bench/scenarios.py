@@ -1,0 +1,175 @@
+"""What the serving benchmark runs: the profiles (smoke, quick, full), the adapter sets written
+into the stores, the scenarios (one row each), the peers and the targets of issue 14.
+
+Pure data, no torch: the CLI builds a profile, the runner walks it, the report reads it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+from adapter_store import ALL_SEVEN, ATTENTION, AdapterSet
+from workload import LengthRange, WorkloadSpec
+
+MAIN, MIXED = "main", "mixed"  # the two servers: max rank 16, and max rank 64 for mixed ranks
+MIXED_RANKS = (8, 16, 32, 64)
+
+
+@dataclass(frozen=True)
+class Profile:
+    """Sizes of one benchmark run. ``uniform``: counts of r16 all-seven adapters requested
+    round-robin (targets 1-3); ``scale``: counts of r8 attention-only adapters under Zipf
+    popularity (target 4, the throughput-vs-adapters plot); ``mixed``: adapters of ranks
+    8/16/32/64 on all seven (a server with ``--max-lora-rank 64``); ``load``: the Poisson rates
+    of the latency sweep, as fractions of the closed-loop requests/s of the first uniform row."""
+
+    name: str
+    concurrency: int
+    workload: WorkloadSpec
+    rounds: int
+    uniform: tuple[int, ...]
+    scale: tuple[int, ...]
+    mixed: int
+    load: tuple[float, ...]
+    zipf: float = 1.0
+    max_loras: int | None = None  # default: the concurrency (every step's adapters fit)
+    server_options: tuple[str, ...] = ()  # extra `loraplex serve` options of this profile
+
+    def __post_init__(self) -> None:
+        if min(self.concurrency, self.rounds) < 1:
+            raise ValueError("--concurrency and --rounds must be positive")
+        if not self.uniform or min(self.uniform + self.scale) < 1 or self.mixed < 0:
+            raise ValueError(f"profile {self.name}: adapter counts must be positive")
+        if any(f <= 0 for f in self.load):
+            raise ValueError(f"profile {self.name}: load fractions must be positive")
+
+    @property
+    def slots(self) -> int:
+        return self.max_loras or self.concurrency
+
+
+PROFILES = {
+    "smoke": Profile(
+        "smoke", 2, WorkloadSpec(4, LengthRange(4, 12), LengthRange(2, 4)), 1,
+        uniform=(16,), scale=(1, 8), mixed=4, load=(1.0,), max_loras=4,
+        server_options=("--kv-cache-memory-mb", "64"),
+    ),
+    "quick": Profile(
+        "quick", 16, WorkloadSpec(32, LengthRange(16, 64), LengthRange(8, 24)), 2,
+        uniform=(16, 64), scale=(8, 1000), mixed=16, load=(0.5, 1.0),
+    ),
+    "full": Profile(
+        "full", 32, WorkloadSpec(96, LengthRange(16, 128), LengthRange(32, 64)), 3,
+        uniform=(16, 64), scale=(1, 8, 64, 512, 1000), mixed=16,
+        load=(0.25, 0.5, 0.75, 1.0, 1.25),
+    ),
+}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """One loraplex row: which server, which adapters the requests name, how they are drawn."""
+
+    key: str
+    label: str
+    server: str
+    names: tuple[str, ...] = ()
+    zipf: float | None = None  # None: round-robin over ``names``
+    adapters: str = "-"  # what the adapters are, for the table
+    family: str = ""  # the plot series of rows that differ only in the number of adapters
+
+
+@dataclass(frozen=True)
+class Plan:
+    """A profile made concrete: the adapter sets of each store, the scenarios and the peers."""
+
+    profile: Profile
+    stores: dict[str, tuple[AdapterSet, ...]]
+    scenarios: tuple[Scenario, ...]
+    peer_scenario: str  # the uniform row whose requests the PEFT peers replay
+    peers: tuple[str, ...] = field(default=("hf", "peft-mixed", "peft-seq", "bare"))
+
+    def max_rank(self, server: str) -> int:
+        return max(s.max_rank for s in self.stores[server])
+
+    @property
+    def merged_tenant(self) -> str:
+        """The adapter the main server pre-merges (``--merged-adapters``)."""
+        return next(s.names[0] for s in self.scenarios if s.key == "merged")
+
+
+PEERS = {
+    "hf": "HF generate, static batches",
+    "peft-mixed": "PEFT generate(adapter_names), static batches",
+    "peft-seq": "PEFT one at a time (set_adapter)",
+    "bare": "(r) bare HF decode forward",
+}
+
+
+def _adapters(n: int) -> str:
+    return f"{n} adapter" if n == 1 else f"{n} adapters"
+
+
+def plan(profile: Profile) -> Plan:
+    uniform = AdapterSet("u", max(profile.uniform), (16,), ALL_SEVEN)
+    tenant = AdapterSet("t", 1, (16,), ALL_SEVEN)
+    scale = AdapterSet("z", max(profile.scale), (8,), ATTENTION)
+    stores = {MAIN: (uniform, tenant, scale)}
+    rows = [
+        Scenario("base", "loraplex base model", MAIN),
+        Scenario("merged", "loraplex 1 pre-merged tenant", MAIN, (tenant.names[0],),
+                 adapters=f"1 merged, {tenant.describe()}"),
+    ]  # fmt: skip
+    for n in profile.uniform:
+        names = tuple(uniform.names[:n])
+        rows.append(
+            Scenario(f"u{n}", f"loraplex {_adapters(n)}, round-robin", MAIN, names,
+                     adapters=f"{n}, {uniform.describe()}",
+                     family=f"round-robin, {uniform.describe()}")
+        )  # fmt: skip
+    if profile.mixed:
+        mixed = AdapterSet("m", profile.mixed, MIXED_RANKS, ALL_SEVEN)
+        stores[MIXED] = (mixed,)
+        n = profile.mixed
+        rows.append(
+            Scenario(f"mixed{n}", f"loraplex {_adapters(n)}, mixed ranks", MIXED,
+                     tuple(mixed.names), adapters=f"{n}, {mixed.describe()}",
+                     family=f"round-robin, {mixed.describe()}")
+        )  # fmt: skip
+    for n in profile.scale:
+        names = tuple(scale.names[:n])
+        label = f"loraplex {_adapters(n)}, Zipf {profile.zipf:g}"
+        family = f"Zipf {profile.zipf:g}, {scale.describe()}"
+        rows.append(
+            Scenario(f"zipf{n}", label, MAIN, names, profile.zipf, f"{n}, {scale.describe()}",
+                     family)
+        )  # fmt: skip
+    return Plan(profile, stores, tuple(rows), peer_scenario=f"u{profile.uniform[0]}")
+
+
+def with_overrides(profile: Profile, **changes: object) -> Profile:
+    """The profile with the non-None ``changes`` (command-line overrides) applied."""
+    return replace(profile, **{k: v for k, v in changes.items() if v is not None})
+
+
+@dataclass(frozen=True)
+class Target:
+    """``tokens/s(numerator) / tokens/s(denominator) >= minimum`` (None: a reference ratio)."""
+
+    label: str
+    numerator: str
+    denominator: str
+    minimum: float | None
+
+
+TARGETS = (
+    Target("1. 16 adapters vs base", "u16", "base", 0.90),
+    Target("2. 64 adapters vs base", "u64", "base", 0.85),
+    Target("3a. 16 adapters vs PEFT mixed batch", "u16", "peft-mixed", 8.0),
+    Target("3b. 16 adapters vs PEFT one at a time", "u16", "peft-seq", 15.0),
+    Target("4. 1,000 adapters vs 8 (Zipf)", "zipf1000", "zipf8", 0.90),
+    Target("5. base vs bare forward (r)", "base", "bare", 1.0),
+    Target("6. pre-merged tenant vs base", "merged", "base", 0.95),
+    Target("ref. base vs HF generate", "base", "hf", None),
+    Target("ref. mixed ranks vs 16 adapters r16", "mixed16", "u16", None),
+)

@@ -1,0 +1,160 @@
+"""Serving benchmark: a real ``loraplex serve`` process driven over HTTP (streaming, closed loop
+and Poisson arrivals), against HF and PEFT peers in this process on exactly the same requests.
+
+    .venv/bin/python bench/serving.py            # quick profile (make bench), <= 10 min, 2 cores
+    .venv/bin/python bench/serving.py --full     # 1..1,000 adapters, 3 rounds, 5 loads
+    .venv/bin/python bench/serving.py --smoke --model DIR    # a tiny model, for the test
+
+One run prints (and writes under ``bench/results/``) the systems table, every target ratio of
+issue 14 with met/missed, the latency-vs-load table, and two PNG plots. See bench/README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import shlex
+import tempfile
+import time
+from contextlib import ExitStack
+from pathlib import Path
+
+import common  # bench/ is a folder of scripts: run as a file, its folder is on sys.path
+import plots
+import report
+import scenarios
+from adapter_store import write_set
+from runner import Bench
+from scenarios import MAIN, PROFILES, Plan
+from server_proc import loraplex_server
+
+RESULTS = Path(__file__).resolve().parent / "results"
+STORE_SEEDS = {"u": 0, "t": 10_000, "z": 20_000, "m": 30_000}  # adapter i of set p: seed + i
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    which = parser.add_mutually_exclusive_group()
+    for name in PROFILES:
+        which.add_argument(
+            f"--{name}", dest="profile", action="store_const", const=name,
+            help=f"the {name} profile" + (" (the default)" if name == "quick" else ""),
+        )  # fmt: skip
+    parser.set_defaults(profile="quick")
+    parser.add_argument("--model", metavar="DIR", help="HF model folder (default: SmolLM2-135M)")
+    parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
+    parser.add_argument("--rounds", type=int, help="interleaved rounds (profile's by default)")
+    parser.add_argument("--concurrency", type=int, help="requests in flight / static batch size")
+    parser.add_argument("--zipf", type=float, help="Zipf exponent of the scale rows (default 1)")
+    parser.add_argument("--max-loras", type=int, help="server slots; default: the concurrency")
+    parser.add_argument("--seed", type=int, default=0, help="seed of every request drawn")
+    parser.add_argument("--threads", type=int, help="torch threads of the peers; default: all")
+    parser.add_argument(
+        "--skip", default="", help="comma-separated rows not to run, e.g. peft-seq,zipf1000"
+    )
+    parser.add_argument(
+        "--server-args", default="", help="extra `loraplex serve` options: '--lora-kernel torch'"
+    )
+    parser.add_argument("--out", type=Path, help="results folder; default bench/results/<run>")
+    args = parser.parse_args(argv)
+    if min(v for v in (args.rounds, args.concurrency, args.max_loras, 1) if v is not None) < 1:
+        parser.error("--rounds, --concurrency and --max-loras must be positive")
+    return args
+
+
+def server_options(plan: Plan, server: str, store: Path, args: argparse.Namespace) -> list[str]:
+    """The ``loraplex serve`` options of one of the plan's servers."""
+    profile = plan.profile
+    options = [
+        "--adapters-dir", str(store), "--dtype", args.dtype,
+        "--max-loras", str(profile.slots), "--max-lora-rank", str(plan.max_rank(server)),
+        "--max-num-seqs", str(max(64, profile.concurrency)),
+    ]  # fmt: skip
+    if server == MAIN:
+        options += ["--merged-adapters", plan.merged_tenant]
+    if args.model:
+        options += ["--model", str(args.model)]
+    return options + list(profile.server_options) + shlex.split(args.server_args)
+
+
+def write_stores(plan: Plan, model_dir: Path, root: Path) -> dict[str, Path]:
+    stores = {}
+    for server, sets in plan.stores.items():
+        stores[server] = root / server
+        for adapters in sets:
+            write_set(stores[server], model_dir, adapters, STORE_SEEDS[adapters.prefix])
+    return stores
+
+
+def describe(plan: Plan, model_dir: Path, args: argparse.Namespace) -> str:
+    import torch
+
+    p, w = plan.profile, plan.profile.workload
+    return (
+        f"# bench/serving.py --{p.name}: {model_dir.name}, {args.dtype}, {p.concurrency} "
+        f"concurrent, {w.requests} requests a round (prompts {w.prompt_tokens.low}-"
+        f"{w.prompt_tokens.high} tokens, outputs {w.output_tokens.low}-{w.output_tokens.high}), "
+        f"{p.rounds} interleaved rounds, --max-loras {p.slots}, peers' torch threads "
+        f"{torch.get_num_threads()}, {os.cpu_count()} cores, load average "
+        f"{os.getloadavg()[0]:.1f} at the end"
+    )
+
+
+def main(argv: list[str] | None = None) -> Path:
+    """Run the benchmark; returns the results folder."""
+    from tqdm import tqdm
+    from transformers import AutoTokenizer
+
+    args = parse_args(argv)
+    profile = scenarios.with_overrides(
+        PROFILES[args.profile], rounds=args.rounds, concurrency=args.concurrency,
+        zipf=args.zipf, max_loras=args.max_loras,
+    )  # fmt: skip
+    skip = frozenset(k.strip() for k in args.skip.split(",") if k.strip())
+    plan = scenarios.plan(profile)
+    plan = dataclasses.replace(plan, peers=tuple(k for k in plan.peers if k not in skip))
+    common.setup(args.threads)
+    model_dir = Path(args.model) if args.model else common.default_model_dir()
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    pool = tokenizer(" ".join(common.QUESTIONS), add_special_tokens=False).input_ids
+    out = args.out or RESULTS / f"{profile.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    began = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="loraplex-bench-store-") as tmp, ExitStack() as stack:
+        stores = write_stores(plan, model_dir, Path(tmp))
+        print(f"wrote the adapter stores in {time.perf_counter() - began:.0f} s", flush=True)
+        needed = {s.server for s in plan.scenarios if s.key not in skip}
+        urls = {
+            server: stack.enter_context(
+                loraplex_server(server_options(plan, server, stores[server], args),
+                                out / f"server-{server}.log")
+            )
+            for server in sorted(needed)
+        }  # fmt: skip
+        progress = stack.enter_context(tqdm(total=0, unit="req", dynamic_ncols=True))
+        bench = Bench(plan, urls, pool, args.seed, progress, skip)
+        bench.add_peers(model_dir, stores[MAIN], args.dtype)
+        progress.total = profile.rounds * bench.units_per_round() + len(profile.load) * (
+            profile.workload.requests
+        )
+        bench.warm_up()
+        results = bench.run_rounds(profile.rounds)
+        sweep = bench.sweep(results)
+    text = report.full_report(describe(plan, model_dir, args), plan, results, sweep)
+    report.write_results(out, text, plan, results, sweep)
+    figures = [
+        plots.throughput_vs_adapters(plan, results, out / "throughput_vs_adapters.png"),
+        plots.latency_vs_load(plan, sweep, out / "latency_vs_load.png"),
+    ]
+    print()
+    print(text)
+    for path in [out / "table.md", out / "results.json", *(f for f in figures if f)]:
+        print(f"wrote {path}")
+    print(f"took {time.perf_counter() - began:.0f} s")
+    return out
+
+
+if __name__ == "__main__":
+    main()

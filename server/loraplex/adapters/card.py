@@ -1,0 +1,57 @@
+"""What the API shows about an adapter, and the identity every cache keys it by."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from loraplex.adapters.peft_config import PeftConfig
+
+
+def adapter_key(name: str, version: str) -> str:
+    """``name@sha`` prefix: a replaced adapter never aliases the weights of its old version."""
+    return f"{name}@{version[:16]}"
+
+
+@dataclass(frozen=True)
+class AdapterCard:
+    """One registered adapter version: its checked config and the store's metadata.
+
+    ``version`` is the sha256 of its weights file; rank, alpha and targets are the config's.
+    """
+
+    name: str
+    version: str
+    config: PeftConfig
+    size_bytes: int
+    created: int
+    description: str | None = None
+    pinned: bool = False
+
+    @property
+    def key(self) -> str:
+        return adapter_key(self.name, self.version)
+
+    @property
+    def rank(self) -> int:
+        return self.config.r
+
+    @property
+    def alpha(self) -> float:
+        return self.config.lora_alpha
+
+    @property
+    def target_modules(self) -> tuple[str, ...]:
+        return self.config.target_names
+
+    def to_dict(self) -> dict:
+        return {
+            "name": self.name,
+            "version": self.version,
+            "rank": self.rank,
+            "alpha": self.alpha,
+            "target_modules": list(self.target_modules),
+            "size_bytes": self.size_bytes,
+            "created": self.created,
+            "description": self.description,
+            "pinned": self.pinned,
+        }

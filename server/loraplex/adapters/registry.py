@@ -1,0 +1,226 @@
+"""The adapter catalog over three tiers: store (durable) -> host memory (LRU) -> device slots.
+
+The registry owns the first two; the engine's slot cache owns the third. Loading from the store
+runs on a small thread pool, off the engine's critical path: a request whose adapter is not in
+host memory waits in the queue (``is_loaded``) while the running batch keeps stepping.
+
+Registering reads the weights file once: the folder check returns the tensors it checked and
+their hash, and the adapter is built from those. A replaced or removed version stays known
+(``_by_key``) only while a request still holds it; its last release retires it.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import torch
+
+from loraplex.adapters.card import AdapterCard
+from loraplex.adapters.errors import AdapterError, AdapterExistsError, AdapterNotFoundError
+from loraplex.adapters.folder_check import CheckedFolder
+from loraplex.adapters.host_cache import HostCache
+from loraplex.adapters.rules import WEIGHTS_FILE, validate_name
+from loraplex.adapters.store import AdapterStore
+from loraplex.adapters.weights import LoRAAdapter, build_adapter
+
+log = logging.getLogger(__name__)
+
+
+def describe(name: str, folder: Path, checked: CheckedFolder, metadata: dict) -> AdapterCard:
+    """A card from the checked adapter (config, weights hash) and the store's metadata; the
+    version is the hash of the bytes checked, which are the bytes a load of it will find."""
+    weights = folder / WEIGHTS_FILE
+    return AdapterCard(
+        name=name,
+        version=checked.weights.version,
+        config=checked.config,
+        size_bytes=weights.stat().st_size,
+        created=int(metadata.get("created") or weights.stat().st_mtime),
+        description=metadata.get("description"),
+        pinned=bool(metadata.get("pinned", False)),
+    )
+
+
+class AdapterRegistry:
+    """name -> current :class:`AdapterCard`; key -> :class:`LoRAAdapter` in host memory.
+
+    ``check_folder`` validates an adapter's files (config rules, safetensors header, shapes
+    against the base model's LoRA layers) and returns what it read, so they are not read again.
+    Every folder is checked the same way: before it reaches the store, at start-up, and on each
+    read back from the store. ``on_loaded`` wakes the engine when a load finishes.
+    """
+
+    def __init__(
+        self,
+        store: AdapterStore,
+        dtype: torch.dtype,
+        check_folder: Callable[[Path], CheckedFolder],
+        max_cpu_loras: int,
+        on_loaded: Callable[[], None] = lambda: None,
+    ) -> None:
+        self.store = store
+        self.dtype = dtype
+        self.check_folder = check_folder
+        self.on_loaded = on_loaded
+        self.host: HostCache[LoRAAdapter] = HostCache(max_cpu_loras, on_unused=self._retire)
+        self._cards: dict[str, AdapterCard] = {}
+        self._by_key: dict[str, AdapterCard] = {}  # current versions + older ones still held
+        self._failed: dict[str, Exception] = {}
+        self._loading: set[str] = set()
+        self._lock = threading.RLock()  # the maps; held briefly, the engine thread takes it
+        # Serializes store writes (register, remove), which may be slow uploads; the engine
+        # thread never takes it, so it never waits for one.
+        self._write_lock = threading.Lock()
+        self._pool = ThreadPoolExecutor(2, thread_name_prefix="loraplex-adapter-load")
+
+    # ---- catalog -----------------------------------------------------------------------
+
+    def scan(self) -> list[str]:
+        """Register every adapter already in the store; a broken one is logged and skipped."""
+        for name in self.store.names():
+            try:
+                folder = self.store.fetch(name)
+                checked = self.check_folder(folder)
+                self._publish(describe(name, folder, checked, self.store.metadata(name)))
+            except AdapterError as exc:
+                log.warning("skipping adapter %s: %s", name, exc)
+        return self.names()
+
+    def register(
+        self,
+        name: str,
+        folder: Path,
+        *,
+        replace: bool = False,
+        description: str | None = None,
+        pinned: bool = False,
+    ) -> AdapterCard:
+        """Validate ``folder`` and store it atomically under ``name``; then it is servable."""
+        validate_name(name)
+        checked = self.check_folder(folder)
+        adapter = build_adapter(name, checked, self.dtype)
+        metadata = {
+            "sha256": adapter.version,
+            "created": int(time.time()),
+            "description": description,
+            "pinned": pinned,
+        }
+        with self._write_lock:
+            with self._lock:
+                old = self._cards.get(name)
+            if old is not None and not replace:
+                raise AdapterExistsError(f"adapter {name!r} exists; pass replace=true")
+            self.store.put(name, folder, metadata)
+            card = describe(name, folder, checked, metadata)
+            self.host.put(card.key, adapter)  # just validated: warm it
+            self._publish(card)
+        if old is not None and old.key != card.key:
+            self._retire(old.key)  # as in remove(): requests using it keep it until done
+        return card
+
+    def remove(self, name: str) -> AdapterCard:
+        """New requests get 404 at once; running ones keep the weights they hold."""
+        with self._write_lock:
+            with self._lock:
+                card = self._cards.pop(name, None)
+            if card is None:
+                raise AdapterNotFoundError(name)
+            self.store.delete(name)
+        self._retire(card.key)
+        return card
+
+    def _retire(self, key: str) -> None:
+        """Forget ``key`` once nothing can need it: not the current version of its name, no
+        request holds it (``HostCache.on_unused`` calls this on the last release) and no load of
+        it is under way (its end calls this again). Then its card, any recorded load failure and
+        its weights in host memory go; a combination's weights stay cached (never carded).
+        """
+        with self._lock:
+            card = self._by_key.get(key)
+            current = self._cards.get(card.name) if card is not None else None
+            if current is not None and current.key == key:
+                return
+            if key in self._loading or self.host.held(key):
+                return
+            self._failed.pop(key, None)
+            if self._by_key.pop(key, None) is None:
+                return
+        self.host.discard(key)
+
+    def _publish(self, card: AdapterCard) -> None:
+        with self._lock:
+            self._cards[card.name] = card
+            self._by_key[card.key] = card
+            self._failed.pop(card.key, None)
+
+    def get(self, name: str) -> AdapterCard:
+        with self._lock:
+            card = self._cards.get(name)
+        if card is None:
+            raise AdapterNotFoundError(name)
+        return card
+
+    def has(self, name: str) -> bool:
+        with self._lock:
+            return name in self._cards
+
+    def names(self) -> list[str]:
+        with self._lock:
+            return sorted(self._cards)
+
+    def cards(self) -> list[AdapterCard]:
+        with self._lock:
+            return [self._cards[n] for n in sorted(self._cards)]
+
+    # ---- host tier ---------------------------------------------------------------------
+
+    def loaded(self, key: str) -> LoRAAdapter | None:
+        return self.host.get(key)
+
+    def failure(self, key: str) -> Exception | None:
+        with self._lock:
+            return self._failed.get(key)
+
+    def prefetch(self, key: str) -> None:
+        """Start loading ``key`` into host memory unless it is there or on its way."""
+        with self._lock:
+            if key in self._loading or key in self._failed or key in self.host:
+                return
+            card = self._by_key.get(key)
+            if card is None:
+                self._failed[key] = AdapterNotFoundError(key.split("@")[0])
+                return
+            self._loading.add(key)
+        self._pool.submit(self._load, card)
+
+    def load(self, card: AdapterCard) -> LoRAAdapter:
+        """Read ``card``'s version from the store (checked as at registration) into memory."""
+        checked = self.check_folder(self.store.fetch(card.name))
+        if checked.weights.version != card.version:  # replaced since the card was taken
+            raise AdapterNotFoundError(f"{card.name} (version {card.version[:16]})")
+        return build_adapter(card.name, checked, self.dtype)
+
+    def _load(self, card: AdapterCard) -> None:
+        try:
+            self.host.put(card.key, self.load(card))
+        except Exception as exc:  # reported to the requests that wait for it
+            log.warning("loading adapter %s failed: %s", card.key, exc)
+            with self._lock:
+                self._failed[card.key] = exc
+        finally:
+            with self._lock:
+                self._loading.discard(card.key)
+            self._retire(card.key)  # replaced or removed while loading, and no longer held
+            self.on_loaded()
+
+    def add_ephemeral(self, adapter: LoRAAdapter) -> None:
+        """A derived adapter (a per-request combination): host memory only, never stored."""
+        self.host.put(adapter.key, adapter)
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)

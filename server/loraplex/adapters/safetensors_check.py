@@ -1,0 +1,208 @@
+"""Checks of ``adapter_model.safetensors`` against the adapter config and the base model.
+
+The header is read first (size, tensor count, dtypes, offsets, shapes against the base model), so
+a hostile file costs a few small reads; only then is the file read, once, and its tensors checked
+for NaN/Inf. Those tensors and their hash are returned, so registering an adapter loads exactly
+the bytes that were checked and never reads the file again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load
+
+from loraplex.adapters.errors import AdapterValidationError
+from loraplex.adapters.peft_config import PeftConfig
+from loraplex.adapters.rules import Limits, strict_json
+
+__all__ = ["DTYPE_BYTES", "WeightsFile", "check_safetensors", "split_key"]
+
+DTYPE_BYTES = {"F16": 2, "BF16": 2, "F32": 4, "F64": 8}
+# PEFT's keys: ``base_model.model.<module>.lora_A.weight`` ([r, in]) and ``...lora_B.weight``
+# ([out, r]), optionally with the adapter's name before ``.weight``.
+_KEY = re.compile(
+    r"^(?:base_model\.model\.)?(?P<module>.+)\.lora_(?P<ab>[AB])(?:\.[^.]+)?\.weight$"
+)
+
+
+def split_key(key: str) -> tuple[str, str]:
+    """``(module, "A" or "B")`` of a PEFT LoRA tensor key; any other key is refused."""
+    match = _KEY.match(key)
+    if match is None:
+        raise AdapterValidationError(
+            f"unexpected tensor {key!r}: only <module>.lora_A.weight / lora_B.weight"
+        )
+    return match["module"], match["ab"]
+
+
+@dataclass(frozen=True)
+class WeightsFile:
+    """``adapter_model.safetensors`` read once: its sha256 (the version) and its tensors.
+
+    Hash and tensors come from the same bytes, so the version names exactly the weights served
+    and a file cannot change between being checked, hashed and loaded.
+    """
+
+    version: str
+    tensors: dict[str, torch.Tensor]
+
+    @classmethod
+    def parse(cls, data: bytes) -> WeightsFile:
+        return cls(hashlib.sha256(data).hexdigest(), load(data))
+
+
+def _read_header(path: Path, limits: Limits) -> tuple[dict, int, bytes]:
+    """The safetensors JSON header (without ``__metadata__``), the data buffer's length and the
+    file's first ``8 + N`` bytes (so the later full read can be matched against them).
+
+    Layout: 8-byte little-endian header length N, N bytes of JSON, then the tensor bytes.
+    """
+    size = path.stat().st_size
+    if size > limits.max_file_bytes:
+        raise AdapterValidationError(
+            f"{path.name} is {size} bytes; the limit is {limits.max_file_bytes}"
+        )
+    with path.open("rb") as f:
+        prefix = f.read(8)
+        if len(prefix) < 8:
+            raise AdapterValidationError(f"{path.name} is too short to be safetensors")
+        n = int.from_bytes(prefix, "little")
+        if n > limits.max_header_bytes:
+            raise AdapterValidationError(
+                f"{path.name}: header of {n} bytes exceeds the limit of {limits.max_header_bytes}"
+            )
+        if 8 + n > size:
+            raise AdapterValidationError(f"{path.name}: header length {n} runs past the file end")
+        raw = f.read(n)
+    header = strict_json(raw, f"{path.name} header")
+    if not isinstance(header, dict):
+        raise AdapterValidationError(f"{path.name}: the header must be a JSON object")
+    metadata = header.pop("__metadata__", None)
+    if metadata is not None and not (
+        isinstance(metadata, dict) and all(isinstance(v, str) for v in metadata.values())
+    ):
+        raise AdapterValidationError(f"{path.name}: __metadata__ must map strings to strings")
+    return header, size - 8 - n, prefix + raw
+
+
+def _is_int_list(value: object, length: int | None = None) -> bool:
+    return (
+        isinstance(value, list)
+        and (length is None or len(value) == length)
+        and all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in value)
+    )
+
+
+def _check_entry(key: str, entry: object, data_len: int) -> tuple[list[int], int, int]:
+    """One tensor's dtype, shape and byte span; returns (shape, begin, end)."""
+    if not isinstance(entry, dict) or set(entry) != {"dtype", "shape", "data_offsets"}:
+        raise AdapterValidationError(f"tensor {key!r}: malformed header entry")
+    dtype, shape, offsets = entry["dtype"], entry["shape"], entry["data_offsets"]
+    if dtype not in DTYPE_BYTES:
+        raise AdapterValidationError(
+            f"tensor {key!r} has dtype {dtype!r}; only {', '.join(DTYPE_BYTES)} are accepted"
+        )
+    if not _is_int_list(shape) or not _is_int_list(offsets, 2):
+        raise AdapterValidationError(f"tensor {key!r}: shape and data_offsets must be integers")
+    begin, end = offsets
+    if not begin <= end <= data_len:
+        raise AdapterValidationError(
+            f"tensor {key!r}: data_offsets {offsets} lie outside the {data_len}-byte data buffer"
+        )
+    if end - begin != math.prod(shape) * DTYPE_BYTES[dtype]:
+        raise AdapterValidationError(
+            f"tensor {key!r}: {end - begin} bytes do not hold {dtype} of shape {shape}"
+        )
+    return shape, begin, end
+
+
+def _read_weights(path: Path, head: bytes, size: int) -> WeightsFile:
+    """The whole file in one read, after its header passed; it must still begin with the header
+    that was checked, so the tensors returned are the ones whose shapes were checked."""
+    try:
+        with path.open("rb") as f:
+            data = f.read(size + 1)
+        if len(data) != size or not data.startswith(head):
+            raise AdapterValidationError(f"{path.name} changed while it was being checked")
+        return WeightsFile.parse(data)
+    except (SafetensorError, OSError, RuntimeError) as exc:
+        raise AdapterValidationError(f"{path.name} cannot be read: {exc}") from exc
+
+
+def _check_shapes(
+    found: dict[str, dict[str, list[int]]],
+    config: PeftConfig,
+    module_shapes: Mapping[str, tuple[int, int]],
+) -> None:
+    """The one shape rule: each module has ``A: [r_m, in]`` and ``B: [out, r_m]``, with ``r_m``
+    from the config and ``in``/``out`` from the base projection."""
+    for module, ab in sorted(found.items()):
+        if set(ab) != {"A", "B"}:
+            raise AdapterValidationError(f"module {module!r} needs both lora_A and lora_B")
+        rank = config.rank_of(module)
+        fan_in, fan_out = module_shapes[module]
+        for side, expected in (("A", [rank, fan_in]), ("B", [fan_out, rank])):
+            if ab[side] != expected:
+                raise AdapterValidationError(
+                    f"module {module!r}: lora_{side} has shape {ab[side]}, expected {expected} "
+                    f"(rank {rank}, in={fan_in}, out={fan_out})"
+                )
+
+
+def check_safetensors(
+    path: Path, config: PeftConfig, module_shapes: Mapping[str, tuple[int, int]], limits: Limits
+) -> WeightsFile:
+    """Check ``adapter_model.safetensors`` against the config and the base model.
+
+    ``module_shapes`` maps each base projection to
+    ``(in_features, out_features)``. The header is
+    checked before any tensor is read: limits, dtypes, offsets (contiguous, inside the file),
+    keys ``<module>.lora_A/B.weight`` for targeted projections, ``A: [r_m, in]``,
+    ``B: [out, r_m]`` with ``r_m`` from ``rank_pattern`` or ``r``. Then values must be finite.
+    Returns the weights read (tensors and sha256), for the caller to load without reading again.
+    """
+    header, data_len, head = _read_header(path, limits)
+    if len(header) > limits.max_tensors:
+        raise AdapterValidationError(
+            f"{path.name} holds {len(header)} tensors; the limit is {limits.max_tensors}"
+        )
+    spans: list[tuple[int, int, str]] = []
+    found: dict[str, dict[str, list[int]]] = {}
+    for key, entry in header.items():
+        shape, begin, end = _check_entry(key, entry, data_len)
+        spans.append((begin, end, key))
+        module, ab = split_key(key)
+        if module not in module_shapes:
+            raise AdapterValidationError(
+                f"tensor {key!r}: {module!r} is not a projection of the base model"
+            )
+        if not config.targets(module):
+            raise AdapterValidationError(
+                f"tensor {key!r}: {module!r} is not in target_modules (or is in exclude_modules)"
+            )
+        if ab in found.setdefault(module, {}):
+            raise AdapterValidationError(f"tensor {key!r}: lora_{ab} of {module!r} appears twice")
+        found[module][ab] = shape
+    position = 0  # the spec: tensors tile the data buffer, no gaps or overlaps
+    for begin, end, key in sorted(spans):
+        if begin != position:
+            raise AdapterValidationError(f"tensor {key!r} overlaps another or leaves a gap")
+        position = end
+    if position != data_len:
+        raise AdapterValidationError(f"{path.name}: {data_len - position} trailing data bytes")
+    if not found:
+        raise AdapterValidationError(f"{path.name} holds no LoRA weights")
+    _check_shapes(found, config, module_shapes)
+    weights = _read_weights(path, head, len(head) + data_len)
+    for key, tensor in weights.tensors.items():
+        if not torch.isfinite(tensor).all():
+            raise AdapterValidationError(f"tensor {key!r} holds NaN or infinite values")
+    return weights

@@ -1,0 +1,111 @@
+"""The local adapter store: one folder per adapter under a root, replaced by atomic renames."""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from pathlib import Path
+
+from loraplex.adapters.errors import AdapterNotFoundError
+from loraplex.adapters.rules import validate_name
+from loraplex.adapters.store.files import (
+    DEL,
+    FILES,
+    METADATA_FILE,
+    OLD,
+    TMP,
+    fsync_dir,
+    full_metadata,
+    is_complete,
+    is_name,
+    remove,
+    work_dir,
+    write_synced,
+)
+
+__all__ = ["LocalAdapterStore"]
+
+
+class LocalAdapterStore:
+    """``root/<name>/`` per adapter. ``put`` writes ``root/.tmp-*``, fsyncs, then renames.
+
+    Replacing moves the old folder aside (``.old-*``), renames the new one in and deletes the
+    old one; if the rename fails the old folder goes back. At start, leftovers of a crash are
+    repaired: ``.tmp-*`` and ``.del-*`` are deleted, an ``.old-*`` whose name is missing is
+    restored. One process writes a given root.
+    """
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        for entry in self.root.iterdir():
+            if entry.name.startswith((TMP, DEL)):
+                remove(entry)
+            elif entry.name.startswith(OLD):
+                name = entry.name[len(OLD) + 17 :]
+                if is_name(name) and not os.path.lexists(self.root / name):
+                    os.replace(entry, self.root / name)
+                else:
+                    remove(entry)
+
+    def names(self) -> list[str]:
+        return sorted(e.name for e in self.root.iterdir() if is_name(e.name) and is_complete(e))
+
+    def exists(self, name: str) -> bool:
+        return is_complete(self.root / validate_name(name))
+
+    def fetch(self, name: str) -> Path:
+        folder = self.root / validate_name(name)
+        if not is_complete(folder):
+            raise AdapterNotFoundError(name)
+        return folder
+
+    def metadata(self, name: str) -> dict:
+        path = self.fetch(name) / METADATA_FILE
+        try:
+            return json.loads(path.read_text())
+        except (FileNotFoundError, ValueError):  # placed by hand, or unreadable
+            return {}
+
+    def put(self, name: str, folder: Path, metadata: dict) -> None:
+        validate_name(name)
+        folder = Path(folder)
+        meta = full_metadata(folder, metadata)
+        tmp = work_dir(self.root, TMP, name)
+        tmp.mkdir()
+        try:
+            for f in FILES:
+                write_synced(tmp / f, folder / f)
+            write_synced(tmp / METADATA_FILE, json.dumps(meta, indent=1).encode())
+            fsync_dir(tmp)
+            with self._lock:
+                self._swap_in(tmp, self.root / name)
+        except BaseException:
+            remove(tmp)
+            raise
+
+    def _swap_in(self, new: Path, target: Path) -> None:
+        old = None
+        if os.path.lexists(target):
+            old = work_dir(self.root, OLD, target.name)
+            os.replace(target, old)
+        try:
+            os.replace(new, target)
+        except BaseException:
+            if old is not None:
+                os.replace(old, target)
+            raise
+        fsync_dir(self.root)
+        if old is not None:
+            remove(old)
+
+    def delete(self, name: str) -> None:
+        """The name disappears with one rename; the files are deleted afterwards."""
+        with self._lock:
+            folder = self.fetch(name)
+            trash = work_dir(self.root, DEL, name)
+            os.replace(folder, trash)
+            fsync_dir(self.root)
+        remove(trash)

@@ -1,0 +1,119 @@
+"""Checked PEFT adapter files -> per-module ``(A, B, scale)`` in host memory, and mixes of them.
+
+An adapter's update of module m is ``scale_m · B_m · A_m`` with ``A_m`` [r_m, in],
+``B_m`` [out, r_m] and ``scale_m`` from the config (``PeftConfig.scale_of``). Only folders that
+passed :func:`~loraplex.adapters.folder_check.check_folder` are built, so names, ranks and
+shapes are already known to fit the base model here.
+
+A weighted mix ``Σ_i w_i · s_i · B_i · A_i = B · A`` is one adapter of concatenated rank:
+``A = [A_1; A_2; …]`` ([Σr_i, in]) and ``B = [w_1·s_1·B_1, w_2·s_2·B_2, …]`` ([out, Σr_i]),
+scale 1. This equals PEFT's ``add_weighted_adapter(..., combination_type="cat")``; no new kernel
+is needed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from loraplex.adapters.card import adapter_key
+from loraplex.adapters.folder_check import CheckedFolder, check_folder
+from loraplex.adapters.rules import Limits
+from loraplex.adapters.safetensors_check import split_key
+
+MIX_PREFIX = "+mix-"  # "+" starts no valid adapter name
+
+__all__ = ["LoRAAdapter", "LoRAWeights", "build_adapter", "combine", "load_adapter", "mix_key"]
+
+
+@dataclass(frozen=True)
+class LoRAWeights:
+    """One module's update: ``delta = scale · B @ A``; a [r, in], b [out, r].
+
+    ``b`` is kept column-major (its memory is Bᵀ's rows, the slot tables' layout), so that
+    loading a slot copies contiguous memory instead of transposing.
+    """
+
+    a: torch.Tensor
+    b: torch.Tensor
+    scale: float
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "b", self.b.T.contiguous().T)
+
+    @property
+    def rank(self) -> int:
+        return self.a.shape[0]
+
+
+@dataclass(frozen=True)
+class LoRAAdapter:
+    """Weights in host memory: name, content hash (sha256 of the weights file) and per-module
+    weights. What the config says of it (rank, alpha, targets) lives on its card."""
+
+    name: str
+    version: str
+    modules: dict[str, LoRAWeights]
+
+    @property
+    def key(self) -> str:
+        if self.name.startswith(MIX_PREFIX):  # a combination is identified by its parts already
+            return self.name
+        return adapter_key(self.name, self.version)
+
+    @property
+    def max_rank(self) -> int:
+        return max(w.rank for w in self.modules.values())
+
+
+def build_adapter(
+    name: str, checked: CheckedFolder, dtype: torch.dtype = torch.float32
+) -> LoRAAdapter:
+    """Pair the checked tensors into per-module ``(A, B, scale)``; registration passes the
+    weights its checks already read, so the file is not read again."""
+    pairs: dict[str, dict[str, torch.Tensor]] = {}
+    for key, tensor in checked.weights.tensors.items():
+        module, ab = split_key(key)
+        pairs.setdefault(module, {})[ab] = tensor
+    modules = {
+        module: LoRAWeights(ab["A"].to(dtype), ab["B"].to(dtype), checked.config.scale_of(module))
+        for module, ab in sorted(pairs.items())
+    }
+    return LoRAAdapter(name=name, version=checked.weights.version, modules=modules)
+
+
+def load_adapter(
+    name: str,
+    folder: str | Path,
+    module_shapes: Mapping[str, tuple[int, int]],
+    dtype: torch.dtype = torch.float32,
+    limits: Limits | None = None,
+    served_model: str = "",
+) -> LoRAAdapter:
+    """Check a PEFT adapter folder against the base model's projections and read it into host
+    memory (one read of the weights file)."""
+    checked = check_folder(Path(folder), limits or Limits(), served_model, module_shapes)
+    return build_adapter(name, checked, dtype)
+
+
+def mix_key(parts: list[tuple[str, float]]) -> str:
+    """Identity of a mix: the component keys (name@sha) and their weights."""
+    text = ";".join(f"{key}*{weight!r}" for key, weight in parts)
+    return f"{MIX_PREFIX}{hashlib.sha256(text.encode()).hexdigest()[:24]}"
+
+
+def combine(parts: list[tuple[LoRAAdapter, float]]) -> LoRAAdapter:
+    """One adapter equal to ``Σ w_i · ΔW_i`` on every module any part targets."""
+    modules: dict[str, LoRAWeights] = {}
+    names = sorted({m for adapter, _ in parts for m in adapter.modules})
+    for name in names:
+        pieces = [(a.modules[name], w) for a, w in parts if name in a.modules]
+        lora_a = torch.cat([p.a for p, _ in pieces], dim=0)
+        lora_b = torch.cat([p.b * (w * p.scale) for p, w in pieces], dim=1)
+        modules[name] = LoRAWeights(lora_a, lora_b, 1.0)
+    key = mix_key([(a.key, w) for a, w in parts])
+    return LoRAAdapter(name=key, version=key.removeprefix(MIX_PREFIX), modules=modules)
