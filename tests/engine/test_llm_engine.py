@@ -138,3 +138,37 @@ def test_n_samples_fan_out_in_the_engine_with_seed_plus_j(store) -> None:
         assert by_index[j] == alone
     assert len({tuple(t) for t in by_index.values()}) > 1
     assert engine.num_requests == 0
+
+
+def test_a_failing_adapter_group_fails_alone_and_the_rest_of_the_step_runs(store) -> None:
+    """Issue 10 (2): a forward that fails is retried one adapter group at a time; only the
+    group that fails again fails, everyone else gets exactly the tokens of a clean run."""
+    requests = [([5, 6, 7], None), ([10, 11], "attn"), ([40, 41, 42], "all"), ([60, 61], None)]
+    expected = run(make_engine(store), requests, max_tokens=5, temperature=0, ignore_eos=True)
+    engine = make_engine(store)
+    poisoned = engine.registry.get("all").key
+    real_forward = engine.runner.forward
+    calls = {"failed": 0}
+
+    def forward(batch):
+        if any(seq.adapter == poisoned for seq in batch.sample_seqs):
+            calls["failed"] += 1
+            raise RuntimeError("poisoned weights")
+        return real_forward(batch)
+
+    engine.runner.forward = forward
+    for i, (prompt, adapter) in enumerate(requests):
+        engine.add_request(
+            str(i), prompt, SamplingParams(max_tokens=5, temperature=0, ignore_eos=True), adapter
+        )
+    got: dict[str, list[int]] = {str(i): [] for i in range(len(requests))}
+    errors: dict[str, Exception] = {}
+    while engine.has_unfinished():
+        for out in engine.step():
+            got[out.request_id].extend(out.token_ids)
+            if out.error is not None:
+                errors[out.request_id] = out.error
+    assert set(errors) == {"2"} and "poisoned weights" in str(errors["2"])
+    assert [got[str(i)] for i in (0, 1, 3)] == [expected[i] for i in (0, 1, 3)]
+    assert calls["failed"] >= 2  # the mixed step, then the group alone
+    assert engine.block_manager.num_free_blocks == 64 and engine.num_requests == 0

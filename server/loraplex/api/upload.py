@@ -22,7 +22,6 @@ from python_multipart.exceptions import FormParserError
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.requests import ClientDisconnect
 
-from loraplex.adapters.archive import extract_archive
 from loraplex.adapters.errors import AdapterValidationError
 from loraplex.adapters.rules import (
     CONFIG_FILE,
@@ -45,10 +44,12 @@ UPLOAD_TMP_DIR: str | None = None  # where work folders go; None: the system tem
 
 @dataclass(frozen=True)
 class Upload:
-    """A received upload: ``folder`` holds the two adapter files; ``fields`` the text fields."""
+    """A received upload: ``folder`` holds the two adapter files, or is empty and ``archive``
+    holds them (the adapter service unpacks it); ``fields`` the text fields."""
 
     folder: Path
     fields: dict[str, str]
+    archive: Path | None = None
 
 
 class _Body:
@@ -216,9 +217,8 @@ async def _receive(request: Request, body: _Body, workdir: Path, limits: Limits)
     if files not in ({CONFIG, WEIGHTS}, {ARCHIVE}):
         message = "send either two file parts, config and weights, or one archive part"
         raise APIError(400, message, param=ARCHIVE)
-    if ARCHIVE in files:  # unpacked into the (still empty) adapter folder
-        await asyncio.to_thread(extract_archive, parts.targets[ARCHIVE][0], parts.folder, limits)
-    return Upload(parts.folder, parts.fields)
+    archive = parts.targets[ARCHIVE][0] if ARCHIVE in files else None
+    return Upload(parts.folder, parts.fields, archive)
 
 
 @asynccontextmanager

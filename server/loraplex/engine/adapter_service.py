@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TypeVar
 
+from loraplex.adapters.archive import extract_archive
 from loraplex.adapters.card import AdapterCard
 from loraplex.adapters.rules import Limits
 from loraplex.engine.adapter_roots import copy_from_root
@@ -51,6 +52,11 @@ class AdapterService:
         """The card and where the adapter is now (device slot, host memory, store)."""
         card = self._registry.get(name)
         return card, self._adapters.location(card)
+
+    async def unpack(self, archive: Path, folder: Path) -> None:
+        """Unpack an uploaded zip or tar.gz into the empty ``folder`` (checked member by member:
+        no links, no ``..``, size caps; see ``adapters/archive.py``), off the event loop."""
+        await asyncio.to_thread(extract_archive, archive, folder, self.limits)
 
     async def register(
         self,

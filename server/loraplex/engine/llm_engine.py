@@ -11,14 +11,14 @@ import torch
 
 from loraplex.config import Config
 from loraplex.engine.adapters import AdapterSpec, EngineAdapters
-from loraplex.engine.batch import build_batch
+from loraplex.engine.batch import PackedBatch, build_batch
 from loraplex.engine.model_runner import ModelRunner
 from loraplex.engine.output_processor import OutputProcessor
 from loraplex.engine.outputs import RequestOutput
 from loraplex.engine.request import ParentRequest, RequestState, make_request
 from loraplex.engine.sampler import Sampler
 from loraplex.engine.sampling_params import ParameterError, SamplingParams
-from loraplex.engine.scheduler import Scheduler, SchedulerOutput
+from loraplex.engine.scheduler import ScheduledSeq, Scheduler, SchedulerOutput
 
 log = logging.getLogger(__name__)
 
@@ -187,6 +187,18 @@ class LLMEngine:
         slot_of = self._activate(out, outputs)
         if out.is_empty:
             return outputs
+        try:
+            ran = self._forward(out, slot_of)
+        except Exception:  # one request's fault must not fail the others: find it
+            log.exception("engine step failed; running its adapter groups apart")
+            return outputs + self._run_apart(out, slot_of)
+        return outputs + self._process(out, *ran)
+
+    def _forward(
+        self, out: SchedulerOutput, slot_of: dict[str, int]
+    ) -> tuple[PackedBatch, list[RequestState], list[int], torch.Tensor]:
+        """batch -> forward -> sample for ``out``. Nothing is recorded yet, so a failed
+        forward can be retried (the retry rewrites the same KV rows)."""
         batch = build_batch(
             out.scheduled,
             slot_of,
@@ -195,14 +207,37 @@ class LLMEngine:
             self.runner.device,
         )
         states = [self._states[seq.seq_id] for seq in batch.sample_seqs]
-        try:
-            logits = self.runner.forward(batch)
-            tokens = self._sample(states, logits[: len(states)])
-        except Exception as exc:  # fails this step's requests only; the rest keep running
-            log.exception("engine step failed")
-            return outputs + self._fail(out, RuntimeError(f"engine step failed: {exc}"))
-        self.scheduler.after_step(out)
-        return outputs + self.outputs.process(states, tokens, logits, batch.prompt_targets)
+        logits = self.runner.forward(batch)
+        return batch, states, self._sample(states, logits[: len(states)]), logits
+
+    def _process(
+        self,
+        out: SchedulerOutput,
+        batch: PackedBatch,
+        states: list[RequestState],
+        tokens: list[int],
+        logits: torch.Tensor,
+    ) -> list[RequestOutput]:
+        self.scheduler.after_step(out)  # the KV cache now holds the step's tokens
+        return self.outputs.process(states, tokens, logits, batch.prompt_targets)
+
+    def _run_apart(self, out: SchedulerOutput, slot_of: dict[str, int]) -> list[RequestOutput]:
+        """Retry a failed step one adapter group at a time (base-model sequences are one
+        group): only the groups that fail again fail, with the error of their own run."""
+        groups: dict[str | None, list[ScheduledSeq]] = {}
+        for scheduled in out.scheduled:
+            groups.setdefault(scheduled.seq.adapter, []).append(scheduled)
+        outputs: list[RequestOutput] = []
+        for adapter, scheduled in groups.items():
+            part = SchedulerOutput(scheduled)
+            try:
+                ran = self._forward(part, slot_of)
+            except Exception as exc:
+                log.exception("step of adapter %s failed alone", adapter)
+                outputs += self._fail(part, RuntimeError(f"engine step failed: {exc}"))
+            else:
+                outputs += self._process(part, *ran)
+        return outputs
 
     def _activate(self, out: SchedulerOutput, outputs: list[RequestOutput]) -> dict[str, int]:
         """Slots for the step's adapters; sequences whose adapter cannot be loaded leave the

@@ -78,6 +78,8 @@ async def upload_adapter(
         pinned = _flag(fields, "pinned")
         if not replace and engine.adapters.has(name):  # register checks again, atomically
             raise AdapterExistsError(f"adapter {name!r} exists; pass replace=true")
+        if upload.archive is not None:
+            await engine.adapters.unpack(upload.archive, upload.folder)
         card = await engine.adapters.register(
             name,
             upload.folder,
