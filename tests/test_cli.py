@@ -33,6 +33,7 @@ SERVE_OPTIONS = [
     "--host",
     "--port",
     "--api-key",
+    "--api-keys-file",
     "--log-level",
     "--timeout-keep-alive",
     "--header-timeout",

@@ -68,7 +68,12 @@ class AdapterId:
             return qualified
         if isinstance(qualified, str) and QUALIFIED_SEP in qualified:
             owner, _, name = qualified.partition(QUALIFIED_SEP)
-            return cls(owner, name)
+            try:
+                return cls(owner, name)
+            except AdapterValidationError as exc:
+                raise AdapterValidationError(
+                    f"invalid adapter name {qualified!r}: a tenant's adapter is tenant/name; {exc}"
+                ) from None
         return cls(None, validate_name(qualified))
 
     @classmethod

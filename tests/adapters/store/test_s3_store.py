@@ -133,7 +133,7 @@ def test_s3_tampered_objects_are_refused(s3: S3AdapterStore, tmp_path: Path) -> 
 @pytest.mark.parametrize("method", ["exists", "fetch", "metadata", "delete", "put"])
 def test_s3_names_cannot_leave_the_prefix(s3: S3AdapterStore, tmp_path: Path, method) -> None:
     args = ("../x", source(tmp_path, "v"), {}) if method == "put" else ("../x",)
-    with pytest.raises(AdapterValidationError, match=r"invalid (adapter name|tenant)"):
+    with pytest.raises(AdapterValidationError, match="invalid adapter name"):
         getattr(s3, method)(*args)
     assert keys(s3) == []
 
