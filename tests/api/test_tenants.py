@@ -168,6 +168,11 @@ MATRIX = [
     ("admin: upload public", "admin", "upload", ("ops-pub", {"public": "true"}), None, 201),
     ("admin: upload for a tenant", "admin", "upload", ("globex/from-ops", {}), None, 201),
     ("admin: upload pinned", "admin", "upload", ("ops-pin", {"pinned": "true"}), None, 201),
+    ("user: use an admin's public upload", "globex", GEN, "ops-pub", None, 200),
+    ("user: take an admin's public name", "globex", "upload", ("ops-pub", {}), None, 409),
+    ("user: a tenant's upload by an admin", "globex", GEN, "from-ops", None, 200),
+    ("x-api-key: user lists adapters", "globex", "x-api-key", "/v1/adapters", None, 200),
+    ("x-api-key: unknown key", "unknown", "x-api-key", "/v1/models", None, 401),
 ]
 
 
@@ -187,6 +192,10 @@ def attempt(world: World, who: str | None, method: str, target: object, body: ob
         payload = {"model": "tiny-llama", "prompt": PROMPT, "max_tokens": 2}
         payload["adapters"] = [{"name": target, "weight": 1.0}]
         return call(url, who, "POST", "/v1/completions", json=payload).status_code
+    if method == "x-api-key":
+        assert who is not None
+        response = httpx.get(url + str(target), headers=headers(who, "x-api-key"), timeout=60)
+        return response.status_code
     if method == "upload":
         name, fields = target  # type: ignore[misc]
         assert who is not None
