@@ -306,7 +306,8 @@ def _log_access(server: ServerConfig) -> None:
     entries = server.key_entries
     if entries:
         tenants = len({entry.tenant for entry in entries})
-        log.info("API keys: %d keys of %d tenants; /v1 needs a key", len(entries), tenants)
+        message = "API keys: %d keys of %d tenants; all but /health, /ready, /metrics need one"
+        log.info(message, len(entries), tenants)
         return
     try:
         loopback = ipaddress.ip_address(server.host).is_loopback
