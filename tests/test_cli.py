@@ -33,6 +33,7 @@ SERVE_OPTIONS = [
     "--host",
     "--port",
     "--api-key",
+    "--api-keys-file",
     "--log-level",
     "--timeout-keep-alive",
     "--header-timeout",
@@ -194,3 +195,19 @@ def test_main_serves_the_built_config(monkeypatch) -> None:
     cli.main(["serve", "--port", "8123", "--api-key", "k"])
     assert [c.server.port for c in served] == [8123]
     assert served[0].server.api_key == "k"
+
+
+def test_start_log_says_who_may_call(caplog) -> None:
+    """Without keys the start-up log says every caller is an admin, and where it listens."""
+    from loraplex.api_keys import ApiKeyEntry, key_digest
+    from loraplex.config import ServerConfig
+
+    with caplog.at_level("INFO", logger="loraplex"):
+        cli._log_access(ServerConfig())
+        cli._log_access(ServerConfig(host="0.0.0.0"))
+        entries = (ApiKeyEntry(key_digest("sk-acme-0001"), "acme", "user"),)
+        cli._log_access(ServerConfig(api_key="sk-ops-00001", api_keys=entries))
+    open_loopback, open_wide, keyed = (r.getMessage() for r in caplog.records)
+    assert "no API keys" in open_loopback and "loopback only" in open_loopback
+    assert "0.0.0.0, reachable from other hosts" in open_wide
+    assert keyed == "API keys: 2 keys of 2 tenants; all but /health, /ready, /metrics need one"

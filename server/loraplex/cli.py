@@ -7,9 +7,12 @@ transformers, the app) is imported until ``serve`` runs, so ``--help`` and bad f
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import logging
+import os
 from collections.abc import Sequence
 
+from loraplex.api_keys import ApiKeyEntry, load_api_keys_file
 from loraplex.config import (
     ATTENTION_BACKENDS,
     DTYPES,
@@ -24,6 +27,8 @@ from loraplex.config import (
 )
 
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
+KEYS_FILE_ENV = "LORAPLEX_API_KEYS_FILE"  # read in build_config only, never at import
+log = logging.getLogger("loraplex")
 
 
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -242,7 +247,15 @@ def build_parser() -> argparse.ArgumentParser:
     server.add_argument(
         "--api-key",
         default=None,
-        help="if set, /v1/* requires 'Authorization: Bearer <key>' (/health, /metrics stay open)",
+        help="one admin key (tenant 'default'): every route but /health, /ready and /metrics "
+        "then needs 'Authorization: Bearer <key>' or 'x-api-key: <key>'",
+    )
+    server.add_argument(
+        "--api-keys-file",
+        default=None,
+        metavar="PATH",
+        help='JSON {"keys": [{"key" or "sha256", "tenant", "role"}]}: tenants and roles '
+        f"(admin, user, inference), read at start (default: ${KEYS_FILE_ENV})",
     )
     server.add_argument(
         "--log-level", choices=LOG_LEVELS, default=ServerConfig.log_level, help="log verbosity"
@@ -280,6 +293,31 @@ def build_parser() -> argparse.ArgumentParser:
         "body deadline is --body-timeout, whatever the size",
     )
     return parser
+
+
+def _api_keys(path: str | None) -> tuple[ApiKeyEntry, ...]:
+    """The keys of ``--api-keys-file`` (or ``$LORAPLEX_API_KEYS_FILE``); none without either."""
+    path = path or os.environ.get(KEYS_FILE_ENV) or None
+    return load_api_keys_file(path) if path is not None else ()
+
+
+def _log_access(server: ServerConfig) -> None:
+    """Say at start who may call: N keys of M tenants, or everyone (and where)."""
+    entries = server.key_entries
+    if entries:
+        tenants = len({entry.tenant for entry in entries})
+        message = "API keys: %d keys of %d tenants; all but /health, /ready, /metrics need one"
+        log.info(message, len(entries), tenants)
+        return
+    try:
+        loopback = ipaddress.ip_address(server.host).is_loopback
+    except ValueError:
+        loopback = server.host == "localhost"
+    where = "loopback only" if loopback else f"{server.host}, reachable from other hosts"
+    log.warning(
+        "no API keys (--api-key, --api-keys-file): every caller is an admin; listening on %s",
+        where,
+    )
 
 
 def build_config(args: argparse.Namespace) -> Config:
@@ -325,6 +363,7 @@ def build_config(args: argparse.Namespace) -> Config:
             host=args.host,
             port=args.port,
             api_key=args.api_key,
+            api_keys=_api_keys(args.api_keys_file),
             log_level=args.log_level,
             timeout_keep_alive=args.timeout_keep_alive,
             header_timeout=args.header_timeout,
@@ -347,6 +386,7 @@ def serve(config: Config) -> None:
         level=logging.DEBUG if level == "trace" else level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    _log_access(config.server)
     uvicorn.run(
         create_app(config),
         host=config.server.host,

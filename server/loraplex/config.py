@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from loraplex.api_keys import DEFAULT_TENANT, ApiKeyEntry, key_digest
+
 DTYPES = ("float32", "bfloat16", "float16")
 
 
@@ -168,6 +170,9 @@ class LoRAConfig:
 class ServerConfig:
     """Where uvicorn listens, who may call, and how long a client may take to send a request.
 
+    ``api_key`` (one admin key) and ``api_keys`` (``--api-keys-file``: tenants and roles) are
+    the accepted keys; with neither, every caller is an admin of tenant "default".
+
     ``timeout_keep_alive``: an idle connection between requests is closed after it (uvicorn's).
     ``header_timeout``: a request head must arrive within it (of its first byte, or of the
     connection). ``body_timeout`` + received bytes / ``body_min_rate``: the deadline of a body
@@ -177,6 +182,7 @@ class ServerConfig:
     host: str = "127.0.0.1"
     port: int = 8000
     api_key: str | None = None
+    api_keys: tuple[ApiKeyEntry, ...] = ()  # --api-keys-file (api_keys.load_api_keys_file)
     log_level: str = "info"
     timeout_keep_alive: float = 5.0
     header_timeout: float = 10.0
@@ -189,6 +195,18 @@ class ServerConfig:
         _require(self.header_timeout > 0, "--header-timeout must be positive")
         _require(self.body_timeout > 0, "--body-timeout must be positive")
         _require(self.body_min_rate >= 0, "--body-min-rate must be >= 0")
+        _require(self.api_key is None or len(self.api_key) > 0, "--api-key must not be empty")
+        digests = [entry.sha256 for entry in self.key_entries]
+        _require(len(set(digests)) == len(digests), "--api-key is also a key of --api-keys-file")
+
+    @property
+    def key_entries(self) -> tuple[ApiKeyEntry, ...]:
+        """Every accepted key: the file's, and ``--api-key`` as an admin of tenant "default".
+        None: the server is open (and listens on loopback unless --host says otherwise)."""
+        shorthand = ()
+        if self.api_key is not None:
+            shorthand = (ApiKeyEntry(key_digest(self.api_key), DEFAULT_TENANT, "admin"),)
+        return self.api_keys + shorthand
 
 
 @dataclass(frozen=True)

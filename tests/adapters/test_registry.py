@@ -223,3 +223,36 @@ def test_read_of_a_replaced_version_is_refused(make_registry, tmp_path: Path) ->
     assert registry.load(new).version == new.version
     with pytest.raises(AdapterNotFoundError, match=old.version[:16]):
         registry.load(old)
+
+
+def test_tenants_namesakes_are_two_adapters_with_two_keys(
+    make_registry: Callable[..., AdapterRegistry], tmp_path: Path
+) -> None:
+    """acme/support and globex/support from the same bytes: two entries, two engine keys (the
+    weights are the same, the owners are not), each removed alone; a reopened registry finds
+    both owners again in the store's metadata."""
+    registry = make_registry()
+    folder = write_adapter(tmp_path / "src", seed=5)
+    acme = registry.register("acme/support", folder)
+    globex = registry.register("globex/support", folder)
+    assert (acme.owner, globex.owner) == ("acme", "globex")
+    assert acme.version == globex.version and acme.key != globex.key
+    assert registry.names() == ["acme/support", "globex/support"]
+    assert not registry.has("support")
+    registry.remove("acme/support")
+    assert registry.names() == ["globex/support"]
+    assert registry.load(globex).key == globex.key
+    reopened = make_registry()
+    assert reopened.scan() == ["globex/support"]
+    assert reopened.get("globex/support").owner == "globex"
+
+
+def test_scan_skips_an_adapter_whose_metadata_names_another_owner(
+    make_registry: Callable[..., AdapterRegistry], tmp_path: Path
+) -> None:
+    """The owner is stored twice (folder name and metadata); if they disagree, nobody gets it."""
+    registry = make_registry()
+    registry.register("acme/support", write_adapter(tmp_path / "src", seed=5))
+    meta = registry.store.fetch("acme/support") / "loraplex.json"
+    meta.write_text(json.dumps(json.loads(meta.read_text()) | {"owner": "globex"}))
+    assert make_registry().scan() == []

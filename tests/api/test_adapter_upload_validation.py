@@ -126,7 +126,9 @@ def test_weights_rules(env: Env, case: str) -> None:
     assert error["code"] == "invalid_adapter"
 
 
-@pytest.mark.parametrize("name", ["../x", "a/b", "a\\b", ".hidden", "", "x" * 65, "a b", "-a"])
+@pytest.mark.parametrize(
+    "name", ["../x", "a/b/c", "a@b", "/b", "a\\b", ".hidden", "", "x" * 65, "a b", "-a"]
+)
 def test_names_that_could_form_paths_are_refused(env: Env, name: str) -> None:
     refused(env, 400, "invalid adapter name", name=name, files=env.files)
 

@@ -183,7 +183,7 @@ def test_metrics_after_a_request(client: openai.OpenAI, base_name: str, live_ser
     assert metric(live_server, "loraplex_step_duration_seconds_count") >= 8
 
 
-def test_api_key_guards_v1_only(
+def test_api_key_guards_every_route_but_health_and_metrics(
     server_factory: Callable[..., str], tiny_config: Config, base_name: str
 ) -> None:
     config = dataclasses.replace(
@@ -202,6 +202,9 @@ def test_api_key_guards_v1_only(
     authed = openai.OpenAI(base_url=f"{url}/v1", api_key="sekret", max_retries=0)
     assert authed.models.list().data[0].id == base_name
     assert authed.completions.create(model=base_name, prompt=PROMPT, max_tokens=2).choices
+    # x-api-key is the other header a key may come in (gateways that keep Authorization).
+    assert httpx.get(f"{url}/v1/models", headers={"x-api-key": "sekret"}).status_code == 200
+    assert httpx.get(f"{url}/v1/models", headers={"x-api-key": "wrong"}).status_code == 401
     assert httpx.get(f"{url}/health").status_code == 200
     assert httpx.get(f"{url}/metrics").status_code == 200
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from loraplex.adapters.peft_config import PeftConfig
+from loraplex.adapters.tenancy import AdapterId
 
 
 def adapter_key(name: str, version: str) -> str:
@@ -17,6 +18,8 @@ class AdapterCard:
     """One registered adapter version: its checked config and the store's metadata.
 
     ``version`` is the sha256 of its weights file; rank, alpha and targets are the config's.
+    ``name`` is qualified (``name`` public, ``tenant/name`` owned), so ``key`` is unique across
+    tenants even when two of them upload the same weights under the same name.
     """
 
     name: str
@@ -26,6 +29,15 @@ class AdapterCard:
     created: int
     description: str | None = None
     pinned: bool = False
+
+    @property
+    def id(self) -> AdapterId:
+        return AdapterId.parse(self.name)
+
+    @property
+    def owner(self) -> str | None:
+        """The tenant that owns it; None: public (present at start, or an admin's public=true)."""
+        return self.id.owner
 
     @property
     def key(self) -> str:
@@ -45,7 +57,9 @@ class AdapterCard:
 
     def to_dict(self) -> dict:
         return {
-            "name": self.name,
+            "name": self.id.name,
+            "owner": self.owner,
+            "public": self.owner is None,
             "version": self.version,
             "rank": self.rank,
             "alpha": self.alpha,

@@ -24,8 +24,9 @@ from loraplex.adapters.card import AdapterCard
 from loraplex.adapters.errors import AdapterError, AdapterExistsError, AdapterNotFoundError
 from loraplex.adapters.folder_check import CheckedFolder
 from loraplex.adapters.host_cache import HostCache
-from loraplex.adapters.rules import WEIGHTS_FILE, validate_name
+from loraplex.adapters.rules import WEIGHTS_FILE
 from loraplex.adapters.store import AdapterStore
+from loraplex.adapters.tenancy import AdapterId
 from loraplex.adapters.weights import LoRAAdapter, build_adapter
 
 log = logging.getLogger(__name__)
@@ -47,7 +48,11 @@ def describe(name: str, folder: Path, checked: CheckedFolder, metadata: dict) ->
 
 
 class AdapterRegistry:
-    """name -> current :class:`AdapterCard`; key -> :class:`LoRAAdapter` in host memory.
+    """(owner, name) -> current :class:`AdapterCard`; key -> :class:`LoRAAdapter` in host memory.
+
+    Names are qualified (``name`` public, ``tenant/name`` a tenant's own): who may see which is
+    the API's business (``api/auth.py``); here two tenants' ``support`` are simply two entries.
+    The owner is written into the store's metadata too and checked at ``scan``.
 
     ``check_folder`` validates an adapter's files (config rules, safetensors header, shapes
     against the base model's LoRA layers) and returns what it read, so they are not read again.
@@ -68,7 +73,7 @@ class AdapterRegistry:
         self.check_folder = check_folder
         self.on_loaded = on_loaded
         self.host: HostCache[LoRAAdapter] = HostCache(max_cpu_loras, on_unused=self._retire)
-        self._cards: dict[str, AdapterCard] = {}
+        self._cards: dict[AdapterId, AdapterCard] = {}
         self._by_key: dict[str, AdapterCard] = {}  # current versions + older ones still held
         self._failed: dict[str, Exception] = {}
         self._loading: set[str] = set()
@@ -86,7 +91,11 @@ class AdapterRegistry:
             try:
                 folder = self.store.fetch(name)
                 checked = self.check_folder(folder)
-                self._publish(describe(name, folder, checked, self.store.metadata(name)))
+                metadata = self.store.metadata(name)
+                owner = metadata.get("owner")  # none in a folder placed by hand: public
+                if owner != AdapterId.parse(name).owner:
+                    raise AdapterError(f"its metadata names owner {owner!r}")
+                self._publish(describe(name, folder, checked, metadata))
             except AdapterError as exc:
                 log.warning("skipping adapter %s: %s", name, exc)
         return self.names()
@@ -100,11 +109,15 @@ class AdapterRegistry:
         description: str | None = None,
         pinned: bool = False,
     ) -> AdapterCard:
-        """Validate ``folder`` and store it atomically under ``name``; then it is servable."""
-        validate_name(name)
+        """Validate ``folder`` and store it atomically under the qualified ``name``; then it is
+        servable. Its owner (None: public) goes into the store's metadata with it."""
+        ident = AdapterId.parse(name)
+        name = ident.qualified
         checked = self.check_folder(folder)
         adapter = build_adapter(name, checked, self.dtype)
         metadata = {
+            "owner": ident.owner,
+            "public": ident.public,
             "sha256": adapter.version,
             "created": int(time.time()),
             "description": description,
@@ -112,7 +125,7 @@ class AdapterRegistry:
         }
         with self._write_lock:
             with self._lock:
-                old = self._cards.get(name)
+                old = self._cards.get(ident)
             if old is not None and not replace:
                 raise AdapterExistsError(f"adapter {name!r} exists; pass replace=true")
             self.store.put(name, folder, metadata)
@@ -127,7 +140,7 @@ class AdapterRegistry:
         """New requests get 404 at once; running ones keep the weights they hold."""
         with self._write_lock:
             with self._lock:
-                card = self._cards.pop(name, None)
+                card = self._cards.pop(AdapterId.parse(name), None)
             if card is None:
                 raise AdapterNotFoundError(name)
             self.store.delete(name)
@@ -142,7 +155,7 @@ class AdapterRegistry:
         """
         with self._lock:
             card = self._by_key.get(key)
-            current = self._cards.get(card.name) if card is not None else None
+            current = self._cards.get(card.id) if card is not None else None
             if current is not None and current.key == key:
                 return
             if key in self._loading or self.host.held(key):
@@ -154,28 +167,36 @@ class AdapterRegistry:
 
     def _publish(self, card: AdapterCard) -> None:
         with self._lock:
-            self._cards[card.name] = card
+            self._cards[card.id] = card
             self._by_key[card.key] = card
             self._failed.pop(card.key, None)
 
     def get(self, name: str) -> AdapterCard:
-        with self._lock:
-            card = self._cards.get(name)
+        """The card of a qualified name; an invalid name is as unknown as a missing one."""
+        card = self._find(name)
         if card is None:
             raise AdapterNotFoundError(name)
         return card
 
     def has(self, name: str) -> bool:
+        return self._find(name) is not None
+
+    def _find(self, name: str) -> AdapterCard | None:
+        try:
+            ident = AdapterId.parse(name)
+        except AdapterError:
+            return None
         with self._lock:
-            return name in self._cards
+            return self._cards.get(ident)
 
     def names(self) -> list[str]:
+        """Qualified names, sorted."""
         with self._lock:
-            return sorted(self._cards)
+            return sorted(card.name for card in self._cards.values())
 
     def cards(self) -> list[AdapterCard]:
         with self._lock:
-            return [self._cards[n] for n in sorted(self._cards)]
+            return sorted(self._cards.values(), key=lambda card: card.name)
 
     # ---- host tier ---------------------------------------------------------------------
 

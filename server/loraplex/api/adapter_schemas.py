@@ -23,11 +23,14 @@ class AdapterLocation(BaseModel):
 
 class AdapterCardResponse(BaseModel):
     """One adapter: its card (``version`` is the sha256 of its weights) and, where known, where
-    it is now."""
+    it is now. ``id`` is the name the caller uses (``tenant/name`` for another tenant's, which
+    only an admin sees); ``name`` is the bare name."""
 
     id: str
     object: Literal["adapter"] = "adapter"
     name: str
+    owner: str | None = None  # the owning tenant; None: public (everyone may use it)
+    public: bool = True
     version: str
     rank: int
     alpha: float

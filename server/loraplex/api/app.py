@@ -9,6 +9,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
+from loraplex.api.auth import KeyTable
 from loraplex.api.errors import register_error_handlers
 from loraplex.api.routes import adapters, chat, completions, generate, health, models
 from loraplex.api.timeouts import BodyDeadline
@@ -54,6 +55,7 @@ def create_app(config: Config, engine: AsyncEngine | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.config = config
+    app.state.keys = KeyTable.from_config(config.server)  # api/auth.py: keys -> principals
     app.add_middleware(BodyDeadline, server=config.server)  # slow bodies: a 408
     register_error_handlers(app)
     for module in (models, completions, chat, generate, adapters, health):

@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 
 from fastapi import Request
 
+from loraplex.api.auth import Principal
 from loraplex.api.errors import APIError
 from loraplex.api.schemas import PromptTokensDetails, SamplingRequest, UsageInfo
 from loraplex.engine.adapters import AdapterSpec
@@ -27,30 +28,46 @@ from loraplex.engine.sampling_params import ParameterError, SamplingParams
 T = TypeVar("T")
 
 
-def resolve_adapter(engine: AsyncEngine, model: str, param: str = "model") -> str | None:
-    """``model`` names the base model (no adapter) or an adapter; anything else is a 404."""
+def resolve_adapter(
+    engine: AsyncEngine, principal: Principal, model: str, param: str = "model"
+) -> str | None:
+    """``model`` names the base model (no adapter) or an adapter the caller sees (its own, then
+    a public one; an admin also ``tenant/name``); anything else, another tenant's adapter
+    included, is the same 404. Returns the qualified name."""
     if model == engine.model_name:
         return None
-    if engine.adapters.has(model):
-        return model
-    raise APIError(404, f"The model `{model}` does not exist.", param=param, code="model_not_found")
+    qualified = principal.resolve(model, engine.adapters.has)
+    if qualified is None:
+        message = f"The model `{model}` does not exist."
+        raise APIError(404, message, param=param, code="model_not_found")
+    return qualified
 
 
 def resolve_mix(
-    engine: AsyncEngine, mix: list[tuple[str, float]], param: str = "adapters"
+    engine: AsyncEngine,
+    principal: Principal,
+    mix: list[tuple[str, float]],
+    param: str = "adapters",
 ) -> AdapterSpec:
-    """A weighted combination ``[(name, weight), ...]``; every name must exist (else 404)."""
-    for name, _ in mix:
-        if not engine.adapters.has(name):
+    """A weighted combination ``[(name, weight), ...]``; every name must resolve (else 404)."""
+    resolved = []
+    for name, weight in mix:
+        qualified = principal.resolve(name, engine.adapters.has)
+        if qualified is None:
             message = f"The adapter `{name}` does not exist."
             raise APIError(404, message, param=param, code="model_not_found")
-    return mix
+        resolved.append((qualified, weight))
+    return resolved
 
 
-def request_adapter(engine: AsyncEngine, body: SamplingRequest) -> AdapterSpec:
+def request_adapter(
+    engine: AsyncEngine, principal: Principal, body: SamplingRequest
+) -> AdapterSpec:
     """The adapter of an OpenAI request: the ``adapters`` mix if given, else ``model``."""
     mix = body.adapter_mix(engine.model_name)
-    return resolve_adapter(engine, body.model) if mix is None else resolve_mix(engine, mix)
+    if mix is None:
+        return resolve_adapter(engine, principal, body.model)
+    return resolve_mix(engine, principal, mix)
 
 
 def check_text(text: str, param: str) -> None:

@@ -28,13 +28,13 @@ from loraplex.adapters.rules import (
     WEIGHTS_FILE,
     Limits,
     refuse_pickles,
-    validate_name,
 )
+from loraplex.adapters.tenancy import AdapterId
 from loraplex.api.errors import APIError, BodyTooLargeError, to_api_error
 from loraplex.api.timeouts import BodyTimeoutError
 
 CONFIG, WEIGHTS, ARCHIVE = "config", "weights", "archive"
-FIELDS = ("name", "description", "pinned", "replace")
+FIELDS = ("name", "description", "pinned", "public", "replace")
 MAX_FIELD_BYTES = 4096  # one text field (the description is the longest)
 MAX_PART_HEADER_BYTES = 8192  # the headers of one part
 DRAIN_BYTES = 1 << 20  # after an early error, read at most this much more so the client hears it
@@ -180,7 +180,7 @@ class _Parts:
         except UnicodeDecodeError as exc:
             raise APIError(400, f"field {self._name!r} is not UTF-8", param=self._name) from exc
         if self._name == "name":
-            validate_name(value)  # fail early, before the files arrive
+            AdapterId.parse(value)  # fail early, before the files arrive (name or tenant/name)
         self.fields[self._name] = value
 
     def flush(self) -> None:

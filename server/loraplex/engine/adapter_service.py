@@ -26,7 +26,9 @@ OnEngine = Callable[[Callable[[], T]], Awaitable[T]]
 
 
 class AdapterService:
-    """The API's one door to adapters (``engine.adapters``)."""
+    """The API's one door to adapters (``engine.adapters``). Every name is qualified
+    (``name`` public, ``tenant/name`` a tenant's): the API resolves what a caller may see
+    (``api/auth.py``) before it calls here."""
 
     def __init__(self, adapters: EngineAdapters, on_engine: OnEngine) -> None:
         self._adapters = adapters

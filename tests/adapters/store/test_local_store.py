@@ -43,7 +43,8 @@ def test_local_delete(tmp_path: Path) -> None:
             call("a")
 
 
-@pytest.mark.parametrize("name", ["../x", "a/b", ".tmp-x", "..", "/etc"])
+# "a/b" is tenant a's adapter b (stored as a@b); "a/b/c", "a@b" and "../x" name nothing.
+@pytest.mark.parametrize("name", ["../x", "a/b/c", "a@b", ".tmp-x", "..", "/etc"])
 @pytest.mark.parametrize("method", ["exists", "fetch", "metadata", "delete", "put"])
 def test_local_names_cannot_leave_the_store(tmp_path: Path, method: str, name: str) -> None:
     store = LocalAdapterStore(tmp_path / "store")
@@ -113,3 +114,17 @@ def test_local_ignores_what_is_not_an_adapter(tmp_path: Path) -> None:
 def test_open_store_opens_a_folder_for_a_path(tmp_path: Path) -> None:
     """(``s3://`` URLs: see the ``s3`` fixture of test_s3_store.py.)"""
     assert isinstance(open_store(str(tmp_path / "s"), tmp_path / "c"), LocalAdapterStore)
+
+
+def test_local_tenants_namesakes_are_apart(tmp_path: Path) -> None:
+    """acme/support, globex/support and the public support: three folders, three contents."""
+    store = LocalAdapterStore(tmp_path / "store")
+    for name, body in (("support", "pub"), ("acme/support", "acm"), ("globex/support", "glx")):
+        store.put(name, source(tmp_path, body), {"owner": name.rpartition("/")[0] or None})
+    assert store.names() == ["acme/support", "globex/support", "support"]
+    assert weights(store.fetch("acme/support")) == b"acm" * 100
+    assert weights(store.fetch("globex/support")) == b"glx" * 100
+    assert store.metadata("acme/support")["owner"] == "acme"
+    store.delete("acme/support")
+    assert store.names() == ["globex/support", "support"] and work_dirs(store.root) == []
+    assert LocalAdapterStore(store.root).names() == ["globex/support", "support"]  # reopened

@@ -147,3 +147,15 @@ def test_s3_cache_leftovers_are_cleaned(s3: S3AdapterStore) -> None:
 def test_s3_url_must_name_a_bucket(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="s3://bucket/prefix"):
         S3AdapterStore("s3:///prefix", tmp_path, client=object())
+
+
+def test_s3_tenants_namesakes_are_apart(s3: S3AdapterStore, tmp_path: Path) -> None:
+    """acme/support and globex/support: two pointers, two contents, each deleted alone."""
+    s3.put("acme/support", source(tmp_path, "acm"), {"owner": "acme"})
+    s3.put("globex/support", source(tmp_path, "glx"), {"owner": "globex"})
+    assert s3.names() == ["acme/support", "globex/support"]
+    assert weights(s3.fetch("acme/support")) == b"acm" * 100
+    assert weights(s3.fetch("globex/support")) == b"glx" * 100
+    assert s3.metadata("globex/support")["owner"] == "globex"
+    s3.delete("acme/support")
+    assert s3.names() == ["globex/support"] and not s3.exists("acme/support")

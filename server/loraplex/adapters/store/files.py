@@ -14,7 +14,8 @@ import time
 from pathlib import Path
 
 from loraplex.adapters.errors import AdapterValidationError
-from loraplex.adapters.rules import CONFIG_FILE, WEIGHTS_FILE, validate_name
+from loraplex.adapters.rules import CONFIG_FILE, WEIGHTS_FILE
+from loraplex.adapters.tenancy import is_stored_name
 
 METADATA_FILE = "loraplex.json"
 FILES = (CONFIG_FILE, WEIGHTS_FILE)
@@ -33,12 +34,9 @@ def is_complete(folder: Path) -> bool:
     return folder.is_dir() and all((folder / f).is_file() for f in FILES)
 
 
-def is_name(name: str) -> bool:
-    try:
-        validate_name(name)
-    except AdapterValidationError:
-        return False
-    return True
+def is_name(entry: str) -> bool:
+    """Whether a folder or prefix is an adapter's stored name (``name`` or ``tenant@name``)."""
+    return is_stored_name(entry)
 
 
 def full_metadata(folder: Path, metadata: dict) -> dict:

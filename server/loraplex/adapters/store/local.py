@@ -8,7 +8,6 @@ import threading
 from pathlib import Path
 
 from loraplex.adapters.errors import AdapterNotFoundError
-from loraplex.adapters.rules import validate_name
 from loraplex.adapters.store.files import (
     DEL,
     FILES,
@@ -23,12 +22,15 @@ from loraplex.adapters.store.files import (
     work_dir,
     write_synced,
 )
+from loraplex.adapters.tenancy import AdapterId, stored_name
 
 __all__ = ["LocalAdapterStore"]
 
 
 class LocalAdapterStore:
-    """``root/<name>/`` per adapter. ``put`` writes ``root/.tmp-*``, fsyncs, then renames.
+    """``root/<name>/`` per public adapter, ``root/<tenant>@<name>/`` per tenant's one; every
+    method takes qualified names (``name``, ``tenant/name``). ``put`` writes ``root/.tmp-*``,
+    fsyncs, then renames.
 
     Replacing moves the old folder aside (``.old-*``), renames the new one in and deletes the
     old one; if the rename fails the old folder goes back. At start, leftovers of a crash are
@@ -51,13 +53,18 @@ class LocalAdapterStore:
                     remove(entry)
 
     def names(self) -> list[str]:
-        return sorted(e.name for e in self.root.iterdir() if is_name(e.name) and is_complete(e))
+        """Qualified names (``name``, ``tenant/name``) of the complete adapters."""
+        return sorted(
+            AdapterId.from_stored(e.name).qualified
+            for e in self.root.iterdir()
+            if is_name(e.name) and is_complete(e)
+        )
 
     def exists(self, name: str) -> bool:
-        return is_complete(self.root / validate_name(name))
+        return is_complete(self.root / stored_name(name))
 
     def fetch(self, name: str) -> Path:
-        folder = self.root / validate_name(name)
+        folder = self.root / stored_name(name)
         if not is_complete(folder):
             raise AdapterNotFoundError(name)
         return folder
@@ -70,10 +77,10 @@ class LocalAdapterStore:
             return {}
 
     def put(self, name: str, folder: Path, metadata: dict) -> None:
-        validate_name(name)
+        stored = stored_name(name)
         folder = Path(folder)
         meta = full_metadata(folder, metadata)
-        tmp = work_dir(self.root, TMP, name)
+        tmp = work_dir(self.root, TMP, stored)
         tmp.mkdir()
         try:
             for f in FILES:
@@ -81,7 +88,7 @@ class LocalAdapterStore:
             write_synced(tmp / METADATA_FILE, json.dumps(meta, indent=1).encode())
             fsync_dir(tmp)
             with self._lock:
-                self._swap_in(tmp, self.root / name)
+                self._swap_in(tmp, self.root / stored)
         except BaseException:
             remove(tmp)
             raise
@@ -105,7 +112,7 @@ class LocalAdapterStore:
         """The name disappears with one rename; the files are deleted afterwards."""
         with self._lock:
             folder = self.fetch(name)
-            trash = work_dir(self.root, DEL, name)
+            trash = work_dir(self.root, DEL, folder.name)
             os.replace(folder, trash)
             fsync_dir(self.root)
         remove(trash)

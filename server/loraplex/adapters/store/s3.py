@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 from loraplex.adapters.errors import AdapterNotFoundError, AdapterValidationError
-from loraplex.adapters.rules import validate_name
 from loraplex.adapters.store.files import (
     FILES,
     METADATA_FILE,
@@ -24,6 +23,7 @@ from loraplex.adapters.store.files import (
     sha256,
     work_dir,
 )
+from loraplex.adapters.tenancy import AdapterId, stored_name
 
 try:
     from botocore.exceptions import ClientError
@@ -49,9 +49,10 @@ def _version(files: dict[str, str]) -> str:
 
 
 class S3AdapterStore:
-    """``s3://bucket/prefix``: files under ``<prefix>/<name>.<version>/``, published by writing
-    ``<prefix>/<name>/current.json`` (``{"version": ...}``) last, so readers only ever see
-    complete versions. ``fetch`` downloads into ``cache_dir/<name>.<version>`` atomically.
+    """``s3://bucket/prefix``: files under ``<prefix>/<stored>.<version>/``, published by writing
+    ``<prefix>/<stored>/current.json`` (``{"version": ...}``) last, so readers only ever see
+    complete versions. ``fetch`` downloads into ``cache_dir/<stored>.<version>`` atomically.
+    Methods take qualified names; ``<stored>`` is ``name`` or ``tenant@name`` (one flat prefix).
 
     A download that races a replace or delete re-reads the pointer (up to three times).
     A folder returned by ``fetch`` stays until a later fetch of the same name finds a newer version.
@@ -88,7 +89,7 @@ class S3AdapterStore:
             raise
 
     def _pointer(self, name: str) -> str | None:
-        body = self._get(self._key(validate_name(name), POINTER))
+        body = self._get(self._key(stored_name(name), POINTER))
         if body is None:
             return None
         try:
@@ -108,7 +109,7 @@ class S3AdapterStore:
             for item in page.get("Contents", []):
                 name = item["Key"][len(base) :].removesuffix("/" + POINTER)
                 if item["Key"].endswith("/" + POINTER) and is_name(name):
-                    found.append(name)
+                    found.append(AdapterId.from_stored(name).qualified)
         return sorted(found)
 
     def exists(self, name: str) -> bool:
@@ -119,7 +120,8 @@ class S3AdapterStore:
             version = self._pointer(name)
             if version is None:
                 raise AdapterNotFoundError(name)
-            target = self.cache_dir / f"{name}.{version}"
+            stored = stored_name(name)
+            target = self.cache_dir / f"{stored}.{version}"
             try:
                 if not is_complete(target):
                     self._download(name, version, target)
@@ -127,19 +129,20 @@ class S3AdapterStore:
                 if not _missing(exc) or attempt == 2:
                     raise
                 continue  # replaced or deleted meanwhile
-            for entry in self.cache_dir.glob(f"{name}.*"):  # older versions of this name
-                if entry != target and _VERSION.fullmatch(entry.name[len(name) + 1 :]):
+            for entry in self.cache_dir.glob(f"{stored}.*"):  # older versions of this name
+                if entry != target and _VERSION.fullmatch(entry.name[len(stored) + 1 :]):
                     remove(entry)
             return target
         raise AdapterNotFoundError(name)
 
     def _download(self, name: str, version: str, target: Path) -> None:
-        tmp = work_dir(self.cache_dir, TMP, name)
+        stored = stored_name(name)
+        tmp = work_dir(self.cache_dir, TMP, stored)
         tmp.mkdir()
         try:
             for f in (*FILES, METADATA_FILE):
                 self.client.download_file(
-                    self.bucket, self._key(f"{name}.{version}", f), str(tmp / f)
+                    self.bucket, self._key(f"{stored}.{version}", f), str(tmp / f)
                 )
             if _version({f: sha256(tmp / f) for f in (*FILES, METADATA_FILE)}) != version:
                 raise AdapterValidationError(f"adapter {name!r}: store content does not match")
@@ -154,28 +157,31 @@ class S3AdapterStore:
         version = self._pointer(name)
         if version is None:
             raise AdapterNotFoundError(name)
-        body = self._get(self._key(f"{name}.{version}", METADATA_FILE))
+        body = self._get(self._key(f"{stored_name(name)}.{version}", METADATA_FILE))
         return json.loads(body) if body else {}
 
     def put(self, name: str, folder: Path, metadata: dict) -> None:
-        validate_name(name)
+        stored = stored_name(name)
         folder = Path(folder)
         meta = json.dumps(full_metadata(folder, metadata), indent=1).encode()
         hashes = {f: sha256(folder / f) for f in FILES}
         version = _version({**hashes, METADATA_FILE: hashlib.sha256(meta).hexdigest()})
         for f in FILES:
-            self.client.upload_file(str(folder / f), self.bucket, self._key(f"{name}.{version}", f))
-        key = self._key(f"{name}.{version}", METADATA_FILE)
+            self.client.upload_file(
+                str(folder / f), self.bucket, self._key(f"{stored}.{version}", f)
+            )
+        key = self._key(f"{stored}.{version}", METADATA_FILE)
         self.client.put_object(Bucket=self.bucket, Key=key, Body=meta)
         with self._lock:
             old = self._pointer(name)
             body = json.dumps({"version": version}).encode()
-            self.client.put_object(Bucket=self.bucket, Key=self._key(name, POINTER), Body=body)
+            self.client.put_object(Bucket=self.bucket, Key=self._key(stored, POINTER), Body=body)
         if old is not None and old != version:
             self._delete_version(name, old)
 
     def _delete_version(self, name: str, version: str) -> None:
-        keys = [{"Key": self._key(f"{name}.{version}", f)} for f in (*FILES, METADATA_FILE)]
+        stored = stored_name(name)
+        keys = [{"Key": self._key(f"{stored}.{version}", f)} for f in (*FILES, METADATA_FILE)]
         self.client.delete_objects(Bucket=self.bucket, Delete={"Objects": keys, "Quiet": True})
 
     def delete(self, name: str) -> None:
@@ -184,5 +190,5 @@ class S3AdapterStore:
             version = self._pointer(name)
             if version is None:
                 raise AdapterNotFoundError(name)
-            self.client.delete_object(Bucket=self.bucket, Key=self._key(name, POINTER))
+            self.client.delete_object(Bucket=self.bucket, Key=self._key(stored_name(name), POINTER))
         self._delete_version(name, version)

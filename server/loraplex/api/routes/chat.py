@@ -8,6 +8,7 @@ from collections.abc import Iterator
 import jinja2
 from fastapi import APIRouter, Request, Response
 
+from loraplex.api.auth import PrincipalDep
 from loraplex.api.chat_schemas import (
     ChatChoice,
     ChatCompletionChunk,
@@ -58,17 +59,18 @@ def render_chat(engine: AsyncEngine, messages: list[dict[str, str]]) -> str:
 
 @router.post("/chat/completions", response_model=ChatCompletionResponse)
 async def create_chat_completion(
-    body: ChatCompletionRequest, request: Request, engine: EngineDep
+    body: ChatCompletionRequest, request: Request, engine: EngineDep, principal: PrincipalDep
 ) -> Response | ChatCompletionResponse:
     """OpenAI's chat completions: ``n`` choices, with ``logprobs``/``top_logprobs`` if asked.
 
     Extension: ``adapters`` (a weighted combination, with ``model`` the base model id).
     """
-    adapter = request_adapter(engine, body)
+    adapter = request_adapter(engine, principal, body)
     # The template writes the special tokens (BOS, turn markers) itself: don't add them again.
     prompt = tokenize(engine, render_chat(engine, body.conversation()), special=False)
     params = body.sampling_params(len(prompt), engine.max_model_len)
-    run = Run(engine, [prompt], params, adapter, "chatcmpl", body.n, body.cache_salt)
+    salt = principal.cache_salt(body.cache_salt)  # prefix blocks are shared within a tenant only
+    run = Run(engine, [prompt], params, adapter, "chatcmpl", body.n, salt)
     tokenizer = engine.tokenizer
     if not body.stream:
         if not await run_to_end(request, run):

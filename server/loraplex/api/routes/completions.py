@@ -11,6 +11,7 @@ from typing import Any
 
 from fastapi import APIRouter, Request, Response
 
+from loraplex.api.auth import PrincipalDep
 from loraplex.api.deps import AuthDep, EngineDep
 from loraplex.api.generation import (
     Choice,
@@ -61,19 +62,20 @@ def join(head: CompletionLogprobs | None, tail: CompletionLogprobs) -> Completio
 
 @router.post("/completions", response_model=CompletionResponse)
 async def create_completion(
-    body: CompletionRequest, request: Request, engine: EngineDep
+    body: CompletionRequest, request: Request, engine: EngineDep, principal: PrincipalDep
 ) -> Response | CompletionResponse:
     """OpenAI's legacy completions: ``n`` choices per prompt, with ``logprobs`` if asked, and
     with ``echo`` the prompt (and its logprobs) ahead of each choice's text.
 
     Extension: ``adapters`` (a weighted combination, with ``model`` the base model id).
     """
-    adapter = request_adapter(engine, body)
+    adapter = request_adapter(engine, principal, body)
     params = body.sampling_params()
     raw_prompts = body.prompts()
     engine.check_fanout(len(raw_prompts), body.n)  # before tokenizing a thousand prompts
     prompts = [tokenize(engine, p) for p in raw_prompts]
-    run = Run(engine, prompts, params, adapter, "cmpl", body.n, body.cache_salt)
+    salt = principal.cache_salt(body.cache_salt)  # prefix blocks are shared within a tenant only
+    run = Run(engine, prompts, params, adapter, "cmpl", body.n, salt)
     tokenizer = engine.tokenizer
     echo = Echo(body, raw_prompts, tokenizer, run)
     if body.stream:

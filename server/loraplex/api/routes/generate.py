@@ -12,6 +12,7 @@ from collections.abc import Iterable, Iterator
 
 from fastapi import APIRouter, Request, Response
 
+from loraplex.api.auth import Principal, PrincipalDep
 from loraplex.api.deps import AuthDep, EngineDep
 from loraplex.api.errors import APIError
 from loraplex.api.generate_schemas import (
@@ -39,21 +40,25 @@ from loraplex.engine.outputs import RequestOutput, TokenLogprob
 router = APIRouter(tags=["generate"], dependencies=[AuthDep])
 
 
-def _adapter(engine: AsyncEngine, parameters: GenerateParameters) -> AdapterSpec:
+def _adapter(
+    engine: AsyncEngine, principal: Principal, parameters: GenerateParameters
+) -> AdapterSpec:
     mix = parameters.adapter_mix()
     if mix is not None:
-        return resolve_mix(engine, mix, param="merged_adapters")
+        return resolve_mix(engine, principal, mix, param="merged_adapters")
     if not parameters.adapter_id:
         return None
-    return resolve_adapter(engine, parameters.adapter_id, param="adapter_id")
+    return resolve_adapter(engine, principal, parameters.adapter_id, param="adapter_id")
 
 
-def _start(body: GenerateRequest, engine: AsyncEngine) -> Run:
+def _start(body: GenerateRequest, engine: AsyncEngine, principal: Principal) -> Run:
     if not body.inputs:
         raise APIError(400, "inputs must not be empty", param="inputs", code="invalid_value")
-    adapter = _adapter(engine, body.parameters)
+    adapter = _adapter(engine, principal, body.parameters)
     params = body.parameters.sampling_params()
-    return Run(engine, [tokenize(engine, body.inputs)], params, adapter, id_prefix="gen")
+    prompt = tokenize(engine, body.inputs)
+    salt = principal.cache_salt(None)  # prefix blocks are shared within a tenant only
+    return Run(engine, [prompt], params, adapter, id_prefix="gen", cache_salt=salt)
 
 
 def _details(engine: AsyncEngine, run: Run, choice: Choice) -> StreamDetails:
@@ -98,10 +103,10 @@ def _text(body: GenerateRequest, choice: Choice) -> str:
 
 @router.post("/generate", response_model=GenerateResponse)
 async def generate(
-    body: GenerateRequest, request: Request, engine: EngineDep
+    body: GenerateRequest, request: Request, engine: EngineDep, principal: PrincipalDep
 ) -> Response | GenerateResponse:
     """The whole generated text, and with ``parameters.details`` how and why it ended."""
-    run = _start(body, engine)
+    run = _start(body, engine, principal)
     if not await run_to_end(request, run):
         return Response(status_code=499)  # nobody is listening; for the access log
     [choice] = run.choices
@@ -124,11 +129,13 @@ async def generate(
 
 
 @router.post("/generate_stream", response_class=Response)
-async def generate_stream(body: GenerateRequest, request: Request, engine: EngineDep) -> Response:
+async def generate_stream(
+    body: GenerateRequest, request: Request, engine: EngineDep, principal: PrincipalDep
+) -> Response:
     """One event per token: ``{"index", "token": {"id", "text", "logprob", "special"},
     "generated_text": null, "details": null}``; on the last, the whole text (and the details
     when ``parameters.details``). Concatenating the token texts gives the whole text."""
-    run = _start(body, engine)
+    run = _start(body, engine, principal)
     special = set(engine.tokenizer.all_special_ids)
 
     def render(choice: Choice, out: RequestOutput) -> Iterator[str]:
