@@ -9,6 +9,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
+from loraplex import metrics
 from loraplex.api.errors import register_error_handlers
 from loraplex.api.routes import adapters, chat, completions, generate, health, models
 from loraplex.api.timeouts import BodyDeadline
@@ -54,6 +55,7 @@ def create_app(config: Config, engine: AsyncEngine | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.config = config
+    metrics.ADAPTER_LABELS.set_limit(config.server.metrics_adapter_labels)
     app.add_middleware(BodyDeadline, server=config.server)  # slow bodies: a 408
     register_error_handlers(app)
     for module in (models, completions, chat, generate, adapters, health):

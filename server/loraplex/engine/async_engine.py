@@ -83,7 +83,7 @@ class AsyncEngine:
     def is_healthy(self) -> bool:
         return self._thread is not None and self._thread.is_alive() and not self._stop.is_set()
 
-    def stats(self) -> dict[str, float]:
+    def stats(self) -> dict[str, object]:
         return self.engine.stats()
 
     async def generate(
