@@ -78,6 +78,8 @@ class SamplingRequest(LenientBody):
     adapters: list[AdapterWeight] | None = None
     # Extension (vLLM's name): only requests with the same salt share prefix-cache blocks.
     cache_salt: str | None = None
+    # Extension (vLLM's name): logprobs name tokens "token_id:N" (scoring clients map ids).
+    return_tokens_as_token_ids: bool = False
 
     @property
     def include_usage(self) -> bool:
