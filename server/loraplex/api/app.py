@@ -10,6 +10,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from loraplex import metrics
+from loraplex.api import openapi_limits
 from loraplex.api.errors import register_error_handlers
 from loraplex.api.routes import adapters, chat, completions, generate, health, models
 from loraplex.api.timeouts import BodyDeadline
@@ -60,4 +61,5 @@ def create_app(config: Config, engine: AsyncEngine | None = None) -> FastAPI:
     register_error_handlers(app)
     for module in (models, completions, chat, generate, adapters, health):
         app.include_router(module.router)
+    openapi_limits.install(app)  # the model's vocabulary and context, once it is loaded
     return app

@@ -49,6 +49,8 @@ def resolve_mix(
 
 def request_adapter(engine: AsyncEngine, body: SamplingRequest) -> AdapterSpec:
     """The adapter of an OpenAI request: the ``adapters`` mix if given, else ``model``."""
+    if body.adapters is not None and body.model != engine.model_name:
+        resolve_adapter(engine, body.model)  # a model that does not exist is a 404 first
     mix = body.adapter_mix(engine.model_name)
     return resolve_adapter(engine, body.model) if mix is None else resolve_mix(engine, mix)
 

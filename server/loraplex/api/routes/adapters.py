@@ -13,6 +13,7 @@ from fastapi.responses import PlainTextResponse
 from loraplex.adapters.card import AdapterCard
 from loraplex.adapters.errors import AdapterExistsError, AdapterNotFoundError
 from loraplex.api.adapter_schemas import (
+    UPLOAD_FORM,
     AdapterCardResponse,
     AdapterDeleted,
     AdapterList,
@@ -57,7 +58,12 @@ async def list_adapters(engine: EngineDep) -> AdapterList:
     return AdapterList(data=[card_response(engine, card) for card in engine.adapters.cards()])
 
 
-@router.post("/adapters", status_code=201, response_model=AdapterCardResponse)
+@router.post(
+    "/adapters",
+    status_code=201,
+    response_model=AdapterCardResponse,
+    openapi_extra={"requestBody": UPLOAD_FORM},
+)
 async def upload_adapter(
     request: Request, engine: EngineDep, limits: LimitsDep, replace: bool = False
 ) -> AdapterCardResponse:
