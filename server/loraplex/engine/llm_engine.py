@@ -266,7 +266,10 @@ class LLMEngine:
         sequence, ``waiting_adapters``: with queued ones only; ``tiers``: tier -> names resident
         there (device, host, pinned, merged); ``adapters_resident``: device slots in use.
         """
-        running, waiting = self.scheduler.adapter_counts.snapshot()
+        running_keys, waiting_keys = self.scheduler.adapter_counts.snapshot()
+        running = _routable(running_keys)
+        # Two versions of one name (replaced while queued) are one name to a client.
+        waiting = [name for name in _routable(waiting_keys) if name not in running]
         tiers = self.adapters.residency()
         return {
             "num_running": self.scheduler.num_running,
@@ -276,8 +279,8 @@ class LLMEngine:
             "block_size": self.block_manager.block_size,
             "num_blocks": self.block_manager.num_blocks,
             "max_loras": self.config.lora.max_loras,
-            "running_adapters": _routable(running),
-            "waiting_adapters": _routable(waiting),
+            "running_adapters": running,
+            "waiting_adapters": waiting,
             "tiers": tiers,
             "adapters_resident": len(tiers["device"]),
         }
