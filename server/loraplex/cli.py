@@ -261,6 +261,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--log-level", choices=LOG_LEVELS, default=ServerConfig.log_level, help="log verbosity"
     )
     server.add_argument(
+        "--metrics-adapter-labels",
+        type=int,
+        default=ServerConfig.metrics_adapter_labels,
+        metavar="N",
+        help="per-adapter metrics label the first N adapter names seen; later ones count as "
+        "'other' (bounds the number of Prometheus series)",
+    )
+    server.add_argument(
         "--timeout-keep-alive",
         type=float,
         default=ServerConfig.timeout_keep_alive,
@@ -365,6 +373,7 @@ def build_config(args: argparse.Namespace) -> Config:
             api_key=args.api_key,
             api_keys=_api_keys(args.api_keys_file),
             log_level=args.log_level,
+            metrics_adapter_labels=args.metrics_adapter_labels,
             timeout_keep_alive=args.timeout_keep_alive,
             header_timeout=args.header_timeout,
             body_timeout=args.body_timeout,

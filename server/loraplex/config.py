@@ -184,6 +184,7 @@ class ServerConfig:
     api_key: str | None = None
     api_keys: tuple[ApiKeyEntry, ...] = ()  # --api-keys-file (api_keys.load_api_keys_file)
     log_level: str = "info"
+    metrics_adapter_labels: int = 32  # distinct adapter names as metric labels (rest: other)
     timeout_keep_alive: float = 5.0
     header_timeout: float = 10.0
     body_timeout: float = 30.0
@@ -191,6 +192,7 @@ class ServerConfig:
 
     def __post_init__(self) -> None:
         _require(0 <= self.port < 65536, "--port must be in 0..65535")
+        _require(self.metrics_adapter_labels >= 0, "--metrics-adapter-labels must be >= 0")
         _require(self.timeout_keep_alive > 0, "--timeout-keep-alive must be positive")
         _require(self.header_timeout > 0, "--header-timeout must be positive")
         _require(self.body_timeout > 0, "--body-timeout must be positive")

@@ -47,7 +47,10 @@ def test_echo_with_logprobs_scores_the_prompt(
         lp.tokens[1:], lp.token_logprobs[1:], lp.top_logprobs[1:], strict=True
     ):
         assert top[token] == logprob and 1 <= len(top) <= 3
-    assert lp.text_offset == [sum(len(t) for t in lp.tokens[:i]) for i in range(len(lp.tokens))]
+    # Offsets count decoded characters: the prompt's tokens', then the completion's after them.
+    widths = [len(tokenizer.decode([i])) for i in prompt_ids]
+    head = [sum(widths[:i]) for i in range(n)]
+    assert lp.text_offset == head + [sum(widths) + o for o in completion.text_offset]
     assert echoed.usage.prompt_tokens == n  # usage counts are not changed by echo
 
 

@@ -47,8 +47,21 @@ def test_completion_logprobs_are_the_models_own(
         assert token in top and top[token] == logprob
         assert 1 <= len(top) <= 4  # the 3 most likely and the sampled one (greedy: among them)
         assert logprob == pytest.approx(max(top.values()))  # greedy picks the most likely
-    offsets = [sum(len(t) for t in lp.tokens[:i]) for i in range(8)]
-    assert lp.text_offset == offsets
+    # The same greedy run, tokens named by id: offsets count each token's decoded characters.
+    by_id = chat_client.completions.create(
+        model=base_name,
+        prompt=PROMPT,
+        logprobs=3,
+        **{**GREEDY, "extra_body": {**GREEDY["extra_body"], "return_tokens_as_token_ids": True}},
+    ).choices[0]
+    assert by_id.logprobs is not None
+    ids = [int(t.removeprefix("token_id:")) for t in by_id.logprobs.tokens]
+    assert by_id.logprobs.token_logprobs == lp.token_logprobs
+    assert all(all(k.startswith("token_id:") for k in top) for top in by_id.logprobs.top_logprobs)
+    tokenizer = AutoTokenizer.from_pretrained(chat_model_dir)
+    assert tokenizer.decode(ids) == choice.text
+    offsets = [sum(len(tokenizer.decode([i])) for i in ids[:k]) for k in range(8)]
+    assert lp.text_offset == by_id.logprobs.text_offset == offsets
 
 
 def test_streamed_completion_logprobs_match_the_whole_response(
@@ -79,8 +92,12 @@ def test_chat_logprobs_with_top_alternatives(chat_client: openai.OpenAI, base_na
     whole = chat_client.chat.completions.create(model=base_name, messages=MESSAGES, **kwargs)
     content = whole.choices[0].logprobs.content
     assert len(content) == whole.usage.completion_tokens == 8
+    # The tokens' raw bytes make the reply (a piece of a character is "bytes:\\x..").
+    text = b"".join(bytes(e.bytes) for e in content).decode(errors="replace")
+    assert text == whole.choices[0].message.content
     for entry in content:
-        assert entry.bytes == list(entry.token.encode())
+        if not entry.token.startswith("bytes:"):
+            assert entry.bytes == list(entry.token.encode())
         values = [t.logprob for t in entry.top_logprobs]
         assert len(values) == 3 and values == sorted(values, reverse=True)
         assert entry.logprob == pytest.approx(values[0])  # greedy
@@ -95,6 +112,15 @@ def test_chat_logprobs_with_top_alternatives(chat_client: openai.OpenAI, base_na
         for e in c.choices[0].logprobs.content
     ]
     assert [e.model_dump() for e in streamed] == [e.model_dump() for e in content]
+    by_id = chat_client.chat.completions.create(
+        model=base_name,
+        messages=MESSAGES,
+        **{**kwargs, "extra_body": {**GREEDY["extra_body"], "return_tokens_as_token_ids": True}},
+    ).choices[0]
+    assert by_id.logprobs is not None
+    for entry, named in zip(by_id.logprobs.content, content, strict=True):
+        assert entry.token.startswith("token_id:") and entry.bytes == named.bytes
+        assert all(t.token.startswith("token_id:") for t in entry.top_logprobs)
 
 
 def test_n_choices_per_prompt_in_openai_order(chat_client: openai.OpenAI, base_name: str) -> None:

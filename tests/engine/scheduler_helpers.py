@@ -55,6 +55,9 @@ def check_invariants(sched: Scheduler, out: SchedulerOutput) -> None:
     for seq in sched.waiting:
         assert seq.status is SequenceStatus.WAITING
         assert seq.block_table == []
+    running = sorted({seq.adapter for seq in sched.running} - {None})
+    waiting = sorted({seq.adapter for seq in sched.waiting} - {None} - set(running))
+    assert sched.adapter_counts.snapshot() == (running, waiting)  # kept in step with each move
     held = {b for seq in sched.running for b in seq.block_table}  # shared prefixes count once
     assert len(held) + bm.num_free_blocks == bm.num_blocks
     for seq in sched.running:

@@ -81,11 +81,20 @@ def test_eviction_and_reload_across_twenty_adapters(
     requests = [(PROMPTS[i % 4], name) for i, name in enumerate(names)] * 2
     roomy = engine_for(model_dir, store, max_loras=20, max_cpu_loras=20)
     expected = run(roomy, requests)
-    loads_before = metrics.ADAPTER_LOADS._value.get()
+
+    def count(name: str, tier: str) -> float:
+        return metrics.REGISTRY.get_sample_value(f"loraplex_adapter_{name}_total", {"tier": tier})
+
+    before = {(n, t): count(n, t) for n in ("loads", "evictions") for t in ("device", "host")}
     tight = engine_for(model_dir, store, max_loras=2, max_cpu_loras=4)
     assert run(tight, requests) == expected
-    # Every adapter had to come through a slot, most of them more than once.
-    assert metrics.ADAPTER_LOADS._value.get() - loads_before >= 20
+    # Every adapter had to come through a slot, most of them more than once; 20 adapters in
+    # 2 slots and 4 host entries evict in both tiers.
+    after = {key: count(*key) for key in before}
+    assert after["loads", "device"] - before["loads", "device"] >= 20
+    assert after["loads", "host"] - before["loads", "host"] >= 20
+    assert after["evictions", "device"] - before["evictions", "device"] >= 18
+    assert after["evictions", "host"] - before["evictions", "host"] >= 16
     assert len(tight.adapters.slots.resident()) <= 2
     assert len(tight.registry.host) <= 4
     # Distinct adapters really give distinct outputs, so the equality above means something.

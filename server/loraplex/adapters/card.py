@@ -13,6 +13,12 @@ def adapter_key(name: str, version: str) -> str:
     return f"{name}@{version[:16]}"
 
 
+def adapter_name(key: str) -> str:
+    """The name in a key made by :func:`adapter_key` (what a client puts in ``model``); a
+    per-request mix's key has no ``@`` and is returned whole."""
+    return key.split("@")[0]
+
+
 @dataclass(frozen=True)
 class AdapterCard:
     """One registered adapter version: its checked config and the store's metadata.

@@ -19,11 +19,17 @@ V = TypeVar("V")
 class HostCache(Generic[V]):
     """key -> value, least recently used first; ``refs`` pin entries while requests use them."""
 
-    def __init__(self, capacity: int, on_unused: Callable[[str], None] = lambda key: None) -> None:
+    def __init__(
+        self,
+        capacity: int,
+        on_unused: Callable[[str], None] = lambda key: None,
+        on_evict: Callable[[list[str]], None] = lambda keys: None,
+    ) -> None:
         if capacity <= 0:
             raise ValueError("the host cache needs a positive capacity")
         self.capacity = capacity
         self.on_unused = on_unused  # called with a key whose last reference was just released
+        self.on_evict = on_evict  # called with the keys evicted to stay within capacity
         self._entries: OrderedDict[str, V] = OrderedDict()
         self._refs: dict[str, int] = {}
         self._lock = threading.Lock()
@@ -49,7 +55,10 @@ class HostCache(Generic[V]):
         with self._lock:
             self._entries[key] = value
             self._entries.move_to_end(key)
-            return self._evict_locked(keep=key)
+            evicted = self._evict_locked(keep=key)
+        if evicted:
+            self.on_evict(evicted)
+        return evicted
 
     def acquire(self, key: str) -> None:
         with self._lock:
@@ -64,6 +73,8 @@ class HostCache(Generic[V]):
             else:
                 self._refs.pop(key, None)
             evicted = self._evict_locked()
+        if evicted:
+            self.on_evict(evicted)
         if count <= 0:
             self.on_unused(key)
         return evicted

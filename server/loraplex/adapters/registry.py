@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 
+from loraplex import metrics
 from loraplex.adapters.card import AdapterCard
 from loraplex.adapters.errors import AdapterError, AdapterExistsError, AdapterNotFoundError
 from loraplex.adapters.folder_check import CheckedFolder
@@ -72,7 +73,11 @@ class AdapterRegistry:
         self.dtype = dtype
         self.check_folder = check_folder
         self.on_loaded = on_loaded
-        self.host: HostCache[LoRAAdapter] = HostCache(max_cpu_loras, on_unused=self._retire)
+        self.host: HostCache[LoRAAdapter] = HostCache(
+            max_cpu_loras,
+            on_unused=self._retire,
+            on_evict=lambda keys: metrics.record_adapter_evictions("host", len(keys)),
+        )
         self._cards: dict[AdapterId, AdapterCard] = {}
         self._by_key: dict[str, AdapterCard] = {}  # current versions + older ones still held
         self._failed: dict[str, Exception] = {}
@@ -221,10 +226,13 @@ class AdapterRegistry:
 
     def load(self, card: AdapterCard) -> LoRAAdapter:
         """Read ``card``'s version from the store (checked as at registration) into memory."""
+        start = time.perf_counter()
         checked = self.check_folder(self.store.fetch(card.name))
         if checked.weights.version != card.version:  # replaced since the card was taken
             raise AdapterNotFoundError(f"{card.name} (version {card.version[:16]})")
-        return build_adapter(card.name, checked, self.dtype)
+        adapter = build_adapter(card.name, checked, self.dtype)
+        metrics.record_adapter_load("host", time.perf_counter() - start)
+        return adapter
 
     def _load(self, card: AdapterCard) -> None:
         try:

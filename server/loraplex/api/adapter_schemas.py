@@ -3,9 +3,15 @@ merge, unmerge) and vLLM's ``/v1/load_lora_adapter`` and ``/v1/unload_lora_adapt
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, field_validator
+
+from loraplex.adapters.rules import NAME_PATTERN
+from loraplex.api.schema_docs import doc
+
+AdapterName = Annotated[str, doc(pattern=NAME_PATTERN)]
+FolderPath = Annotated[str, doc(pattern="^[^\\u0000]+$")]  # a folder under --adapter-roots
 
 
 class AdapterLocation(BaseModel):
@@ -69,8 +75,8 @@ class LoadAdapterRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    name: str
-    path: str
+    name: AdapterName
+    path: FolderPath
     replace: bool = False
 
     @field_validator("path")
@@ -84,8 +90,8 @@ class VLLMLoadRequest(BaseModel):
 
     model_config = ConfigDict(extra="ignore")
 
-    lora_name: str
-    lora_path: str
+    lora_name: AdapterName
+    lora_path: FolderPath
     load_inplace: bool = False
 
     @field_validator("lora_path")
@@ -100,3 +106,31 @@ class VLLMUnloadRequest(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     lora_name: str
+
+
+# POST /v1/adapters reads its multipart body itself (staged_upload): its schema, written out.
+UPLOAD_FORM = {
+    "required": True,
+    "content": {
+        "multipart/form-data": {
+            "schema": {
+                "type": "object",
+                "required": ["name"],
+                "additionalProperties": False,
+                "oneOf": [{"required": ["config", "weights"]}, {"required": ["archive"]}],
+                "properties": {
+                    "name": {"type": "string", "pattern": NAME_PATTERN},
+                    "config": {"type": "string", "format": "binary"},
+                    "weights": {"type": "string", "format": "binary"},
+                    "archive": {"type": "string", "format": "binary"},
+                    "description": {"type": "string"},
+                    "pinned": {"type": "string", "enum": ["true", "false"]},
+                    "replace": {"type": "string", "enum": ["true", "false"]},
+                },
+                "description": "adapter_config.json as config and adapter_model.safetensors as "
+                "weights, or both in one zip or tar.gz archive; they must be a PEFT LoRA of "
+                "this base model within --max-lora-rank (else 400 saying why).",
+            }
+        }
+    },
+}

@@ -9,6 +9,8 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
+from loraplex import metrics
+from loraplex.api import openapi_limits
 from loraplex.api.auth import KeyTable
 from loraplex.api.errors import register_error_handlers
 from loraplex.api.routes import adapters, chat, completions, generate, health, models
@@ -56,8 +58,10 @@ def create_app(config: Config, engine: AsyncEngine | None = None) -> FastAPI:
     )
     app.state.config = config
     app.state.keys = KeyTable.from_config(config.server)  # api/auth.py: keys -> principals
+    metrics.ADAPTER_LABELS.set_limit(config.server.metrics_adapter_labels)
     app.add_middleware(BodyDeadline, server=config.server)  # slow bodies: a 408
     register_error_handlers(app)
     for module in (models, completions, chat, generate, adapters, health):
         app.include_router(module.router)
+    openapi_limits.install(app)  # the model's vocabulary and context, once it is loaded
     return app

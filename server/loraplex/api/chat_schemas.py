@@ -2,21 +2,22 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from loraplex.api.logprobs import ChatLogprobs
-from loraplex.api.schemas import OpenAIChunk, OpenAIResponse, SamplingRequest
+from loraplex.api.schema_docs import doc
+from loraplex.api.schemas import Logprobs, OpenAIChunk, OpenAIResponse, SamplingRequest
 from loraplex.engine.sampling_params import ParameterError, SamplingParams, check_logprobs
 
 
 class TextPart(BaseModel):
     """One part of a message's content; only text parts are supported."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", json_schema_extra={"required": ["type", "text"]})
 
-    type: str
+    type: Annotated[str, doc(enum=["text"])]
     text: str | None = None
 
 
@@ -35,11 +36,14 @@ class ChatCompletionRequest(SamplingRequest):
     rest of the context, as OpenAI's and vLLM's do.
     """
 
-    messages: list[ChatMessage]
-    max_tokens: int | None = None
-    max_completion_tokens: int | None = None
+    messages: Annotated[list[ChatMessage], doc(minItems=1)] = Field(
+        description="The conversation; rendered by the chat template, its tokens plus "
+        "max_completion_tokens must fit the model's context."
+    )
+    max_tokens: Annotated[int | None, doc(minimum=1)] = None
+    max_completion_tokens: Annotated[int | None, doc(minimum=1)] = None
     logprobs: bool = False
-    top_logprobs: int | None = None
+    top_logprobs: Logprobs | None = Field(None, description="Needs logprobs=true.")
 
     def conversation(self) -> list[dict[str, str]]:
         """The messages as the chat template expects them: ``[{"role", "content": str}]``.

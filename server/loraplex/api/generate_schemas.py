@@ -9,21 +9,30 @@ so their clients (``text_generation``, ``lorax``) work unchanged. Errors use the
 from __future__ import annotations
 
 import random
+from typing import Annotated
 
 from pydantic import BaseModel, Field
 
-from loraplex.api.schemas import LenientBody, check_mix
-from loraplex.engine.sampling_params import ParameterError, SamplingParams, check_logprobs
+from loraplex.api.schema_docs import doc
+from loraplex.api.schemas import MAX_MIX, LenientBody, Logprobs, StopText, Text, check_mix
+from loraplex.engine.sampling_params import (
+    MAX_STOP_STRINGS,
+    MAX_TOP_K,
+    SEED_RANGE,
+    ParameterError,
+    SamplingParams,
+    check_logprobs,
+)
 
 
 class MergedAdapters(LenientBody):
     """LoRAX's per-request merge; only ``linear`` (``Σ w_i·ΔW_i``, applied as one adapter)."""
 
-    ids: list[str]
-    weights: list[float]
-    merge_strategy: str = "linear"
-    density: float = 1.0
-    majority_sign_method: str = "total"
+    ids: Annotated[list[str], doc(minItems=1, maxItems=MAX_MIX)]
+    weights: list[float] = Field(description="One weight per id.")
+    merge_strategy: Annotated[str, doc(enum=["linear"])] = "linear"
+    density: float = 1.0  # LoRAX's TIES/DARE option: unused by linear
+    majority_sign_method: str = "total"  # likewise
 
     def mix(self) -> list[tuple[str, float]]:
         param = "merged_adapters"
@@ -43,23 +52,25 @@ class GenerateParameters(LenientBody):
     is true or any of ``temperature`` (other than 1), ``top_k``, ``top_p`` (below 1) is set, and
     is greedy otherwise. Stop sequences are cut from the text, as on the OpenAI routes."""
 
-    adapter_id: str | None = None
+    adapter_id: str | None = Field(None, description="Not together with merged_adapters.")
     adapter_source: str | None = None
     merged_adapters: MergedAdapters | None = None
-    max_new_tokens: int = 20
-    temperature: float | None = None
-    top_p: float | None = None
-    top_k: int | None = None
-    seed: int | None = None
-    repetition_penalty: float = 1.0
-    frequency_penalty: float = 0.0
-    stop: list[str] = Field(default_factory=list)
+    max_new_tokens: Annotated[int, doc(minimum=1)] = Field(
+        20, description="Its tokens plus the prompt's must fit the model's context."
+    )
+    temperature: Annotated[float | None, doc(minimum=0, maximum=2)] = None
+    top_p: Annotated[float | None, doc(exclusiveMinimum=0, maximum=1)] = None
+    top_k: Annotated[int | None, doc(minimum=-1, maximum=MAX_TOP_K)] = None
+    seed: Annotated[int | None, doc(minimum=SEED_RANGE[0], maximum=SEED_RANGE[1])] = None
+    repetition_penalty: Annotated[float, doc(exclusiveMinimum=0)] = 1.0
+    frequency_penalty: Annotated[float, doc(minimum=-2, maximum=2)] = 0.0
+    stop: Annotated[list[StopText], doc(maxItems=MAX_STOP_STRINGS)] = Field(default_factory=list)
     do_sample: bool = False
     details: bool = False
     return_full_text: bool = False
-    best_of: int | None = None
+    best_of: Annotated[int | None, doc(enum=[1])] = None
     decoder_input_details: bool = False
-    top_n_tokens: int | None = None
+    top_n_tokens: Logprobs | None = None
 
     @property
     def sampling(self) -> bool:
@@ -105,7 +116,7 @@ class GenerateParameters(LenientBody):
 class GenerateRequest(LenientBody):
     """Body of ``POST /generate`` and ``/generate_stream``."""
 
-    inputs: str
+    inputs: Text = Field(description="Its tokens plus max_new_tokens must fit the context.")
     parameters: GenerateParameters = Field(default_factory=GenerateParameters)
     stream: bool = False
 

@@ -64,6 +64,8 @@ def request_adapter(
     engine: AsyncEngine, principal: Principal, body: SamplingRequest
 ) -> AdapterSpec:
     """The adapter of an OpenAI request: the ``adapters`` mix if given, else ``model``."""
+    if body.adapters is not None and body.model != engine.model_name:
+        resolve_adapter(engine, body.model)  # a model that does not exist is a 404 first
     mix = body.adapter_mix(engine.model_name)
     if mix is None:
         return resolve_adapter(engine, principal, body.model)

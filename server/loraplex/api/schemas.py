@@ -2,22 +2,44 @@
 the OpenAI routes share (chat, the TGI-style routes and adapter management have their own modules).
 
 Request models check only types; value ranges are checked once, by :class:`SamplingParams`, whose
-:class:`ParameterError` the error handlers turn into a 400 naming the parameter.
+:class:`ParameterError` the error handlers turn into a 400 naming the parameter. The schema
+documents those ranges (``doc``, :mod:`loraplex.api.schema_docs`). Rules across fields, which
+JSON Schema cannot say, are in the fields' descriptions: a prompt's tokens plus ``max_tokens``
+fit the context; prompts x ``n`` within ``--max-seqs-per-request``; ``adapters`` only with the
+base model as ``model``.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any, Generic, Literal, TypeVar
+from typing import Annotated, Any, Generic, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from loraplex.api.logprobs import CompletionLogprobs
-from loraplex.engine.sampling_params import ParameterError, SamplingParams
+from loraplex.api.schema_docs import doc
+from loraplex.engine.sampling_params import (
+    MAX_LOGPROBS,
+    MAX_STOP_CHARS,
+    MAX_STOP_STRINGS,
+    MAX_STOP_TOKEN_IDS,
+    MAX_TOP_K,
+    SEED_RANGE,
+    ParameterError,
+    SamplingParams,
+)
 
-Prompt = str | list[str] | list[int] | list[list[int]]
 MAX_MIX = 8  # most adapters in one per-request combination
 MAX_N = 64  # most choices per prompt
+TokenId = Annotated[int, doc(minimum=0)]  # below the vocabulary size (/openapi.json says it)
+Text = Annotated[str, doc(minLength=1)]
+Prompt = Annotated[
+    Text | list[Text] | list[TokenId] | list[Annotated[list[TokenId], doc(minItems=1)]],
+    doc(minItems=1),
+]
+StopText = Annotated[str, doc(minLength=1, maxLength=MAX_STOP_CHARS)]
+Stop = Annotated[StopText | list[StopText], doc(maxItems=MAX_STOP_STRINGS)]
+Logprobs = Annotated[int, doc(minimum=0, maximum=MAX_LOGPROBS)]
 
 
 class AdapterWeight(BaseModel):
@@ -26,7 +48,7 @@ class AdapterWeight(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: str
-    weight: float
+    weight: float  # finite (JSON has no other numbers)
 
 
 class StreamOptions(BaseModel):
@@ -59,25 +81,31 @@ class LenientBody(BaseModel):
 class SamplingRequest(LenientBody):
     """The fields every OpenAI generating request shares (completions and chat)."""
 
-    model: str
-    temperature: float = 1.0
-    top_p: float = 1.0
-    top_k: int = 0
-    seed: int | None = None
-    n: int = 1
+    model: str = Field(description="The base model's id or an adapter's name (404 otherwise).")
+    temperature: Annotated[float, doc(minimum=0, maximum=2)] = 1.0
+    top_p: Annotated[float, doc(exclusiveMinimum=0, maximum=1)] = 1.0
+    top_k: Annotated[int, doc(minimum=-1, maximum=MAX_TOP_K)] = 0
+    seed: Annotated[int | None, doc(minimum=SEED_RANGE[0], maximum=SEED_RANGE[1])] = None
+    n: Annotated[int, doc(minimum=1, maximum=MAX_N)] = Field(
+        1, description="Choices per prompt; prompts x n at most --max-seqs-per-request."
+    )
     stream: bool = False
     stream_options: StreamOptions | None = None
-    stop: str | list[str] | None = None
-    stop_token_ids: list[int] | None = None
-    presence_penalty: float = 0.0
-    frequency_penalty: float = 0.0
-    repetition_penalty: float = 1.0
+    stop: Stop | None = None
+    stop_token_ids: Annotated[list[TokenId] | None, doc(maxItems=MAX_STOP_TOKEN_IDS)] = None
+    presence_penalty: Annotated[float, doc(minimum=-2, maximum=2)] = 0.0
+    frequency_penalty: Annotated[float, doc(minimum=-2, maximum=2)] = 0.0
+    repetition_penalty: Annotated[float, doc(exclusiveMinimum=0)] = 1.0
     ignore_eos: bool = False
     user: str | None = None
     # Extension: a weighted combination of adapters, applied as one (``model`` names the base).
-    adapters: list[AdapterWeight] | None = None
+    adapters: Annotated[list[AdapterWeight] | None, doc(minItems=1, maxItems=MAX_MIX)] = Field(
+        None, description="A weighted mix of adapters; model must then be the base model's id."
+    )
     # Extension (vLLM's name): only requests with the same salt share prefix-cache blocks.
-    cache_salt: str | None = None
+    cache_salt: Annotated[str | None, doc(minLength=1)] = None
+    # Extension (vLLM's name): logprobs name tokens "token_id:N" (scoring clients map ids).
+    return_tokens_as_token_ids: bool = False
 
     @property
     def include_usage(self) -> bool:
@@ -137,10 +165,13 @@ def check_mix(mix: list[tuple[str, float]], param: str) -> list[tuple[str, float
 class CompletionRequest(SamplingRequest):
     """Body of ``POST /v1/completions``."""
 
-    prompt: Prompt
-    max_tokens: int = 16
+    prompt: Prompt = Field(
+        description="Text, texts, token ids or lists of token ids; its tokens plus max_tokens "
+        "must fit the model's context."
+    )
+    max_tokens: Annotated[int, doc(minimum=1)] = 16  # and below the context (/openapi.json)
     echo: bool = False
-    logprobs: int | None = None
+    logprobs: Logprobs | None = None
 
     def prompts(self) -> list[str | list[int]]:
         """The prompts as a list: one text or one token-id list per choice.

@@ -7,13 +7,14 @@ happens in :meth:`EngineAdapters.activate`, between steps, on the engine thread.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterable
 from pathlib import Path
 
 import torch
 
 from loraplex import metrics
-from loraplex.adapters.card import AdapterCard
+from loraplex.adapters.card import AdapterCard, adapter_name
 from loraplex.adapters.errors import AdapterNotFoundError
 from loraplex.adapters.registry import AdapterRegistry
 from loraplex.adapters.rules import Limits
@@ -116,13 +117,19 @@ class EngineAdapters:
         Returns the slots, and the adapters that could not be loaded with why: only their
         requests fail; the rest of the step runs without them.
         """
+        before = self.slots.resident() if keys else {}
         slot_of, loads = self.slots.acquire(keys)
+        metrics.record_adapter_lookups("device", hits=len(slot_of) - len(loads), misses=len(loads))
+        if loads:  # a load into a slot that was taken evicted its previous adapter
+            evicted = [key for key in before if self.slots.lookup(key) is None]
+            metrics.record_adapter_evictions("device", len(evicted))
         failed: dict[str, Exception] = {}
         for key, slot in loads:
+            start = time.perf_counter()
             try:
                 adapter = self.registry.loaded(key)
                 if adapter is None:
-                    raise AdapterNotFoundError(key.split("@")[0])
+                    raise AdapterNotFoundError(adapter_name(key))
                 self.runner.lora.load_slot(slot, adapter)
             except Exception as exc:
                 log.exception("loading adapter %s into slot %d failed", key, slot)
@@ -131,7 +138,7 @@ class EngineAdapters:
                 slot_of.pop(key, None)
                 failed[key] = exc
             else:
-                metrics.ADAPTER_LOADS.inc()
+                metrics.record_adapter_load("device", time.perf_counter() - start)
         return slot_of, failed
 
     def pin(self, card: AdapterCard) -> None:
@@ -182,6 +189,18 @@ class EngineAdapters:
         card = self.registry.get(name)
         self.merges.leave(card.key)
         return card
+
+    def residency(self) -> dict[str, list[str]]:
+        """Tier -> adapter names resident there now (any thread): ``device`` (a slot),
+        ``host`` (host memory), ``pinned`` (kept in a slot), ``merged`` (a pre-merged copy).
+        Each list is bounded by its tier's capacity; a per-request mix is listed by its key."""
+        host = self.registry.host.keys()
+        return {
+            "device": sorted(adapter_name(k) for k in self.slots.resident()),
+            "host": sorted(adapter_name(k) for k in host),
+            "pinned": sorted(adapter_name(k) for k in self.slots.pinned),
+            "merged": sorted(adapter_name(k) for k in self.merges.serving()),
+        }
 
     def location(self, card: AdapterCard) -> dict[str, object]:
         return {

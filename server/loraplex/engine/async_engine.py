@@ -48,6 +48,7 @@ class AsyncEngine:
         self.model_name = engine.model_name
         self.tokenizer = engine.tokenizer
         self.max_model_len = engine.max_model_len
+        self.vocab_size = engine.vocab_size
         self.eos_token_ids = engine.eos_token_ids
         self.check_fanout = engine.check_fanout  # host-side: safe from the event loop
         self.created = int(time.time())
@@ -83,7 +84,7 @@ class AsyncEngine:
     def is_healthy(self) -> bool:
         return self._thread is not None and self._thread.is_alive() and not self._stop.is_set()
 
-    def stats(self) -> dict[str, float]:
+    def stats(self) -> dict[str, object]:
         return self.engine.stats()
 
     async def generate(

@@ -9,6 +9,9 @@ import threading
 
 import torch
 
+from loraplex import metrics
+from loraplex.adapters.card import adapter_name
+from loraplex.adapters.weights import MIX_PREFIX
 from loraplex.config import Config
 from loraplex.engine.adapters import AdapterSpec, EngineAdapters
 from loraplex.engine.batch import PackedBatch, build_batch
@@ -118,6 +121,9 @@ class LLMEngine:
         merges = self.adapters.merges
         merged = parent.merged and merges.hold(parent.adapter, len(parent.children))
         parent.merged = merged
+        if parent.adapter is not None and not merged:
+            hit = parent.adapter in self.registry.host
+            metrics.record_adapter_lookups("host", hits=int(hit), misses=int(not hit))
         for state in parent.children:
             state.seq.merged = state.holds_merged = merged
             if parent.adapter is not None:
@@ -219,6 +225,9 @@ class LLMEngine:
         logits: torch.Tensor,
     ) -> list[RequestOutput]:
         self.scheduler.after_step(out)  # the KV cache now holds the step's tokens
+        metrics.record_step(
+            len(out.scheduled), sum(s.num_new_tokens for s in out.scheduled), len(out.preempted)
+        )
         return self.outputs.process(states, tokens, logits, batch.prompt_targets)
 
     def _run_apart(self, out: SchedulerOutput, slot_of: dict[str, int]) -> list[RequestOutput]:
@@ -282,10 +291,36 @@ class LLMEngine:
             [s.generator for s in states],
         )
 
-    def stats(self) -> dict[str, float]:
+    def stats(self) -> dict[str, object]:
+        """What ``/metrics`` reports, read from any thread without stopping the engine (each
+        value is one length or one copy of a small dict; none walks the waiting queue).
+
+        ``num_running``/``num_waiting``: sequences (prompt x sample); ``num_client_requests``:
+        unfinished client requests; ``kv_usage`` in 0..1; ``block_size``, ``num_blocks``,
+        ``max_loras``: the configuration; ``running_adapters``: adapter names with a running
+        sequence, ``waiting_adapters``: with queued ones only; ``tiers``: tier -> names resident
+        there (device, host, pinned, merged); ``adapters_resident``: device slots in use.
+        """
+        running_keys, waiting_keys = self.scheduler.adapter_counts.snapshot()
+        running = _routable(running_keys)
+        # Two versions of one name (replaced while queued) are one name to a client.
+        waiting = [name for name in _routable(waiting_keys) if name not in running]
+        tiers = self.adapters.residency()
         return {
             "num_running": self.scheduler.num_running,
             "num_waiting": self.scheduler.num_waiting,
+            "num_client_requests": len(self._parents),
             "kv_usage": self.block_manager.usage,
-            "adapters_resident": len(self.adapters.slots.resident()),
+            "block_size": self.block_manager.block_size,
+            "num_blocks": self.block_manager.num_blocks,
+            "max_loras": self.config.lora.max_loras,
+            "running_adapters": running,
+            "waiting_adapters": waiting,
+            "tiers": tiers,
+            "adapters_resident": len(tiers["device"]),
         }
+
+
+def _routable(keys: list[str]) -> list[str]:
+    """The names a client puts in ``model`` for these keys (a per-request mix has none)."""
+    return sorted({adapter_name(k) for k in keys if not k.startswith(MIX_PREFIX)})

@@ -68,6 +68,11 @@ class MergedTenants:
             copy = self._copies.get(key)
             return copy is not None and not copy.leaving
 
+    def serving(self) -> list[str]:
+        """The keys whose new requests run pre-merged."""
+        with self._lock:
+            return [key for key, copy in self._copies.items() if not copy.leaving]
+
     def nbytes(self, key: str) -> int:
         """Bytes held for ``key``'s copy (0 if none), leaving copies included."""
         with self._lock:

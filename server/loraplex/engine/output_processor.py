@@ -1,8 +1,8 @@
 """After the forward: append each sampled token, detokenize, decide stops, build the outputs.
 
-Runs on the engine thread. Also the one place that records a request's latency metrics (time
-to first token, generated tokens, end-to-end time and outcome), so anything that drives the
-engine, HTTP or not, reports the same numbers.
+Runs on the engine thread. Also the one place that records a request's latency metrics (queue
+time, time to first token, inter-token latency, generated tokens, end-to-end time and outcome
+by adapter), so anything that drives the engine, HTTP or not, reports the same numbers.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from collections.abc import Callable
 import torch
 
 from loraplex import metrics
+from loraplex.adapters.card import adapter_name
 from loraplex.engine.outputs import RequestOutput, TokenLogprob
 from loraplex.engine.request import RequestState
 from loraplex.engine.sampler import token_logprobs
@@ -89,14 +90,25 @@ class OutputProcessor:
         """The delta of one child; records its metrics (first output, tokens, the end)."""
         seq = state.seq
         now = time.monotonic()
+        arrival = state.parent.arrival_time
         if state.first_token_time is None and tokens:
             state.first_token_time = now
-            metrics.record_first_token(
-                now - state.parent.arrival_time, seq.num_prompt_tokens, seq.num_cached_tokens
-            )
+            metrics.record_first_token(now - arrival, seq.num_prompt_tokens, seq.num_cached_tokens)
+            if seq.first_scheduled_time is not None:
+                metrics.record_queue_time(seq.first_scheduled_time - arrival)
+        elif tokens and state.last_token_time is not None:
+            metrics.record_token_gap(now - state.last_token_time)
+        if tokens:
+            state.last_token_time = now
         metrics.record_generated_tokens(len(tokens))
-        if reason is not None and state.first_token_time is not None:
-            metrics.record_finished(reason, now - state.parent.arrival_time)
+        if reason is not None:
+            started = state.first_token_time is not None
+            metrics.record_finished(
+                reason,
+                now - arrival if started else None,
+                None if seq.adapter is None else adapter_name(seq.adapter),
+                failed=error is not None,
+            )
         prompt_logprobs = None
         if seq.wants_prompt_logprobs and not state.sent_prompt_logprobs and tokens:
             state.sent_prompt_logprobs = True

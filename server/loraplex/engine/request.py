@@ -33,6 +33,7 @@ class RequestState:
     holds_adapter: bool = False  # a host-memory reference on seq.adapter, released once
     holds_merged: bool = False  # holds seq.adapter's merged copy (engine/merged.py), released once
     first_token_time: float | None = None  # monotonic time of its first output
+    last_token_time: float | None = None  # of its latest output token (inter-token latency)
     sent_prompt_logprobs: bool = False  # they go out once, with the first output
     finished: bool = False
 

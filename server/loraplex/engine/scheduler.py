@@ -11,11 +11,13 @@ chunks mixed under one token budget. The engine loop is::
 
 from __future__ import annotations
 
+import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from loraplex.config import SchedulerConfig
+from loraplex.engine.adapter_counts import AdapterCounts
 from loraplex.engine.block_manager import BlockManager
 from loraplex.engine.sequence import Sequence, SequenceStatus
 from loraplex.engine.waiting_queue import WaitingQueue
@@ -134,6 +136,7 @@ class Scheduler:
         self.pinned = pinned
         self.waiting = WaitingQueue()
         self.running: list[Sequence] = []
+        self.adapter_counts = AdapterCounts()  # sequences per adapter and status, for metrics
 
     @property
     def num_waiting(self) -> int:
@@ -154,13 +157,15 @@ class Scheduler:
             )
         seq.status = SequenceStatus.WAITING
         self.waiting.append(seq)
+        self.adapter_counts.enter(seq, SequenceStatus.WAITING)
 
     def finish(self, seq: Sequence, reason: str) -> None:
         """Mark ``seq`` FINISHED, free its blocks and drop it from the queues."""
         if seq.status is SequenceStatus.RUNNING:
             self.running.remove(seq)  # at most max_num_seqs long
-        elif seq.status is SequenceStatus.WAITING:
-            self.waiting.discard(seq)  # O(1), however long the queue
+            self.adapter_counts.leave(seq, SequenceStatus.RUNNING)
+        elif seq.status is SequenceStatus.WAITING and self.waiting.discard(seq):  # O(1)
+            self.adapter_counts.leave(seq, SequenceStatus.WAITING)
         seq.adapter_skips = 0
         self.block_manager.free(seq)
         seq.status = SequenceStatus.FINISHED
@@ -226,6 +231,7 @@ class Scheduler:
         self.block_manager.free(seq)
         seq.reset_for_recompute()
         self.waiting.appendleft(seq)
+        self.adapter_counts.move(seq, SequenceStatus.RUNNING, SequenceStatus.WAITING)
 
     def _schedule_waiting(self, budget: _StepBudget, out: SchedulerOutput) -> None:
         admitted: list[Sequence] = []
@@ -250,11 +256,14 @@ class Scheduler:
                 break
             admitted.append(seq)
             seq.status = SequenceStatus.RUNNING
+            if seq.first_scheduled_time is None:
+                seq.first_scheduled_time = time.monotonic()
             self.block_manager.admit(seq, cached, num_new)
             self._record(seq, num_new, budget, out)
         for seq in admitted:
             self.waiting.remove(seq)
             self.running.append(seq)
+            self.adapter_counts.move(seq, SequenceStatus.WAITING, SequenceStatus.RUNNING)
             seq.adapter_skips = 0
 
     def _take(self, seq: Sequence, num_new: int, budget: _StepBudget, out: SchedulerOutput) -> None:

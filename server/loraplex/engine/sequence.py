@@ -53,6 +53,8 @@ class Sequence:
     # Schedules in which this waiting sequence was passed over for the adapter-slot budget
     # (the scheduler's starvation guard); reset when it is admitted.
     adapter_skips: int = 0
+    # Monotonic time of the first step that scheduled it (its queue time ends there).
+    first_scheduled_time: float | None = None
 
     def __post_init__(self) -> None:
         self.token_ids = list(self.prompt_token_ids)

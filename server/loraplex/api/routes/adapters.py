@@ -16,6 +16,7 @@ from fastapi.responses import PlainTextResponse
 from loraplex.adapters.card import AdapterCard
 from loraplex.adapters.errors import AdapterExistsError, AdapterNotFoundError
 from loraplex.api.adapter_schemas import (
+    UPLOAD_FORM,
     AdapterCardResponse,
     AdapterDeleted,
     AdapterList,
@@ -81,7 +82,11 @@ async def list_adapters(engine: EngineDep, principal: PrincipalDep) -> AdapterLi
 
 
 @router.post(
-    "/adapters", status_code=201, response_model=AdapterCardResponse, dependencies=[allow(MANAGE)]
+    "/adapters",
+    status_code=201,
+    response_model=AdapterCardResponse,
+    dependencies=[allow(MANAGE)],
+    openapi_extra={"requestBody": UPLOAD_FORM},
 )
 async def upload_adapter(
     request: Request,

@@ -3,7 +3,7 @@ engine request, exactly as a completion (:mod:`loraplex.api.generation`); JSON o
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import jinja2
 from fastapi import APIRouter, Request, Response
@@ -30,7 +30,7 @@ from loraplex.api.generation import (
 from loraplex.api.logprobs import ChatLogprobs, chat_logprobs
 from loraplex.api.streaming import Chunks, stream_response
 from loraplex.engine.async_engine import AsyncEngine
-from loraplex.engine.outputs import RequestOutput
+from loraplex.engine.outputs import RequestOutput, TokenLogprob
 
 router = APIRouter(prefix="/v1", tags=["chat"], dependencies=[AuthDep])
 
@@ -72,6 +72,11 @@ async def create_chat_completion(
     salt = principal.cache_salt(body.cache_salt)  # prefix blocks are shared within a tenant only
     run = Run(engine, [prompt], params, adapter, "chatcmpl", body.n, salt)
     tokenizer = engine.tokenizer
+    as_ids = body.return_tokens_as_token_ids
+
+    def logprobs_of(entries: Sequence[TokenLogprob] | None) -> ChatLogprobs | None:
+        return None if entries is None else chat_logprobs(tokenizer, entries, as_ids)
+
     if not body.stream:
         if not await run_to_end(request, run):
             return Response(status_code=499)  # nobody is listening; for the access log
@@ -80,7 +85,7 @@ async def create_chat_completion(
                 index=c.index,
                 message=ChatResponseMessage(content=c.full_text),
                 finish_reason=c.finish_reason,
-                logprobs=None if params.logprobs is None else chat_logprobs(tokenizer, c.logprobs),
+                logprobs=None if params.logprobs is None else logprobs_of(c.logprobs),
             )
             for c in run.choices
         ]
@@ -102,7 +107,7 @@ async def create_chat_completion(
     def render(choice: Choice, out: RequestOutput) -> Iterator[str]:
         # An empty delta (the detokenizer holding back half a character) carries nothing, unless
         # its token's logprobs were asked for.
-        logprobs = None if out.logprobs is None else chat_logprobs(tokenizer, out.logprobs)
+        logprobs = logprobs_of(out.logprobs)
         if out.text or logprobs is not None:
             yield chunk(choice.index, {"content": out.text}, logprobs=logprobs)
         if out.finished:

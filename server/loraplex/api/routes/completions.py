@@ -41,6 +41,7 @@ class Echo:
         self, body: CompletionRequest, prompts: list[str | list[int]], tokenizer: Any, run: Run
     ) -> None:
         self.enabled, self.tokenizer, self.run = body.echo, tokenizer, run
+        self.as_ids = body.return_tokens_as_token_ids
         # Token-id prompts are decoded only when echoed.
         decode = tokenizer.decode
         self.texts = [p if isinstance(p, str) else decode(p) for p in prompts] if body.echo else []
@@ -53,7 +54,8 @@ class Echo:
         if not self.enabled or choice.prompt_logprobs is None:
             return None, 0
         ids = self.run.prompt_ids(choice)
-        return completion_logprobs(self.tokenizer, choice.prompt_logprobs, 0, ids)
+        as_ids = self.as_ids
+        return completion_logprobs(self.tokenizer, choice.prompt_logprobs, 0, ids, as_ids)
 
 
 def join(head: CompletionLogprobs | None, tail: CompletionLogprobs) -> CompletionLogprobs:
@@ -92,7 +94,7 @@ async def create_completion(
                 logprobs = head
                 if out.logprobs is not None:
                     tail, offsets[choice.index] = completion_logprobs(
-                        tokenizer, out.logprobs, offset
+                        tokenizer, out.logprobs, offset, as_ids=echo.as_ids
                     )
                     logprobs = join(head, tail)
                 delta = CompletionChoice(
@@ -111,7 +113,8 @@ async def create_completion(
         if params.logprobs is None:
             return None
         head, offset = echo.logprobs(c)
-        return join(head, completion_logprobs(tokenizer, c.logprobs, offset)[0])
+        tail, _ = completion_logprobs(tokenizer, c.logprobs, offset, as_ids=echo.as_ids)
+        return join(head, tail)
 
     choices = [
         CompletionChoice(

@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Response
 from fastapi.responses import JSONResponse
 
-from loraplex import metrics
+from loraplex import metrics_scrape
 from loraplex.api.deps import EngineDep
 from loraplex.api.schemas import HealthResponse
 
@@ -22,7 +22,7 @@ async def health(engine: EngineDep) -> JSONResponse:
 
 @router.get("/metrics", response_class=Response)
 async def prometheus_metrics(engine: EngineDep) -> Response:
-    """Prometheus text format; scheduler gauges are refreshed from the engine on each scrape."""
-    metrics.update_engine_gauges(engine.stats())
-    body, content_type = metrics.render()
+    """Prometheus text format (loraplex's metrics and the gateway's ``vllm:*``); the engine's
+    gauges are refreshed from ``engine.stats()`` on each scrape."""
+    body, content_type = metrics_scrape.scrape(engine.stats())
     return Response(content=body, media_type=content_type)
