@@ -65,7 +65,7 @@ def request_adapter(
 ) -> AdapterSpec:
     """The adapter of an OpenAI request: the ``adapters`` mix if given, else ``model``."""
     if body.adapters is not None and body.model != engine.model_name:
-        resolve_adapter(engine, body.model)  # a model that does not exist is a 404 first
+        resolve_adapter(engine, principal, body.model)  # an unknown model is a 404 first
     mix = body.adapter_mix(engine.model_name)
     if mix is None:
         return resolve_adapter(engine, principal, body.model)
