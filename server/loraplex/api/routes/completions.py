@@ -16,6 +16,7 @@ from loraplex.api.generation import (
     Choice,
     Run,
     request_adapter,
+    request_tenant,
     run_to_end,
     tokenize,
 )
@@ -27,6 +28,7 @@ from loraplex.api.schemas import (
     CompletionStreamResponse,
 )
 from loraplex.api.streaming import Chunks, stream_response
+from loraplex.api.text_pool import text_pool
 from loraplex.engine.outputs import RequestOutput
 
 router = APIRouter(prefix="/v1", tags=["completions"], dependencies=[AuthDep])
@@ -36,13 +38,9 @@ class Echo:
     """With ``echo``: the prompt text, and its tokens' logprobs if asked, ahead of a choice's
     first text (choice ``i`` echoes prompt ``i // n``). Without it: nothing."""
 
-    def __init__(
-        self, body: CompletionRequest, prompts: list[str | list[int]], tokenizer: Any, run: Run
-    ) -> None:
+    def __init__(self, body: CompletionRequest, texts: list[str], tokenizer: Any, run: Run) -> None:
         self.enabled, self.tokenizer, self.run = body.echo, tokenizer, run
-        # Token-id prompts are decoded only when echoed.
-        decode = tokenizer.decode
-        self.texts = [p if isinstance(p, str) else decode(p) for p in prompts] if body.echo else []
+        self.texts = texts  # the prompts as text, when echoed (see echo_texts)
 
     def text(self, choice: Choice) -> str:
         return self.texts[choice.index // self.run.n] if self.enabled else ""
@@ -53,6 +51,11 @@ class Echo:
             return None, 0
         ids = self.run.prompt_ids(choice)
         return completion_logprobs(self.tokenizer, choice.prompt_logprobs, 0, ids)
+
+
+def echo_texts(tokenizer: Any, prompts: list[str | list[int]]) -> list[str]:
+    """The prompts as text (token-id prompts decoded: run it in the text pool)."""
+    return [p if isinstance(p, str) else tokenizer.decode(p) for p in prompts]
 
 
 def join(head: CompletionLogprobs | None, tail: CompletionLogprobs) -> CompletionLogprobs:
@@ -71,11 +74,14 @@ async def create_completion(
     adapter = request_adapter(engine, body)
     params = body.sampling_params()
     raw_prompts = body.prompts()
+    tenant = request_tenant(request)
     engine.check_fanout(len(raw_prompts), body.n)  # before tokenizing a thousand prompts
-    prompts = [tokenize(engine, p) for p in raw_prompts]
-    run = Run(engine, prompts, params, adapter, "cmpl", body.n, body.cache_salt)
+    engine.check_admission(tenant)  # a full queue answers 429 before any tokenizing
+    prompts = [await tokenize(request, engine, p) for p in raw_prompts]
     tokenizer = engine.tokenizer
-    echo = Echo(body, raw_prompts, tokenizer, run)
+    texts = await text_pool(request).run(echo_texts, tokenizer, raw_prompts) if body.echo else []
+    run = Run(engine, prompts, params, adapter, "cmpl", body.n, body.cache_salt, tenant)
+    echo = Echo(body, texts, tokenizer, run)
     if body.stream:
         chunks = Chunks(run, body, CompletionStreamResponse)
         offsets: dict[int, int] = {}  # each choice's text so far, in characters

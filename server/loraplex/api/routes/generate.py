@@ -26,6 +26,7 @@ from loraplex.api.generate_schemas import (
 from loraplex.api.generation import (
     Choice,
     Run,
+    request_tenant,
     resolve_adapter,
     resolve_mix,
     run_to_end,
@@ -48,12 +49,15 @@ def _adapter(engine: AsyncEngine, parameters: GenerateParameters) -> AdapterSpec
     return resolve_adapter(engine, parameters.adapter_id, param="adapter_id")
 
 
-def _start(body: GenerateRequest, engine: AsyncEngine) -> Run:
+async def _start(request: Request, body: GenerateRequest, engine: AsyncEngine) -> Run:
     if not body.inputs:
         raise APIError(400, "inputs must not be empty", param="inputs", code="invalid_value")
     adapter = _adapter(engine, body.parameters)
     params = body.parameters.sampling_params()
-    return Run(engine, [tokenize(engine, body.inputs)], params, adapter, id_prefix="gen")
+    tenant = request_tenant(request)
+    engine.check_admission(tenant)  # a full queue answers 429 before any tokenizing
+    prompt = await tokenize(request, engine, body.inputs)
+    return Run(engine, [prompt], params, adapter, id_prefix="gen", tenant=tenant)
 
 
 def _details(engine: AsyncEngine, run: Run, choice: Choice) -> StreamDetails:
@@ -101,7 +105,7 @@ async def generate(
     body: GenerateRequest, request: Request, engine: EngineDep
 ) -> Response | GenerateResponse:
     """The whole generated text, and with ``parameters.details`` how and why it ended."""
-    run = _start(body, engine)
+    run = await _start(request, body, engine)
     if not await run_to_end(request, run):
         return Response(status_code=499)  # nobody is listening; for the access log
     [choice] = run.choices
@@ -128,7 +132,7 @@ async def generate_stream(body: GenerateRequest, request: Request, engine: Engin
     """One event per token: ``{"index", "token": {"id", "text", "logprob", "special"},
     "generated_text": null, "details": null}``; on the last, the whole text (and the details
     when ``parameters.details``). Concatenating the token texts gives the whole text."""
-    run = _start(body, engine)
+    run = await _start(request, body, engine)
     special = set(engine.tokenizer.all_special_ids)
 
     def render(choice: Choice, out: RequestOutput) -> Iterator[str]:
