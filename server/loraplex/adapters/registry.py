@@ -21,7 +21,12 @@ from pathlib import Path
 import torch
 
 from loraplex.adapters.card import AdapterCard
-from loraplex.adapters.errors import AdapterError, AdapterExistsError, AdapterNotFoundError
+from loraplex.adapters.errors import (
+    AdapterError,
+    AdapterExistsError,
+    AdapterNotFoundError,
+    AdapterRefusedError,
+)
 from loraplex.adapters.folder_check import CheckedFolder
 from loraplex.adapters.host_cache import HostCache
 from loraplex.adapters.rules import WEIGHTS_FILE, validate_name
@@ -71,6 +76,7 @@ class AdapterRegistry:
         self._cards: dict[str, AdapterCard] = {}
         self._by_key: dict[str, AdapterCard] = {}  # current versions + older ones still held
         self._failed: dict[str, Exception] = {}
+        self._refused: dict[str, str] = {}  # name -> why it was not taken at start
         self._loading: set[str] = set()
         self._lock = threading.RLock()  # the maps; held briefly, the engine thread takes it
         # Serializes store writes (register, remove), which may be slow uploads; the engine
@@ -81,15 +87,33 @@ class AdapterRegistry:
     # ---- catalog -----------------------------------------------------------------------
 
     def scan(self) -> list[str]:
-        """Register every adapter already in the store; a broken one is logged and skipped."""
+        """Register every adapter already in the store; a broken one is refused (listed with
+        its reason, and named in the error of a request for it), not dropped."""
         for name in self.store.names():
             try:
                 folder = self.store.fetch(name)
                 checked = self.check_folder(folder)
                 self._publish(describe(name, folder, checked, self.store.metadata(name)))
             except AdapterError as exc:
-                log.warning("skipping adapter %s: %s", name, exc)
+                self.refuse(name, f"{exc}; fix or replace it in the adapter store")
         return self.names()
+
+    def refuse(self, name: str, reason: str) -> None:
+        """Record that ``name`` could not be taken at start, and why (it stays unservable until
+        an adapter of that name is registered)."""
+        log.warning("adapter %s refused: %s", name, reason)
+        with self._lock:
+            self._refused[name] = reason
+
+    def refused(self) -> dict[str, str]:
+        """name -> reason, for every adapter refused at start and not registered since."""
+        with self._lock:
+            return dict(sorted(self._refused.items()))
+
+    def refusal(self, name: str) -> AdapterRefusedError | None:
+        with self._lock:
+            reason = self._refused.get(name)
+        return None if reason is None else AdapterRefusedError(name, reason)
 
     def register(
         self,
@@ -154,6 +178,7 @@ class AdapterRegistry:
 
     def _publish(self, card: AdapterCard) -> None:
         with self._lock:
+            self._refused.pop(card.name, None)
             self._cards[card.name] = card
             self._by_key[card.key] = card
             self._failed.pop(card.key, None)
@@ -162,7 +187,7 @@ class AdapterRegistry:
         with self._lock:
             card = self._cards.get(name)
         if card is None:
-            raise AdapterNotFoundError(name)
+            raise self.refusal(name) or AdapterNotFoundError(name)
         return card
 
     def has(self, name: str) -> bool:

@@ -36,7 +36,15 @@ def resolve_adapter(engine: AsyncEngine, model: str, param: str = "model") -> st
         return None
     if engine.adapters.has(model):
         return model
+    refusal(engine, model, param)
     raise APIError(404, f"The model `{model}` does not exist.", param=param, code="model_not_found")
+
+
+def refusal(engine: AsyncEngine, name: str, param: str) -> None:
+    """An adapter refused at start is a 400 that says why, and which option to change."""
+    refused = engine.adapters.refusal(name)
+    if refused is not None:
+        raise APIError(400, str(refused), param=param, code="adapter_refused")
 
 
 def resolve_mix(
@@ -45,6 +53,7 @@ def resolve_mix(
     """A weighted combination ``[(name, weight), ...]``; every name must exist (else 404)."""
     for name, _ in mix:
         if not engine.adapters.has(name):
+            refusal(engine, name, param)
             message = f"The adapter `{name}` does not exist."
             raise APIError(404, message, param=param, code="model_not_found")
     return mix

@@ -18,6 +18,7 @@ from loraplex.api.adapter_schemas import (
     AdapterList,
     AdapterLocation,
     LoadAdapterRequest,
+    RefusedAdapter,
     VLLMLoadRequest,
     VLLMUnloadRequest,
 )
@@ -53,8 +54,10 @@ def _flag(fields: dict[str, str], key: str) -> bool:
 
 @router.get("/adapters", response_model=AdapterList)
 async def list_adapters(engine: EngineDep) -> AdapterList:
-    """Every registered adapter, by name."""
-    return AdapterList(data=[card_response(engine, card) for card in engine.adapters.cards()])
+    """Every registered adapter, by name; and those refused at start, with the reason."""
+    refused = [RefusedAdapter(id=n, reason=r) for n, r in engine.adapters.refused().items()]
+    cards = [card_response(engine, card) for card in engine.adapters.cards()]
+    return AdapterList(data=cards, refused=refused)
 
 
 @router.post("/adapters", status_code=201, response_model=AdapterCardResponse)
