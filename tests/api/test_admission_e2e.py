@@ -191,3 +191,22 @@ def test_a_dead_engine_thread_fails_its_requests_and_health(
     assert httpx.get(f"{url}/ready").status_code == 503
     refused = post(url)
     assert refused.status_code == 503 and "not running" in refused.json()["error"]["message"]
+
+
+def test_a_hung_step_turns_health_503_until_it_steps_again(
+    servers: list, tiny_config: Config
+) -> None:
+    url, knobs = slowed_server(tiny_config, servers)
+    engine = knobs["engine"]
+    engine.stall_s = 1.0  # the idle loop comes round every 0.5 s
+    assert httpx.get(f"{url}/health").status_code == 200
+    knobs["delay"] = 3.0  # one step that takes 3 s: a hang, as far as a probe can tell
+    with ThreadPoolExecutor(1) as pool:
+        running = pool.submit(post, url, "default", 1)
+        deadline = time.monotonic() + 10
+        while httpx.get(f"{url}/health").status_code == 200:
+            assert time.monotonic() < deadline, "/health stayed 200 while nothing stepped"
+            time.sleep(0.1)
+        knobs["delay"] = 0.0
+        assert running.result(timeout=30).status_code == 200
+    assert httpx.get(f"{url}/health").status_code == 200
