@@ -153,6 +153,20 @@ def build_parser() -> argparse.ArgumentParser:
         "prompts or a larger n is a 400)",
     )
 
+    sched.add_argument(
+        "--max-queued-requests",
+        type=int,
+        default=SchedulerConfig.max_queued_requests,
+        help="most requests waiting (not yet running) in all; past it a 429 with Retry-After",
+    )
+    sched.add_argument(
+        "--max-queued-requests-per-tenant",
+        type=int,
+        default=None,
+        help="most requests of one tenant waiting; past it that tenant gets 429s while others "
+        "are still admitted; default: no per-tenant cap",
+    )
+
     lora = serve.add_argument_group("LoRA adapters")
     lora.add_argument(
         "--max-loras",
@@ -300,6 +314,28 @@ def build_parser() -> argparse.ArgumentParser:
         help="the slowest sustained body upload rate accepted after --body-timeout; 0: the "
         "body deadline is --body-timeout, whatever the size",
     )
+    server.add_argument(
+        "--max-request-mb",
+        type=int,
+        default=ServerConfig.max_request_mb,
+        help="largest request body in MiB, adapter uploads aside (--max-upload-mb); past it a "
+        "413, answered as soon as the cap is crossed, before any parsing",
+    )
+    server.add_argument(
+        "--tokenizer-threads",
+        type=int,
+        default=ServerConfig.tokenizer_threads,
+        help="threads that tokenize, render chat templates and decode echoes (never on the "
+        "event loop)",
+    )
+    server.add_argument(
+        "--shutdown-timeout",
+        type=float,
+        default=ServerConfig.shutdown_timeout,
+        metavar="SECONDS",
+        help="on SIGTERM/SIGINT: /ready turns 503, new requests get 503, running ones get this "
+        "long to finish (then they are aborted), then the process exits 0",
+    )
     return parser
 
 
@@ -351,6 +387,8 @@ def build_config(args: argparse.Namespace) -> Config:
             max_num_seqs=args.max_num_seqs,
             max_num_batched_tokens=args.max_num_batched_tokens,
             max_seqs_per_request=args.max_seqs_per_request,
+            max_queued_requests=args.max_queued_requests,
+            max_queued_requests_per_tenant=args.max_queued_requests_per_tenant,
         ),
         lora=LoRAConfig(
             max_loras=args.max_loras,
@@ -378,15 +416,18 @@ def build_config(args: argparse.Namespace) -> Config:
             header_timeout=args.header_timeout,
             body_timeout=args.body_timeout,
             body_min_rate=args.body_min_rate,
+            max_request_mb=args.max_request_mb,
+            tokenizer_threads=args.tokenizer_threads,
+            shutdown_timeout=args.shutdown_timeout,
         ),
     )
 
 
 def serve(config: Config) -> None:
-    """Run the HTTP server until interrupted."""
-    import uvicorn  # here, not at the top: --help must not import torch
-
+    """Run the HTTP server until SIGTERM/SIGINT, which drain it first (api/lifecycle.py)."""
+    # Here, not at the top: --help must not import torch.
     from loraplex.api.app import create_app
+    from loraplex.api.lifecycle import serve_until_signalled
     from loraplex.api.timeouts import uvicorn_options
 
     level = config.server.log_level
@@ -396,8 +437,9 @@ def serve(config: Config) -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     _log_access(config.server)
-    uvicorn.run(
+    serve_until_signalled(
         create_app(config),
+        config.server.shutdown_timeout,
         host=config.server.host,
         port=config.server.port,
         log_level=level,

@@ -94,13 +94,21 @@ class SchedulerConfig:
     """Per-step budgets: at most ``max_num_seqs`` sequences and ``max_num_batched_tokens``
     tokens (decode tokens plus prefill chunks) in one forward. ``max_seqs_per_request``: the
     most sequences (prompts x ``n``) one request may queue, so a small body cannot queue
-    tens of thousands."""
+    tens of thousands. ``max_queued_requests`` (in all) and ``max_queued_requests_per_tenant``
+    cap the requests waiting, not yet running; past either a 429 (None: no per-tenant cap)."""
 
     max_num_seqs: int = 64
     max_num_batched_tokens: int = 512
     max_seqs_per_request: int = 256
+    max_queued_requests: int = 1024
+    max_queued_requests_per_tenant: int | None = None
 
     def __post_init__(self) -> None:
+        _require(self.max_queued_requests > 0, "--max-queued-requests must be positive")
+        _require(
+            self.max_queued_requests_per_tenant is None or self.max_queued_requests_per_tenant > 0,
+            "--max-queued-requests-per-tenant must be positive",
+        )
         _require(self.max_num_seqs > 0, "--max-num-seqs must be positive")
         _require(self.max_seqs_per_request > 0, "--max-seqs-per-request must be positive")
         _require(self.max_num_batched_tokens > 0, "--max-num-batched-tokens must be positive")
@@ -177,6 +185,10 @@ class ServerConfig:
     ``header_timeout``: a request head must arrive within it (of its first byte, or of the
     connection). ``body_timeout`` + received bytes / ``body_min_rate``: the deadline of a body
     (0 as the rate: a fixed deadline); past it a 408 and the connection closes.
+    ``max_request_mb``: the largest request body other than an adapter upload (413 past it,
+    counted as it streams in). ``tokenizer_threads``: the pool that tokenizes, renders chat
+    templates and decodes echoes off the event loop. ``shutdown_timeout``: after SIGTERM,
+    running requests get this long to finish before they are aborted.
     """
 
     host: str = "127.0.0.1"
@@ -189,8 +201,14 @@ class ServerConfig:
     header_timeout: float = 10.0
     body_timeout: float = 30.0
     body_min_rate: int = 65536
+    max_request_mb: int = 16
+    tokenizer_threads: int = 4
+    shutdown_timeout: float = 30.0
 
     def __post_init__(self) -> None:
+        _require(self.max_request_mb > 0, "--max-request-mb must be positive")
+        _require(self.tokenizer_threads > 0, "--tokenizer-threads must be positive")
+        _require(self.shutdown_timeout >= 0, "--shutdown-timeout must be >= 0")
         _require(0 <= self.port < 65536, "--port must be in 0..65535")
         _require(self.metrics_adapter_labels >= 0, "--metrics-adapter-labels must be >= 0")
         _require(self.timeout_keep_alive > 0, "--timeout-keep-alive must be positive")

@@ -28,3 +28,13 @@ class AdapterExistsError(AdapterError):
 
 class AdapterPathError(AdapterError):
     """A server-side path outside every configured adapter root (HTTP 403)."""
+
+
+class AdapterRefusedError(AdapterError):
+    """An adapter found at start (the store, ``--lora-modules``) that could not be taken; the
+    message says why and which option to change (HTTP 400)."""
+
+    def __init__(self, name: str, reason: str) -> None:
+        super().__init__(f"adapter {name!r} was refused when the server started: {reason}")
+        self.name = name
+        self.reason = reason

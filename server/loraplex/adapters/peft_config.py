@@ -52,8 +52,8 @@ def _is_number(value: object) -> bool:
 def _rank(what: str, value: object, limits: Limits) -> int:
     if not isinstance(value, int) or isinstance(value, bool) or not 0 < value <= limits.max_rank:
         raise AdapterValidationError(
-            f"{what} must be an integer in 1..{limits.max_rank} (the server's maximum rank), "
-            f"got {value!r}"
+            f"{what} must be an integer in 1..{limits.max_rank} (the server's maximum rank, "
+            f"--max-lora-rank), got {value!r}"
         )
     return value
 

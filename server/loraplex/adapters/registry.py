@@ -22,7 +22,12 @@ import torch
 
 from loraplex import metrics
 from loraplex.adapters.card import AdapterCard
-from loraplex.adapters.errors import AdapterError, AdapterExistsError, AdapterNotFoundError
+from loraplex.adapters.errors import (
+    AdapterError,
+    AdapterExistsError,
+    AdapterNotFoundError,
+    AdapterRefusedError,
+)
 from loraplex.adapters.folder_check import CheckedFolder
 from loraplex.adapters.host_cache import HostCache
 from loraplex.adapters.rules import WEIGHTS_FILE
@@ -81,6 +86,7 @@ class AdapterRegistry:
         self._cards: dict[AdapterId, AdapterCard] = {}
         self._by_key: dict[str, AdapterCard] = {}  # current versions + older ones still held
         self._failed: dict[str, Exception] = {}
+        self._refused: dict[str, str] = {}  # name -> why it was not taken at start
         self._loading: set[str] = set()
         self._lock = threading.RLock()  # the maps; held briefly, the engine thread takes it
         # Serializes store writes (register, remove), which may be slow uploads; the engine
@@ -91,7 +97,8 @@ class AdapterRegistry:
     # ---- catalog -----------------------------------------------------------------------
 
     def scan(self) -> list[str]:
-        """Register every adapter already in the store; a broken one is logged and skipped."""
+        """Register every adapter already in the store; a broken one is refused (listed with
+        its reason, and named in the error of a request for it), not dropped."""
         for name in self.store.names():
             try:
                 folder = self.store.fetch(name)
@@ -102,8 +109,25 @@ class AdapterRegistry:
                     raise AdapterError(f"its metadata names owner {owner!r}")
                 self._publish(describe(name, folder, checked, metadata))
             except AdapterError as exc:
-                log.warning("skipping adapter %s: %s", name, exc)
+                self.refuse(name, f"{exc}; fix or replace it in the adapter store")
         return self.names()
+
+    def refuse(self, name: str, reason: str) -> None:
+        """Record that ``name`` could not be taken at start, and why (it stays unservable until
+        an adapter of that name is registered)."""
+        log.warning("adapter %s refused: %s", name, reason)
+        with self._lock:
+            self._refused[name] = reason
+
+    def refused(self) -> dict[str, str]:
+        """name -> reason, for every adapter refused at start and not registered since."""
+        with self._lock:
+            return dict(sorted(self._refused.items()))
+
+    def refusal(self, name: str) -> AdapterRefusedError | None:
+        with self._lock:
+            reason = self._refused.get(name)
+        return None if reason is None else AdapterRefusedError(name, reason)
 
     def register(
         self,
@@ -172,6 +196,7 @@ class AdapterRegistry:
 
     def _publish(self, card: AdapterCard) -> None:
         with self._lock:
+            self._refused.pop(card.name, None)
             self._cards[card.id] = card
             self._by_key[card.key] = card
             self._failed.pop(card.key, None)
@@ -180,7 +205,7 @@ class AdapterRegistry:
         """The card of a qualified name; an invalid name is as unknown as a missing one."""
         card = self._find(name)
         if card is None:
-            raise AdapterNotFoundError(name)
+            raise self.refusal(name) or AdapterNotFoundError(name)
         return card
 
     def has(self, name: str) -> bool:

@@ -48,9 +48,22 @@ class AdapterCardResponse(BaseModel):
     location: AdapterLocation | None = None
 
 
+class RefusedAdapter(BaseModel):
+    """An adapter found at start (the store, ``--lora-modules``) that could not be taken:
+    ``reason`` says why and which option to change."""
+
+    id: str
+    object: Literal["adapter"] = "adapter"
+    status: Literal["refused"] = "refused"
+    reason: str
+
+
 class AdapterList(BaseModel):
+    """``data``: the servable adapters; ``refused``: those that could not be taken at start."""
+
     object: Literal["list"] = "list"
     data: list[AdapterCardResponse]
+    refused: list[RefusedAdapter] = []
 
 
 class AdapterDeleted(BaseModel):

@@ -12,8 +12,10 @@ from fastapi import FastAPI
 from loraplex import metrics
 from loraplex.api import openapi_limits
 from loraplex.api.auth import KeyTable
+from loraplex.api.body_limit import BodySizeLimit
 from loraplex.api.errors import register_error_handlers
 from loraplex.api.routes import adapters, chat, completions, generate, health, models
+from loraplex.api.text_pool import TextPool
 from loraplex.api.timeouts import BodyDeadline
 from loraplex.config import Config
 from loraplex.engine.async_engine import AsyncEngine
@@ -45,10 +47,12 @@ def create_app(config: Config, engine: AsyncEngine | None = None) -> FastAPI:
         )
         eng.start()
         app.state.engine = eng
+        app.state.text_pool = TextPool(config.server.tokenizer_threads)
         try:
             yield
         finally:
             eng.shutdown()
+            app.state.text_pool.shutdown()
 
     app = FastAPI(
         title="loraplex",
@@ -60,6 +64,7 @@ def create_app(config: Config, engine: AsyncEngine | None = None) -> FastAPI:
     app.state.keys = KeyTable.from_config(config.server)  # api/auth.py: keys -> principals
     metrics.ADAPTER_LABELS.set_limit(config.server.metrics_adapter_labels)
     app.add_middleware(BodyDeadline, server=config.server)  # slow bodies: a 408
+    app.add_middleware(BodySizeLimit, max_bytes=config.server.max_request_mb << 20)  # a 413
     register_error_handlers(app)
     for module in (models, completions, chat, generate, adapters, health):
         app.include_router(module.router)

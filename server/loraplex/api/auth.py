@@ -180,6 +180,7 @@ def authenticate(request: Request) -> Principal:
             code="invalid_api_key",
             headers={"WWW-Authenticate": "Bearer"},
         )
+    request.state.tenant = principal.tenant  # what admission counts the request against
     return principal
 
 

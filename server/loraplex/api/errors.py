@@ -21,8 +21,10 @@ from loraplex.adapters.errors import (
     AdapterExistsError,
     AdapterNotFoundError,
     AdapterPathError,
+    AdapterRefusedError,
     AdapterValidationError,
 )
+from loraplex.engine.admission import EngineUnavailableError, QueueFullError
 from loraplex.engine.capacity import CapacityError
 from loraplex.engine.sampling_params import ParameterError
 
@@ -31,6 +33,7 @@ log = logging.getLogger(__name__)
 INVALID_REQUEST = "invalid_request_error"
 PERMISSION_ERROR = "permission_error"
 SERVER_ERROR = "server_error"
+RATE_LIMIT_ERROR = "rate_limit_error"
 
 
 class BodyTooLargeError(Exception):
@@ -101,6 +104,12 @@ def to_api_error(exc: Exception, request: Request | None = None) -> APIError:
     """The status and body for any exception: the one mapping table, also used mid-stream."""
     if isinstance(exc, APIError):
         return exc
+    if isinstance(exc, QueueFullError):  # the openai client retries it after Retry-After
+        headers = {"Retry-After": str(exc.retry_after)}
+        code = "rate_limit_exceeded"
+        return APIError(429, str(exc), RATE_LIMIT_ERROR, code=code, headers=headers)
+    if isinstance(exc, EngineUnavailableError):
+        return APIError(503, str(exc), SERVER_ERROR, code="service_unavailable")
     if isinstance(exc, CapacityError):  # a server-wide cap, named in the message
         return APIError(409, str(exc), param=exc.param, code="limit_reached")
     if isinstance(exc, ParameterError):
@@ -109,6 +118,8 @@ def to_api_error(exc: Exception, request: Request | None = None) -> APIError:
         return APIError(404, str(exc), param="model", code="model_not_found")
     if isinstance(exc, AdapterExistsError):
         return APIError(409, str(exc), param="name", code="adapter_exists")
+    if isinstance(exc, AdapterRefusedError):
+        return APIError(400, str(exc), param="model", code="adapter_refused")
     if isinstance(exc, AdapterPathError):
         return APIError(403, str(exc), PERMISSION_ERROR, param="path", code="path_not_allowed")
     if isinstance(exc, AdapterError):  # AdapterValidationError and any other adapter problem
@@ -152,6 +163,8 @@ def register_error_handlers(app: FastAPI) -> None:
         AdapterNotFoundError,
         AdapterValidationError,
         BodyTooLargeError,
+        QueueFullError,
+        EngineUnavailableError,
         RequestValidationError,
         StarletteHTTPException,
         Exception,

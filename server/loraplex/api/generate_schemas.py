@@ -87,6 +87,8 @@ class GenerateParameters(LenientBody):
         if self.best_of is not None and self.best_of != 1:
             raise ParameterError("best_of", "only best_of=1 is supported")
         check_logprobs(self.top_n_tokens, "top_n_tokens")
+        if self.max_new_tokens < 1:
+            raise ParameterError("max_tokens", "max_new_tokens must be at least 1")
         seed = self.seed
         if self.sampling and seed is None and self.details:
             seed = random.getrandbits(63)

@@ -9,6 +9,7 @@ its KV blocks.
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 import uuid
 from collections.abc import AsyncIterator, Coroutine
@@ -20,7 +21,9 @@ from fastapi import Request
 from loraplex.api.auth import Principal
 from loraplex.api.errors import APIError
 from loraplex.api.schemas import PromptTokensDetails, SamplingRequest, UsageInfo
+from loraplex.api.text_pool import text_pool
 from loraplex.engine.adapters import AdapterSpec
+from loraplex.engine.admission import DEFAULT_TENANT
 from loraplex.engine.async_engine import AsyncEngine
 from loraplex.engine.outputs import RequestOutput, TokenLogprob
 from loraplex.engine.sampling_params import ParameterError, SamplingParams
@@ -38,9 +41,17 @@ def resolve_adapter(
         return None
     qualified = principal.resolve(model, engine.adapters.has)
     if qualified is None:
+        refusal(engine, model, param)  # refused at start: say why, not "does not exist"
         message = f"The model `{model}` does not exist."
         raise APIError(404, message, param=param, code="model_not_found")
     return qualified
+
+
+def refusal(engine: AsyncEngine, name: str, param: str) -> None:
+    """An adapter refused at start is a 400 that says why, and which option to change."""
+    refused = engine.adapters.refusal(name)
+    if refused is not None:
+        raise APIError(400, str(refused), param=param, code="adapter_refused")
 
 
 def resolve_mix(
@@ -54,6 +65,7 @@ def resolve_mix(
     for name, weight in mix:
         qualified = principal.resolve(name, engine.adapters.has)
         if qualified is None:
+            refusal(engine, name, param)
             message = f"The adapter `{name}` does not exist."
             raise APIError(404, message, param=param, code="model_not_found")
         resolved.append((qualified, weight))
@@ -81,15 +93,44 @@ def check_text(text: str, param: str) -> None:
         raise ParameterError(param, f"{param} holds a lone surrogate at {exc.start}") from None
 
 
-def tokenize(engine: AsyncEngine, prompt: str | list[int], special: bool = True) -> list[int]:
-    """Token ids of one prompt; ``special``: add the special tokens the tokenizer adds by default
-    (off for text a chat template rendered, which has them already). Token-id prompts pass
-    through; the engine checks them against the model's vocabulary."""
+def request_tenant(request: Request) -> str:
+    """The tenant a request counts against (``request.state.tenant``, set by authentication;
+    one shared tenant until keys name tenants)."""
+    return getattr(request.state, "tenant", None) or DEFAULT_TENANT
+
+
+@functools.cache
+def _max_chars_per_token(tokenizer: Any) -> int:
+    """The longest vocabulary entry, in characters: no token decodes to more characters than
+    its own entry has (byte-level entries spell one character per byte, SentencePiece ones
+    one per character; byte-fallback ``<0xNN>`` entries decode to less)."""
+    return max((len(token) for token in tokenizer.get_vocab()), default=1) or 1
+
+
+def check_prompt_length(engine: AsyncEngine, text: str, param: str = "prompt") -> None:
+    """Refuse, from its length alone, text that must be longer than the context: it has at
+    least ``len(text) / max_chars_per_token`` tokens, so nothing is tokenized to find out."""
+    limit = engine.max_model_len * _max_chars_per_token(engine.tokenizer)
+    if len(text) > limit:
+        raise ParameterError(
+            param,
+            f"{param} has {len(text)} characters, so more tokens than the model's context "
+            f"length of {engine.max_model_len} tokens",
+        )
+
+
+async def tokenize(
+    request: Request, engine: AsyncEngine, prompt: str | list[int], special: bool = True
+) -> list[int]:
+    """Token ids of one prompt, computed in the app's text pool (never on the event loop);
+    ``special``: add the special tokens the tokenizer adds by default (off for text a chat
+    template rendered, which has them already). Token-id prompts pass through; the engine
+    checks them against the model's vocabulary."""
     if isinstance(prompt, str):
         check_text(prompt, "prompt")
-        # Inline on the event loop: a fast tokenizer needs microseconds for a prompt that fits
-        # the context, less than handing it to a thread would cost.
-        return list(engine.tokenizer(prompt, add_special_tokens=special).input_ids)
+        check_prompt_length(engine, prompt)
+        encoded = await text_pool(request).run(engine.tokenizer, prompt, add_special_tokens=special)
+        return list(encoded.input_ids)
     return prompt
 
 
@@ -139,6 +180,7 @@ class Run:
         id_prefix: str = "cmpl",
         n: int = 1,
         cache_salt: str | None = None,
+        tenant: str = DEFAULT_TENANT,
     ) -> None:
         self.id = f"{id_prefix}-{uuid.uuid4().hex}"
         self.params, self.n, self.prompts = params, n, prompts
@@ -147,7 +189,9 @@ class Run:
         self._queue: asyncio.Queue[RequestOutput | Exception | None] = asyncio.Queue()
         self._done = False
         # Creating the engine stream runs nothing yet: it checks and queues on first iteration.
-        stream = engine.generate(self.id, prompts, params, adapter, n=n, cache_salt=cache_salt)
+        stream = engine.generate(
+            self.id, prompts, params, adapter, n=n, cache_salt=cache_salt, tenant=tenant
+        )
         self._task = asyncio.create_task(self._pump(stream))
 
     def prompt_ids(self, choice: Choice) -> list[int]:

@@ -127,9 +127,17 @@ class SamplingRequest(LenientBody):
         return check_mix([(entry.name, entry.weight) for entry in self.adapters], "adapters")
 
     def _params(
-        self, max_tokens: int, logprobs: int | None = None, prompt_logprobs: int | None = None
+        self,
+        max_tokens: int,
+        logprobs: int | None = None,
+        prompt_logprobs: int | None = None,
+        scoring: bool = False,
     ) -> SamplingParams:
-        """The engine's sampling parameters; raises :class:`ParameterError` for a bad value."""
+        """The engine's sampling parameters; raises :class:`ParameterError` for a bad value.
+        ``scoring``: ``max_tokens`` may be 0 (the prompt is run and echoed, nothing generated)."""
+        if max_tokens < (0 if scoring else 1):
+            hint = "" if scoring else " (0 only with echo, to score the prompt)"
+            raise ParameterError("max_tokens", f"max_tokens must be at least 1{hint}")
         if not 1 <= self.n <= MAX_N:
             raise ParameterError("n", f"n must be in [1, {MAX_N}]")
         if self.cache_salt is not None and not self.cache_salt:
@@ -194,7 +202,7 @@ class CompletionRequest(SamplingRequest):
         """The engine's sampling parameters; raises :class:`ParameterError` for a bad value.
         ``echo`` with ``logprobs`` also scores the prompt (the engine's ``prompt_logprobs``)."""
         prompt_logprobs = self.logprobs if self.echo else None
-        return self._params(self.max_tokens, self.logprobs, prompt_logprobs)
+        return self._params(self.max_tokens, self.logprobs, prompt_logprobs, scoring=self.echo)
 
 
 class PromptTokensDetails(BaseModel):
@@ -267,4 +275,4 @@ class ModelList(BaseModel):
 
 
 class HealthResponse(BaseModel):
-    status: Literal["ok", "unhealthy"]
+    status: Literal["ok", "unhealthy", "draining"]

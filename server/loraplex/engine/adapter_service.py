@@ -16,6 +16,7 @@ from typing import TypeVar
 
 from loraplex.adapters.archive import extract_archive
 from loraplex.adapters.card import AdapterCard
+from loraplex.adapters.errors import AdapterRefusedError
 from loraplex.adapters.rules import Limits
 from loraplex.engine.adapter_roots import copy_from_root
 from loraplex.engine.adapters import EngineAdapters
@@ -49,6 +50,14 @@ class AdapterService:
 
     def cards(self) -> list[AdapterCard]:
         return self._registry.cards()
+
+    def refused(self) -> dict[str, str]:
+        """name -> why it could not be taken at start (rank, base model, a bad file)."""
+        return self._registry.refused()
+
+    def refusal(self, name: str) -> AdapterRefusedError | None:
+        """The error for a request naming an adapter refused at start, else None."""
+        return self._registry.refusal(name)
 
     def card(self, name: str) -> tuple[AdapterCard, dict[str, object]]:
         """The card and where the adapter is now (device slot, host memory, store)."""

@@ -14,6 +14,7 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
+from loraplex.adapters.errors import AdapterError
 from loraplex.adapters.folder_check import check_folder
 from loraplex.adapters.registry import AdapterRegistry
 from loraplex.adapters.rules import Limits
@@ -68,7 +69,10 @@ def register_startup_adapters(config: LoRAConfig, adapters: EngineAdapters) -> N
     ``--merged-adapters`` are merged into the weights (dedicated tenants)."""
     adapters.registry.scan()
     for name, folder in config.lora_modules:
-        adapters.registry.register(name, Path(folder), replace=True)
+        try:
+            adapters.registry.register(name, Path(folder), replace=True)
+        except (AdapterError, OSError) as exc:  # listed as refused; the server still starts
+            adapters.registry.refuse(name, f"{exc}; fix --lora-modules {name}={folder}")
     for card in adapters.registry.cards():
         if card.pinned:
             try:

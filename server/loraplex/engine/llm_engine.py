@@ -14,6 +14,7 @@ from loraplex.adapters.card import adapter_name
 from loraplex.adapters.weights import MIX_PREFIX
 from loraplex.config import Config
 from loraplex.engine.adapters import AdapterSpec, EngineAdapters
+from loraplex.engine.admission import DEFAULT_TENANT
 from loraplex.engine.batch import PackedBatch, build_batch
 from loraplex.engine.model_runner import ModelRunner
 from loraplex.engine.output_processor import OutputProcessor
@@ -93,10 +94,12 @@ class LLMEngine:
         *,
         n: int = 1,
         cache_salt: str | None = None,
+        tenant: str = DEFAULT_TENANT,
     ) -> ParentRequest:
         """Check and build a request (any thread): every prompt is checked and the adapter
         resolved (a mix is combined) once, here; nothing is queued or held until ``submit``.
-        ``cache_salt``: only requests with the same salt share prefix-cache blocks."""
+        ``cache_salt``: only requests with the same salt share prefix-cache blocks;
+        ``tenant``: who asked (the waiting queue is round-robin across tenants)."""
         self.check_fanout(len(prompts), n)
         for prompt in prompts:
             self.check_prompt(prompt, params)
@@ -111,6 +114,7 @@ class LLMEngine:
             device=self.runner.device,
             n=n,
             cache_salt=cache_salt,
+            tenant=tenant,
         )
 
     def submit(self, parent: ParentRequest) -> None:
@@ -141,11 +145,13 @@ class LLMEngine:
         adapter: AdapterSpec = None,
         cache_salt: str | None = None,
         n: int = 1,
+        tenant: str = DEFAULT_TENANT,
     ) -> None:
         """``prepare`` + ``submit`` of one prompt; outputs carry ``request_id``."""
-        self.submit(
-            self.prepare(request_id, [prompt_ids], params, adapter, n=n, cache_salt=cache_salt)
+        parent = self.prepare(
+            request_id, [prompt_ids], params, adapter, n=n, cache_salt=cache_salt, tenant=tenant
         )
+        self.submit(parent)
 
     def abort(self, request_id: str, error: Exception | None = None) -> list[RequestOutput]:
         """Finish every unfinished child of ``request_id`` ("abort"); one output each."""

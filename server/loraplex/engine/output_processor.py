@@ -60,6 +60,9 @@ class OutputProcessor:
     ) -> RequestOutput:
         """Append one sampled token, detokenize it and decide whether the sequence is done."""
         seq, params = state.seq, state.params
+        if params.max_tokens == 0:  # scoring only: the prompt ran (its logprobs are in)
+            self._finish(state, "length")
+            return self.output(state, "", (), "length")
         seq.append_token(token)
         reason, text = None, ""
         if token in params.stop_token_set or (
@@ -110,7 +113,8 @@ class OutputProcessor:
                 failed=error is not None,
             )
         prompt_logprobs = None
-        if seq.wants_prompt_logprobs and not state.sent_prompt_logprobs and tokens:
+        done = reason is not None and error is None  # a request that ran, maybe to no token
+        if seq.wants_prompt_logprobs and not state.sent_prompt_logprobs and (tokens or done):
             state.sent_prompt_logprobs = True
             prompt_logprobs = tuple(seq.prompt_logprobs)
         return RequestOutput(

@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from loraplex.engine.admission import DEFAULT_TENANT
 from loraplex.engine.detokenizer import IncrementalDetokenizer
 from loraplex.engine.sampling_params import SamplingParams
 from loraplex.engine.sequence import Sequence
@@ -49,6 +50,7 @@ class ParentRequest:
     request_id: str
     adapter: str | None  # the adapter key, None for the base model
     merged: bool  # that adapter runs pre-merged into the weights
+    tenant: str = DEFAULT_TENANT  # who asked (admission and the fair waiting queue)
     arrival_time: float = field(default_factory=time.monotonic)
     children: list[RequestState] = field(default_factory=list)
 
@@ -75,10 +77,11 @@ def make_request(
     device: torch.device,
     n: int = 1,
     cache_salt: str | None = None,
+    tenant: str = DEFAULT_TENANT,
 ) -> ParentRequest:
     """Build the parent and its children; nothing is acquired or queued yet, so a failure here
     (a seed torch refuses, say) leaves no trace."""
-    parent = ParentRequest(request_id, adapter, merged)
+    parent = ParentRequest(request_id, adapter, merged, tenant)
     for i, prompt in enumerate(prompts):
         for j in range(n):
             index = i * n + j
@@ -90,6 +93,7 @@ def make_request(
                 adapter=adapter,
                 merged=merged,
                 cache_salt=cache_salt,
+                tenant=tenant,
                 arrival_time=parent.arrival_time,
             )
             generator = None

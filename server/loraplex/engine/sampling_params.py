@@ -73,7 +73,8 @@ class SamplingParams:
     )
 
     def __post_init__(self) -> None:
-        _check(self.max_tokens >= 1, "max_tokens", "max_tokens must be at least 1")
+        # 0: score the prompt only (its prompt_logprobs), generate nothing (echo's use).
+        _check(self.max_tokens >= 0, "max_tokens", "max_tokens must be at least 0")
         _check(
             math.isfinite(self.temperature) and 0.0 <= self.temperature <= 2.0,
             "temperature",

@@ -7,6 +7,7 @@ import itertools
 import time
 from dataclasses import dataclass, field
 
+from loraplex.engine.admission import DEFAULT_TENANT
 from loraplex.engine.outputs import TokenLogprob
 from loraplex.engine.sampling_params import SamplingParams
 
@@ -36,6 +37,7 @@ class Sequence:
     adapter: str | None = None
     merged: bool = False
     cache_salt: str | None = None  # isolates this request's prefix-cache entries (tenants)
+    tenant: str = DEFAULT_TENANT  # who asked: the waiting queue is fair across tenants
     seq_id: int = field(default_factory=lambda: next(_seq_ids))
     token_ids: list[int] = field(init=False)
     num_computed_tokens: int = 0

@@ -22,6 +22,7 @@ from loraplex.api.adapter_schemas import (
     AdapterList,
     AdapterLocation,
     LoadAdapterRequest,
+    RefusedAdapter,
     VLLMLoadRequest,
     VLLMUnloadRequest,
 )
@@ -78,7 +79,9 @@ async def list_adapters(engine: EngineDep, principal: PrincipalDep) -> AdapterLi
     """The adapters the caller sees: its tenant's and the public ones (an admin: all, another
     tenant's as ``tenant/name``)."""
     visible = principal.visible(engine.adapters.cards())
-    return AdapterList(data=[card_response(engine, card, shown) for shown, card in visible])
+    refused = [RefusedAdapter(id=n, reason=r) for n, r in engine.adapters.refused().items()]
+    cards = [card_response(engine, card, shown) for shown, card in visible]
+    return AdapterList(data=cards, refused=refused)
 
 
 @router.post(

@@ -22,13 +22,16 @@ from loraplex.api.errors import APIError
 from loraplex.api.generation import (
     Choice,
     Run,
+    check_prompt_length,
     check_text,
     request_adapter,
+    request_tenant,
     run_to_end,
     tokenize,
 )
 from loraplex.api.logprobs import ChatLogprobs, chat_logprobs
 from loraplex.api.streaming import Chunks, stream_response
+from loraplex.api.text_pool import text_pool
 from loraplex.engine.async_engine import AsyncEngine
 from loraplex.engine.outputs import RequestOutput, TokenLogprob
 
@@ -66,11 +69,16 @@ async def create_chat_completion(
     Extension: ``adapters`` (a weighted combination, with ``model`` the base model id).
     """
     adapter = request_adapter(engine, principal, body)
+    tenant = request_tenant(request)
+    engine.check_admission(tenant)  # a full queue answers 429 before any rendering
+    conversation = body.conversation()
+    check_prompt_length(engine, "".join(m["content"] for m in conversation), "messages")
+    text = await text_pool(request).run(render_chat, engine, conversation)
     # The template writes the special tokens (BOS, turn markers) itself: don't add them again.
-    prompt = tokenize(engine, render_chat(engine, body.conversation()), special=False)
+    prompt = await tokenize(request, engine, text, special=False)
     params = body.sampling_params(len(prompt), engine.max_model_len)
     salt = principal.cache_salt(body.cache_salt)  # prefix blocks are shared within a tenant only
-    run = Run(engine, [prompt], params, adapter, "chatcmpl", body.n, salt)
+    run = Run(engine, [prompt], params, adapter, "chatcmpl", body.n, salt, tenant)
     tokenizer = engine.tokenizer
     as_ids = body.return_tokens_as_token_ids
 

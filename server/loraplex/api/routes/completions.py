@@ -17,6 +17,7 @@ from loraplex.api.generation import (
     Choice,
     Run,
     request_adapter,
+    request_tenant,
     run_to_end,
     tokenize,
 )
@@ -28,6 +29,7 @@ from loraplex.api.schemas import (
     CompletionStreamResponse,
 )
 from loraplex.api.streaming import Chunks, stream_response
+from loraplex.api.text_pool import text_pool
 from loraplex.engine.outputs import RequestOutput
 
 router = APIRouter(prefix="/v1", tags=["completions"], dependencies=[AuthDep])
@@ -37,14 +39,10 @@ class Echo:
     """With ``echo``: the prompt text, and its tokens' logprobs if asked, ahead of a choice's
     first text (choice ``i`` echoes prompt ``i // n``). Without it: nothing."""
 
-    def __init__(
-        self, body: CompletionRequest, prompts: list[str | list[int]], tokenizer: Any, run: Run
-    ) -> None:
+    def __init__(self, body: CompletionRequest, texts: list[str], tokenizer: Any, run: Run) -> None:
         self.enabled, self.tokenizer, self.run = body.echo, tokenizer, run
         self.as_ids = body.return_tokens_as_token_ids
-        # Token-id prompts are decoded only when echoed.
-        decode = tokenizer.decode
-        self.texts = [p if isinstance(p, str) else decode(p) for p in prompts] if body.echo else []
+        self.texts = texts  # the prompts as text, when echoed (see echo_texts)
 
     def text(self, choice: Choice) -> str:
         return self.texts[choice.index // self.run.n] if self.enabled else ""
@@ -56,6 +54,11 @@ class Echo:
         ids = self.run.prompt_ids(choice)
         as_ids = self.as_ids
         return completion_logprobs(self.tokenizer, choice.prompt_logprobs, 0, ids, as_ids)
+
+
+def echo_texts(tokenizer: Any, prompts: list[str | list[int]]) -> list[str]:
+    """The prompts as text (token-id prompts decoded: run it in the text pool)."""
+    return [p if isinstance(p, str) else tokenizer.decode(p) for p in prompts]
 
 
 def join(head: CompletionLogprobs | None, tail: CompletionLogprobs) -> CompletionLogprobs:
@@ -74,12 +77,15 @@ async def create_completion(
     adapter = request_adapter(engine, principal, body)
     params = body.sampling_params()
     raw_prompts = body.prompts()
+    tenant = request_tenant(request)
     engine.check_fanout(len(raw_prompts), body.n)  # before tokenizing a thousand prompts
-    prompts = [tokenize(engine, p) for p in raw_prompts]
+    engine.check_admission(tenant)  # a full queue answers 429 before any tokenizing
+    prompts = [await tokenize(request, engine, p) for p in raw_prompts]
     salt = principal.cache_salt(body.cache_salt)  # prefix blocks are shared within a tenant only
-    run = Run(engine, prompts, params, adapter, "cmpl", body.n, salt)
     tokenizer = engine.tokenizer
-    echo = Echo(body, raw_prompts, tokenizer, run)
+    texts = await text_pool(request).run(echo_texts, tokenizer, raw_prompts) if body.echo else []
+    run = Run(engine, prompts, params, adapter, "cmpl", body.n, salt, tenant)
+    echo = Echo(body, texts, tokenizer, run)
     if body.stream:
         chunks = Chunks(run, body, CompletionStreamResponse)
         offsets: dict[int, int] = {}  # each choice's text so far, in characters

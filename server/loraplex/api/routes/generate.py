@@ -27,6 +27,7 @@ from loraplex.api.generate_schemas import (
 from loraplex.api.generation import (
     Choice,
     Run,
+    request_tenant,
     resolve_adapter,
     resolve_mix,
     run_to_end,
@@ -51,14 +52,18 @@ def _adapter(
     return resolve_adapter(engine, principal, parameters.adapter_id, param="adapter_id")
 
 
-def _start(body: GenerateRequest, engine: AsyncEngine, principal: Principal) -> Run:
+async def _start(
+    request: Request, body: GenerateRequest, engine: AsyncEngine, principal: Principal
+) -> Run:
     if not body.inputs:
         raise APIError(400, "inputs must not be empty", param="inputs", code="invalid_value")
     adapter = _adapter(engine, principal, body.parameters)
     params = body.parameters.sampling_params()
-    prompt = tokenize(engine, body.inputs)
+    tenant = request_tenant(request)
+    engine.check_admission(tenant)  # a full queue answers 429 before any tokenizing
+    prompt = await tokenize(request, engine, body.inputs)
     salt = principal.cache_salt(None)  # prefix blocks are shared within a tenant only
-    return Run(engine, [prompt], params, adapter, id_prefix="gen", cache_salt=salt)
+    return Run(engine, [prompt], params, adapter, id_prefix="gen", cache_salt=salt, tenant=tenant)
 
 
 def _details(engine: AsyncEngine, run: Run, choice: Choice) -> StreamDetails:
@@ -106,7 +111,7 @@ async def generate(
     body: GenerateRequest, request: Request, engine: EngineDep, principal: PrincipalDep
 ) -> Response | GenerateResponse:
     """The whole generated text, and with ``parameters.details`` how and why it ended."""
-    run = _start(body, engine, principal)
+    run = await _start(request, body, engine, principal)
     if not await run_to_end(request, run):
         return Response(status_code=499)  # nobody is listening; for the access log
     [choice] = run.choices
@@ -135,7 +140,7 @@ async def generate_stream(
     """One event per token: ``{"index", "token": {"id", "text", "logprob", "special"},
     "generated_text": null, "details": null}``; on the last, the whole text (and the details
     when ``parameters.details``). Concatenating the token texts gives the whole text."""
-    run = _start(body, engine, principal)
+    run = await _start(request, body, engine, principal)
     special = set(engine.tokenizer.all_special_ids)
 
     def render(choice: Choice, out: RequestOutput) -> Iterator[str]:

@@ -1,4 +1,5 @@
-"""Operational endpoints, open without an API key: ``GET /health`` and ``GET /metrics``."""
+"""Operational endpoints, open without an API key: ``GET /health`` (liveness), ``GET /ready``
+(readiness) and ``GET /metrics``."""
 
 from __future__ import annotations
 
@@ -14,10 +15,21 @@ router = APIRouter(tags=["health"])
 
 @router.get("/health", response_model=HealthResponse, responses={503: {"model": HealthResponse}})
 async def health(engine: EngineDep) -> JSONResponse:
-    """200 while the engine thread is alive, 503 otherwise (a load balancer's liveness probe)."""
+    """Liveness: 200 while the engine thread is alive and coming round its loop (stepping when
+    it has work), 503 once it died or hangs: restart the process."""
     if engine.is_healthy():
         return JSONResponse(HealthResponse(status="ok").model_dump())
     return JSONResponse(HealthResponse(status="unhealthy").model_dump(), status_code=503)
+
+
+@router.get("/ready", response_model=HealthResponse, responses={503: {"model": HealthResponse}})
+async def ready(engine: EngineDep) -> JSONResponse:
+    """Readiness: 200 once the model is loaded and the engine runs, 503 while it drains for
+    shutdown (after SIGTERM) or is dead: send this replica no new requests."""
+    if engine.is_ready():
+        return JSONResponse(HealthResponse(status="ok").model_dump())
+    status = "draining" if engine.draining else "unhealthy"
+    return JSONResponse(HealthResponse(status=status).model_dump(), status_code=503)
 
 
 @router.get("/metrics", response_class=Response)
