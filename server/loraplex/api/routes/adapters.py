@@ -62,7 +62,7 @@ def _visible(engine: AsyncEngine, principal: Principal, name: str) -> str:
     """The qualified name of an adapter the caller sees; another tenant's is this same 404."""
     qualified = principal.resolve(name, engine.adapters.has)
     if qualified is None:
-        raise AdapterNotFoundError(name)
+        raise engine.adapters.refusal(name) or AdapterNotFoundError(name)
     return qualified
 
 
