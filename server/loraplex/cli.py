@@ -14,6 +14,7 @@ from loraplex.config import (
     ATTENTION_BACKENDS,
     DTYPES,
     LOAD_FORMATS,
+    LORA_DTYPES,
     LORA_KERNELS,
     CacheConfig,
     Config,
@@ -170,6 +171,15 @@ def build_parser() -> argparse.ArgumentParser:
         "triton package) or auto (triton on CUDA, cpu where it applies, else torch)",
     )
     lora.add_argument(
+        "--lora-dtype",
+        choices=LORA_DTYPES,
+        default=LoRAConfig.lora_dtype,
+        help="dtype of the adapter slot tables: auto (the model's) or float32, bfloat16, "
+        "float16. Under a float32 model on the CPU, 16-bit tables halve the bytes a decode "
+        "step streams per adapter (sums stay float32); adapters are rounded to 16 bits once "
+        "(bench/NOTES.md: measured effect on outputs)",
+    )
+    lora.add_argument(
         "--max-pinned-loras",
         type=int,
         default=None,
@@ -320,6 +330,7 @@ def build_config(args: argparse.Namespace) -> Config:
             allow_base_mismatch=args.allow_base_mismatch,
             max_upload_mb=args.max_upload_mb,
             kernel=args.lora_kernel,
+            lora_dtype=args.lora_dtype,
         ),
         server=ServerConfig(
             host=args.host,
