@@ -9,7 +9,7 @@ one step each per round, so machine noise hits them alike. Each row: millisecond
 (median over ``--iters`` rounds), the bytes of slot tables a step must read, and that over the
 time.
 
-    .venv/bin/python bench/lora_op.py                   # 4 layers, max rank 64, 16 slots
+    .venv/bin/python bench/lora_op.py                   # 30 layers, max rank 64, 16 slots
     .venv/bin/python bench/lora_op.py --dtypes float32,bfloat16,float16 --ranks real
 """
 
@@ -51,7 +51,7 @@ def parse_args() -> argparse.Namespace:
         description=__doc__.split("\n\n")[0],
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("--layers", type=int, default=4)
+    parser.add_argument("--layers", type=int, default=30, help="SmolLM2-135M has 30")
     parser.add_argument("--max-rank", type=int, default=64, help="the slot tables' rank")
     parser.add_argument("--rows", type=int, default=32, help="decode rows, spread over 16 slots")
     parser.add_argument("--iters", type=int, default=15, help="timed rounds")
