@@ -17,12 +17,14 @@ once, one at a time. Medians over rounds: the machine's drift hits every system 
 
     .venv/bin/python bench/engine.py            # 32 requests x 64 tokens, float32, 3 rounds
     .venv/bin/python bench/engine.py --quick    # smoke run: 4 requests x 8 tokens, 1 round
+    .venv/bin/python bench/engine.py --systems cd --lora-dtype bfloat16 --max-lora-rank 64
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import statistics
 import time
 from collections.abc import Callable, Iterator
@@ -82,6 +84,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default="".join(SYSTEMS),
         help="the systems to run, by letter: e.g. acder skips PEFT (the slowest), cde gives "
         "more rounds of the loraplex ratios in the same time",
+    )
+    parser.add_argument(
+        "--lora-dtype",
+        choices=("auto", "float32", "bfloat16", "float16"),
+        default="auto",
+        help="the loraplex servers' --lora-dtype (slot tables)",
+    )
+    parser.add_argument(
+        "--max-lora-rank",
+        type=int,
+        default=LORA_RANK,
+        help=f"the loraplex servers' --max-lora-rank (the adapters stay r{LORA_RANK})",
     )
     parser.add_argument(
         "--quick", action="store_true", help="smoke run: --concurrency 4 --max-tokens 8"
@@ -156,6 +170,8 @@ def loraplex_system(
     dtype: str,
     system: str,
     merged: tuple[str, ...] = (),
+    max_lora_rank: int = LORA_RANK,
+    lora_dtype: str = "auto",
 ) -> Iterator[Measure]:
     """A live server; ``names`` None: base model for every request; else request i names
     ``names[i % n]``. ``merged`` adapters are pre-merged at start (dedicated tenants)."""
@@ -163,12 +179,11 @@ def loraplex_system(
         dtype,
         adapters_dir,
         max_loras=NUM_ADAPTERS,
-        max_lora_rank=LORA_RANK,
+        max_lora_rank=max_lora_rank,
         max_num_seqs=len(prompts),
     )
-    config = dataclasses.replace(
-        config, lora=dataclasses.replace(config.lora, merged_adapters=merged)
-    )
+    lora = dataclasses.replace(config.lora, merged_adapters=merged, lora_dtype=lora_dtype)
+    config = dataclasses.replace(config, lora=lora)
     with loraplex_http.live_server(config) as url:
         import httpx
 
@@ -199,8 +214,12 @@ def main(argv: list[str] | None = None) -> None:
     print(
         f"# bench/engine.py: {model_dir.name}, {dtype}, {n} requests x {max_tokens} new tokens, "
         f"prompts {min(prompt_tokens)}-{max(prompt_tokens)} tokens, "
-        f"torch threads {torch.get_num_threads()}",
+        f"torch threads {torch.get_num_threads()}, loraplex --lora-dtype {args.lora_dtype} "
+        f"--max-lora-rank {args.max_lora_rank}",
         flush=True,
+    )
+    loraplex_server = functools.partial(
+        loraplex_system, max_lora_rank=args.max_lora_rank, lora_dtype=args.lora_dtype
     )
 
     results: dict[str, list[common.Measurement]] = {}
@@ -220,10 +239,10 @@ def main(argv: list[str] | None = None) -> None:
             "r": (bare_decode_system, model_dir, prompts, max_tokens, dtype),
             "a": (hf_system, model_dir, prompts, max_tokens, dtype),
             "b": (peft_system, model_dir, adapters_dir, names, prompts, max_tokens, dtype),
-            "c": (loraplex_system, None, None, prompts, max_tokens, dtype, SYSTEMS["c"]),
-            "d": (loraplex_system, adapters_dir, names, prompts, max_tokens, dtype, SYSTEMS["d"]),
+            "c": (loraplex_server, None, None, prompts, max_tokens, dtype, SYSTEMS["c"]),
+            "d": (loraplex_server, adapters_dir, names, prompts, max_tokens, dtype, SYSTEMS["d"]),
             "e": (
-                *(loraplex_system, adapters_dir, names[:1], prompts, max_tokens, dtype),
+                *(loraplex_server, adapters_dir, names[:1], prompts, max_tokens, dtype),
                 *(SYSTEMS["e"], tuple(names[:1])),
             ),
         }

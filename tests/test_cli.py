@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from loraplex import cli
-from loraplex.config import Config
+from loraplex.config import Config, LoRAConfig
 
 SERVE_OPTIONS = [
     "--model",
@@ -20,6 +20,7 @@ SERVE_OPTIONS = [
     "--max-num-batched-tokens",
     "--max-loras",
     "--max-lora-rank",
+    "--lora-dtype",
     "--max-cpu-loras",
     "--max-pinned-loras",
     "--adapters-dir",
@@ -60,6 +61,7 @@ def test_every_option_reaches_the_config(tmp_path) -> None:
         "--attention-backend", "triton",
         "--load-format", "dummy",
         "--lora-kernel", "triton",
+        "--lora-dtype", "float16",
         "--block-size", "32",
         "--kv-cache-memory-mb", "64",
         "--num-blocks", "100",
@@ -94,6 +96,7 @@ def test_every_option_reaches_the_config(tmp_path) -> None:
     assert config.model.max_model_len == 1024
     assert (config.model.attention_backend, config.model.load_format) == ("triton", "dummy")
     assert config.lora.kernel == "triton"
+    assert config.lora.lora_dtype == config.lora.table_dtype("bfloat16") == "float16"
     assert (config.cache.block_size, config.cache.kv_cache_memory_mb) == (32, 64)
     assert config.cache.num_blocks == 100
     assert config.cache.gpu_memory_utilization == 0.8
@@ -116,6 +119,12 @@ def test_every_option_reaches_the_config(tmp_path) -> None:
     assert config.server.log_level == "debug"
     assert (config.server.timeout_keep_alive, config.server.header_timeout) == (2.5, 3.0)
     assert (config.server.body_timeout, config.server.body_min_rate) == (4.0, 1000)
+
+
+def test_lora_dtype_auto_is_the_models() -> None:
+    assert _config("--dtype", "bfloat16").lora.table_dtype("bfloat16") == "bfloat16"
+    with pytest.raises(ValueError, match="--lora-dtype must be one of"):
+        LoRAConfig(lora_dtype="int8")
 
 
 def test_pins_default_to_half_the_slots() -> None:
@@ -166,6 +175,7 @@ def test_top_level_help_lists_serve(capsys) -> None:
         (["--port", "70000"], "--port must be in 0..65535"),
         (["--model", "/definitely/not/here"], "is not a folder"),
         (["--dtype", "int8"], "invalid choice"),
+        (["--lora-dtype", "float8"], "invalid choice"),
         (["--max-num-seqs", "lots"], "invalid int value"),
         (["--lora-modules", "no-equals-sign"], "expected name=path"),
         (["--lora-modules", "=path"], "expected name=path"),

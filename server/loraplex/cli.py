@@ -17,6 +17,7 @@ from loraplex.config import (
     ATTENTION_BACKENDS,
     DTYPES,
     LOAD_FORMATS,
+    LORA_DTYPES,
     LORA_KERNELS,
     CacheConfig,
     Config,
@@ -187,6 +188,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="add_lora backend: torch (the reference), cpu (a C kernel built on first use with "
         "the system compiler; float32 on the CPU), triton (Triton kernels on CUDA; needs the "
         "triton package) or auto (triton on CUDA, cpu where it applies, else torch)",
+    )
+    lora.add_argument(
+        "--lora-dtype",
+        choices=LORA_DTYPES,
+        default=LoRAConfig.lora_dtype,
+        help="dtype of the adapter slot tables: auto (the model's) or float32, bfloat16, "
+        "float16. Under a float32 model on the CPU, 16-bit tables halve the bytes a decode "
+        "step streams per adapter (sums stay float32); adapters are rounded to 16 bits once "
+        "(bench/NOTES.md: measured effect on outputs)",
     )
     lora.add_argument(
         "--max-pinned-loras",
@@ -404,6 +414,7 @@ def build_config(args: argparse.Namespace) -> Config:
             allow_base_mismatch=args.allow_base_mismatch,
             max_upload_mb=args.max_upload_mb,
             kernel=args.lora_kernel,
+            lora_dtype=args.lora_dtype,
         ),
         server=ServerConfig(
             host=args.host,

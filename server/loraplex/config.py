@@ -18,6 +18,9 @@ DTYPES = ("float32", "bfloat16", "float16")
 # "triton" the Triton kernels (CUDA, or the CPU under TRITON_INTERPRET=1); "auto" triton on
 # CUDA, else the C kernel where it applies and builds, else the reference.
 LORA_KERNELS = ("auto", "torch", "cpu", "triton")
+# Slot-table dtypes (vLLM's --lora-dtype): "auto" the model's dtype; 16-bit tables under a
+# float32 model halve the bytes each decode step streams (the C kernel sums in float32).
+LORA_DTYPES = ("auto", *DTYPES)
 # Attention backends: "torch" is SDPA (the reference); "triton" the paged Triton kernel; "auto"
 # triton on CUDA (when installed), else torch.
 ATTENTION_BACKENDS = ("auto", "torch", "triton")
@@ -128,6 +131,9 @@ class LoRAConfig:
     base weight its adapter targets); 0 turns merging off.
     ``max_pinned_loras`` caps the adapters pinned to a device slot (None: ``max_loras // 2``), so
     pins can never leave everyone else's adapters one slot to share.
+    ``lora_dtype``: the slot tables' dtype (LORA_DTYPES); ``auto`` the model's. Adapters are
+    rounded to it once, when they are written into a slot; ``bench/NOTES.md`` has the measured
+    effect of the 16-bit choices on outputs.
     """
 
     max_loras: int = 16
@@ -143,11 +149,16 @@ class LoRAConfig:
     allow_base_mismatch: bool = False
     max_upload_mb: int = 256
     kernel: str = "auto"  # add_lora backend: one of LORA_KERNELS
+    lora_dtype: str = "auto"  # slot-table dtype: one of LORA_DTYPES
 
     def __post_init__(self) -> None:
         _require(
             self.kernel in LORA_KERNELS,
             f"--lora-kernel must be one of {LORA_KERNELS}, got {self.kernel!r}",
+        )
+        _require(
+            self.lora_dtype in LORA_DTYPES,
+            f"--lora-dtype must be one of {LORA_DTYPES}, got {self.lora_dtype!r}",
         )
         _require(self.max_loras > 0, "--max-loras must be positive")
         _require(self.max_lora_rank > 0, "--max-lora-rank must be positive")
@@ -168,6 +179,10 @@ class LoRAConfig:
     def pinned_limit(self) -> int:
         """The most adapters that may be pinned (``--max-pinned-loras``)."""
         return self.max_loras // 2 if self.max_pinned_loras is None else self.max_pinned_loras
+
+    def table_dtype(self, model_dtype: str) -> str:
+        """The slot tables' dtype under a model of ``model_dtype`` (``auto``: the same)."""
+        return model_dtype if self.lora_dtype == "auto" else self.lora_dtype
 
     @property
     def store_location(self) -> str | None:

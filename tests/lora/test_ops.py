@@ -61,3 +61,35 @@ def test_rows_must_be_sorted_with_base_last() -> None:
         build_lora_meta([0, -1, 0], 2)
     with pytest.raises(ValueError, match="sorted"):
         build_lora_meta([3], 2)
+
+
+@pytest.mark.parametrize("many_per_slot", [False, True], ids=["decode-like", "prefill-like"])
+@pytest.mark.parametrize(
+    "rows_dtype, table_dtype",
+    [
+        (torch.float32, torch.bfloat16),
+        (torch.float32, torch.float16),
+        (torch.bfloat16, torch.float32),
+    ],
+    ids=str,
+)
+def test_tables_in_another_dtype_are_widened(many_per_slot, rows_dtype, table_dtype) -> None:
+    """``--lora-dtype``: 16-bit tables under float32 rows are summed in float32 (the oracle
+    on the widened tables, to float32 rounding); float32 tables under bfloat16 rows too, and
+    the update is rounded once into y."""
+    rng = random.Random(1)
+    torch.manual_seed(1)
+    for _ in range(6):
+        slots = rng.randint(2, 6)
+        rows = random_rows(rng, slots, many_per_slot) or [0]
+        if not any(r >= 0 for r in rows):
+            rows = [0, *rows]
+        x = torch.randn(len(rows), 32, dtype=rows_dtype)
+        y = torch.randn(len(rows), 48, dtype=rows_dtype)
+        lora_a = torch.randn(slots, 8, 32, dtype=table_dtype)
+        lora_b = torch.randn(slots, 8, 48, dtype=table_dtype)
+        expected = naive_add_lora(y.float(), x.float(), lora_a.float(), lora_b.float(), rows)
+        add_lora(y, x, lora_a, lora_b, build_lora_meta(rows, slots))
+        assert y.dtype == rows_dtype
+        tol = 1e-5 if rows_dtype == torch.float32 else 1e-2
+        torch.testing.assert_close(y.float(), expected, atol=tol * 10, rtol=tol)

@@ -110,13 +110,21 @@ class ModelRunner:
             ).to(self.device)
         self.model.eval().requires_grad_(False)
         prepack_output_projection(self.model)
+        table_dtype = getattr(torch, lora.table_dtype(model.dtype))
         kernel, op = select_add_lora(
-            lora.kernel, self.device, self.dtype, kernel_cache(), padded_rank(lora.max_lora_rank)
+            lora.kernel,
+            self.device,
+            self.dtype,
+            kernel_cache(),
+            padded_rank(lora.max_lora_rank),
+            table_dtype,
         )
-        log.info("add_lora backend: %s", kernel)
+        log.info("add_lora backend: %s, slot tables in %s", kernel, table_dtype)
         backend, self.attend = select_attention(model.attention_backend, self.device)
         log.info("attention backend: %s", backend)
-        self.lora = LoRAModelManager(self.model, lora.max_loras, lora.max_lora_rank, op)
+        self.lora = LoRAModelManager(
+            self.model, lora.max_loras, lora.max_lora_rank, op, table_dtype
+        )
         memory = None  # on a GPU, the cache takes what --gpu-memory-utilization leaves
         if self.device.type == "cuda" and cache.num_blocks is None:
             memory = device_kv_cache_bytes(

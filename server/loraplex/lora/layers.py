@@ -39,23 +39,32 @@ class LoRALinear(nn.Module):
 
     lora_a: [S, R, in] and lora_b: [S, R, out] are preallocated slot tables; a slot holds one
     adapter's A and ``(scale·B)ᵀ``, zero-padded from its rank up to R; an all-zero slot is a
-    no-op.
+    no-op. The tables are in ``table_dtype`` (``--lora-dtype``; None: the base weight's), an
+    adapter rounded to it once, as it is written into a slot.
     """
 
-    def __init__(self, base: nn.Module, num_slots: int, max_rank: int, context: LoRAContext):
+    def __init__(
+        self,
+        base: nn.Module,
+        num_slots: int,
+        max_rank: int,
+        context: LoRAContext,
+        table_dtype: torch.dtype | None = None,
+    ):
         super().__init__()
         self.base = base
         self.context = context
         self.in_features, self.out_features = in_out_features(base)
         weight = base.weight
+        dtype = weight.dtype if table_dtype is None else table_dtype
         self.register_buffer(
             "lora_a",
-            torch.zeros(num_slots, max_rank, self.in_features, dtype=weight.dtype),
+            torch.zeros(num_slots, max_rank, self.in_features, dtype=dtype),
             persistent=False,
         )
         self.register_buffer(
             "lora_b",
-            torch.zeros(num_slots, max_rank, self.out_features, dtype=weight.dtype),
+            torch.zeros(num_slots, max_rank, self.out_features, dtype=dtype),
             persistent=False,
         )
         self.lora_a = self.lora_a.to(weight.device)

@@ -26,10 +26,16 @@ class LoRAModelManager:
     Every Linear/Conv1D projection except the output embedding is wrapped, so any adapter that
     targets projections of the base model can be loaded later without touching the model again.
     Adapters arrive checked against :meth:`module_shapes` and a rank limit of ``max_rank``.
+    The slot tables are in ``table_dtype`` (None: each projection's weight dtype).
     """
 
     def __init__(
-        self, model: nn.Module, num_slots: int, max_rank: int, op: AddLoRA = add_lora
+        self,
+        model: nn.Module,
+        num_slots: int,
+        max_rank: int,
+        op: AddLoRA = add_lora,
+        table_dtype: torch.dtype | None = None,
     ) -> None:
         self.num_slots = num_slots
         self.max_rank = max_rank
@@ -44,7 +50,7 @@ class LoRAModelManager:
         for name, module in targets:
             parent_name, _, child = name.rpartition(".")
             parent = model.get_submodule(parent_name)
-            layer = LoRALinear(module, num_slots, padded_rank(max_rank), self.context)
+            layer = LoRALinear(module, num_slots, padded_rank(max_rank), self.context, table_dtype)
             setattr(parent, child, layer)
             self.layers[name] = layer
         # The real rank of each slot's adapter (0: empty), handed to the kernels with every

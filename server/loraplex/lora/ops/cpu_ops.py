@@ -1,4 +1,8 @@
-"""add_lora for float32 on the CPU: ``cpu_kernel.c``, built once per machine and loaded with ctypes.
+"""add_lora on the CPU: ``cpu_kernel.c``, built once per machine and loaded with ctypes.
+
+x and y are float32; the slot tables float32, bfloat16 or float16 (widened as they are read,
+summed in float32). Only each slot's real rank is read when the metadata carries
+``slot_ranks``.
 
 The kernel is compiled on first use with the system C compiler (``$CC`` or ``cc``), with
 ``-march=native`` and OpenMP, into ``cache_dir/add_lora-<key>.so``. The key hashes the source,
@@ -25,11 +29,26 @@ from loraplex.lora.ops.meta import LoRAMeta
 from loraplex.lora.ops.torch_ops import AddLoRA
 
 SOURCE = Path(__file__).with_name("cpu_kernel.c")
-SYMBOL = "loraplex_add_lora_f32"
-# Tried in order: the fast build, then without -march=native (a compiler that lacks it), then
-# without OpenMP (a compiler without it runs the kernel on one thread).
+SYMBOL = "loraplex_add_lora"
+F16C_SYMBOL = "loraplex_add_lora_f16c"
+# The table element types the kernel reads, by its `kind` codes.
+TABLE_KINDS = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}
+
+
+def _cpu_has_f16c() -> bool:
+    try:
+        return " f16c" in Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+
+
+# Tried in order: the fast build; without -march=native (a compiler that lacks it) but with
+# F16C's half -> float instructions where this CPU has them (a compiler that lacks -mf16c
+# fails this set too); without them (float16 tables are widened in integer lanes); without
+# OpenMP (a compiler without it runs the kernel on one thread).
 FLAG_SETS = (
     ("-O3", "-march=native", "-fopenmp"),
+    *((("-O3", "-mf16c", "-fopenmp"),) if _cpu_has_f16c() else ()),
     ("-O3", "-fopenmp"),
     ("-O3",),
 )
@@ -37,7 +56,10 @@ COMMON_FLAGS = ("-std=c11", "-shared", "-fPIC")
 # The kernel keeps ``8 x rank`` floats on each thread's stack; past this, use the torch op.
 MAX_RANK = 1024
 # The op's two refusals: tensors it cannot read, and metadata that does not fit them.
-BAD_TENSORS = "add_lora (cpu kernel): float32 CPU tensors, dense rows and tables"
+BAD_TENSORS = (
+    "add_lora (cpu kernel): float32 CPU rows, dense rows and tables (float32, bfloat16 or "
+    "float16, both alike)"
+)
 BAD_META = "add_lora (cpu kernel): the metadata does not fit these tensors"
 
 
@@ -67,13 +89,14 @@ def _compiler_version(cc: str) -> str:
     return done.stdout
 
 
-def build(cache_dir: Path) -> Path:
-    """Compile the kernel into ``cache_dir`` (once; later calls return the cached library)."""
+def build(cache_dir: Path, flag_sets: tuple[tuple[str, ...], ...] = FLAG_SETS) -> Path:
+    """Compile the kernel into ``cache_dir`` (once; later calls return the cached library),
+    with the first of ``flag_sets`` that works."""
     cc = _compiler()
     version = _compiler_version(cc)
     source, cpu = SOURCE.read_bytes(), _cpu_identity()
     errors = []
-    for flags in FLAG_SETS:
+    for flags in flag_sets:
         key = hashlib.sha256(
             b"\0".join(s.encode() for s in (cc, version, *flags, cpu)) + source
         ).hexdigest()[:16]
@@ -103,7 +126,8 @@ def build(cache_dir: Path) -> Path:
 
 @dataclass(frozen=True)
 class _Tables:
-    """A slot-table pair checked once: float32, CPU, dense, ``[S, R, in]`` and ``[S, R, out]``."""
+    """A slot-table pair checked once: CPU, dense, ``[S, R, in]`` and ``[S, R, out]``, of one
+    of TABLE_KINDS' dtypes (``kind``)."""
 
     a: weakref.ref
     b: weakref.ref
@@ -111,11 +135,14 @@ class _Tables:
     rank: int
     fan_in: int
     fan_out: int
+    kind: int
 
 
 def _check_tables(lora_a: torch.Tensor, lora_b: torch.Tensor) -> _Tables:
     if (
-        any(t.dtype != torch.float32 or t.device.type != "cpu" for t in (lora_a, lora_b))
+        lora_a.dtype not in TABLE_KINDS
+        or lora_b.dtype != lora_a.dtype
+        or any(t.device.type != "cpu" for t in (lora_a, lora_b))
         or not (lora_a.is_contiguous() and lora_b.is_contiguous())
         or lora_a.dim() != 3
         or lora_b.dim() != 3
@@ -124,11 +151,24 @@ def _check_tables(lora_a: torch.Tensor, lora_b: torch.Tensor) -> _Tables:
     ):
         raise ValueError(BAD_TENSORS)
     slots, rank, fan_in = lora_a.shape
-    return _Tables(weakref.ref(lora_a), weakref.ref(lora_b), slots, rank, fan_in, lora_b.shape[2])
+    kind = TABLE_KINDS[lora_a.dtype]
+    a, b = weakref.ref(lora_a), weakref.ref(lora_b)
+    return _Tables(a, b, slots, rank, fan_in, lora_b.shape[2], kind)
 
 
-def _check_meta(meta: LoRAMeta, slots: int) -> None:
-    """Slot ends that are int32, one per slot, ascending from 0 and ending at the adapter rows."""
+def _check_meta(meta: LoRAMeta, slots: int, rank: int) -> None:
+    """Slot ends that are int32, one per slot, ascending from 0 and ending at the adapter rows;
+    slot ranks (if any) int32, one per slot, each in ``[0, rank]`` (the tables' rank)."""
+    ranks = meta.slot_ranks
+    if ranks is not None and (
+        ranks.dtype != torch.int32
+        or ranks.device.type != "cpu"
+        or ranks.shape != (slots,)
+        or not ranks.is_contiguous()
+        or int(ranks.min()) < 0
+        or int(ranks.max()) > rank
+    ):
+        raise ValueError(BAD_META)
     ends = meta.group_ends
     if (
         ends.dtype != torch.int32
@@ -142,27 +182,34 @@ def _check_meta(meta: LoRAMeta, slots: int) -> None:
         raise ValueError(BAD_META)
 
 
-def load(cache_dir: Path) -> AddLoRA:
+def f16_in_hardware(path: Path) -> bool:
+    """Whether the kernel library at ``path`` widens float16 tables with F16C instructions."""
+    return bool(getattr(ctypes.CDLL(str(path)), F16C_SYMBOL)())
+
+
+def load(cache_dir: Path, flag_sets: tuple[tuple[str, ...], ...] = FLAG_SETS) -> AddLoRA:
     """Build (or reuse) the kernel and return an ``add_lora`` with the reference signature.
 
     The kernel reads raw memory, so whatever it is given must be checked; but a decode step
     makes hundreds of calls, where Python checks cost more than the kernel's arithmetic (about
     60 us a call, measured in the engine's forward). So the invariant parts are checked once:
     each slot-table pair when first seen (kept by identity, while it lives) and the step's
-    metadata once per step; each call checks only x and y.
+    metadata once per step (its ``slot_ranks`` are read then: they must not change during the
+    step); each call checks only x and y.
     """
-    path = build(cache_dir)
+    path = build(cache_dir, flag_sets)
     try:
         kernel = getattr(ctypes.CDLL(str(path)), SYMBOL)
     except (OSError, AttributeError) as exc:  # e.g. its OpenMP runtime is missing here
         raise KernelBuildError(f"could not load the add_lora kernel {path}: {exc}") from exc
     i64, ptr = ctypes.c_int64, ctypes.c_void_p
-    kernel.argtypes = [ptr, ptr, ptr, ptr, ptr, i64, i64, i64, i64, i64, i64, ctypes.c_int32]
+    i32 = ctypes.c_int32
+    kernel.argtypes = [ptr, ptr, ptr, ptr, ptr, ptr, i64, i64, i64, i64, i64, i64, i32, i32]
     kernel.restype = None
     tables_of: dict[int, _Tables] = {}
-    # The last metadata that passed, and the slot count it passed for.
+    # The last metadata that passed, and the (slots, rank) of the tables it passed for.
     checked_meta: LoRAMeta | None = None
-    checked_slots = 0
+    checked_for = (0, 0)
 
     def tables(lora_a: torch.Tensor, lora_b: torch.Tensor) -> _Tables:
         known = tables_of.get(id(lora_a))
@@ -179,12 +226,13 @@ def load(cache_dir: Path) -> AddLoRA:
         lora_b: torch.Tensor,
         meta: LoRAMeta,
     ) -> None:
-        """``torch_ops.add_lora``'s math and shapes; float32 CPU tensors, rows contiguous."""
-        nonlocal checked_meta, checked_slots
+        """``torch_ops.add_lora``'s math and shapes; float32 CPU rows with dense columns;
+        tables in float32, bfloat16 or float16 (summed in float32)."""
+        nonlocal checked_meta, checked_for
         t = tables(lora_a, lora_b)
-        if checked_meta is not meta or checked_slots != t.slots:
-            _check_meta(meta, t.slots)
-            checked_meta, checked_slots = meta, t.slots
+        if checked_meta is not meta or checked_for != (t.slots, t.rank):
+            _check_meta(meta, t.slots, t.rank)
+            checked_meta, checked_for = meta, (t.slots, t.rank)
         if x.dim() != 2 or y.dim() != 2:
             raise ValueError("add_lora (cpu kernel): x and y must be [rows, features]")
         if x.stride(-1) != 1:
@@ -207,12 +255,14 @@ def load(cache_dir: Path) -> AddLoRA:
             lora_a.data_ptr(),
             lora_b.data_ptr(),
             meta.group_ends.data_ptr(),
+            None if meta.slot_ranks is None else meta.slot_ranks.data_ptr(),
             t.slots,
             t.fan_in,
             t.fan_out,
             t.rank,
             x.stride(0),
             y.stride(0),
+            t.kind,
             torch.get_num_threads(),
         )
 

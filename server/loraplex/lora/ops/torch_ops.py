@@ -23,7 +23,10 @@ def add_lora(
 
     x: [T, in], y: [T, out]; lora_a: [S, R, in] holds A; lora_b: [S, R, out] holds B transposed,
     with the adapter's scale (``alpha/r`` or ``alpha/sqrt(r)``) folded in; ranks below R are
-    zero-padded; ``s_t`` is row t's slot (``meta``). Rows ``[meta.num_lora_rows, T)`` are
+    zero-padded (``meta.slot_ranks`` is not needed here); ``s_t`` is row t's slot (``meta``).
+    The tables may have another dtype than x and y (``--lora-dtype``): both sides are then
+    computed in the wider of the two (16-bit tables with float32 rows: float32, as the kernels
+    sum) and the result is added into y in y's dtype. Rows ``[meta.num_lora_rows, T)`` are
     base-only and left untouched. B is stored transposed because the expand then reads whole
     contiguous rows of ``R x out`` (what a streaming kernel wants; matmul takes either).
 
@@ -34,6 +37,10 @@ def add_lora(
     """
     n = meta.num_lora_rows
     xs, ys = x[:n], y[:n]
+    dtype = torch.promote_types(x.dtype, lora_a.dtype)
+    if dtype != lora_a.dtype or dtype != lora_b.dtype:
+        lora_a, lora_b = lora_a.to(dtype), lora_b.to(dtype)  # a copy: the reference's cost
+    xs = xs.to(dtype)
     a_t = lora_a.transpose(1, 2)  # [S, in, R]
     if meta.padded_rows:
         slots, pad = lora_a.shape[0], meta.padded_rows
