@@ -116,6 +116,8 @@ class LoRAConfig:
 
     ``max_merged_adapters`` caps the pre-merged copies held at once (each one is a copy of every
     base weight its adapter targets); 0 turns merging off.
+    ``store_poll_s``: every so many seconds the store's listing is read again, so adapters that
+    other replicas sharing the store uploaded, replaced or deleted are picked up (0: only at start).
     ``max_pinned_loras`` caps the adapters pinned to a device slot (None: ``max_loras // 2``), so
     pins can never leave everyone else's adapters one slot to share.
     """
@@ -133,6 +135,7 @@ class LoRAConfig:
     allow_base_mismatch: bool = False
     max_upload_mb: int = 256
     kernel: str = "auto"  # add_lora backend: one of LORA_KERNELS
+    store_poll_s: float = 0.0
 
     def __post_init__(self) -> None:
         _require(
@@ -144,6 +147,7 @@ class LoRAConfig:
         _require(self.max_cpu_loras > 0, "--max-cpu-loras must be positive")
         _require(self.max_upload_mb > 0, "--max-upload-mb must be positive")
         _require(self.max_merged_adapters >= 0, "--max-merged-adapters must be >= 0")
+        _require(self.store_poll_s >= 0, "--store-poll-s must be >= 0")
         _require(
             len(self.merged_adapters) <= self.max_merged_adapters,
             f"--merged-adapters names {len(self.merged_adapters)} adapters but "

@@ -71,6 +71,7 @@ class AdapterRegistry:
         self._cards: dict[str, AdapterCard] = {}
         self._by_key: dict[str, AdapterCard] = {}  # current versions + older ones still held
         self._failed: dict[str, Exception] = {}
+        self._listing: dict[str, str] = {}  # the store's listing when last read (refresh)
         self._loading: set[str] = set()
         self._lock = threading.RLock()  # the maps; held briefly, the engine thread takes it
         # Serializes store writes (register, remove), which may be slow uploads; the engine
@@ -82,14 +83,60 @@ class AdapterRegistry:
 
     def scan(self) -> list[str]:
         """Register every adapter already in the store; a broken one is logged and skipped."""
-        for name in self.store.names():
-            try:
-                folder = self.store.fetch(name)
-                checked = self.check_folder(folder)
-                self._publish(describe(name, folder, checked, self.store.metadata(name)))
-            except AdapterError as exc:
-                log.warning("skipping adapter %s: %s", name, exc)
+        self._listing = self.store.listing()
+        for name in sorted(self._listing):
+            card = self._read(name)
+            if card is not None:
+                self._publish(card)
         return self.names()
+
+    def _read(self, name: str) -> AdapterCard | None:
+        try:
+            folder = self.store.fetch(name)
+            checked = self.check_folder(folder)
+            return describe(name, folder, checked, self.store.metadata(name))
+        except AdapterError as exc:
+            log.warning("skipping adapter %s: %s", name, exc)
+            return None
+
+    def refresh(self) -> list[AdapterCard]:
+        """Adopt what other processes sharing the store wrote since the last look: a new or
+        replaced adapter is published (its changed token in ``store.listing()``), a deleted one
+        is dropped; requests holding a dropped version finish on it. Returns the cards that
+        stopped being current, whose device copies the engine should drop.
+
+        Runs under the write lock, so no upload or delete through this process interleaves
+        with it: every name it holds a card for is then in the store, unless deleted elsewhere.
+        Only changed names are read (a replaced adapter's weights are checked as at upload).
+        """
+        retired: list[AdapterCard] = []
+        try:
+            with self._write_lock:
+                listing = self.store.listing()
+                with self._lock:
+                    gone = [self._cards.pop(n) for n in sorted(set(self._cards) - set(listing))]
+                retired += gone
+                for name, token in sorted(listing.items()):
+                    if self._listing.get(name) == token:
+                        continue
+                    card = self._read(name)
+                    with self._lock:
+                        old = self._cards.get(name)
+                    if card is None or (old is not None and old.key == card.key):
+                        continue
+                    self._publish(card)
+                    if old is not None:
+                        retired.append(old)
+                self._listing = listing
+        finally:  # what was dropped before a store error is still retired
+            for card in retired:
+                log.info(
+                    "adapter %s %s in the store",
+                    card.name,
+                    "replaced" if self.has(card.name) else "deleted",
+                )
+                self._retire(card.key)
+        return retired
 
     def register(
         self,

@@ -8,7 +8,7 @@ import threading
 from pathlib import Path
 
 from loraplex.adapters.errors import AdapterNotFoundError
-from loraplex.adapters.rules import validate_name
+from loraplex.adapters.rules import WEIGHTS_FILE, validate_name
 from loraplex.adapters.store.files import (
     DEL,
     FILES,
@@ -52,6 +52,18 @@ class LocalAdapterStore:
 
     def names(self) -> list[str]:
         return sorted(e.name for e in self.root.iterdir() if is_name(e.name) and is_complete(e))
+
+    def listing(self) -> dict[str, str]:
+        """name -> a change token: the weights file's inode, size and mtime. A replace renames a
+        new folder in (a new file), so the token changes; one ``stat`` per adapter."""
+        tokens = {}
+        for name in self.names():
+            try:
+                st = (self.root / name / WEIGHTS_FILE).stat()
+            except FileNotFoundError:  # deleted since names() looked
+                continue
+            tokens[name] = f"{st.st_ino}-{st.st_size}-{st.st_mtime_ns}"
+        return tokens
 
     def exists(self, name: str) -> bool:
         return is_complete(self.root / validate_name(name))
