@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import threading
+import time
 from pathlib import Path
 
 from loraplex.adapters.errors import AdapterNotFoundError
@@ -27,20 +28,34 @@ from loraplex.adapters.store.files import (
 __all__ = ["LocalAdapterStore"]
 
 
+def _mtime(path: Path) -> float:
+    try:
+        return path.lstat().st_mtime
+    except FileNotFoundError:  # finished by its writer meanwhile
+        return float("inf")
+
+
 class LocalAdapterStore:
     """``root/<name>/`` per adapter. ``put`` writes ``root/.tmp-*``, fsyncs, then renames.
 
     Replacing moves the old folder aside (``.old-*``), renames the new one in and deletes the
     old one; if the rename fails the old folder goes back. At start, leftovers of a crash are
     repaired: ``.tmp-*`` and ``.del-*`` are deleted, an ``.old-*`` whose name is missing is
-    restored. One process writes a given root.
+    restored. Several processes may share a root (replicas on one ReadWriteMany volume): a work
+    folder younger than ``REPAIR_AFTER_S`` may be another process's write in flight, so the
+    repair leaves it for a later start.
     """
+
+    REPAIR_AFTER_S = 600.0
 
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
+        recent = time.time() - self.REPAIR_AFTER_S
         for entry in self.root.iterdir():
+            if entry.name.startswith((TMP, DEL, OLD)) and _mtime(entry) > recent:
+                continue  # perhaps another replica's upload, replace or delete under way
             if entry.name.startswith((TMP, DEL)):
                 remove(entry)
             elif entry.name.startswith(OLD):
