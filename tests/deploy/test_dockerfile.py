@@ -11,7 +11,7 @@ import re
 import shlex
 from fnmatch import fnmatch
 
-from conftest import ROOT, find
+from deploy_helpers import ROOT, find
 from packaging.requirements import Requirement
 
 from loraplex.engine.default_model import DEFAULT_MODEL_NAME

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import EXPECTED_UNTIL_ISSUE_11, RENDERS, ROOT, find, has
+from deploy_helpers import EXPECTED_UNTIL_ISSUE_11, RENDERS, ROOT, find, has
 
 from loraplex.cli import build_config, build_parser
 

@@ -11,8 +11,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import KUSTOMIZE, RENDERS, ROOT
 from crd_schemas import SCHEMAS
+from deploy_helpers import KUSTOMIZE, RENDERS, ROOT
 
 KUBERNETES_VERSION = "1.32.0"  # the oldest Kubernetes these manifests target (preStop sleep: 1.30)
 
