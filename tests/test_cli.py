@@ -171,6 +171,7 @@ def test_top_level_help_lists_serve(capsys) -> None:
         (["--timeout-keep-alive", "0"], "--timeout-keep-alive must be positive"),
         (["--body-min-rate", "-5"], "--body-min-rate must be >= 0"),
         (["--max-merged-adapters", "-1"], "--max-merged-adapters must be >= 0"),
+        (["--store-poll-s", "-1"], "--store-poll-s must be >= 0"),
         (["--merged-adapters", "a", "b"], "--max-merged-adapters is 1"),
         (["--port", "70000"], "--port must be in 0..65535"),
         (["--model", "/definitely/not/here"], "is not a folder"),

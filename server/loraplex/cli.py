@@ -223,6 +223,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="adapter store as a folder or s3://bucket/prefix; overrides --adapters-dir",
     )
     lora.add_argument(
+        "--store-poll-s",
+        type=float,
+        metavar="SECONDS",
+        default=LoRAConfig.store_poll_s,
+        help="re-read the adapter store's listing this often, so adapters that other replicas "
+        "sharing the store upload, replace or delete are served here too; 0: only at start",
+    )
+    lora.add_argument(
         "--adapter-roots",
         nargs="+",
         default=[],
@@ -415,6 +423,7 @@ def build_config(args: argparse.Namespace) -> Config:
             max_upload_mb=args.max_upload_mb,
             kernel=args.lora_kernel,
             lora_dtype=args.lora_dtype,
+            store_poll_s=args.store_poll_s,
         ),
         server=ServerConfig(
             host=args.host,

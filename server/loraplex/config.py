@@ -129,6 +129,8 @@ class LoRAConfig:
 
     ``max_merged_adapters`` caps the pre-merged copies held at once (each one is a copy of every
     base weight its adapter targets); 0 turns merging off.
+    ``store_poll_s``: every so many seconds the store's listing is read again, so adapters that
+    other replicas sharing the store uploaded, replaced or deleted are picked up (0: only at start).
     ``max_pinned_loras`` caps the adapters pinned to a device slot (None: ``max_loras // 2``), so
     pins can never leave everyone else's adapters one slot to share.
     ``lora_dtype``: the slot tables' dtype (LORA_DTYPES); ``auto`` the model's. Adapters are
@@ -150,6 +152,7 @@ class LoRAConfig:
     max_upload_mb: int = 256
     kernel: str = "auto"  # add_lora backend: one of LORA_KERNELS
     lora_dtype: str = "auto"  # slot-table dtype: one of LORA_DTYPES
+    store_poll_s: float = 0.0
 
     def __post_init__(self) -> None:
         _require(
@@ -165,6 +168,7 @@ class LoRAConfig:
         _require(self.max_cpu_loras > 0, "--max-cpu-loras must be positive")
         _require(self.max_upload_mb > 0, "--max-upload-mb must be positive")
         _require(self.max_merged_adapters >= 0, "--max-merged-adapters must be >= 0")
+        _require(self.store_poll_s >= 0, "--store-poll-s must be >= 0")
         _require(
             len(self.merged_adapters) <= self.max_merged_adapters,
             f"--merged-adapters names {len(self.merged_adapters)} adapters but "

@@ -256,3 +256,39 @@ def test_scan_skips_an_adapter_whose_metadata_names_another_owner(
     meta = registry.store.fetch("acme/support") / "loraplex.json"
     meta.write_text(json.dumps(json.loads(meta.read_text()) | {"owner": "globex"}))
     assert make_registry().scan() == []
+
+
+def test_refresh_adopts_what_another_process_wrote_to_the_shared_store(
+    make_registry, tmp_path: Path
+) -> None:
+    """Two registries over one store folder, as two replicas on one ReadWriteMany volume."""
+    here, there = make_registry(), make_registry()
+    assert here.scan() == [] and there.scan() == []
+    assert here.refresh() == []  # nothing changed: nothing read, nothing retired
+
+    v1 = there.register("a", write_adapter(tmp_path / "v1", seed=1))
+    assert here.refresh() == [] and here.get("a").key == v1.key  # new: published
+
+    v2 = there.register("a", write_adapter(tmp_path / "v2", seed=2), replace=True)
+    assert [c.key for c in here.refresh()] == [v1.key]  # replaced: the old version retired
+    assert here.get("a").key == v2.key and here.get("a").version != v1.version
+    assert here.refresh() == []  # the same listing again: no work
+
+    there.remove("a")
+    assert [c.key for c in here.refresh()] == [v2.key]  # deleted: dropped
+    assert not here.has("a")
+    with pytest.raises(AdapterNotFoundError):
+        here.get("a")
+
+
+def test_refresh_keeps_what_this_process_wrote_and_skips_broken_adapters(
+    make_registry, tmp_path: Path
+) -> None:
+    registry = make_registry()
+    registry.scan()
+    card = registry.register("mine", write_adapter(tmp_path / "mine", seed=1))
+    broken = tmp_path / "store" / "broken"
+    write_adapter(broken, seed=2)
+    (broken / CONFIG_FILE).write_text("{not json")
+    assert registry.refresh() == []
+    assert registry.names() == ["mine"] and registry.get("mine").key == card.key

@@ -87,6 +87,7 @@ class AdapterRegistry:
         self._by_key: dict[str, AdapterCard] = {}  # current versions + older ones still held
         self._failed: dict[str, Exception] = {}
         self._refused: dict[str, str] = {}  # name -> why it was not taken at start
+        self._listing: dict[str, str] = {}  # the store's listing when last read (refresh)
         self._loading: set[str] = set()
         self._lock = threading.RLock()  # the maps; held briefly, the engine thread takes it
         # Serializes store writes (register, remove), which may be slow uploads; the engine
@@ -99,18 +100,23 @@ class AdapterRegistry:
     def scan(self) -> list[str]:
         """Register every adapter already in the store; a broken one is refused (listed with
         its reason, and named in the error of a request for it), not dropped."""
-        for name in self.store.names():
+        self._listing = self.store.listing()
+        for name in sorted(self._listing):
             try:
-                folder = self.store.fetch(name)
-                checked = self.check_folder(folder)
-                metadata = self.store.metadata(name)
-                owner = metadata.get("owner")  # none in a folder placed by hand: public
-                if owner != AdapterId.parse(name).owner:
-                    raise AdapterError(f"its metadata names owner {owner!r}")
-                self._publish(describe(name, folder, checked, metadata))
+                self._publish(self._read(name))
             except AdapterError as exc:
                 self.refuse(name, f"{exc}; fix or replace it in the adapter store")
         return self.names()
+
+    def _read(self, name: str) -> AdapterCard:
+        """The card of stored adapter ``name``, checked as at upload (AdapterError if not)."""
+        folder = self.store.fetch(name)
+        checked = self.check_folder(folder)
+        metadata = self.store.metadata(name)
+        owner = metadata.get("owner")  # none in a folder placed by hand: public
+        if owner != AdapterId.parse(name).owner:
+            raise AdapterError(f"its metadata names owner {owner!r}")
+        return describe(name, folder, checked, metadata)
 
     def refuse(self, name: str, reason: str) -> None:
         """Record that ``name`` could not be taken at start, and why (it stays unservable until
@@ -128,6 +134,50 @@ class AdapterRegistry:
         with self._lock:
             reason = self._refused.get(name)
         return None if reason is None else AdapterRefusedError(name, reason)
+
+    def refresh(self) -> list[AdapterCard]:
+        """Adopt what other processes sharing the store wrote since the last look: a new or
+        replaced adapter is published (its changed token in ``store.listing()``), a deleted one
+        is dropped; requests holding a dropped version finish on it. Returns the cards that
+        stopped being current, whose device copies the engine should drop.
+
+        Runs under the write lock, so no upload or delete through this process interleaves
+        with it: every name it holds a card for is then in the store, unless deleted elsewhere.
+        Only changed names are read (a replaced adapter's weights are checked as at upload).
+        """
+        retired: list[AdapterCard] = []
+        try:
+            with self._write_lock:
+                listing = self.store.listing()
+                listed = {AdapterId.parse(name) for name in listing}
+                with self._lock:
+                    gone = [self._cards.pop(i) for i in sorted(set(self._cards) - listed, key=str)]
+                retired += gone
+                for name, token in sorted(listing.items()):
+                    if self._listing.get(name) == token:
+                        continue
+                    try:
+                        card = self._read(name)
+                    except AdapterError as exc:
+                        log.warning("skipping adapter %s: %s", name, exc)
+                        continue
+                    with self._lock:
+                        old = self._cards.get(AdapterId.parse(name))
+                    if old is not None and old.key == card.key:
+                        continue
+                    self._publish(card)
+                    if old is not None:
+                        retired.append(old)
+                self._listing = listing
+        finally:  # what was dropped before a store error is still retired
+            for card in retired:
+                log.info(
+                    "adapter %s %s in the store",
+                    card.name,
+                    "replaced" if self.has(card.name) else "deleted",
+                )
+                self._retire(card.key)
+        return retired
 
     def register(
         self,

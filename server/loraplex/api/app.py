@@ -48,9 +48,14 @@ def create_app(config: Config, engine: AsyncEngine | None = None) -> FastAPI:
         eng.start()
         app.state.engine = eng
         app.state.text_pool = TextPool(config.server.tokenizer_threads)
+        # Replicas sharing one store: adopt what the others upload, replace and delete.
+        poll = config.lora.store_poll_s
+        watch = asyncio.create_task(eng.adapters.watch_store(poll)) if poll > 0 else None
         try:
             yield
         finally:
+            if watch is not None:
+                watch.cancel()
             eng.shutdown()
             app.state.text_pool.shutdown()
 

@@ -8,6 +8,7 @@ device slots or base weights runs on the engine thread between two steps, throug
 from __future__ import annotations
 
 import asyncio
+import logging
 import shutil
 import tempfile
 from collections.abc import Awaitable, Callable
@@ -22,6 +23,7 @@ from loraplex.engine.adapter_roots import copy_from_root
 from loraplex.engine.adapters import EngineAdapters
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 STAGING_PREFIX = "loraplex-load-"  # copies of --adapter-roots folders, in the system temp dir
 OnEngine = Callable[[Callable[[], T]], Awaitable[T]]
 
@@ -160,6 +162,22 @@ class AdapterService:
         self._merging.pop(key, None)
         if not task.cancelled():
             task.exception()  # retrieved: a client that left must not leave a warning behind
+
+    async def watch_store(self, interval_s: float) -> None:
+        """Every ``interval_s`` (``--store-poll-s``), adopt what other replicas sharing the store
+        uploaded, replaced or deleted (``AdapterRegistry.refresh``); the versions that stopped
+        being current leave the device tier as after a local replace. Runs until cancelled; a
+        store that cannot be read is logged and tried again at the next tick."""
+        while True:
+            await asyncio.sleep(interval_s)
+            try:
+                retired = await asyncio.to_thread(self._registry.refresh)
+            except Exception:
+                log.exception("reading the adapter store failed; trying again in %s s", interval_s)
+                continue
+            if retired:
+                keys = [card.key for card in retired]
+                await self._on_engine(lambda keys=keys: [self._adapters.forget(k) for k in keys])
 
     async def unmerge(self, name: str) -> AdapterCard:
         """New requests run dynamically at once; running ones finish on the merged copy."""

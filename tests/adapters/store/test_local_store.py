@@ -4,6 +4,7 @@ names that try to leave the store."""
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -92,9 +93,22 @@ def test_local_recovers_from_a_hard_crash(tmp_path: Path) -> None:
     os.replace(root / "b", root / ".old-0123456789abcdef-b")  # crashed between the renames
     os.replace(root / "a", root / ".del-0123456789abcdef-a")  # crashed while deleting "a"
     assert store.names() == []
+    long_ago = time.time() - LocalAdapterStore.REPAIR_AFTER_S - 1
+    for entry in work_dirs(root):
+        os.utime(root / entry, (long_ago, long_ago))
     again = LocalAdapterStore(root)
     assert again.names() == ["b"] and weights(again.fetch("b")) == b"v1" * 100
     assert work_dirs(root) == []
+
+
+def test_local_leaves_another_replicas_writes_in_flight_alone(tmp_path: Path) -> None:
+    """Replicas share one volume: a starting one must not take a fresh work folder for a crash."""
+    root = tmp_path / "store"
+    LocalAdapterStore(root).put("b", source(tmp_path, "v1"), {})
+    (root / ".tmp-0123456789abcdef-a").mkdir()  # another replica is writing "a"
+    os.replace(root / "b", root / ".old-0123456789abcdef-b")  # another replica is replacing "b"
+    LocalAdapterStore(root)
+    assert sorted(work_dirs(root)) == [".old-0123456789abcdef-b", ".tmp-0123456789abcdef-a"]
 
 
 def test_local_ignores_what_is_not_an_adapter(tmp_path: Path) -> None:

@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 import os
 import threading
+import time
 from pathlib import Path
 
 from loraplex.adapters.errors import AdapterNotFoundError
+from loraplex.adapters.rules import WEIGHTS_FILE
 from loraplex.adapters.store.files import (
     DEL,
     FILES,
@@ -27,6 +29,13 @@ from loraplex.adapters.tenancy import AdapterId, stored_name
 __all__ = ["LocalAdapterStore"]
 
 
+def _mtime(path: Path) -> float:
+    try:
+        return path.lstat().st_mtime
+    except FileNotFoundError:  # finished by its writer meanwhile
+        return float("inf")
+
+
 class LocalAdapterStore:
     """``root/<name>/`` per public adapter, ``root/<tenant>@<name>/`` per tenant's one; every
     method takes qualified names (``name``, ``tenant/name``). ``put`` writes ``root/.tmp-*``,
@@ -35,14 +44,21 @@ class LocalAdapterStore:
     Replacing moves the old folder aside (``.old-*``), renames the new one in and deletes the
     old one; if the rename fails the old folder goes back. At start, leftovers of a crash are
     repaired: ``.tmp-*`` and ``.del-*`` are deleted, an ``.old-*`` whose name is missing is
-    restored. One process writes a given root.
+    restored. Several processes may share a root (replicas on one ReadWriteMany volume): a work
+    folder younger than ``REPAIR_AFTER_S`` may be another process's write in flight, so the
+    repair leaves it for a later start.
     """
+
+    REPAIR_AFTER_S = 600.0
 
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
+        recent = time.time() - self.REPAIR_AFTER_S
         for entry in self.root.iterdir():
+            if entry.name.startswith((TMP, DEL, OLD)) and _mtime(entry) > recent:
+                continue  # perhaps another replica's upload, replace or delete under way
             if entry.name.startswith((TMP, DEL)):
                 remove(entry)
             elif entry.name.startswith(OLD):
@@ -59,6 +75,18 @@ class LocalAdapterStore:
             for e in self.root.iterdir()
             if is_name(e.name) and is_complete(e)
         )
+
+    def listing(self) -> dict[str, str]:
+        """name -> a change token: the weights file's inode, size and mtime. A replace renames a
+        new folder in (a new file), so the token changes; one ``stat`` per adapter."""
+        tokens = {}
+        for name in self.names():
+            try:
+                st = (self.root / stored_name(name) / WEIGHTS_FILE).stat()
+            except FileNotFoundError:  # deleted since names() looked
+                continue
+            tokens[name] = f"{st.st_ino}-{st.st_size}-{st.st_mtime_ns}"
+        return tokens
 
     def exists(self, name: str) -> bool:
         return is_complete(self.root / stored_name(name))

@@ -101,16 +101,21 @@ class S3AdapterStore:
         return version
 
     def names(self) -> list[str]:
+        return sorted(self.listing())
+
+    def listing(self) -> dict[str, str]:
+        """name -> the ETag of its pointer (one LIST request per 1000 objects): publishing a new
+        version rewrites the pointer, so the ETag changes."""
         base = self._key("") + "/" if self.prefix else ""
-        found = []
+        found = {}
         for page in self.client.get_paginator("list_objects_v2").paginate(
             Bucket=self.bucket, Prefix=base
         ):
             for item in page.get("Contents", []):
                 name = item["Key"][len(base) :].removesuffix("/" + POINTER)
                 if item["Key"].endswith("/" + POINTER) and is_name(name):
-                    found.append(AdapterId.from_stored(name).qualified)
-        return sorted(found)
+                    found[AdapterId.from_stored(name).qualified] = item.get("ETag", "")
+        return found
 
     def exists(self, name: str) -> bool:
         return self._pointer(name) is not None
