@@ -70,7 +70,7 @@ def routes() -> set[str]:
 
 @pytest.mark.parametrize("name", RENDERS)
 def test_every_args_option_exists_and_the_args_parse(
-    rendered: dict[str, list[dict]], serve_options: set[str], name: str
+    rendered: dict[str, list[dict]], serve_options: set[str], name: str, tmp_path
 ) -> None:
     args = resolved_args(rendered[name])
     used = {a.split("=", 1)[0] for a in args}
@@ -80,6 +80,10 @@ def test_every_args_option_exists_and_the_args_parse(
     # The image's entrypoint options, then these: one valid config (values and ranges checked).
     # --model names the folder inside the image (test_dockerfile checks it): not here.
     known = [a for a in args if a.split("=", 1)[0] in serve_options - {"--model"}]
+    # The keys file is the Secret's, read at start: a real one stands in for it here.
+    keys = tmp_path / "keys.json"
+    keys.write_text('{"keys": [{"key": "sk-test-0123456789", "tenant": "t", "role": "admin"}]}')
+    known = [f"--api-keys-file={keys}" if a.startswith("--api-keys-file=") else a for a in known]
     parsed = build_parser().parse_args(["serve", "--host", "0.0.0.0", "--port", "8000", *known])
     build_config(parsed)
 
