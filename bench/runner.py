@@ -30,8 +30,8 @@ class System:
     label: str
     scenario: Scenario  # whose adapters the requests name
     measure: Measure
-    units: Callable[[int], int]  # progress units (requests) one run of n requests counts
-    warm_requests: int | None = None  # how many requests warm it up (None: all of them)
+    warm_requests: int | None = None  # how many of a round's requests warm it up (None: all)
+    uses: int | None = None  # how many of a round's requests a run serves (None: all)
 
 
 class Bench:
@@ -79,7 +79,7 @@ class Bench:
                 cache_salt=f"{s.key}-{tag}", tick=tick,
             )  # fmt: skip
 
-        return System(s.key, s.label, s, measure, lambda n: n)
+        return System(s.key, s.label, s, measure)
 
     def add_peers(self, model_dir: Path, store: Path, dtype: str) -> None:
         """Load the peers' models: one HF model for ``hf`` and ``bare``, one PEFT model holding
@@ -101,10 +101,9 @@ class Bench:
                 return peers.bare_forward(model, tok, requests, batch, n, tick)
 
             if "hf" in wanted:
-                self.systems.append(System("hf", PEERS["hf"], base, hf, lambda n: n, batch))
+                self.systems.append(System("hf", PEERS["hf"], base, hf, batch))
             if "bare" in wanted:
-                units = lambda n: min(n, batch)  # noqa: E731
-                self.systems.append(System("bare", PEERS["bare"], base, bare, units, batch))
+                self.systems.append(System("bare", PEERS["bare"], base, bare, batch, batch))
         if wanted & {"peft-mixed", "peft-seq"}:
             peft_model, tok = peers.load_peft(model_dir, store, lora.names, dtype)
 
@@ -117,7 +116,7 @@ class Bench:
 
             for key, fn, warm in (("peft-mixed", mixed, batch), ("peft-seq", one, 1)):
                 if key in wanted:
-                    self.systems.append(System(key, PEERS[key], lora, fn, lambda n: n, warm))
+                    self.systems.append(System(key, PEERS[key], lora, fn, warm))
 
     # ---- runs ----------------------------------------------------------------------------
 
@@ -148,7 +147,7 @@ class Bench:
 
     def units_per_round(self) -> int:
         n = self.plan.profile.workload.requests
-        return sum(s.units(n) for s in self.systems)
+        return sum(min(n, s.uses or n) for s in self.systems)
 
     def sweep(self, results: dict[str, list[RunStats]]) -> list[tuple[float, RunStats]]:
         """Poisson arrivals on the peer scenario at each fraction of its closed-loop req/s."""
