@@ -35,7 +35,8 @@ def _row(key: str, label: str, adapters: str, runs: Sequence[RunStats], same: st
     speeds = [r.tokens_per_s for r in runs]
     lat = median.latency_ms()
     return [
-        key, label, adapters, str(median.requests), str(median.output_tokens),
+        key, label, adapters, str(median.distinct_adapters), str(median.requests),
+        str(median.output_tokens),
         f"{median.tokens_per_s:.1f}", f"{min(speeds):.1f}-{max(speeds):.1f}",
         f"{median.requests_per_s:.2f}",
         ms(lat["ttft_p50"]), ms(lat["ttft_p99"]), ms(lat["itl_p50"]), ms(lat["itl_p99"]), same,
@@ -43,7 +44,7 @@ def _row(key: str, label: str, adapters: str, runs: Sequence[RunStats], same: st
 
 
 SYSTEM_HEADER = [
-    "row", "system", "adapters", "requests", "output tokens", "tok/s (median)",
+    "row", "system", "adapters", "distinct", "requests", "output tokens", "tok/s (median)",
     "tok/s (rounds)", "req/s", "TTFT p50 ms", "TTFT p99 ms", "ITL p50 ms", "ITL p99 ms",
     "same text",
 ]  # fmt: skip

@@ -53,6 +53,7 @@ def test_systems_table_has_a_row_per_system_that_ran_and_compares_texts() -> Non
     assert lines[0] == "| " + " | ".join(report.SYSTEM_HEADER) + " |"
     rows = {line.split(" | ")[0].lstrip("| "): line for line in lines[2:]}
     assert set(rows) == {"base", "hf", "bare"}
+    assert rows["base"].startswith("| base | loraplex base model | - | 0 | 2 | 50 |")
     # base: median-throughput round (the lower middle: 50 tok/s), both rounds' range, and
     # the same texts as HF on the first round.
     assert "| 50.0 | 50.0-60.0 |" in rows["base"] and rows["base"].endswith("| 2/2 |")

@@ -25,6 +25,9 @@ def test_smoke_profile_runs_every_system_and_writes_the_results(
         assert run["output_tokens"] >= 8 and run["tokens_per_s"] > 0, key
         assert run["ttft_p50"] > 0 and run["itl_p50"] > 0, key
     assert data["runs"]["bare"][0]["output_tokens"] == 2 * 3  # 2 rows x 3 steps (mean output)
+    assert data["runs"]["base"][0]["distinct_adapters"] == 0
+    assert data["runs"]["u16"][0]["distinct_adapters"] == 4  # round-robin: 4 requests, 4 names
+    assert data["runs"]["peft-seq"][0]["distinct_adapters"] == 4
     targets = data["targets"]
     for label in ("1. 16 adapters vs base", "3b. 16 adapters vs PEFT one at a time"):
         assert targets[label]["status"] in ("met", "missed") and targets[label]["ratio"] > 0

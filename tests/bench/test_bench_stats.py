@@ -32,7 +32,9 @@ def _record(index: int, sent: float, times: list[float]) -> RequestRecord:
 
 def test_run_stats_from_records() -> None:
     records = [_record(0, 0.0, [0.5, 0.6, 0.8]), _record(1, 0.2, [1.0, 1.5])]
+    records[1].adapter = "a"
     run = RunStats("x", 2.0, records)
+    assert run.distinct_adapters == 1
     assert records[0].ttft == 0.5 and records[1].ttft == pytest.approx(0.8)
     assert records[0].gaps == pytest.approx([0.1, 0.2])
     assert run.output_tokens == 5 and run.tokens_per_s == 2.5 and run.requests_per_s == 1.0
