@@ -15,6 +15,8 @@ import argparse
 import dataclasses
 import os
 import shlex
+import signal
+import sys
 import tempfile
 import time
 from contextlib import ExitStack
@@ -124,6 +126,9 @@ def main(argv: list[str] | None = None) -> Path:
     out = args.out or RESULTS / f"{profile.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     began = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="loraplex-bench-store-") as tmp, ExitStack() as stack:
+        # SIGTERM unwinds like Ctrl-C, so the servers stop and the stores go; restored last.
+        previous = signal.signal(signal.SIGTERM, lambda signum, _: sys.exit(128 + signum))
+        stack.callback(signal.signal, signal.SIGTERM, previous)
         stores = write_stores(plan, model_dir, Path(tmp))
         print(f"wrote the adapter stores in {time.perf_counter() - began:.0f} s", flush=True)
         needed = {s.server for s in plan.scenarios if s.key not in skip}
