@@ -3,7 +3,9 @@ interleaved rounds (each runs every system once, on that round's requests; round
 system later than round k-1), then the Poisson latency sweep. One system runs at a time.
 
 Systems are the loraplex scenarios (over HTTP, on live ``loraplex serve`` processes) and the
-in-process peers, all behind one signature: ``measure(requests, tick) -> RunStats``.
+in-process peers, all behind one signature: ``measure(requests, tick, tag) -> RunStats``
+(``tick(n)`` advances the progress bar by n requests; ``tag`` names the run: ``warm-up``,
+``r0``, ``r1``...).
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ WARM_UP_TOKENS = 2
 
 @dataclass
 class System:
+    """One row of the table and how to run it."""
+
     key: str
     label: str
     scenario: Scenario  # whose adapters the requests name
