@@ -45,8 +45,14 @@ lock-image: $(STAMP)
 deploy-check: $(STAMP)
 	$(BIN)/python -m pytest -q tests/deploy
 
-bench: $(STAMP)
-	$(BIN)/python bench/engine.py $(ARGS)
+# The serving benchmark (bench/README.md): quick profile by default, ARGS=--full for everything.
+BENCH_STAMP := $(VENV)/.bench-installed
+$(BENCH_STAMP): $(STAMP)
+	$(BIN)/python -m pip install -q -e '.[dev,bench]'
+	touch $(BENCH_STAMP)
+
+bench: $(BENCH_STAMP)
+	$(BIN)/python bench/serving.py $(ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

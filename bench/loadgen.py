@@ -99,7 +99,7 @@ async def _run(
             else:
                 await gate.acquire()
                 sent = time.perf_counter()
-            record = RequestRecord(request.index, sent)
+            record = RequestRecord(request.index, sent, adapter=request.adapter)
             try:
                 await _stream_one(client, completion_body(request, base_model, cache_salt), record)
                 return record

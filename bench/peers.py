@@ -82,7 +82,9 @@ def generate_batch(
             tokens, skip_special_tokens=True, clean_up_tokenization_spaces=False
         )
         times_of = times[: request.max_tokens]
-        records.append(RequestRecord(request.index, sent, times_of, request.max_tokens, text))
+        records.append(
+            RequestRecord(request.index, sent, times_of, request.max_tokens, text, request.adapter)
+        )
     return records
 
 

@@ -15,9 +15,6 @@ from stats import RunStats, median_ratio, median_run
 
 Results = Mapping[str, Sequence[RunStats]]  # system key -> one run per round, in round order
 
-# Rows whose texts should equal another row's (same requests, same weights, greedy, float32).
-SAME_TEXT_AS = {"base": "hf", "peft-mixed": "u16", "peft-seq": "u16"}
-
 
 def ms(value: float) -> str:
     return "-" if math.isnan(value) else f"{value:.0f}"
@@ -38,7 +35,8 @@ def _row(key: str, label: str, adapters: str, runs: Sequence[RunStats], same: st
     speeds = [r.tokens_per_s for r in runs]
     lat = median.latency_ms()
     return [
-        key, label, adapters, str(median.requests), str(median.output_tokens),
+        key, label, adapters, str(median.distinct_adapters), str(median.requests),
+        str(median.output_tokens),
         f"{median.tokens_per_s:.1f}", f"{min(speeds):.1f}-{max(speeds):.1f}",
         f"{median.requests_per_s:.2f}",
         ms(lat["ttft_p50"]), ms(lat["ttft_p99"]), ms(lat["itl_p50"]), ms(lat["itl_p99"]), same,
@@ -46,7 +44,7 @@ def _row(key: str, label: str, adapters: str, runs: Sequence[RunStats], same: st
 
 
 SYSTEM_HEADER = [
-    "row", "system", "adapters", "requests", "output tokens", "tok/s (median)",
+    "row", "system", "adapters", "distinct", "requests", "output tokens", "tok/s (median)",
     "tok/s (rounds)", "req/s", "TTFT p50 ms", "TTFT p99 ms", "ITL p50 ms", "ITL p99 ms",
     "same text",
 ]  # fmt: skip
@@ -54,15 +52,17 @@ SYSTEM_HEADER = [
 
 def systems_table(plan: Plan, results: Results) -> str:
     """One row per scenario and peer that ran: its median-throughput round, all its numbers."""
+    # Rows whose texts should equal another row's (same requests and weights, greedy).
+    same_as = {"base": "hf", "peft-mixed": plan.peer_scenario, "peft-seq": plan.peer_scenario}
     rows = []
     for s in plan.scenarios:
         if s.key in results:
-            same = same_texts(results, s.key, SAME_TEXT_AS.get(s.key))
+            same = same_texts(results, s.key, same_as.get(s.key))
             rows.append(_row(s.key, s.label, s.adapters, results[s.key], same))
     for key in plan.peers:
         if key in results:
             adapters = f"as {plan.peer_scenario}" if key.startswith("peft") else "-"
-            same = same_texts(results, key, SAME_TEXT_AS.get(key))
+            same = same_texts(results, key, same_as.get(key))
             rows.append(_row(key, PEERS[key], adapters, results[key], same))
     return markdown_table(SYSTEM_HEADER, rows)
 

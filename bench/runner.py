@@ -3,7 +3,9 @@ interleaved rounds (each runs every system once, on that round's requests; round
 system later than round k-1), then the Poisson latency sweep. One system runs at a time.
 
 Systems are the loraplex scenarios (over HTTP, on live ``loraplex serve`` processes) and the
-in-process peers, all behind one signature: ``measure(requests, tick) -> RunStats``.
+in-process peers, all behind one signature: ``measure(requests, tick, tag) -> RunStats``
+(``tick(n)`` advances the progress bar by n requests; ``tag`` names the run: ``warm-up``,
+``r0``, ``r1``...).
 """
 
 from __future__ import annotations
@@ -26,11 +28,14 @@ WARM_UP_TOKENS = 2
 
 @dataclass
 class System:
+    """One row of the table and how to run it."""
+
     key: str
     label: str
     scenario: Scenario  # whose adapters the requests name
     measure: Measure
-    units: Callable[[int], int]  # progress units (requests) one run of n requests counts
+    warm_requests: int | None = None  # how many of a round's requests warm it up (None: all)
+    uses: int | None = None  # how many of a round's requests a run serves (None: all)
 
 
 class Bench:
@@ -60,10 +65,12 @@ class Bench:
 
     def requests(self, scenario: Scenario, round_: int) -> list[Request]:
         """Round ``round_``'s requests (round -1 is the warm-up): prompts and output lengths
-        from the seed and round only, so all systems of a round get the same ones."""
+        from the seed and round only, so all systems of a round get the same ones; round-robin
+        adapters go on where the last round stopped."""
         spec = self.plan.profile.workload
         seed = self.seed * 1000 + round_ + 1
-        return build_requests(spec, self.pool, scenario.names, scenario.zipf, seed)
+        first = round_ * spec.requests
+        return build_requests(spec, self.pool, scenario.names, scenario.zipf, seed, first)
 
     # ---- systems -------------------------------------------------------------------------
 
@@ -76,7 +83,7 @@ class Bench:
                 cache_salt=f"{s.key}-{tag}", tick=tick,
             )  # fmt: skip
 
-        return System(s.key, s.label, s, measure, lambda n: n)
+        return System(s.key, s.label, s, measure)
 
     def add_peers(self, model_dir: Path, store: Path, dtype: str) -> None:
         """Load the peers' models: one HF model for ``hf`` and ``bare``, one PEFT model holding
@@ -98,10 +105,9 @@ class Bench:
                 return peers.bare_forward(model, tok, requests, batch, n, tick)
 
             if "hf" in wanted:
-                self.systems.append(System("hf", PEERS["hf"], base, hf, lambda n: n))
+                self.systems.append(System("hf", PEERS["hf"], base, hf, batch))
             if "bare" in wanted:
-                units = lambda n: min(n, batch)  # noqa: E731
-                self.systems.append(System("bare", PEERS["bare"], base, bare, units))
+                self.systems.append(System("bare", PEERS["bare"], base, bare, batch, batch))
         if wanted & {"peft-mixed", "peft-seq"}:
             peft_model, tok = peers.load_peft(model_dir, store, lora.names, dtype)
 
@@ -112,21 +118,21 @@ class Bench:
             def one(requests: Sequence[Request], tick: Tick, tag: str) -> RunStats:
                 return peers.one_at_a_time(peft_model, tok, requests, PEERS["peft-seq"], tick)
 
-            for key, fn in (("peft-mixed", mixed), ("peft-seq", one)):
+            for key, fn, warm in (("peft-mixed", mixed, batch), ("peft-seq", one, 1)):
                 if key in wanted:
-                    self.systems.append(System(key, PEERS[key], lora, fn, lambda n: n))
+                    self.systems.append(System(key, PEERS[key], lora, fn, warm))
 
     # ---- runs ----------------------------------------------------------------------------
 
     def warm_up(self) -> None:
         """Each system once on the warm-up round's requests, ``WARM_UP_TOKENS`` new tokens
-        each: loads the adapters those requests name and runs every code path once."""
+        each: every code path runs once, and the servers load the adapters those requests name
+        (the peers hold all theirs already, so one batch warms them)."""
         for system in self.systems:
             self.progress.set_description(f"warm-up {system.key}")
-            requests = [
-                replace(r, max_tokens=WARM_UP_TOKENS) for r in self.requests(system.scenario, -1)
-            ]
-            system.measure(requests, lambda n: None, "warm-up")
+            requests = self.requests(system.scenario, -1)[: system.warm_requests]
+            warm = [replace(r, max_tokens=WARM_UP_TOKENS) for r in requests]
+            system.measure(warm, lambda n: None, "warm-up")
 
     def run_rounds(self, rounds: int) -> dict[str, list[RunStats]]:
         results: dict[str, list[RunStats]] = {s.key: [] for s in self.systems}
@@ -145,7 +151,7 @@ class Bench:
 
     def units_per_round(self) -> int:
         n = self.plan.profile.workload.requests
-        return sum(s.units(n) for s in self.systems)
+        return sum(min(n, s.uses or n) for s in self.systems)
 
     def sweep(self, results: dict[str, list[RunStats]]) -> list[tuple[float, RunStats]]:
         """Poisson arrivals on the peer scenario at each fraction of its closed-loop req/s."""

@@ -55,7 +55,7 @@ PROFILES = {
         server_options=("--kv-cache-memory-mb", "64"),
     ),
     "quick": Profile(
-        "quick", 16, WorkloadSpec(32, LengthRange(16, 64), LengthRange(8, 24)), 2,
+        "quick", 8, WorkloadSpec(16, LengthRange(16, 48), LengthRange(8, 16)), 2,
         uniform=(16, 64), scale=(8, 1000), mixed=16, load=(0.5, 1.0),
     ),
     "full": Profile(

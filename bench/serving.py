@@ -15,6 +15,8 @@ import argparse
 import dataclasses
 import os
 import shlex
+import signal
+import sys
 import tempfile
 import time
 from contextlib import ExitStack
@@ -89,7 +91,7 @@ def write_stores(plan: Plan, model_dir: Path, root: Path) -> dict[str, Path]:
     return stores
 
 
-def describe(plan: Plan, model_dir: Path, args: argparse.Namespace) -> str:
+def describe(plan: Plan, model_dir: Path, args: argparse.Namespace, load_at_start: float) -> str:
     import torch
 
     p, w = plan.profile, plan.profile.workload
@@ -98,8 +100,8 @@ def describe(plan: Plan, model_dir: Path, args: argparse.Namespace) -> str:
         f"concurrent, {w.requests} requests a round (prompts {w.prompt_tokens.low}-"
         f"{w.prompt_tokens.high} tokens, outputs {w.output_tokens.low}-{w.output_tokens.high}), "
         f"{p.rounds} interleaved rounds, --max-loras {p.slots}, peers' torch threads "
-        f"{torch.get_num_threads()}, {os.cpu_count()} cores, load average "
-        f"{os.getloadavg()[0]:.1f} at the end"
+        f"{torch.get_num_threads()}, {os.cpu_count()} cores, 1-minute load average "
+        f"{load_at_start:.1f} at the start and {os.getloadavg()[0]:.1f} at the end"
     )
 
 
@@ -109,6 +111,7 @@ def main(argv: list[str] | None = None) -> Path:
     from transformers import AutoTokenizer
 
     args = parse_args(argv)
+    load_at_start = os.getloadavg()[0]  # how busy the machine was: the numbers depend on it
     profile = scenarios.with_overrides(
         PROFILES[args.profile], rounds=args.rounds, concurrency=args.concurrency,
         zipf=args.zipf, max_loras=args.max_loras,
@@ -123,6 +126,9 @@ def main(argv: list[str] | None = None) -> Path:
     out = args.out or RESULTS / f"{profile.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     began = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="loraplex-bench-store-") as tmp, ExitStack() as stack:
+        # SIGTERM unwinds like Ctrl-C, so the servers stop and the stores go; restored last.
+        previous = signal.signal(signal.SIGTERM, lambda signum, _: sys.exit(128 + signum))
+        stack.callback(signal.signal, signal.SIGTERM, previous)
         stores = write_stores(plan, model_dir, Path(tmp))
         print(f"wrote the adapter stores in {time.perf_counter() - began:.0f} s", flush=True)
         needed = {s.server for s in plan.scenarios if s.key not in skip}
@@ -142,7 +148,8 @@ def main(argv: list[str] | None = None) -> Path:
         bench.warm_up()
         results = bench.run_rounds(profile.rounds)
         sweep = bench.sweep(results)
-    text = report.full_report(describe(plan, model_dir, args), plan, results, sweep)
+    header = describe(plan, model_dir, args, load_at_start)
+    text = report.full_report(header, plan, results, sweep)
     report.write_results(out, text, plan, results, sweep)
     figures = [
         plots.throughput_vs_adapters(plan, results, out / "throughput_vs_adapters.png"),

@@ -43,6 +43,7 @@ class RequestRecord:
     token_times: list[float] = field(default_factory=list)  # one per chunk or step received
     output_tokens: int = 0
     text: str = ""
+    adapter: str | None = None  # the adapter the request named (None: the base model)
 
     @property
     def ttft(self) -> float | None:
@@ -80,6 +81,10 @@ class RunStats:
         return self.requests / self.seconds if self.seconds > 0 else 0.0
 
     @property
+    def distinct_adapters(self) -> int:
+        return len({r.adapter for r in self.records if r.adapter is not None})
+
+    @property
     def ttfts(self) -> list[float]:
         return [t for t in (r.ttft for r in self.records) if t is not None]
 
@@ -109,6 +114,7 @@ class RunStats:
             "seconds": self.seconds,
             "tokens_per_s": self.tokens_per_s,
             "requests_per_s": self.requests_per_s,
+            "distinct_adapters": self.distinct_adapters,
             **self.latency_ms(),
         }
 

@@ -59,19 +59,20 @@ def zipf_weights(count: int, exponent: float) -> list[float]:
 
 
 def assign_adapters(
-    names: Sequence[str], count: int, zipf: float | None, rng: random.Random
+    names: Sequence[str], count: int, zipf: float | None, rng: random.Random, first: int = 0
 ) -> list[str | None]:
     """The adapter of each of ``count`` requests.
 
-    No names: the base model for all. ``zipf`` None: round-robin (request i names
-    ``names[i % n]``), so with ``count >= n`` every adapter is used and any ``n`` consecutive
-    requests name ``n`` distinct adapters (the worst case for a step). Else drawn independently
-    with :func:`zipf_weights` (``names[0]`` the most popular).
+    No names: the base model for all. ``zipf`` None: round-robin from ``first`` (request i
+    names ``names[(first + i) % n]``), so any ``n`` consecutive requests name ``n`` distinct
+    adapters (the worst case for a step), and successive rounds started at ``first = k * count``
+    go on through the names. Else drawn independently with :func:`zipf_weights` (``names[0]``
+    the most popular).
     """
     if not names:
         return [None] * count
     if zipf is None:
-        return [names[i % len(names)] for i in range(count)]
+        return [names[(first + i) % len(names)] for i in range(count)]
     return list(rng.choices(list(names), weights=zipf_weights(len(names), zipf), k=count))
 
 
@@ -124,14 +125,16 @@ def build_requests(
     names: Sequence[str],
     zipf: float | None,
     seed: int,
+    first_adapter: int = 0,
 ) -> list[Request]:
     """The requests for ``seed``. Prompts and output lengths depend on the seed only, so every
     scenario of a round shares them and differs only in its adapters (drawn from their own
-    stream of the same seed)."""
+    stream of the same seed; round-robin from ``first_adapter``)."""
     rng = random.Random(seed)
     prompts = draw_prompts(pool, spec.prompt_tokens, spec.requests, rng)
     outputs = [spec.output_tokens.draw(rng) for _ in range(spec.requests)]
-    adapters = assign_adapters(names, spec.requests, zipf, random.Random(f"adapters-{seed}"))
+    adapter_rng = random.Random(f"adapters-{seed}")
+    adapters = assign_adapters(names, spec.requests, zipf, adapter_rng, first_adapter)
     return [
         Request(i, prompt, out, adapter)
         for i, (prompt, out, adapter) in enumerate(zip(prompts, outputs, adapters, strict=True))

@@ -1,0 +1,42 @@
+"""The serving benchmark end to end on the tiny model: its smoke profile starts real
+``loraplex serve`` processes, drives them over HTTP, runs every peer, and writes the report."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import serving
+
+ROWS = {"base", "merged", "u16", "mixed4", "zipf1", "zipf8", "hf", "peft-mixed", "peft-seq"}
+
+
+def test_smoke_profile_runs_every_system_and_writes_the_results(
+    tiny_model_dir: Path, tmp_path: Path, capsys
+) -> None:
+    out = serving.main(["--smoke", "--model", str(tiny_model_dir), "--out", str(tmp_path / "r")])
+    printed = capsys.readouterr().out
+
+    data = json.loads((out / "results.json").read_text())
+    assert set(data["runs"]) == ROWS | {"bare"}
+    for key in ROWS:  # every request got exactly its tokens, with token times
+        [run] = data["runs"][key]
+        assert run["requests"] == 4 and run["failed"] == 0, key
+        assert run["output_tokens"] >= 8 and run["tokens_per_s"] > 0, key
+        assert run["ttft_p50"] > 0 and run["itl_p50"] > 0, key
+    assert data["runs"]["bare"][0]["output_tokens"] == 2 * 3  # 2 rows x 3 steps (mean output)
+    assert data["runs"]["base"][0]["distinct_adapters"] == 0
+    assert data["runs"]["u16"][0]["distinct_adapters"] == 4  # round-robin: 4 requests, 4 names
+    assert data["runs"]["peft-seq"][0]["distinct_adapters"] == 4
+    targets = data["targets"]
+    for label in ("1. 16 adapters vs base", "3b. 16 adapters vs PEFT one at a time"):
+        assert targets[label]["status"] in ("met", "missed") and targets[label]["ratio"] > 0
+    assert targets["4. 1,000 adapters vs 8 (Zipf)"]["status"] == "not run"
+    [point] = data["sweep"]
+    assert point["requests"] + point["failed"] == 4
+
+    table = (out / "table.md").read_text()
+    assert table in printed and "| u16 | loraplex 16 adapters, round-robin |" in table
+    for png in ("throughput_vs_adapters.png", "latency_vs_load.png"):
+        assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (out / "server-main.log").exists() and (out / "server-mixed.log").exists()
