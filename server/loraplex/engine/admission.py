@@ -21,8 +21,6 @@ import time
 from collections import Counter, deque
 from collections.abc import Callable
 
-from loraplex import metrics
-
 DEFAULT_TENANT = "default"
 WINDOW_S = 30.0  # the drain rate looks this far back
 MAX_RETRY_S = 60  # never tell a client to come back later than this
@@ -49,7 +47,9 @@ class AdmissionController:
         max_queued: int | None,
         max_queued_per_tenant: int | None = None,
         clock: Callable[[], float] = time.monotonic,
+        on_reject: Callable[[str], None] | None = None,
     ) -> None:
+        """``on_reject(tenant)`` runs for every refusal (the server counts 429s per tenant)."""
         if max_queued is not None and max_queued <= 0:
             raise ValueError("max_queued must be positive or None")
         if max_queued_per_tenant is not None and max_queued_per_tenant <= 0:
@@ -57,6 +57,7 @@ class AdmissionController:
         self.max_queued = max_queued
         self.max_queued_per_tenant = max_queued_per_tenant
         self._clock = clock
+        self.on_reject = on_reject
         self._lock = threading.Lock()
         self._queued: Counter[str] = Counter()
         self._starts: deque[float] = deque(maxlen=_MAX_STARTS)
@@ -121,7 +122,8 @@ class AdmissionController:
 
     def _reject(self, tenant: str) -> None:
         self.rejected[tenant] += 1
-        metrics.record_rate_limited(tenant)  # loraplex_rate_limited_requests_total{tenant}
+        if self.on_reject is not None:
+            self.on_reject(tenant)
 
     def _refuse_if_full(self, tenant: str) -> None:
         total, mine = self._queued.total(), self._queued[tenant]

@@ -70,7 +70,9 @@ class AsyncEngine:
         self._stop = threading.Event()
         sched = engine.config.scheduler
         self.admission = AdmissionController(
-            sched.max_queued_requests, sched.max_queued_requests_per_tenant
+            sched.max_queued_requests,
+            sched.max_queued_requests_per_tenant,
+            on_reject=metrics.record_rate_limited,  # loraplex_rate_limited_requests_total
         )
         self.draining = False  # set by drain(): new requests get 503
         self.died: BaseException | None = None  # what killed the engine thread
