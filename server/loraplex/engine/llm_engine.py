@@ -10,12 +10,11 @@ import threading
 import torch
 
 from loraplex import metrics
-from loraplex.adapters.card import adapter_name
-from loraplex.adapters.weights import MIX_PREFIX
 from loraplex.config import Config
 from loraplex.engine.adapters import AdapterSpec, EngineAdapters
 from loraplex.engine.admission import DEFAULT_TENANT
 from loraplex.engine.batch import PackedBatch, build_batch
+from loraplex.engine.engine_stats import engine_stats
 from loraplex.engine.model_runner import ModelRunner
 from loraplex.engine.output_processor import OutputProcessor
 from loraplex.engine.outputs import RequestOutput
@@ -298,35 +297,5 @@ class LLMEngine:
         )
 
     def stats(self) -> dict[str, object]:
-        """What ``/metrics`` reports, read from any thread without stopping the engine (each
-        value is one length or one copy of a small dict; none walks the waiting queue).
-
-        ``num_running``/``num_waiting``: sequences (prompt x sample); ``num_client_requests``:
-        unfinished client requests; ``kv_usage`` in 0..1; ``block_size``, ``num_blocks``,
-        ``max_loras``: the configuration; ``running_adapters``: adapter names with a running
-        sequence, ``waiting_adapters``: with queued ones only; ``tiers``: tier -> names resident
-        there (device, host, pinned, merged); ``adapters_resident``: device slots in use.
-        """
-        running_keys, waiting_keys = self.scheduler.adapter_counts.snapshot()
-        running = _routable(running_keys)
-        # Two versions of one name (replaced while queued) are one name to a client.
-        waiting = [name for name in _routable(waiting_keys) if name not in running]
-        tiers = self.adapters.residency()
-        return {
-            "num_running": self.scheduler.num_running,
-            "num_waiting": self.scheduler.num_waiting,
-            "num_client_requests": len(self._parents),
-            "kv_usage": self.block_manager.usage,
-            "block_size": self.block_manager.block_size,
-            "num_blocks": self.block_manager.num_blocks,
-            "max_loras": self.config.lora.max_loras,
-            "running_adapters": running,
-            "waiting_adapters": waiting,
-            "tiers": tiers,
-            "adapters_resident": len(tiers["device"]),
-        }
-
-
-def _routable(keys: list[str]) -> list[str]:
-    """The names a client puts in ``model`` for these keys (a per-request mix has none)."""
-    return sorted({adapter_name(k) for k in keys if not k.startswith(MIX_PREFIX)})
+        """What ``/metrics`` reports (``engine_stats.py``), read from any thread."""
+        return engine_stats(self.scheduler, self.adapters, self.config, len(self._parents))
