@@ -38,8 +38,8 @@ def throughput_vs_adapters(plan: Plan, results: Results, path: Path) -> Path | N
         ax.plot(xs, ys, marker="o", label=name)
     for key, style, label in (("base", "--", "base model"), ("bare", ":", "(r) bare forward")):
         if key in results:
-            ax.axhline(median_run(results[key]).tokens_per_s, linestyle=style, color="gray")
-            ax.annotate(label, (1, median_run(results[key]).tokens_per_s), fontsize=8)
+            speed = median_run(results[key]).tokens_per_s
+            ax.axhline(speed, linestyle=style, color="gray", label=label)
     ax.set_xscale("log")
     ax.set_xlabel("adapters the requests draw from")
     ax.set_ylabel("output tokens/s (median of rounds)")
