@@ -19,6 +19,7 @@ import httpx
 import openai
 import pytest
 from completion_helpers import PROMPT
+from controlled_engine import controlled_engine
 
 from loraplex.config import Config, SchedulerConfig
 
@@ -42,19 +43,8 @@ def with_tenant_header(app: Callable) -> Callable:
 def slowed_server(config: Config, servers: list) -> tuple[str, dict]:
     from loraplex.api.app import create_app
     from loraplex.api.threaded_server import ThreadedServer
-    from loraplex.engine.async_engine import AsyncEngine
 
-    engine = AsyncEngine.from_config(config)
-    knobs: dict = {"delay": STEP_DELAY, "fail": False}
-    step = engine.engine.step
-
-    def controlled_step():  # runs in the engine thread
-        time.sleep(knobs["delay"])
-        if knobs["fail"]:
-            raise RuntimeError("injected failure")
-        return step()
-
-    engine.engine.step = controlled_step
+    engine, knobs = controlled_engine(config, STEP_DELAY)
     knobs["engine"] = engine
     server = ThreadedServer(with_tenant_header(create_app(config, engine)))
     servers.append(server)

@@ -13,6 +13,7 @@ import openai
 import pytest
 from adapter_files import sse_events
 from completion_helpers import GREEDY, PROMPT, metric
+from controlled_engine import controlled_engine
 
 from loraplex.config import Config
 
@@ -116,19 +117,7 @@ def test_client_disconnect_aborts_the_request(live_server: str, base_name: str) 
 def faulty_server(server_factory: Callable[..., str], tiny_config: Config) -> tuple[str, dict]:
     """A server whose real engine can be slowed down (``knobs["delay"]`` seconds per step) or
     made to fail every step (``knobs["fail"]``), and those knobs."""
-    from loraplex.engine.async_engine import AsyncEngine
-
-    engine = AsyncEngine.from_config(tiny_config)
-    knobs: dict = {"delay": 0.0, "fail": False}
-    step = engine.engine.step
-
-    def controlled_step():  # runs in the engine thread
-        time.sleep(knobs["delay"])
-        if knobs["fail"]:
-            raise RuntimeError("injected failure in /secret/path")
-        return step()
-
-    engine.engine.step = controlled_step
+    engine, knobs = controlled_engine(tiny_config)
     return server_factory(tiny_config, engine), knobs
 
 

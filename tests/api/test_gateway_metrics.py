@@ -16,6 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 from completion_helpers import PROMPT
+from controlled_engine import controlled_engine
 from prometheus_client.parser import text_string_to_metric_families
 
 from loraplex.config import Config
@@ -32,8 +33,6 @@ def slow_server(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> tuple[str, dict]:
     """Two adapters (tiny-a and a copy, tiny-b), one device slot, a step delay knob."""
-    from loraplex.engine.async_engine import AsyncEngine
-
     store = tmp_path_factory.mktemp("two-adapters")
     shutil.copytree(tiny_adapters_dir / RUNNING, store / RUNNING)
     shutil.copytree(tiny_adapters_dir / RUNNING, store / WAITING)
@@ -43,15 +42,7 @@ def slow_server(
     # Other test modules in the session may have used up the default 32 adapter labels.
     server = dataclasses.replace(tiny_config.server, metrics_adapter_labels=1000)
     config = dataclasses.replace(tiny_config, lora=lora, server=server)
-    engine = AsyncEngine.from_config(config)
-    knobs = {"delay": 0.0}
-    step = engine.engine.step
-
-    def slow_step():  # runs in the engine thread
-        time.sleep(knobs["delay"])
-        return step()
-
-    engine.engine.step = slow_step
+    engine, knobs = controlled_engine(config)
     return server_factory(config, engine), knobs
 
 

@@ -16,17 +16,10 @@ from pathlib import Path
 
 import httpx
 import pytest
+from attack_helpers import rss_mb
 from builders import save_adapter
 
 from loraplex.config import Config, SchedulerConfig
-
-
-def _rss_mb() -> float:
-    """This process's resident memory: the test servers run in-process."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise AssertionError("no VmRSS")
 
 
 @pytest.fixture(scope="module")
@@ -105,10 +98,10 @@ def test_out_of_range_integers_are_400s_and_leak_nothing(
     mix = [{"name": "wide", "weight": 0.5}, {"name": "tiny-a", "weight": 0.1}]
     body = {"model": base_name, "prompt": "t3", "max_tokens": 2, field: value, "adapters": mix}
     _assert_400(_attack(url, base_name, body), field)
-    before = _rss_mb()
+    before = rss_mb()
     for _ in range(30):
         _assert_400(httpx.post(f"{url}/v1/completions", json=body, timeout=60), field)
-    assert _rss_mb() - before < 50  # refused before any reference or mix is kept
+    assert rss_mb() - before < 50  # refused before any reference or mix is kept
 
 
 def test_fan_out_past_the_cap_is_refused_before_tokenizing(url: str, base_name: str) -> None:

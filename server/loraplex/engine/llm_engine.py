@@ -157,15 +157,15 @@ class LLMEngine:
         parent = self._parents.get(request_id)
         if parent is None:
             return []
-        outputs = []
-        for state in parent.children:
-            if not state.finished:
-                self._finish(state, "abort")
-                outputs.append(self.outputs.output(state, "", (), "abort", error=error))
-        return outputs
+        return [self._end(state, error) for state in parent.children if not state.finished]
 
     def abort_all(self, error: Exception | None = None) -> list[RequestOutput]:
         return [out for rid in list(self._parents) for out in self.abort(rid, error)]
+
+    def _end(self, state: RequestState, error: Exception | None) -> RequestOutput:
+        """End an unfinished child early ("abort", with ``error`` if it failed): its output."""
+        self._finish(state, "abort")
+        return self.outputs.output(state, "", (), "abort", error=error)
 
     def _finish(self, state: RequestState, reason: str) -> None:
         """The one way a child ends: blocks freed, adapter released, state dropped."""
@@ -265,13 +265,8 @@ class LLMEngine:
 
     def _fail(self, out: SchedulerOutput, error: Exception) -> list[RequestOutput]:
         """End every child scheduled in ``out`` with ``error``."""
-        failed = []
-        for scheduled in out.scheduled:
-            state = self._states.get(scheduled.seq.seq_id)
-            if state is not None and not state.finished:
-                self._finish(state, "abort")
-                failed.append(self.outputs.output(state, "", (), "abort", error=error))
-        return failed
+        states = [self._states.get(scheduled.seq.seq_id) for scheduled in out.scheduled]
+        return [self._end(state, error) for state in states if state and not state.finished]
 
     def _fail_unloadable(self) -> list[RequestOutput]:
         """Wait briefly when everything queued waits for adapter loads (rather than spin);
@@ -280,12 +275,8 @@ class LLMEngine:
             self._adapter_loaded.wait(0.05)
         self._adapter_loaded.clear()
         self._new_requests = False
-        outputs = []
-        for seq, error in self.adapters.poll_waiting(list(self.scheduler.waiting)):
-            state = self._states[seq.seq_id]
-            self._finish(state, "abort")
-            outputs.append(self.outputs.output(state, "", (), "abort", error=error))
-        return outputs
+        failed = self.adapters.poll_waiting(self.scheduler.waiting)  # iterates a snapshot
+        return [self._end(self._states[seq.seq_id], error) for seq, error in failed]
 
     def _sample(self, states: list[RequestState], logits: torch.Tensor) -> list[int]:
         return self.sampler(
