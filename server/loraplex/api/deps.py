@@ -9,7 +9,6 @@ from fastapi import Depends, Request
 
 from loraplex.adapters.rules import Limits
 from loraplex.api.auth import authenticate
-from loraplex.config import Config
 from loraplex.engine.async_engine import AsyncEngine
 
 
@@ -18,13 +17,7 @@ def get_engine(request: Request) -> AsyncEngine:
     return request.app.state.engine
 
 
-def get_config(request: Request) -> Config:
-    """The frozen config the app was built with (``app.state.config``)."""
-    return request.app.state.config
-
-
 EngineDep = Annotated[AsyncEngine, Depends(get_engine)]
-ConfigDep = Annotated[Config, Depends(get_config)]
 
 
 def get_limits(engine: EngineDep) -> Limits:
