@@ -209,9 +209,16 @@ def hf_generate(
     return Measurement(system, new.numel(), seconds, texts)
 
 
-def timed_decode_steps(model: Any, input_ids: Any, attention_mask: Any, steps: int) -> float:
+def timed_decode_steps(
+    model: Any,
+    input_ids: Any,
+    attention_mask: Any,
+    steps: int,
+    step_ends: list[float] | None = None,
+) -> float:
     """Seconds for ``steps`` one-token greedy decode forwards of the whole batch over its KV
-    cache: the bare forward, no ``generate`` loop. The prefill before them is not timed."""
+    cache: the bare forward, no ``generate`` loop. The prefill before them is not timed.
+    ``step_ends`` (if given) receives the start time, then the end time of every step."""
     import torch
 
     with torch.inference_mode():
@@ -219,10 +226,13 @@ def timed_decode_steps(model: Any, input_ids: Any, attention_mask: Any, steps: i
         cache, mask = out.cache, attention_mask
         token = out.logits[:, -1:].argmax(-1)
         start = time.perf_counter()
+        ends = [start] if step_ends is None else step_ends
+        ends[:] = [start]
         for _ in range(steps):
             mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=1)
             out = model(input_ids=token, attention_mask=mask, cache=cache, use_cache=True)
             token = out.logits[:, -1:].argmax(-1)
+            ends.append(time.perf_counter())
         return time.perf_counter() - start
 
 

@@ -14,6 +14,7 @@ measured like the server's (TTFT from the start of the ``generate`` call serving
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -127,12 +128,15 @@ def one_at_a_time(
 def bare_forward(
     model: Any, tokenizer: Any, requests: Sequence[Request], batch: int, steps: int, tick: Tick
 ) -> RunStats:
-    """(r): ``steps`` decode forwards of the first ``batch`` prompts; ``batch * steps`` tokens."""
+    """(r): ``steps`` decode forwards of the first ``batch`` prompts; ``batch * steps`` tokens.
+    Every row's token times are the step ends, so its ITL is the bare step time (and it has no
+    TTFT: its prefill is not timed)."""
     chunk = requests[:batch]
     ids, mask = padded_batch([r.prompt for r in chunk], tokenizer.pad_token_id)
-    seconds = common.timed_decode_steps(model, ids, mask, steps)
+    ends: list[float] = []
+    seconds = common.timed_decode_steps(model, ids, mask, steps, ends)
     tick(len(chunk))
-    records = [RequestRecord(r.index, 0.0, [], steps) for r in chunk]
+    records = [RequestRecord(r.index, math.nan, ends[1:], steps) for r in chunk]
     return RunStats("(r) bare HF decode forward", seconds, records)
 
 

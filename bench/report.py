@@ -68,11 +68,14 @@ def systems_table(plan: Plan, results: Results) -> str:
 
 
 def evaluate(target: Target, results: Results) -> tuple[float, str]:
-    """(ratio, status): the median over rounds of the per-round ratio of tokens/s, and
+    """(ratio, status): the median over rounds of the per-round ratio of tokens/s (or of
+    decode-step times, ``per_step``), and
     ``met``/``missed`` (``reference`` without a minimum, ``not run`` without both rows)."""
     if target.numerator not in results or target.denominator not in results:
         return math.nan, "not run"
-    ratio = median_ratio(results[target.numerator], results[target.denominator])
+    ratio = median_ratio(
+        results[target.numerator], results[target.denominator], per_step=target.per_step
+    )
     if target.minimum is None:
         return ratio, "reference"
     return ratio, "met" if ratio >= target.minimum else "missed"

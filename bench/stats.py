@@ -47,7 +47,10 @@ class RequestRecord:
 
     @property
     def ttft(self) -> float | None:
-        return self.token_times[0] - self.sent if self.token_times else None
+        """None without token times, or when the send time is unknown (NaN)."""
+        if not self.token_times or math.isnan(self.sent):
+            return None
+        return self.token_times[0] - self.sent
 
     @property
     def gaps(self) -> list[float]:
@@ -127,12 +130,19 @@ def median_run(runs: Sequence[RunStats]) -> RunStats:
     return sorted(runs, key=lambda r: r.tokens_per_s)[(len(runs) - 1) // 2]
 
 
-def median_ratio(numerators: Sequence[RunStats], denominators: Sequence[RunStats]) -> float:
+def median_ratio(
+    numerators: Sequence[RunStats], denominators: Sequence[RunStats], per_step: bool = False
+) -> float:
     """The median over rounds of ``tokens/s(num) / tokens/s(den)``, round by round: the same
-    round ran both on the same machine state, so each round's ratio is the honest one."""
-    ratios = [
-        a.tokens_per_s / b.tokens_per_s
-        for a, b in zip(numerators, denominators, strict=True)
-        if b.tokens_per_s > 0
-    ]
+    round ran both on the same machine state, so each round's ratio is the honest one. With
+    ``per_step``: of ``ITL p50(den) / ITL p50(num)`` (decode-step speed, prefill left out)."""
+
+    def speed(run: RunStats) -> float:
+        if not per_step:
+            return run.tokens_per_s
+        itl = run.latency_ms()["itl_p50"]
+        return 1 / itl if itl > 0 else math.nan  # NaN too when the run has no token times
+
+    pairs = [(speed(a), speed(b)) for a, b in zip(numerators, denominators, strict=True)]
+    ratios = [a / b for a, b in pairs if b > 0 and not math.isnan(a)]
     return statistics.median(ratios) if ratios else math.nan

@@ -62,6 +62,7 @@ def build_config(args: argparse.Namespace) -> Config:
             device=args.device,
             attention_backend=args.attention_backend,
             load_format=args.load_format,
+            huge_pages=args.huge_pages,
         ),
         cache=CacheConfig(
             block_size=args.block_size,

@@ -50,6 +50,8 @@ class ModelConfig:
     device: str = "cpu"
     attention_backend: str = "auto"  # one of ATTENTION_BACKENDS
     load_format: str = "auto"  # one of LOAD_FORMATS
+    # CPU: weights, slot tables and the KV cache on transparent huge pages (engine/huge_pages.py)
+    huge_pages: bool = True
 
     def __post_init__(self) -> None:
         _require(self.dtype in DTYPES, f"--dtype must be one of {DTYPES}, got {self.dtype!r}")

@@ -64,3 +64,20 @@ def test_median_run_and_median_ratio_of_rounds() -> None:
     assert median_ratio([_run(20), _run(30), _run(10)], [_run(10), _run(30), _run(20)]) == 1.0
     with pytest.raises(ValueError, match="no runs"):
         median_run([])
+
+
+def _stepped(step_s: float, steps: int = 4, sent: float = math.nan) -> RunStats:
+    """A run whose one record got a token every ``step_s`` seconds (no TTFT when sent is NaN)."""
+    times = [step_s * (i + 1) for i in range(steps)]
+    return RunStats("stepped", step_s * steps, [RequestRecord(0, sent, times, steps)])
+
+
+def test_per_step_ratio_compares_decode_steps_and_ignores_missing_ttft() -> None:
+    bare = _stepped(0.100)
+    assert bare.records[0].ttft is None and math.isnan(bare.latency_ms()["ttft_p50"])
+    assert bare.latency_ms()["itl_p50"] == pytest.approx(100.0)
+    # Steps of 80 ms against 100 ms: 1.25x faster per step, whatever the tokens/s.
+    served = _stepped(0.080, sent=0.0)
+    assert median_ratio([served], [bare], per_step=True) == pytest.approx(1.25)
+    # No token times on one side: no ratio.
+    assert math.isnan(median_ratio([served], [_run(10)], per_step=True))

@@ -12,6 +12,7 @@ from loraplex.config import CacheConfig, LoRAConfig, ModelConfig
 from loraplex.engine.attention import FORWARD, register_paged_attention, select_attention
 from loraplex.engine.batch import PackedBatch
 from loraplex.engine.dummy_weights import build_dummy_model, dummy_tokenizer
+from loraplex.engine.huge_pages import huge_zeros, move_to_huge_pages
 from loraplex.engine.memory_sizing import activation_reserve_bytes, kv_cache_bytes
 from loraplex.lora.manager import LoRAModelManager, padded_rank
 from loraplex.lora.ops import select_add_lora
@@ -125,6 +126,9 @@ class ModelRunner:
         self.lora = LoRAModelManager(
             self.model, lora.max_loras, lora.max_lora_rank, op, table_dtype
         )
+        host_huge_pages = model.huge_pages and self.device.type == "cpu"
+        if host_huge_pages:  # after the LoRA layers, so their slot tables move too
+            move_to_huge_pages(self.model)
         memory = None  # on a GPU, the cache takes what --gpu-memory-utilization leaves
         if self.device.type == "cuda" and cache.num_blocks is None:
             memory = device_kv_cache_bytes(
@@ -137,13 +141,13 @@ class ModelRunner:
         self.layout = kv_layout(self.model.config, cache, self.dtype, memory)
         rows = self.layout.num_blocks * self.layout.block_size
         shape = (rows, self.layout.kv_heads, self.layout.head_dim)
-        self.kv_caches = [
-            (
-                torch.zeros(shape, dtype=self.dtype, device=self.device),
-                torch.zeros(shape, dtype=self.dtype, device=self.device),
-            )
-            for _ in range(self.layout.num_layers)
-        ]
+
+        def zeros() -> torch.Tensor:
+            if host_huge_pages:
+                return huge_zeros(shape, self.dtype)
+            return torch.zeros(shape, dtype=self.dtype, device=self.device)
+
+        self.kv_caches = [(zeros(), zeros()) for _ in range(self.layout.num_layers)]
         log.info(
             "KV cache: %d blocks of %d tokens (%.0f MiB)",
             self.layout.num_blocks,
