@@ -1,7 +1,8 @@
 """The engine's view of adapters: resolve names, keep step adapters resident, merge tenants.
 
 Tier moves: store -> host memory happens on the registry's loader threads; host -> device slot
-happens in :meth:`EngineAdapters.activate`, between steps, on the engine thread.
+happens in :meth:`EngineAdapters.activate`, between steps, on the engine thread (on a GPU as
+copies from pinned memory on a side stream, which only the steps reading the slot wait for).
 """
 
 from __future__ import annotations
@@ -112,11 +113,19 @@ class EngineAdapters:
         return failed
 
     def activate(self, keys: set[str]) -> tuple[dict[str, int], dict[str, Exception]]:
-        """Give every adapter of the step a device slot, loading the new ones from host memory.
+        """Give every adapter of the step a device slot, loading the new ones from host memory;
+        the step's forward (issued next) is ordered after those loads, and no other step is.
 
         Returns the slots, and the adapters that could not be loaded with why: only their
         requests fail; the rest of the step runs without them.
         """
+        slot_of, failed = self._make_resident(keys)
+        self.runner.lora.wait_for_slots(slot_of.values())  # the step reads them next
+        return slot_of, failed
+
+    def _make_resident(self, keys: set[str]) -> tuple[dict[str, int], dict[str, Exception]]:
+        """Slots for ``keys``, issuing the loads of those not resident (on a GPU: copies the
+        host does not wait for); the adapters whose load failed, with why."""
         before = self.slots.resident() if keys else {}
         slot_of, loads = self.slots.acquire(keys)
         metrics.record_adapter_lookups("device", hits=len(slot_of) - len(loads), misses=len(loads))
@@ -137,7 +146,7 @@ class EngineAdapters:
                 self.runner.lora.load_slot(slot, None)
                 slot_of.pop(key, None)
                 failed[key] = exc
-            else:
+            else:  # on a GPU: the time to issue the copies, which the host does not wait for
                 metrics.record_adapter_load("device", time.perf_counter() - start)
         return slot_of, failed
 
@@ -147,8 +156,8 @@ class EngineAdapters:
         self.pins.check(card.name)
         self.slots.pin(card.key)
         if self.registry.loaded(card.key) is None:
-            self.registry.host.put(card.key, self.load(card))
-        _, failed = self.activate({card.key})
+            self.registry.keep(card.key, self.load(card))
+        _, failed = self._make_resident({card.key})  # the first step that reads it waits
         if failed:
             self.slots.unpin(card.key)
             raise failed[card.key]

@@ -60,6 +60,7 @@ def build_adapters(
         checker,
         config.max_cpu_loras,
         on_loaded,
+        pin_memory=runner.device.type == "cuda",
     )
     return EngineAdapters(config, runner, registry, SlotCache(config.max_loras), limits)
 
