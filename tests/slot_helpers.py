@@ -39,7 +39,10 @@ class HeldFence:
 
 class InFlightCopier(SlotCopier):
     """The CPU copier with every write left in flight (its fences are HeldFences), as a GPU's
-    copies are when the host returns: the data is written, but the rules must still hold."""
+    copies are when the host returns: the data is written, but the rules must still hold.
+    ``asynchronous`` as a GPU's copier is, so the engine prefetches into slots too."""
+
+    asynchronous = True
 
     def __init__(self, log: Callable[[str], None] = lambda event: None) -> None:
         super().__init__(torch.device("cpu"))

@@ -1,20 +1,27 @@
-"""The engine reads a slot only after its load: each step's forward is ordered after the
-unfinished writes of the slots it reads, and after no others (tests/slot_helpers.py)."""
+"""The engine and asynchronous slot copies: a step is ordered after the loads of the slots it
+reads and of no others; queued adapters are copied into free slots ahead of admission, and a
+request is admitted only once its copy is done, so no step waits for it (tests/slot_helpers.py
+leaves every copy in flight until the test finishes it)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 from engine_helpers import make_engine, run
 from slot_helpers import InFlightCopier
 
-PROMPTS = [[5, 6, 7, 8], [9, 10, 11]]
+from loraplex.adapters.card import adapter_name
+from loraplex.engine.llm_engine import LLMEngine
+from loraplex.engine.sampling_params import SamplingParams
+
 GREEDY = {"temperature": 0, "ignore_eos": True}
+BASE_PROMPT, ADAPTER_PROMPT = [1, 2, 3], [5, 6, 7, 8]
 
 
-def test_a_step_is_ordered_after_the_loads_of_its_slots(store: tuple[Path, Path]) -> None:
-    reference = make_engine(store)
-    expected = run(reference, [(PROMPTS[0], "attn"), (PROMPTS[1], "all")], max_tokens=3, **GREEDY)
+def in_flight_engine(store: tuple[Path, Path]) -> tuple[LLMEngine, InFlightCopier, list[str]]:
+    """An engine whose slot copies stay in flight until finished; ``log`` records each load
+    ("load i"), each wait of the compute stream for one ("wait i") and each forward."""
     engine = make_engine(store)
     log: list[str] = []
     engine.runner.lora.copier = copier = InFlightCopier(log.append)
@@ -25,36 +32,73 @@ def test_a_step_is_ordered_after_the_loads_of_its_slots(store: tuple[Path, Path]
         return forward(batch)
 
     engine.runner.forward = logged_forward
-    assert run(engine, [([1, 2, 3], None)], max_tokens=2, **GREEDY) == run(
-        reference, [([1, 2, 3], None)], max_tokens=2, **GREEDY
-    )
-    assert copier.fences == [] and set(log) == {"forward"}  # base-only steps load nothing
-    log.clear()
-    got = run(engine, [(PROMPTS[0], "attn"), (PROMPTS[1], "all")], max_tokens=3, **GREEDY)
-    assert got == expected
-    # Each load is waited for once, after it was issued and before the next forward (the
-    # first that reads it); later steps do not wait for the same write again.
-    assert len(copier.fences) == 2
-    for index in range(2):
-        load, wait = log.index(f"load {index}"), log.index(f"wait {index}")
-        assert log.count(f"wait {index}") == 1
-        assert load < wait < log.index("forward", load)
-    slots = engine.adapters.slots.resident()
-    assert not any(engine.runner.lora.copier.is_ready(slot) for slot in slots.values())
-    for fence in copier.fences:
-        fence.finish()
-    assert all(engine.runner.lora.copier.is_ready(slot) for slot in slots.values())
+    return engine, copier, log
 
 
-def test_a_step_does_not_wait_for_loads_it_does_not_read(store: tuple[Path, Path]) -> None:
-    """A slot loaded for another request (here: pinned) leaves other steps free to run."""
-    engine = make_engine(store)
-    log: list[str] = []
-    engine.runner.lora.copier = copier = InFlightCopier(log.append)
-    engine.adapters.pin(engine.registry.get("all"))  # loaded now, its copy left in flight
+def steps_until(engine: LLMEngine, done: Callable[[], bool], outputs: dict) -> None:
+    for _ in range(200):
+        if done():
+            return
+        for out in engine.step():
+            outputs.setdefault(out.request_id, []).extend(out.token_ids)
+    raise AssertionError("the condition never held")
+
+
+def waiting_adapters(engine: LLMEngine) -> set[str | None]:
+    """The adapter names of the queued (not yet admitted) sequences."""
+    return {seq.adapter and adapter_name(seq.adapter) for seq in engine.scheduler.waiting}
+
+
+def test_activate_orders_the_step_after_its_loads_only(store: tuple[Path, Path]) -> None:
+    engine, copier, log = in_flight_engine(store)
+    adapters = engine.adapters
+    keys = {}
+    for name in ("attn", "all"):
+        card = adapters.registry.get(name)
+        adapters.registry.keep(card.key, adapters.load(card))
+        keys[name] = card.key
+    adapters.activate({keys["attn"]})
+    assert log == ["load 0", "wait 0"]  # issued, then the step that reads it waits
+    adapters.activate({keys["attn"]})
+    assert log == ["load 0", "wait 0"]  # resident, and the compute stream is ordered already
+    adapters.activate({keys["all"]})
+    assert log[2:] == ["load 1", "wait 1"] and copier.fences[0].compute_waits == 1
+
+
+def test_a_queued_adapter_is_copied_ahead_and_no_step_waits(store: tuple[Path, Path]) -> None:
+    reference = make_engine(store)
+    requests = [(BASE_PROMPT, None), (ADAPTER_PROMPT, "attn")]
+    expected = run(reference, requests, max_tokens=6, **GREEDY)
+    engine, copier, log = in_flight_engine(store)
+    outputs: dict[str, list[int]] = {}
+    engine.add_request("0", BASE_PROMPT, SamplingParams(max_tokens=6, **GREEDY), None)
+    engine.add_request("1", ADAPTER_PROMPT, SamplingParams(max_tokens=6, **GREEDY), "attn")
+    steps_until(engine, lambda: bool(copier.fences), outputs)  # in host memory, then a slot
+    for _ in range(3):  # the copy is in flight: the request waits, the base one runs on
+        before = len(outputs.get("0", []))
+        for out in engine.step():
+            outputs.setdefault(out.request_id, []).extend(out.token_ids)
+        assert waiting_adapters(engine) == {"attn"} and len(outputs["0"]) == before + 1
+    copier.fences[0].finish()
+    steps_until(engine, lambda: not engine.has_unfinished(), outputs)
+    assert [outputs["0"], outputs["1"]] == expected
+    assert not any(event.startswith("wait") for event in log)  # no step ever waited
+
+
+def test_a_pinned_load_in_flight_holds_up_nobody(store: tuple[Path, Path]) -> None:
+    """A slot loaded for a pin leaves other steps free, keeps its weights while in flight,
+    and its first reader is admitted once the copy is done, without waiting on the device."""
+    engine, copier, log = in_flight_engine(store)
+    engine.adapters.pin(engine.registry.get("all"))
     assert log == ["load 0"]  # nothing reads it yet: nothing waits
-    run(engine, [(PROMPTS[0], "attn"), (PROMPTS[1], None)], max_tokens=2, **GREEDY)
-    assert copier.fences[0].compute_waits == 0 and log.count("wait 1") == 1
-    assert copier.writes.held()[0].name == "all"  # still in flight: its weights stay held
-    run(engine, [(PROMPTS[1], "all")], max_tokens=2, **GREEDY)
-    assert copier.fences[0].compute_waits == 1  # the first step that reads it
+    outputs: dict[str, list[int]] = {}
+    engine.add_request("0", BASE_PROMPT, SamplingParams(max_tokens=3, **GREEDY), None)
+    engine.add_request("1", ADAPTER_PROMPT, SamplingParams(max_tokens=3, **GREEDY), "all")
+    steps_until(engine, lambda: len(outputs.get("0", [])) == 3, outputs)
+    assert waiting_adapters(engine) == {"all"}  # held back while its slot is being written
+    assert copier.fences[0].compute_waits == 0
+    assert copier.writes.held()[0].name == "all"  # in flight: its weights stay held
+    copier.fences[0].finish()
+    steps_until(engine, lambda: not engine.has_unfinished(), outputs)
+    assert len(outputs["1"]) == 3 and copier.fences[0].compute_waits == 0
+    assert not any(event.startswith("wait") for event in log)

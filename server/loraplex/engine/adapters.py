@@ -93,13 +93,21 @@ class EngineAdapters:
 
     def is_ready(self, seq: Sequence) -> bool:
         """Whether ``seq``'s adapter is in host memory (the engine prefetches queued ones)."""
-        return seq.adapter is None or seq.merged or seq.adapter in self.registry.host
+        if seq.adapter is None or seq.merged:
+            return True
+        if seq.adapter not in self.registry.host:
+            return False
+        slot = self.slots.lookup(seq.adapter)  # a copy in flight: admitted once it is done
+        return slot is None or self.runner.lora.copier.is_ready(slot)
 
-    def poll_waiting(self, waiting: Iterable[Sequence]) -> list[tuple[Sequence, Exception]]:
-        """Prefetch the adapters of queued sequences (the first ``max_cpu_loras`` distinct
-        ones, so prefetching never thrashes host memory); returns those whose adapter could not
-        be loaded (deleted or replaced meanwhile), with the reason."""
-        wanted: set[str] = set()
+    def poll_waiting(
+        self, waiting: Iterable[Sequence], running: Iterable[Sequence] = ()
+    ) -> list[tuple[Sequence, Exception]]:
+        """Prefetch the adapters of queued sequences into host memory (the first
+        ``max_cpu_loras`` distinct ones, so prefetching never thrashes host memory) and, where
+        slot copies are asynchronous, into device slots no ``running`` sequence uses; returns
+        those whose adapter could not be loaded (deleted or replaced meanwhile), with why."""
+        wanted: dict[str, None] = {}  # first come, first served
         failed: list[tuple[Sequence, Exception]] = []
         for seq in waiting:
             if seq.adapter is None or seq.merged:
@@ -108,9 +116,33 @@ class EngineAdapters:
             if error is not None:
                 failed.append((seq, error))
             elif len(wanted) < self.config.max_cpu_loras:
-                wanted.add(seq.adapter)
+                wanted[seq.adapter] = None
                 self.registry.prefetch(seq.adapter)
+        if self.runner.lora.copier.asynchronous:
+            self._prefetch_slots(list(wanted), running)
         return failed
+
+    def _prefetch_slots(self, queued: list[str], running: Iterable[Sequence]) -> None:
+        """Start the slot copies of queued adapters already in host memory, so they are in
+        place when their requests are admitted (``is_ready`` holds a request back while its
+        copy is in flight) and no step waits for them. Only slots that no running sequence's
+        adapter (nor a queued one already resident) holds are taken, least recently used
+        first, and only as many as are left. On the CPU copies are synchronous: a copy costs
+        the engine thread the same whenever it runs, so there slots fill in ``activate``."""
+        resident = self.slots.resident()
+        keep = {s.adapter for s in running if s.adapter is not None and not s.merged}
+        keep |= {key for key in queued if key in resident}
+        taken = keep | {key for key in self.slots.pinned if key in resident}
+        room = self.slots.num_slots - len(taken)
+        new = [key for key in queued if key not in resident and key in self.registry.host]
+        if room <= 0 or not new:
+            return
+        try:
+            _, loads = self.slots.acquire(keep | set(new[:room]))
+        except RuntimeError:  # no room after all: activate loads them when they are admitted
+            return
+        metrics.record_adapter_lookups("device", hits=0, misses=len(loads))
+        self._load(loads, resident)  # a failed one is retried (and reported) by activate
 
     def activate(self, keys: set[str]) -> tuple[dict[str, int], dict[str, Exception]]:
         """Give every adapter of the step a device slot, loading the new ones from host memory;
@@ -129,6 +161,14 @@ class EngineAdapters:
         before = self.slots.resident() if keys else {}
         slot_of, loads = self.slots.acquire(keys)
         metrics.record_adapter_lookups("device", hits=len(slot_of) - len(loads), misses=len(loads))
+        failed = self._load(loads, before)
+        for key in failed:
+            slot_of.pop(key, None)
+        return slot_of, failed
+
+    def _load(self, loads: list[tuple[str, int]], before: dict[str, int]) -> dict[str, Exception]:
+        """Fill the slots ``SlotCache.acquire`` handed out (``before``: who was resident, to
+        count the evictions); a failed load leaves its slot empty. Returns the failures."""
         if loads:  # a load into a slot that was taken evicted its previous adapter
             evicted = [key for key in before if self.slots.lookup(key) is None]
             metrics.record_adapter_evictions("device", len(evicted))
@@ -144,11 +184,10 @@ class EngineAdapters:
                 log.exception("loading adapter %s into slot %d failed", key, slot)
                 self.slots.evict(key)
                 self.runner.lora.load_slot(slot, None)
-                slot_of.pop(key, None)
                 failed[key] = exc
             else:  # on a GPU: the time to issue the copies, which the host does not wait for
                 metrics.record_adapter_load("device", time.perf_counter() - start)
-        return slot_of, failed
+        return failed
 
     def pin(self, card: AdapterCard) -> None:
         """Keep ``card`` device-resident from now on (loaded into a slot right away); at most

@@ -69,7 +69,7 @@ class CudaFence:
 class SlotCopier:
     """Synchronous slot writes (the CPU's); the base of the CUDA copier."""
 
-    non_blocking = False
+    asynchronous = False  # whether writes may still run after the host returns
 
     def __init__(self, device: torch.device) -> None:
         self.device = device
@@ -83,9 +83,9 @@ class SlotCopier:
         host-to-device copy that also casts would cast on the host, into pageable memory).
         """
         if scale == 1.0 and src.dtype == dst.dtype:
-            dst.copy_(src, non_blocking=self.non_blocking)
+            dst.copy_(src, non_blocking=self.asynchronous)
             return
-        staged = src.to(dst.device, non_blocking=self.non_blocking)  # src itself on the CPU
+        staged = src.to(dst.device, non_blocking=self.asynchronous)  # src itself on the CPU
         dst.copy_(staged * scale if scale != 1.0 else staged)
 
     @contextmanager
@@ -114,7 +114,7 @@ class SlotCopier:
 class CudaSlotCopier(SlotCopier):
     """Slot writes on a dedicated CUDA stream, fenced by events (rules 1-3 above)."""
 
-    non_blocking = True
+    asynchronous = True
 
     def __init__(self, device: torch.device) -> None:
         super().__init__(device)
