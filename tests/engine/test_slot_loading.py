@@ -67,13 +67,19 @@ def test_activate_orders_the_step_after_its_loads_only(store: tuple[Path, Path])
 
 def test_a_queued_adapter_is_copied_ahead_and_no_step_waits(store: tuple[Path, Path]) -> None:
     reference = make_engine(store)
-    requests = [(BASE_PROMPT, None), (ADAPTER_PROMPT, "attn")]
-    expected = run(reference, requests, max_tokens=6, **GREEDY)
+    expected = [
+        run(reference, [(prompt, adapter)], max_tokens=6, **GREEDY)[0]
+        for prompt, adapter in [(BASE_PROMPT, None), (ADAPTER_PROMPT, "attn")]
+    ]
     engine, copier, log = in_flight_engine(store)
+    card = engine.registry.get("attn")
+    engine.registry.keep(card.key, engine.adapters.load(card))  # in host memory already
     outputs: dict[str, list[int]] = {}
     engine.add_request("0", BASE_PROMPT, SamplingParams(max_tokens=6, **GREEDY), None)
+    steps_until(engine, lambda: "0" in outputs, outputs)  # running
     engine.add_request("1", ADAPTER_PROMPT, SamplingParams(max_tokens=6, **GREEDY), "attn")
-    steps_until(engine, lambda: bool(copier.fences), outputs)  # in host memory, then a slot
+    steps_until(engine, lambda: bool(copier.fences), outputs)  # copied ahead of admission
+    assert waiting_adapters(engine) == {"attn"}
     for _ in range(3):  # the copy is in flight: the request waits, the base one runs on
         before = len(outputs.get("0", []))
         for out in engine.step():
@@ -92,9 +98,10 @@ def test_a_pinned_load_in_flight_holds_up_nobody(store: tuple[Path, Path]) -> No
     engine.adapters.pin(engine.registry.get("all"))
     assert log == ["load 0"]  # nothing reads it yet: nothing waits
     outputs: dict[str, list[int]] = {}
-    engine.add_request("0", BASE_PROMPT, SamplingParams(max_tokens=3, **GREEDY), None)
+    engine.add_request("0", BASE_PROMPT, SamplingParams(max_tokens=4, **GREEDY), None)
+    steps_until(engine, lambda: "0" in outputs, outputs)  # running
     engine.add_request("1", ADAPTER_PROMPT, SamplingParams(max_tokens=3, **GREEDY), "all")
-    steps_until(engine, lambda: len(outputs.get("0", [])) == 3, outputs)
+    steps_until(engine, lambda: len(outputs["0"]) == 4, outputs)
     assert waiting_adapters(engine) == {"all"}  # held back while its slot is being written
     assert copier.fences[0].compute_waits == 0
     assert copier.writes.held()[0].name == "all"  # in flight: its weights stay held
@@ -102,3 +109,16 @@ def test_a_pinned_load_in_flight_holds_up_nobody(store: tuple[Path, Path]) -> No
     steps_until(engine, lambda: not engine.has_unfinished(), outputs)
     assert len(outputs["1"]) == 3 and copier.fences[0].compute_waits == 0
     assert not any(event.startswith("wait") for event in log)
+
+
+def test_with_nothing_running_a_request_joins_mid_copy(store: tuple[Path, Path]) -> None:
+    """Holding a request back helps nobody when no other sequence runs: it joins at once,
+    and its step is ordered after the copy on the device instead."""
+    engine, copier, log = in_flight_engine(store)
+    engine.adapters.pin(engine.registry.get("attn"))  # its copy stays in flight throughout
+    outputs: dict[str, list[int]] = {}
+    engine.add_request("0", ADAPTER_PROMPT, SamplingParams(max_tokens=2, **GREEDY), "attn")
+    steps_until(engine, lambda: not engine.has_unfinished(), outputs)
+    assert len(outputs["0"]) == 2
+    assert log[:3] == ["load 0", "wait 0", "forward"] and log.count("wait 0") == 1
+    assert not copier.is_ready(engine.adapters.slots.lookup(engine.registry.get("attn").key))

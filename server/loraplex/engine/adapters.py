@@ -55,6 +55,9 @@ class EngineAdapters:
         self.limits = limits
         self.merges = MergedTenants(runner.lora, config.max_merged_adapters)
         self.pins = PinBudget(config.pinned_limit, lambda: slots.pinned)
+        # Whether sequences were running at the last poll: only then is a request held back
+        # while its slot's copy is in flight (with none running, a wait stalls nobody).
+        self._running = False
 
     # ---- requests (API thread) ---------------------------------------------------------
 
@@ -92,13 +95,15 @@ class EngineAdapters:
     # ---- engine thread -----------------------------------------------------------------
 
     def is_ready(self, seq: Sequence) -> bool:
-        """Whether ``seq``'s adapter is in host memory (the engine prefetches queued ones)."""
+        """Whether ``seq`` may join the next step: its adapter is in host memory (the engine
+        prefetches queued ones) and, while other sequences run, not being copied into its slot
+        (their step would wait for the copy)."""
         if seq.adapter is None or seq.merged:
             return True
         if seq.adapter not in self.registry.host:
             return False
         slot = self.slots.lookup(seq.adapter)  # a copy in flight: admitted once it is done
-        return slot is None or self.runner.lora.copier.is_ready(slot)
+        return slot is None or not self._running or self.runner.lora.copier.is_ready(slot)
 
     def poll_waiting(
         self, waiting: Iterable[Sequence], running: Iterable[Sequence] = ()
@@ -118,6 +123,8 @@ class EngineAdapters:
             elif len(wanted) < self.config.max_cpu_loras:
                 wanted[seq.adapter] = None
                 self.registry.prefetch(seq.adapter)
+        running = list(running)
+        self._running = bool(running)
         if self.runner.lora.copier.asynchronous:
             self._prefetch_slots(list(wanted), running)
         return failed
