@@ -134,6 +134,7 @@ def e2e_runs(device: torch.device, dtype: str, smoke: bool) -> list[Run]:
         )
         runner.lora.load_slot(slot, adapter)
         del adapter
+    runner.lora.wait_for_slots(range(slots))  # the copies run on a side stream
     backends = {
         name: (
             select_add_lora(name, device, runner.dtype, Path(tempfile.gettempdir()), RANK)[1],

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from loraplex import cli
-from loraplex.config import Config, LoRAConfig
+from loraplex.config import BATCH_DEFAULTS, Config, LoRAConfig, batch_defaults
 
 SERVE_OPTIONS = [
     "--model",
@@ -127,6 +127,34 @@ def test_lora_dtype_auto_is_the_models() -> None:
         LoRAConfig(lora_dtype="int8")
 
 
+def test_step_limits_default_to_the_devices() -> None:
+    """--device cuda alone gets a GPU's batch sizes; a given flag wins on every device."""
+    cpu, gpu = _config().scheduler, _config("--device", "cuda").scheduler
+    assert (cpu.max_num_seqs, cpu.max_num_batched_tokens) == BATCH_DEFAULTS["cpu"] == (64, 512)
+    assert (gpu.max_num_seqs, gpu.max_num_batched_tokens) == BATCH_DEFAULTS["cuda"]
+    assert gpu.max_num_seqs > cpu.max_num_seqs and gpu.max_num_batched_tokens > 512
+    second_gpu = _config("--device", "cuda:1").scheduler
+    assert (second_gpu.max_num_seqs, second_gpu.max_num_batched_tokens) == (256, 8192)
+    assert _config("--device", "mps").scheduler.max_num_seqs == 64
+    given = _config("--device", "cuda", "--max-num-seqs", "32").scheduler
+    assert (given.max_num_seqs, given.max_num_batched_tokens) == (32, 8192)
+    given = _config("--max-num-batched-tokens", "2048").scheduler
+    assert (given.max_num_seqs, given.max_num_batched_tokens) == (64, 2048)
+    assert batch_defaults("cuda") == (256, 8192)
+
+
+def test_help_and_start_log_show_the_step_limits(capsys, caplog) -> None:
+    with pytest.raises(SystemExit):
+        cli.main(["serve", "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert "default: 256 on CUDA, 64 elsewhere" in help_text
+    assert "default: 8192 on CUDA, 512 elsewhere" in help_text
+    with caplog.at_level("INFO", logger="loraplex"):
+        cli._log_step_limits(_config("--device", "cuda", "--max-num-seqs", "100"))
+    message = caplog.records[-1].getMessage()
+    assert message == "step limits on cuda: --max-num-seqs 100, --max-num-batched-tokens 8192"
+
+
 def test_pins_default_to_half_the_slots() -> None:
     assert _config("--max-loras", "16").lora.pinned_limit == 8
     assert _config("--max-loras", "1").lora.pinned_limit == 0
@@ -178,6 +206,8 @@ def test_top_level_help_lists_serve(capsys) -> None:
         (["--dtype", "int8"], "invalid choice"),
         (["--lora-dtype", "float8"], "invalid choice"),
         (["--max-num-seqs", "lots"], "invalid int value"),
+        (["--device", "cuda", "--max-num-seqs", "0"], "--max-num-seqs must be positive"),
+        (["--max-num-batched-tokens", "-1"], "--max-num-batched-tokens must be positive"),
         (["--lora-modules", "no-equals-sign"], "expected name=path"),
         (["--lora-modules", "=path"], "expected name=path"),
         (["--log-level", "loud"], "invalid choice"),

@@ -21,6 +21,7 @@ from loraplex.config import (
     ModelConfig,
     SchedulerConfig,
     ServerConfig,
+    batch_defaults,
 )
 
 log = logging.getLogger("loraplex")
@@ -51,8 +52,29 @@ def _log_access(server: ServerConfig) -> None:
     )
 
 
+def _step_limits(args: argparse.Namespace) -> tuple[int, int]:
+    """``--max-num-seqs`` and ``--max-num-batched-tokens``, each the device's default when not
+    given (None), so ``--device cuda`` alone gets a GPU's batch sizes."""
+    seqs, tokens = batch_defaults(args.device)
+    return (
+        seqs if args.max_num_seqs is None else args.max_num_seqs,
+        tokens if args.max_num_batched_tokens is None else args.max_num_batched_tokens,
+    )
+
+
+def _log_step_limits(config: Config) -> None:
+    """Say at start what one step may hold (the defaults depend on the device)."""
+    log.info(
+        "step limits on %s: --max-num-seqs %d, --max-num-batched-tokens %d",
+        config.model.device,
+        config.scheduler.max_num_seqs,
+        config.scheduler.max_num_batched_tokens,
+    )
+
+
 def build_config(args: argparse.Namespace) -> Config:
     """The frozen config for parsed ``serve`` arguments; raises ``ValueError`` for bad values."""
+    max_num_seqs, max_num_batched_tokens = _step_limits(args)
     return Config(
         model=ModelConfig(
             model=args.model,
@@ -72,8 +94,8 @@ def build_config(args: argparse.Namespace) -> Config:
             gpu_memory_utilization=args.gpu_memory_utilization,
         ),
         scheduler=SchedulerConfig(
-            max_num_seqs=args.max_num_seqs,
-            max_num_batched_tokens=args.max_num_batched_tokens,
+            max_num_seqs=max_num_seqs,
+            max_num_batched_tokens=max_num_batched_tokens,
             max_seqs_per_request=args.max_seqs_per_request,
             max_queued_requests=args.max_queued_requests,
             max_queued_requests_per_tenant=args.max_queued_requests_per_tenant,
@@ -127,6 +149,7 @@ def serve(config: Config) -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     _log_access(config.server)
+    _log_step_limits(config)
     serve_until_signalled(
         create_app(config),
         config.server.shutdown_timeout,

@@ -11,6 +11,7 @@ import argparse
 from loraplex.cli_lora_options import add_lora_options
 from loraplex.config import (
     ATTENTION_BACKENDS,
+    BATCH_DEFAULTS,
     DTYPES,
     LOAD_FORMATS,
     CacheConfig,
@@ -140,17 +141,20 @@ def _add_cache_options(serve: argparse.ArgumentParser) -> None:
 def _add_sched_options(serve: argparse.ArgumentParser) -> None:
     """The scheduler options."""
     sched = serve.add_argument_group("scheduler")
+    (cpu_seqs, cpu_tokens), (gpu_seqs, gpu_tokens) = BATCH_DEFAULTS["cpu"], BATCH_DEFAULTS["cuda"]
     sched.add_argument(
         "--max-num-seqs",
         type=int,
-        default=SchedulerConfig.max_num_seqs,
-        help="most sequences in one step's batch",
+        default=None,  # the device's (config.batch_defaults)
+        help=f"most sequences in one step's batch; default: {gpu_seqs} on CUDA, "
+        f"{cpu_seqs} elsewhere",
     )
     sched.add_argument(
         "--max-num-batched-tokens",
         type=int,
-        default=SchedulerConfig.max_num_batched_tokens,
-        help="most tokens (decode tokens plus prefill chunks) in one step",
+        default=None,
+        help="most tokens (decode tokens plus prefill chunks) in one step; default: "
+        f"{gpu_tokens} on CUDA, {cpu_tokens} elsewhere",
     )
     sched.add_argument(
         "--max-seqs-per-request",

@@ -27,6 +27,18 @@ ATTENTION_BACKENDS = ("auto", "torch", "triton")
 # How weights are loaded (vLLM's names): "auto" from the model folder; "dummy" random weights
 # of the folder's config (or of a built-in Llama-3-8B-shaped config without --model).
 LOAD_FORMATS = ("auto", "dummy")
+# Per-step batch limits (max_num_seqs, max_num_batched_tokens) when --max-num-seqs and
+# --max-num-batched-tokens are not given: a laptop CPU's, and a GPU's. The GPU's are vLLM's for
+# its API server (EngineArgs.get_batch_defaults): 256 sequences, and 8192 tokens, its budget
+# on GPUs of 70 GiB or more (2048 on smaller ones).
+BATCH_DEFAULTS = {"cpu": (64, 512), "cuda": (256, 8192)}
+
+
+def batch_defaults(device: str) -> tuple[int, int]:
+    """``(max_num_seqs, max_num_batched_tokens)`` by default on ``device`` (a torch device
+    string: ``cuda:1`` is a CUDA device; anything but CUDA gets the CPU's)."""
+    kind = "cuda" if device.partition(":")[0] == "cuda" else "cpu"
+    return BATCH_DEFAULTS[kind]
 
 
 def _require(condition: bool, message: str) -> None:
@@ -100,10 +112,12 @@ class SchedulerConfig:
     tokens (decode tokens plus prefill chunks) in one forward. ``max_seqs_per_request``: the
     most sequences (prompts x ``n``) one request may queue, so a small body cannot queue
     tens of thousands. ``max_queued_requests`` (in all) and ``max_queued_requests_per_tenant``
-    cap the requests waiting, not yet running; past either a 429 (None: no per-tenant cap)."""
+    cap the requests waiting, not yet running; past either a 429 (None: no per-tenant cap).
+    The two step budgets default to the CPU's; the command line takes the device's
+    (``batch_defaults``)."""
 
-    max_num_seqs: int = 64
-    max_num_batched_tokens: int = 512
+    max_num_seqs: int = BATCH_DEFAULTS["cpu"][0]
+    max_num_batched_tokens: int = BATCH_DEFAULTS["cpu"][1]
     max_seqs_per_request: int = 256
     max_queued_requests: int = 1024
     max_queued_requests_per_tenant: int | None = None

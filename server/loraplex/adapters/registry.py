@@ -33,7 +33,7 @@ from loraplex.adapters.host_cache import HostCache
 from loraplex.adapters.rules import WEIGHTS_FILE
 from loraplex.adapters.store import AdapterStore
 from loraplex.adapters.tenancy import AdapterId
-from loraplex.adapters.weights import LoRAAdapter, build_adapter
+from loraplex.adapters.weights import LoRAAdapter, build_adapter, pinned
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +64,7 @@ class AdapterRegistry:
     against the base model's LoRA layers) and returns what it read, so they are not read again.
     Every folder is checked the same way: before it reaches the store, at start-up, and on each
     read back from the store. ``on_loaded`` wakes the engine when a load finishes.
+    ``pin_memory`` (a CUDA engine): host-memory weights are kept page-locked.
     """
 
     def __init__(
@@ -73,9 +74,11 @@ class AdapterRegistry:
         check_folder: Callable[[Path], CheckedFolder],
         max_cpu_loras: int,
         on_loaded: Callable[[], None] = lambda: None,
+        pin_memory: bool = False,
     ) -> None:
         self.store = store
         self.dtype = dtype
+        self.pin_memory = pin_memory
         self.check_folder = check_folder
         self.on_loaded = on_loaded
         self.host: HostCache[LoRAAdapter] = HostCache(
@@ -209,7 +212,7 @@ class AdapterRegistry:
                 raise AdapterExistsError(f"adapter {name!r} exists; pass replace=true")
             self.store.put(name, folder, metadata)
             card = describe(name, folder, checked, metadata)
-            self.host.put(card.key, adapter)  # just validated: warm it
+            self.keep(card.key, adapter)  # just validated: warm it
             self._publish(card)
         if old is not None and old.key != card.key:
             self._retire(old.key)  # as in remove(): requests using it keep it until done
@@ -311,7 +314,7 @@ class AdapterRegistry:
 
     def _load(self, card: AdapterCard) -> None:
         try:
-            self.host.put(card.key, self.load(card))
+            self.keep(card.key, self.load(card))
         except Exception as exc:  # reported to the requests that wait for it
             log.warning("loading adapter %s failed: %s", card.key, exc)
             with self._lock:
@@ -324,7 +327,13 @@ class AdapterRegistry:
 
     def add_ephemeral(self, adapter: LoRAAdapter) -> None:
         """A derived adapter (a per-request combination): host memory only, never stored."""
-        self.host.put(adapter.key, adapter)
+        self.keep(adapter.key, adapter)
+
+    def keep(self, key: str, adapter: LoRAAdapter) -> None:
+        """Put ``adapter`` in host memory, in pinned memory with ``pin_memory`` (a GPU copies
+        from there into a slot without the host waiting); pinned here, on the caller's thread,
+        so the engine thread never pays for it."""
+        self.host.put(key, pinned(adapter) if self.pin_memory else adapter)
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)

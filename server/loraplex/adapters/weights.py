@@ -13,6 +13,7 @@ is needed.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -27,7 +28,15 @@ from loraplex.adapters.safetensors_check import split_key
 
 MIX_PREFIX = "+mix-"  # "+" starts no valid adapter name
 
-__all__ = ["LoRAAdapter", "LoRAWeights", "build_adapter", "combine", "load_adapter", "mix_key"]
+__all__ = [
+    "LoRAAdapter",
+    "LoRAWeights",
+    "build_adapter",
+    "combine",
+    "load_adapter",
+    "mix_key",
+    "pinned",
+]
 
 
 @dataclass(frozen=True)
@@ -68,6 +77,17 @@ class LoRAAdapter:
     @property
     def max_rank(self) -> int:
         return max(w.rank for w in self.modules.values())
+
+
+def pinned(adapter: LoRAAdapter) -> LoRAAdapter:
+    """``adapter`` with its tensors copied into pinned (page-locked) host memory, which a CUDA
+    device reads by DMA without the host waiting. B is pinned as Bᵀ, so it stays column-major.
+    Needs a CUDA build of torch and a device (``pin_memory`` raises without one)."""
+    modules = {
+        name: LoRAWeights(w.a.pin_memory(), w.b.T.pin_memory().T, w.scale)
+        for name, w in adapter.modules.items()
+    }
+    return dataclasses.replace(adapter, modules=modules)
 
 
 def build_adapter(

@@ -60,6 +60,7 @@ def build_adapters(
         checker,
         config.max_cpu_loras,
         on_loaded,
+        pin_memory=runner.device.type == "cuda",
     )
     return EngineAdapters(config, runner, registry, SlotCache(config.max_loras), limits)
 
@@ -92,7 +93,13 @@ def build_engine(config: Config, on_adapter_loaded: Callable[[], None] = lambda:
     model_name = config.model.served_model_name or (
         DEFAULT_MODEL_NAME if config.model.model is None and not dummy else Path(path).name
     )
-    runner = ModelRunner(path, config.model, config.cache, config.lora)
+    runner = ModelRunner(
+        path,
+        config.model,
+        config.cache,
+        config.lora,
+        step_tokens=config.scheduler.max_num_batched_tokens,
+    )
     layout = runner.layout
     max_model_len = min(
         config.model.max_model_len,

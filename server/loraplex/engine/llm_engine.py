@@ -275,7 +275,8 @@ class LLMEngine:
             self._adapter_loaded.wait(0.05)
         self._adapter_loaded.clear()
         self._new_requests = False
-        failed = self.adapters.poll_waiting(self.scheduler.waiting)  # iterates a snapshot
+        # Iterates a snapshot; running sequences' adapters keep their slots.
+        failed = self.adapters.poll_waiting(self.scheduler.waiting, self.scheduler.running)
         return [self._end(self._states[seq.seq_id], error) for seq, error in failed]
 
     def _sample(self, states: list[RequestState], logits: torch.Tensor) -> list[int]:

@@ -6,7 +6,7 @@ import logging
 from dataclasses import dataclass
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
+from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from loraplex.config import CacheConfig, LoRAConfig, ModelConfig
 from loraplex.engine.attention import FORWARD, register_paged_attention, select_attention
@@ -14,6 +14,7 @@ from loraplex.engine.batch import PackedBatch
 from loraplex.engine.dummy_weights import build_dummy_model, dummy_tokenizer
 from loraplex.engine.huge_pages import huge_zeros, move_to_huge_pages
 from loraplex.engine.memory_sizing import activation_reserve_bytes, kv_cache_bytes
+from loraplex.engine.model_loading import load_pretrained
 from loraplex.lora.manager import LoRAModelManager, padded_rank
 from loraplex.lora.ops import select_add_lora
 from loraplex.paths import kernel_cache
@@ -96,7 +97,17 @@ def device_kv_cache_bytes(
 class ModelRunner:
     """The frozen base model with LoRA layers installed, its paged KV cache, and the forward."""
 
-    def __init__(self, path: str, model: ModelConfig, cache: CacheConfig, lora: LoRAConfig) -> None:
+    def __init__(
+        self,
+        path: str,
+        model: ModelConfig,
+        cache: CacheConfig,
+        lora: LoRAConfig,
+        *,
+        step_tokens: int | None = None,
+    ) -> None:
+        """``step_tokens``: the most tokens one forward packs (--max-num-batched-tokens), which
+        sizes the activation reserve on a GPU; None: ``max_model_len``."""
         self.device = torch.device(model.device)
         self.dtype = getattr(torch, model.dtype)
         attn = register_paged_attention()
@@ -106,9 +117,7 @@ class ModelRunner:
             self.tokenizer: PreTrainedTokenizerBase = dummy_tokenizer(path, vocab)
         else:
             self.tokenizer = AutoTokenizer.from_pretrained(path)
-            self.model = AutoModelForCausalLM.from_pretrained(
-                path, dtype=self.dtype, attn_implementation=attn
-            ).to(self.device)
+            self.model = load_pretrained(path, self.dtype, self.device, attn)
         self.model.eval().requires_grad_(False)
         prepack_output_projection(self.model)
         table_dtype = getattr(torch, lora.table_dtype(model.dtype))
@@ -135,7 +144,7 @@ class ModelRunner:
                 self.device,
                 self.model.config,
                 cache.gpu_memory_utilization,
-                model.max_model_len,
+                step_tokens or model.max_model_len,
                 self.dtype,
             )
         self.layout = kv_layout(self.model.config, cache, self.dtype, memory)

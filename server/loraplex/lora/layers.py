@@ -9,6 +9,7 @@ from transformers.pytorch_utils import Conv1D
 
 from loraplex.adapters.weights import LoRAWeights
 from loraplex.lora.ops import AddLoRA, LoRAMeta, add_lora
+from loraplex.lora.slot_copier import SlotCopier
 
 LORA_BASE_TYPES = (nn.Linear, Conv1D)
 
@@ -57,18 +58,17 @@ class LoRALinear(nn.Module):
         self.in_features, self.out_features = in_out_features(base)
         weight = base.weight
         dtype = weight.dtype if table_dtype is None else table_dtype
+        # Allocated where the weight is (the device): no host copy of the tables, ever.
         self.register_buffer(
             "lora_a",
-            torch.zeros(num_slots, max_rank, self.in_features, dtype=dtype),
+            torch.zeros(num_slots, max_rank, self.in_features, dtype=dtype, device=weight.device),
             persistent=False,
         )
         self.register_buffer(
             "lora_b",
-            torch.zeros(num_slots, max_rank, self.out_features, dtype=dtype),
+            torch.zeros(num_slots, max_rank, self.out_features, dtype=dtype, device=weight.device),
             persistent=False,
         )
-        self.lora_a = self.lora_a.to(weight.device)
-        self.lora_b = self.lora_b.to(weight.device)
         # Slots holding weights for this module; when none does, the layer costs nothing extra.
         self.occupied: set[int] = set()
         # key -> merged weight [out, in] of a dedicated tenant (only modules it targets).
@@ -111,17 +111,24 @@ class LoRALinear(nn.Module):
         merged = torch.addmm(base.float(), b, a, alpha=weights.scale)  # one pass, no delta copy
         return merged.to(base.dtype)
 
-    def set_slot(self, slot: int, weights: LoRAWeights | None) -> None:
-        """Write one adapter's weights into ``slot`` (scale folded into B), or clear it."""
+    def set_slot(
+        self, slot: int, weights: LoRAWeights | None, copier: SlotCopier | None = None
+    ) -> None:
+        """Write one adapter's weights into ``slot`` (scale folded into B), or clear it.
+
+        ``copier`` issues the host-to-device copies (None: synchronous); the caller fences
+        them (``SlotCopier.writing``) on a GPU.
+        """
         if weights is None:
             if slot in self.occupied:  # an empty slot is all zeros already
                 self.lora_a[slot].zero_()
                 self.lora_b[slot].zero_()
                 self.occupied.discard(slot)
             return
+        copier = copier or SlotCopier(self.lora_a.device)
         r = weights.rank
-        self.lora_a[slot, :r].copy_(weights.a)
+        copier.copy(self.lora_a[slot, :r], weights.a)
         self.lora_a[slot, r:].zero_()
-        self.lora_b[slot, :r].copy_((weights.b * weights.scale).T)
+        copier.copy(self.lora_b[slot, :r], weights.b.T, weights.scale)  # b.T: contiguous rows
         self.lora_b[slot, r:].zero_()
         self.occupied.add(slot)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterable
 
 import torch
 from torch import nn
@@ -10,6 +11,7 @@ from torch import nn
 from loraplex.adapters.weights import LoRAAdapter
 from loraplex.lora.layers import LORA_BASE_TYPES, LoRAContext, LoRALinear, in_out_features
 from loraplex.lora.ops import AddLoRA, LoRAMeta, add_lora
+from loraplex.lora.slot_copier import slot_copier
 
 # Slot tables pad ranks to a multiple of this, so 16-bit grouped matmuls get 16-byte strides.
 RANK_ALIGNMENT = 8
@@ -57,6 +59,8 @@ class LoRAModelManager:
         # step's metadata so they stream only that many rows of the padded slot tables.
         device = next(iter(self.layers.values())).lora_a.device if self.layers else "cpu"
         self.slot_ranks = torch.zeros(num_slots, dtype=torch.int32, device=device)
+        # On a GPU slot writes run on a side stream, fenced per slot (lora/slot_copier.py).
+        self.copier = slot_copier(torch.device(device))
 
     def module_shapes(self) -> dict[str, tuple[int, int]]:
         """``(in_features, out_features)`` of every wrapped projection: what an adapter's
@@ -66,11 +70,23 @@ class LoRAModelManager:
         }
 
     def load_slot(self, slot: int, adapter: LoRAAdapter | None) -> None:
-        """Make ``slot`` hold ``adapter`` in every layer (modules it does not target: zero)."""
+        """Make ``slot`` hold ``adapter`` in every layer (modules it does not target: zero).
+
+        On a GPU this only issues the copies (from pinned host memory, on the copier's stream)
+        and returns; a step reads the slot only after :meth:`wait_for_slots`.
+        """
         modules = adapter.modules if adapter is not None else {}
-        for name, layer in self.layers.items():
-            layer.set_slot(slot, modules.get(name))
+        with self.copier.writing(slot, adapter):
+            for name, layer in self.layers.items():
+                layer.set_slot(slot, modules.get(name), self.copier)
+        # On the compute stream: in order with the steps, and read only by steps that use the
+        # slot, which wait for its writes.
         self.slot_ranks[slot] = adapter.max_rank if adapter is not None else 0
+
+    def wait_for_slots(self, slots: Iterable[int]) -> None:
+        """Before a step that reads ``slots``: its forward waits (on the device, not the
+        host) for their writes still in flight; steps that read other slots never wait."""
+        self.copier.wait_for(slots)
 
     def merged_weights(self, adapter: LoRAAdapter) -> dict[str, torch.Tensor]:
         """``W0 + scale·B·A`` for every module ``adapter`` targets (the rest stays shared).
