@@ -13,7 +13,15 @@ import torch
 from builders import HAS_CC, naive_add_lora, needs_cc
 
 from loraplex.lora.ops import LoRAMeta, add_lora, build_lora_meta, select_add_lora
-from loraplex.lora.ops.cpu_ops import FLAG_SETS, KernelBuildError, build, f16_in_hardware, load
+from loraplex.lora.ops.cpu_ops import (
+    FLAG_SETS,
+    GEMM_ROWS,
+    KernelBuildError,
+    _split,
+    build,
+    f16_in_hardware,
+    load,
+)
 
 CPU = torch.device("cpu")
 TABLE_DTYPES = [torch.float32, torch.bfloat16, torch.float16]
@@ -36,7 +44,10 @@ def random_case(rng: random.Random, slots: int, rows_per_slot: tuple[int, int]) 
 @needs_cc
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize(
-    "rows_per_slot", [(1, 3), (5, 20)], ids=["decode-like", "chunks-over-8-rows"]
+    "rows_per_slot",
+    [(1, 3), (5, 20), (20, 45)],
+    # prefill-like: slots of GEMM_ROWS rows or more go to BLAS, the others to the kernel
+    ids=["decode-like", "chunks-over-8-rows", "prefill-like"],
 )
 def test_kernel_matches_the_reference(cpu_add_lora, rows_per_slot, threads: int) -> None:
     rng = random.Random(threads)
@@ -93,7 +104,7 @@ def test_kernel_reads_only_each_slots_real_rank(cpu_add_lora, dtype, threads: in
             ranks = [rng.choice([0, 1, 3, rank // 2, rank]) for _ in range(slots)]
             # Odd widths exercise the kernel's tails; widths of 8 let the torch op run too.
             fan_in, fan_out = rng.choice([(37, 29), (40, 24), (64, 48)])
-            rows = random_case(rng, slots, (1, 3) if case % 2 else (5, 20))
+            rows = random_case(rng, slots, [(1, 3), (5, 20), (20, 45)][case % 3])
             (a, b), (a_nan, b_nan) = mixed_rank_tables(slots, rank, ranks, fan_in, fan_out)
             a, b, a_nan, b_nan = (t.to(dtype) for t in (a, b, a_nan, b_nan))
             x, y = torch.randn(len(rows), fan_in), torch.randn(len(rows), fan_out)
@@ -258,3 +269,19 @@ def test_a_failing_compile_is_reported(tmp_path: Path, monkeypatch) -> None:
 @pytest.mark.parametrize("dtype", TABLE_DTYPES, ids=str)
 def test_select_takes_the_kernel_for_every_table_dtype(tmp_path: Path, dtype) -> None:
     assert select_add_lora("auto", CPU, torch.float32, tmp_path, 16, dtype)[0] == "cpu"
+
+
+def test_split_gives_long_slots_to_blas_and_zeroes_their_kernel_rank() -> None:
+    rows = [0] * 2 + [1] * GEMM_ROWS + [3] * (GEMM_ROWS + 5) + [-1] * 3  # slot 2 empty
+    meta = dataclasses.replace(
+        build_lora_meta(rows, 4), slot_ranks=torch.tensor([8, 4, 8, 0], dtype=torch.int32)
+    )
+    split = _split(meta, 8)
+    assert split.gemm == [(1, 2, 2 + GEMM_ROWS, 4)]  # slot 3 has rank 0: nothing to add
+    assert split.ranks.tolist() == [8, 0, 8, 0] and split.kernel
+    assert meta.slot_ranks.tolist() == [8, 4, 8, 0]  # the step's metadata is not changed
+    only_long = build_lora_meta([1] * GEMM_ROWS, 2)
+    split = _split(only_long, 16)
+    assert split.gemm == [(1, 0, GEMM_ROWS, 16)] and not split.kernel
+    decode = build_lora_meta([0, 1, 1], 2)
+    assert _split(decode, 16) == type(split)(None, [], True)

@@ -55,6 +55,11 @@ FLAG_SETS = (
 COMMON_FLAGS = ("-std=c11", "-shared", "-fPIC")
 # The kernel keeps ``8 x rank`` floats on each thread's stack; past this, use the torch op.
 MAX_RANK = 1024
+# A slot fed at least this many rows (a prefill chunk) goes through two BLAS matmuls instead
+# of the kernel: the kernel streams A and B once per 8 rows, which is right for decode (a row
+# or two per adapter) but at 32 rows a slot BLAS is ~1.3x faster and at 64 ~1.7x (one thread,
+# the default model's seven projections; bench/NOTES.md).
+GEMM_ROWS = 32
 # The op's two refusals: tensors it cannot read, and metadata that does not fit them.
 BAD_TENSORS = (
     "add_lora (cpu kernel): float32 CPU rows, dense rows and tables (float32, bfloat16 or "
@@ -182,6 +187,38 @@ def _check_meta(meta: LoRAMeta, slots: int, rank: int) -> None:
         raise ValueError(BAD_META)
 
 
+@dataclass(frozen=True)
+class _Split:
+    """One step's rows split between the kernel and BLAS. ``ranks``: the ranks the kernel
+    reads ([S] int32; a slot given to BLAS reads as 0, which the kernel skips; None: every slot
+    at the tables' rank); ``gemm``: (slot, first row, end row, rank) of the slots BLAS takes;
+    ``kernel``: whether any row is left for the kernel."""
+
+    ranks: torch.Tensor | None
+    gemm: list[tuple[int, int, int, int]]
+    kernel: bool
+
+
+def _split(meta: LoRAMeta, rank: int, gemm_rows: int = GEMM_ROWS) -> _Split:
+    """Give the slots fed at least ``gemm_rows`` rows to BLAS (checked metadata only)."""
+    ends = meta.group_ends.tolist()
+    ranks = None if meta.slot_ranks is None else meta.slot_ranks.tolist()
+    gemm, kernel = [], False
+    for slot, (start, end) in enumerate(zip([0, *ends[:-1]], ends, strict=True)):
+        slot_rank = rank if ranks is None else ranks[slot]
+        if end == start or slot_rank == 0:
+            continue
+        if end - start >= gemm_rows:
+            gemm.append((slot, start, end, slot_rank))
+        else:
+            kernel = True
+    if not gemm:
+        return _Split(meta.slot_ranks, [], kernel)
+    kernel_ranks = torch.tensor(ranks or [rank] * len(ends), dtype=torch.int32)
+    kernel_ranks[[slot for slot, *_ in gemm]] = 0
+    return _Split(kernel_ranks, gemm, kernel)
+
+
 def f16_in_hardware(path: Path) -> bool:
     """Whether the kernel library at ``path`` widens float16 tables with F16C instructions."""
     return bool(getattr(ctypes.CDLL(str(path)), F16C_SYMBOL)())
@@ -207,9 +244,11 @@ def load(cache_dir: Path, flag_sets: tuple[tuple[str, ...], ...] = FLAG_SETS) ->
     kernel.argtypes = [ptr, ptr, ptr, ptr, ptr, ptr, i64, i64, i64, i64, i64, i64, i32, i32]
     kernel.restype = None
     tables_of: dict[int, _Tables] = {}
-    # The last metadata that passed, and the (slots, rank) of the tables it passed for.
+    # The last metadata that passed, the (slots, rank) of the tables it passed for, and its
+    # split between the kernel and the matmuls.
     checked_meta: LoRAMeta | None = None
     checked_for = (0, 0)
+    split = _Split(None, [], True)
 
     def tables(lora_a: torch.Tensor, lora_b: torch.Tensor) -> _Tables:
         known = tables_of.get(id(lora_a))
@@ -228,10 +267,11 @@ def load(cache_dir: Path, flag_sets: tuple[tuple[str, ...], ...] = FLAG_SETS) ->
     ) -> None:
         """``torch_ops.add_lora``'s math and shapes; float32 CPU rows with dense columns;
         tables in float32, bfloat16 or float16 (summed in float32)."""
-        nonlocal checked_meta, checked_for
+        nonlocal checked_meta, checked_for, split
         t = tables(lora_a, lora_b)
         if checked_meta is not meta or checked_for != (t.slots, t.rank):
             _check_meta(meta, t.slots, t.rank)
+            split = _split(meta, t.rank)
             checked_meta, checked_for = meta, (t.slots, t.rank)
         if x.dim() != 2 or y.dim() != 2:
             raise ValueError("add_lora (cpu kernel): x and y must be [rows, features]")
@@ -248,6 +288,11 @@ def load(cache_dir: Path, flag_sets: tuple[tuple[str, ...], ...] = FLAG_SETS) ->
             raise ValueError(BAD_TENSORS)
         if meta.num_lora_rows > min(x_rows, y_rows):
             raise ValueError(BAD_META)
+        for slot, start, end, rank in split.gemm:  # y_s += (x_s · A_sᵀ) · (scale·B_s)ᵀ
+            a, b = lora_a[slot, :rank].float(), lora_b[slot, :rank].float()
+            y[start:end].addmm_(x[start:end] @ a.T, b)
+        if not split.kernel:
+            return
         # ctypes drops the GIL for the call, so the API thread keeps serving meanwhile.
         kernel(
             x.data_ptr(),
@@ -255,7 +300,7 @@ def load(cache_dir: Path, flag_sets: tuple[tuple[str, ...], ...] = FLAG_SETS) ->
             lora_a.data_ptr(),
             lora_b.data_ptr(),
             meta.group_ends.data_ptr(),
-            None if meta.slot_ranks is None else meta.slot_ranks.data_ptr(),
+            None if split.ranks is None else split.ranks.data_ptr(),
             t.slots,
             t.fan_in,
             t.fan_out,
