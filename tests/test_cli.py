@@ -18,6 +18,7 @@ SERVE_OPTIONS = [
     "--num-blocks",
     "--max-num-seqs",
     "--max-num-batched-tokens",
+    "--adapter-affinity",
     "--max-loras",
     "--max-lora-rank",
     "--lora-dtype",
@@ -68,6 +69,7 @@ def test_every_option_reaches_the_config(tmp_path) -> None:
         "--gpu-memory-utilization", "0.8",
         "--max-num-seqs", "8",
         "--max-num-batched-tokens", "256",
+        "--no-adapter-affinity",
         "--max-loras", "4",
         "--max-lora-rank", "16",
         "--max-cpu-loras", "32",
@@ -102,6 +104,7 @@ def test_every_option_reaches_the_config(tmp_path) -> None:
     assert config.cache.gpu_memory_utilization == 0.8
     assert config.scheduler.max_num_seqs == 8
     assert config.scheduler.max_num_batched_tokens == 256
+    assert config.scheduler.adapter_affinity is False
     assert (config.lora.max_loras, config.lora.max_lora_rank) == (4, 16)
     assert config.lora.adapters_dir == "/srv/adapters"
     assert config.lora.lora_modules == (("a", "/x/a"), ("b", "/x/b"))

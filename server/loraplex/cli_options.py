@@ -165,6 +165,15 @@ def _add_sched_options(serve: argparse.ArgumentParser) -> None:
         help="most requests of one tenant waiting; past it that tenant gets 429s while others "
         "are still admitted; default: no per-tenant cap",
     )
+    sched.add_argument(
+        "--adapter-affinity",
+        action=argparse.BooleanOptionalAction,
+        default=SchedulerConfig.adapter_affinity,
+        help="when more requests wait than a step takes, admit first each tenant's requests "
+        "whose adapter is already in the batch, pinned, resident in a device slot, or none "
+        "(base model / pre-merged); a request passed over more than the starvation bound goes "
+        "first; tenants' round-robin turns are kept. --no-adapter-affinity: arrival order",
+    )
 
 
 def _add_server_options(serve: argparse.ArgumentParser) -> None:

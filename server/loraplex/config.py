@@ -98,13 +98,17 @@ class SchedulerConfig:
     tokens (decode tokens plus prefill chunks) in one forward. ``max_seqs_per_request``: the
     most sequences (prompts x ``n``) one request may queue, so a small body cannot queue
     tens of thousands. ``max_queued_requests`` (in all) and ``max_queued_requests_per_tenant``
-    cap the requests waiting, not yet running; past either a 429 (None: no per-tenant cap)."""
+    cap the requests waiting, not yet running; past either a 429 (None: no per-tenant cap).
+    ``adapter_affinity``: when more requests wait than a step takes, admit first each tenant's
+    requests whose adapter costs no new slot or is already resident, within the starvation
+    bound and without reordering tenants (``engine/affinity.py``); False: the fair order."""
 
     max_num_seqs: int = 64
     max_num_batched_tokens: int = 512
     max_seqs_per_request: int = 256
     max_queued_requests: int = 1024
     max_queued_requests_per_tenant: int | None = None
+    adapter_affinity: bool = True
 
     def __post_init__(self) -> None:
         _require(self.max_queued_requests > 0, "--max-queued-requests must be positive")
@@ -115,6 +119,10 @@ class SchedulerConfig:
         _require(self.max_num_seqs > 0, "--max-num-seqs must be positive")
         _require(self.max_seqs_per_request > 0, "--max-seqs-per-request must be positive")
         _require(self.max_num_batched_tokens > 0, "--max-num-batched-tokens must be positive")
+        _require(
+            isinstance(self.adapter_affinity, bool),
+            f"--adapter-affinity must be a bool, got {self.adapter_affinity!r}",
+        )
 
 
 @dataclass(frozen=True)
