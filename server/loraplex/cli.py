@@ -77,6 +77,7 @@ def build_config(args: argparse.Namespace) -> Config:
             max_queued_requests=args.max_queued_requests,
             max_queued_requests_per_tenant=args.max_queued_requests_per_tenant,
             adapter_affinity=args.adapter_affinity,
+            adapter_affinity_max_skips=args.adapter_affinity_max_skips,
         ),
         lora=LoRAConfig(
             max_loras=args.max_loras,

@@ -101,7 +101,9 @@ class SchedulerConfig:
     cap the requests waiting, not yet running; past either a 429 (None: no per-tenant cap).
     ``adapter_affinity``: when more requests wait than a step takes, admit first each tenant's
     requests whose adapter costs no new slot or is already resident, within the starvation
-    bound and without reordering tenants (``engine/affinity.py``); False: the fair order."""
+    bound and without reordering tenants (``engine/affinity.py``); False: the fair order.
+    ``adapter_affinity_max_skips``: that bound, the steps in which affinity may pass a request
+    over before it goes first in its tenant's order (0: the fair order)."""
 
     max_num_seqs: int = 64
     max_num_batched_tokens: int = 512
@@ -109,6 +111,7 @@ class SchedulerConfig:
     max_queued_requests: int = 1024
     max_queued_requests_per_tenant: int | None = None
     adapter_affinity: bool = True
+    adapter_affinity_max_skips: int = 8
 
     def __post_init__(self) -> None:
         _require(self.max_queued_requests > 0, "--max-queued-requests must be positive")
@@ -123,6 +126,7 @@ class SchedulerConfig:
             isinstance(self.adapter_affinity, bool),
             f"--adapter-affinity must be a bool, got {self.adapter_affinity!r}",
         )
+        _require(self.adapter_affinity_max_skips >= 0, "--adapter-affinity-max-skips must be >= 0")
 
 
 @dataclass(frozen=True)

@@ -39,12 +39,16 @@ def make_scheduler(
     starvation_steps: int = 32,
     prefix_caching: bool = False,
     affinity: bool = False,
+    max_skips: int = SchedulerConfig.adapter_affinity_max_skips,
     is_resident: Callable[[str], bool] = lambda adapter: False,
 ) -> Scheduler:
     """A scheduler in the fair (arrival) order unless ``affinity``."""
     return Scheduler(
         SchedulerConfig(
-            max_num_seqs=seqs, max_num_batched_tokens=tokens, adapter_affinity=affinity
+            max_num_seqs=seqs,
+            max_num_batched_tokens=tokens,
+            adapter_affinity=affinity,
+            adapter_affinity_max_skips=max_skips,
         ),
         BlockManager(num_blocks, block_size, enable_prefix_caching=prefix_caching),
         max_loras=max_loras,

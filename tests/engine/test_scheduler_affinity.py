@@ -33,11 +33,11 @@ def test_tiers_of_one_step() -> None:
     def tier(adapter: str | None, merged: bool = False, skips: int = 0) -> int:
         seq = make_seq("r", 2, adapter)
         seq.merged, seq.adapter_skips = merged, skips
-        return admission_tier(seq, budget, resident, starvation_steps=3)
+        return admission_tier(seq, budget, resident, max_skips=3)
 
     assert [tier(None), tier("A"), tier("P"), tier("M", merged=True)] == [FREE] * 4
     assert (tier("R"), tier("C")) == (RESIDENT, COLD)
-    assert tier("C", skips=3) == STARVED  # a fourth skip would trip the guard
+    assert tier("C", skips=3) == STARVED  # passed over max_skips times: no more
     budget.merged = "M"
     assert tier("N", merged=True) == COLD  # a second pre-merged adapter cannot run this step
 
@@ -59,13 +59,15 @@ def test_slots_full_affinity_takes_running_then_resident_adapters(affinity: bool
         assert [s.request_id for s in sched.waiting] == ["b"]
 
 
-def stream_of_hot_requests(affinity: bool, starvation_steps: int) -> tuple[int | None, list[int]]:
+def stream_of_hot_requests(
+    affinity: bool, starvation_steps: int, max_skips: int = 10**9
+) -> tuple[int | None, list[int]]:
     """One seat cycles (the other holds a long A request) while one A request arrives a step;
     ``b`` (cold B, a slot is free for it) waits from the start. Returns the step that admits
     ``b`` (None within 60) and b's skips after each step before it."""
     sched = make_scheduler(
         max_loras=2, seqs=2, num_blocks=512, max_model_len=128,
-        starvation_steps=starvation_steps, affinity=affinity,
+        starvation_steps=starvation_steps, affinity=affinity, max_skips=max_skips,
     )  # fmt: skip
     sched.add(make_seq("a_long", 2, "A", max_tokens=100))
     run_step(sched)
@@ -89,6 +91,10 @@ def test_a_cold_request_is_passed_over_at_most_starvation_steps_times() -> None:
     assert step == 10  # the next free seat, as soon as b is STARVED
     step, skips = stream_of_hot_requests(affinity=True, starvation_steps=2)
     assert (step, max(skips)) == (4, 2)
+    # --adapter-affinity-max-skips bounds it below the guard's starvation_steps.
+    step, skips = stream_of_hot_requests(affinity=True, starvation_steps=32, max_skips=3)
+    assert (step, max(skips)) == (6, 3)
+    assert stream_of_hot_requests(affinity=True, starvation_steps=32, max_skips=0) == (0, [])
     # The bound is what lets b in: without it the hot stream passes it over for good.
     step, skips = stream_of_hot_requests(affinity=True, starvation_steps=10**9)
     assert step is None and skips[-1] == 30

@@ -5,7 +5,7 @@ plain admission walks the waiting queue in its fair order (preempted first, then
 round-robin, FCFS within a tenant). With affinity on (``SchedulerConfig.adapter_affinity``),
 each tenant's own requests are first sorted by what admitting them costs, lowest first:
 
-    STARVED   passed over in ``starvation_steps`` steps already (the bound, below)
+    STARVED   passed over in ``max_skips`` steps already (the bound, below)
     FREE      no new slot: the base model, the step's pre-merged adapter, a pinned adapter,
               or an adapter already in this step's batch (a running sequence holds it)
     RESIDENT  a new slot of the step, but the adapter is already in a device slot: no load
@@ -21,11 +21,14 @@ tenant's colder ones, never another tenant's.
 
 The bound: a ready request that is not admitted in a step where a later arrival of its tenant
 is, was passed over by affinity and counts one ``adapter_skips``, as one whose adapter did not
-fit does (at most one a step). After ``starvation_steps`` skips it is STARVED: first in its
-tenant's order, so no later request of its tenant overtakes it again; if its adapter does not
-fit, that skip trips the scheduler's starvation guard and nobody behind it is admitted until
+fit does (at most one a step). After ``max_skips`` skips (``--adapter-affinity-max-skips``,
+capped by the scheduler's ``starvation_steps``) it is STARVED: first in its tenant's order, so
+no later request of its tenant overtakes it again; and once its adapter has not fitted in more
+than ``starvation_steps`` steps, the scheduler's starvation guard admits nobody behind it until
 running sequences drain and free a slot (as without affinity). So affinity passes a request
-over in at most ``starvation_steps`` steps; ``starvation_steps=0`` gives the fair order.
+over in at most ``max_skips`` steps; ``max_skips=0`` gives the fair order. The larger the
+bound, the fewer adapter loads and distinct adapters a step, and the longer the cold tail's
+time to first token (``bench/NOTES.md``).
 """
 
 from __future__ import annotations
@@ -39,10 +42,10 @@ STARVED, FREE, RESIDENT, COLD = range(4)
 
 
 def admission_tier(
-    seq: Sequence, budget: StepBudget, is_resident: Callable[[str], bool], starvation_steps: int
+    seq: Sequence, budget: StepBudget, is_resident: Callable[[str], bool], max_skips: int
 ) -> int:
     """``seq``'s tier in this step (the module docstring); lower tiers are admitted first."""
-    if seq.adapter_skips >= starvation_steps:  # one more skip would trip the guard
+    if seq.adapter_skips >= max_skips:
         return STARVED
     if budget.costs_nothing(seq):
         return FREE

@@ -214,7 +214,8 @@ class Scheduler:
                 admission_tier,
                 budget=budget,
                 is_resident=self.is_resident,
-                starvation_steps=self.starvation_steps,
+                # At most the guard's bound: one more skip would trip the guard.
+                max_skips=min(self.config.adapter_affinity_max_skips, self.starvation_steps),
             )
         order = self.waiting.ordered(tier)
         admitted: list[Sequence] = []
