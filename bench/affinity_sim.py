@@ -23,7 +23,7 @@ from __future__ import annotations
 import argparse
 import random
 import statistics
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 from stats import percentile
 from workload import zipf_weights
@@ -103,9 +103,7 @@ def simulate(load: Load, config: SchedulerConfig, max_loras: int, seed: int) -> 
     )
 
 
-def table(
-    counts: list[int], clients: int, max_num_seqs: int, max_loras: int, seeds: int
-) -> str:
+def table(counts: list[int], clients: int, max_num_seqs: int, max_loras: int, seeds: int) -> str:
     """One Markdown row per (adapters, policy): means over ``seeds``; on/off ratios after."""
     policies = {
         "off": SchedulerConfig(max_num_seqs=max_num_seqs, adapter_affinity=False),
@@ -126,7 +124,9 @@ def table(
         load = Load(n, clients)
         for name, config in policies.items():
             runs = [simulate(load, config, max_loras, seed) for seed in range(seeds)]
-            mean = {f: statistics.fmean(getattr(r, f) for r in runs) for f in Outcome.__annotations__}
+            mean = {
+                f.name: statistics.fmean(getattr(r, f.name) for r in runs) for f in fields(Outcome)
+            }
             lines.append(
                 f"| {n} | {name} | {mean['steps']:.0f} | {mean['loads']:.0f} | "
                 f"{mean['distinct_per_step']:.1f} | {mean['ttft_p50']:.0f} | "
