@@ -107,9 +107,9 @@ def table(counts: list[int], clients: int, max_num_seqs: int, max_loras: int, se
     """One Markdown row per (adapters, policy): means over ``seeds``; on/off ratios after."""
     policies = {
         "off": SchedulerConfig(max_num_seqs=max_num_seqs, adapter_affinity=False),
-        "on, max skips 8": SchedulerConfig(max_num_seqs=max_num_seqs),
+        "on, max skips 8": SchedulerConfig(max_num_seqs=max_num_seqs, adapter_affinity=True),
         "on, max skips 32": SchedulerConfig(
-            max_num_seqs=max_num_seqs, adapter_affinity_max_skips=32
+            max_num_seqs=max_num_seqs, adapter_affinity=True, adapter_affinity_max_skips=32
         ),
     }
     lines = [

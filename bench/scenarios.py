@@ -12,7 +12,7 @@ from adapter_store import ALL_SEVEN, ATTENTION, AdapterSet
 from workload import LengthRange, WorkloadSpec
 
 MAIN, MIXED = "main", "mixed"  # the two servers: max rank 16, and max rank 64 for mixed ranks
-FCFS = "main-fcfs"  # the main server's store and options, with --no-adapter-affinity
+AFFINITY = "main-affinity"  # the main server's store and options, with --adapter-affinity
 MIXED_RANKS = (8, 16, 32, 64)
 
 
@@ -23,8 +23,8 @@ class Profile:
     popularity (target 4, the throughput-vs-adapters plot); ``mixed``: adapters of ranks
     8/16/32/64 on all seven (a server with ``--max-lora-rank 64``); ``load``: the Poisson rates
     of the latency sweep, as fractions of the closed-loop requests/s of the first uniform row.
-    ``affinity_off``: Zipf counts (of ``scale``) run a second time on a server started with
-    ``--no-adapter-affinity`` (rows ``zipfN-fcfs``), to show what adapter affinity changes."""
+    ``affinity``: Zipf counts (of ``scale``) run a second time on a server started with
+    ``--adapter-affinity`` (rows ``zipfN-affinity``), to show what adapter affinity changes."""
 
     name: str
     concurrency: int
@@ -37,15 +37,15 @@ class Profile:
     zipf: float = 1.0
     max_loras: int | None = None  # default: the concurrency (every step's adapters fit)
     server_options: tuple[str, ...] = ()  # extra `loraplex serve` options of this profile
-    affinity_off: tuple[int, ...] = ()
+    affinity: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         if min(self.concurrency, self.rounds) < 1:
             raise ValueError("--concurrency and --rounds must be positive")
         if not self.uniform or min(self.uniform + self.scale) < 1 or self.mixed < 0:
             raise ValueError(f"profile {self.name}: adapter counts must be positive")
-        if not set(self.affinity_off) <= set(self.scale):
-            raise ValueError(f"profile {self.name}: --affinity-off counts must be Zipf counts")
+        if not set(self.affinity) <= set(self.scale):
+            raise ValueError(f"profile {self.name}: --affinity counts must be Zipf counts")
         if any(f <= 0 for f in self.load):
             raise ValueError(f"profile {self.name}: load fractions must be positive")
 
@@ -58,7 +58,7 @@ PROFILES = {
     "smoke": Profile(
         "smoke", 2, WorkloadSpec(4, LengthRange(4, 12), LengthRange(2, 4)), 1,
         uniform=(16,), scale=(1, 8), mixed=4, load=(1.0,), max_loras=4,
-        server_options=("--kv-cache-memory-mb", "64"), affinity_off=(8,),
+        server_options=("--kv-cache-memory-mb", "64"), affinity=(8,),
     ),
     "quick": Profile(
         "quick", 8, WorkloadSpec(16, LengthRange(16, 48), LengthRange(8, 16)), 2,
@@ -67,7 +67,7 @@ PROFILES = {
     "full": Profile(
         "full", 32, WorkloadSpec(96, LengthRange(16, 128), LengthRange(32, 64)), 3,
         uniform=(16, 64), scale=(1, 8, 64, 512, 1000), mixed=16,
-        load=(0.25, 0.5, 0.75, 1.0, 1.25), affinity_off=(64, 512, 1000),
+        load=(0.25, 0.5, 0.75, 1.0, 1.25), affinity=(64, 512, 1000),
     ),
 }  # fmt: skip
 
@@ -96,8 +96,8 @@ class Plan:
     peers: tuple[str, ...] = field(default=("hf", "peft-mixed", "peft-seq", "bare"))
 
     def store_of(self, server: str) -> str:
-        """The store a server reads: the FCFS server shares the main one."""
-        return MAIN if server == FCFS else server
+        """The store a server reads: the affinity server shares the main one."""
+        return MAIN if server == AFFINITY else server
 
     def max_rank(self, server: str) -> int:
         return max(s.max_rank for s in self.stores[self.store_of(server)])
@@ -154,12 +154,13 @@ def plan(profile: Profile) -> Plan:
             Scenario(f"zipf{n}", label, MAIN, names, profile.zipf, f"{n}, {scale.describe()}",
                      family)
         )  # fmt: skip
-    for n in profile.affinity_off:
+    for n in profile.affinity:
         names = tuple(scale.names[:n])
         rows.append(
-            Scenario(f"zipf{n}-fcfs", f"loraplex {_adapters(n)}, Zipf {profile.zipf:g}, "
-                     "affinity off", FCFS, names, profile.zipf, f"{n}, {scale.describe()}",
-                     f"Zipf {profile.zipf:g}, {scale.describe()}, affinity off")
+            Scenario(f"zipf{n}-affinity", f"loraplex {_adapters(n)}, Zipf {profile.zipf:g}, "
+                     "adapter affinity", AFFINITY, names, profile.zipf,
+                     f"{n}, {scale.describe()}",
+                     f"Zipf {profile.zipf:g}, {scale.describe()}, adapter affinity")
         )  # fmt: skip
     return Plan(profile, stores, tuple(rows), peer_scenario=f"u{profile.uniform[0]}")
 
@@ -189,7 +190,7 @@ TARGETS = (
     Target("6. pre-merged tenant vs base", "merged", "base", 0.95),
     Target("ref. base vs HF generate", "base", "hf", None),
     Target("ref. mixed ranks vs 16 adapters r16", "mixed16", "u16", None),
-    Target("ref. affinity on vs off, Zipf 64", "zipf64", "zipf64-fcfs", None),
-    Target("ref. affinity on vs off, Zipf 512", "zipf512", "zipf512-fcfs", None),
-    Target("ref. affinity on vs off, Zipf 1,000", "zipf1000", "zipf1000-fcfs", None),
+    Target("ref. affinity on vs off, Zipf 64", "zipf64-affinity", "zipf64", None),
+    Target("ref. affinity on vs off, Zipf 512", "zipf512-affinity", "zipf512", None),
+    Target("ref. affinity on vs off, Zipf 1,000", "zipf1000-affinity", "zipf1000", None),
 )

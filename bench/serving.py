@@ -28,7 +28,7 @@ import report
 import scenarios
 from adapter_store import write_set
 from runner import Bench
-from scenarios import FCFS, MAIN, PROFILES, Plan
+from scenarios import AFFINITY, MAIN, PROFILES, Plan
 from server_proc import loraplex_server
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -66,8 +66,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--scale", type=_counts, help="Zipf rows' adapter counts, e.g. 64,512,1000 (profile's)"
     )
     parser.add_argument(
-        "--affinity-off", type=_counts,
-        help="Zipf counts also run with --no-adapter-affinity (rows zipfN-fcfs); 0: none",
+        "--affinity", type=_counts,
+        help="Zipf counts also run with --adapter-affinity (rows zipfN-affinity); 0: none",
     )  # fmt: skip
     parser.add_argument("--seed", type=int, default=0, help="seed of every request drawn")
     parser.add_argument("--threads", type=int, help="torch threads of the peers; default: all")
@@ -93,10 +93,10 @@ def server_options(plan: Plan, server: str, store: Path, args: argparse.Namespac
         "--max-loras", str(profile.slots), "--max-lora-rank", str(plan.max_rank(server)),
         "--max-num-seqs", str(max(64, profile.concurrency)),
     ]  # fmt: skip
-    if server in (MAIN, FCFS):  # the same server but for affinity, so the rows compare
+    if server in (MAIN, AFFINITY):  # the same server but for affinity, so the rows compare
         options += ["--merged-adapters", plan.merged_tenant]
-    if server == FCFS:
-        options += ["--no-adapter-affinity"]
+    if server == AFFINITY:
+        options += ["--adapter-affinity"]
     if args.model:
         options += ["--model", str(args.model)]
     return options + list(profile.server_options) + shlex.split(args.server_args)
@@ -136,13 +136,13 @@ def main(argv: list[str] | None = None) -> Path:
     workload = base.workload
     if args.requests is not None:
         workload = dataclasses.replace(workload, requests=args.requests)
-    affinity_off = args.affinity_off
-    if affinity_off is None and args.scale is not None:  # the profile's, where still run
-        affinity_off = tuple(n for n in base.affinity_off if n in args.scale)
+    affinity = args.affinity
+    if affinity is None and args.scale is not None:  # the profile's, where still run
+        affinity = tuple(n for n in base.affinity if n in args.scale)
     profile = scenarios.with_overrides(
         base, rounds=args.rounds, concurrency=args.concurrency, zipf=args.zipf,
         max_loras=args.max_loras, workload=workload, scale=args.scale,
-        affinity_off=affinity_off,
+        affinity=affinity,
     )  # fmt: skip
     skip = frozenset(k.strip() for k in args.skip.split(",") if k.strip())
     plan = scenarios.plan(profile)

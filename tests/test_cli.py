@@ -70,7 +70,7 @@ def test_every_option_reaches_the_config(tmp_path) -> None:
         "--gpu-memory-utilization", "0.8",
         "--max-num-seqs", "8",
         "--max-num-batched-tokens", "256",
-        "--no-adapter-affinity",
+        "--adapter-affinity",
         "--adapter-affinity-max-skips", "3",
         "--max-loras", "4",
         "--max-lora-rank", "16",
@@ -106,7 +106,7 @@ def test_every_option_reaches_the_config(tmp_path) -> None:
     assert config.cache.gpu_memory_utilization == 0.8
     assert config.scheduler.max_num_seqs == 8
     assert config.scheduler.max_num_batched_tokens == 256
-    assert config.scheduler.adapter_affinity is False
+    assert config.scheduler.adapter_affinity is True
     assert config.scheduler.adapter_affinity_max_skips == 3
     assert (config.lora.max_loras, config.lora.max_lora_rank) == (4, 16)
     assert config.lora.adapters_dir == "/srv/adapters"

@@ -172,7 +172,7 @@ def _add_sched_options(serve: argparse.ArgumentParser) -> None:
         help="when more requests wait than a step takes, admit first each tenant's requests "
         "whose adapter is already in the batch, pinned, resident in a device slot, or none "
         "(base model / pre-merged); tenants' round-robin turns are kept. "
-        "--no-adapter-affinity: arrival order",
+        "Off by default: arrival order",
     )
     sched.add_argument(
         "--adapter-affinity-max-skips",

@@ -110,7 +110,7 @@ class SchedulerConfig:
     max_seqs_per_request: int = 256
     max_queued_requests: int = 1024
     max_queued_requests_per_tenant: int | None = None
-    adapter_affinity: bool = True
+    adapter_affinity: bool = False
     adapter_affinity_max_skips: int = 8
 
     def __post_init__(self) -> None:
