@@ -26,9 +26,10 @@ capped by the scheduler's ``starvation_steps``) it is STARVED: first in its tena
 no later request of its tenant overtakes it again; and once its adapter has not fitted in more
 than ``starvation_steps`` steps, the scheduler's starvation guard admits nobody behind it until
 running sequences drain and free a slot (as without affinity). So affinity passes a request
-over in at most ``max_skips`` steps; ``max_skips=0`` gives the fair order. The larger the
-bound, the fewer adapter loads and distinct adapters a step, and the longer the cold tail's
-time to first token (``bench/NOTES.md``).
+over in at most ``max_skips`` steps (later ones still pass a request whose adapter does not
+fit, as without affinity, until the guard trips); ``max_skips=0`` gives the fair order. The
+larger the bound, the fewer adapter loads and distinct adapters a step, and the longer the cold
+tail's time to first token (``bench/NOTES.md``).
 """
 
 from __future__ import annotations
