@@ -12,6 +12,7 @@ from adapter_store import ALL_SEVEN, ATTENTION, AdapterSet
 from workload import LengthRange, WorkloadSpec
 
 MAIN, MIXED = "main", "mixed"  # the two servers: max rank 16, and max rank 64 for mixed ranks
+AFFINITY = "main-affinity"  # the main server's store and options, with --adapter-affinity
 MIXED_RANKS = (8, 16, 32, 64)
 
 
@@ -21,7 +22,9 @@ class Profile:
     round-robin (targets 1-3); ``scale``: counts of r8 attention-only adapters under Zipf
     popularity (target 4, the throughput-vs-adapters plot); ``mixed``: adapters of ranks
     8/16/32/64 on all seven (a server with ``--max-lora-rank 64``); ``load``: the Poisson rates
-    of the latency sweep, as fractions of the closed-loop requests/s of the first uniform row."""
+    of the latency sweep, as fractions of the closed-loop requests/s of the first uniform row.
+    ``affinity``: Zipf counts (of ``scale``) run a second time on a server started with
+    ``--adapter-affinity`` (rows ``zipfN-affinity``), to show what adapter affinity changes."""
 
     name: str
     concurrency: int
@@ -34,12 +37,15 @@ class Profile:
     zipf: float = 1.0
     max_loras: int | None = None  # default: the concurrency (every step's adapters fit)
     server_options: tuple[str, ...] = ()  # extra `loraplex serve` options of this profile
+    affinity: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         if min(self.concurrency, self.rounds) < 1:
             raise ValueError("--concurrency and --rounds must be positive")
         if not self.uniform or min(self.uniform + self.scale) < 1 or self.mixed < 0:
             raise ValueError(f"profile {self.name}: adapter counts must be positive")
+        if not set(self.affinity) <= set(self.scale):
+            raise ValueError(f"profile {self.name}: --affinity counts must be Zipf counts")
         if any(f <= 0 for f in self.load):
             raise ValueError(f"profile {self.name}: load fractions must be positive")
 
@@ -52,7 +58,7 @@ PROFILES = {
     "smoke": Profile(
         "smoke", 2, WorkloadSpec(4, LengthRange(4, 12), LengthRange(2, 4)), 1,
         uniform=(16,), scale=(1, 8), mixed=4, load=(1.0,), max_loras=4,
-        server_options=("--kv-cache-memory-mb", "64"),
+        server_options=("--kv-cache-memory-mb", "64"), affinity=(8,),
     ),
     "quick": Profile(
         "quick", 8, WorkloadSpec(16, LengthRange(16, 48), LengthRange(8, 16)), 2,
@@ -61,7 +67,7 @@ PROFILES = {
     "full": Profile(
         "full", 32, WorkloadSpec(96, LengthRange(16, 128), LengthRange(32, 64)), 3,
         uniform=(16, 64), scale=(1, 8, 64, 512, 1000), mixed=16,
-        load=(0.25, 0.5, 0.75, 1.0, 1.25),
+        load=(0.25, 0.5, 0.75, 1.0, 1.25), affinity=(64, 512, 1000),
     ),
 }  # fmt: skip
 
@@ -89,8 +95,12 @@ class Plan:
     peer_scenario: str  # the uniform row whose requests the PEFT peers replay
     peers: tuple[str, ...] = field(default=("hf", "peft-mixed", "peft-seq", "bare"))
 
+    def store_of(self, server: str) -> str:
+        """The store a server reads: the affinity server shares the main one."""
+        return MAIN if server == AFFINITY else server
+
     def max_rank(self, server: str) -> int:
-        return max(s.max_rank for s in self.stores[server])
+        return max(s.max_rank for s in self.stores[self.store_of(server)])
 
     @property
     def merged_tenant(self) -> str:
@@ -144,6 +154,14 @@ def plan(profile: Profile) -> Plan:
             Scenario(f"zipf{n}", label, MAIN, names, profile.zipf, f"{n}, {scale.describe()}",
                      family)
         )  # fmt: skip
+    for n in profile.affinity:
+        names = tuple(scale.names[:n])
+        rows.append(
+            Scenario(f"zipf{n}-affinity", f"loraplex {_adapters(n)}, Zipf {profile.zipf:g}, "
+                     "adapter affinity", AFFINITY, names, profile.zipf,
+                     f"{n}, {scale.describe()}",
+                     f"Zipf {profile.zipf:g}, {scale.describe()}, adapter affinity")
+        )  # fmt: skip
     return Plan(profile, stores, tuple(rows), peer_scenario=f"u{profile.uniform[0]}")
 
 
@@ -176,4 +194,7 @@ TARGETS = (
     Target("6. pre-merged tenant vs base", "merged", "base", 0.95),
     Target("ref. base vs HF generate", "base", "hf", None),
     Target("ref. mixed ranks vs 16 adapters r16", "mixed16", "u16", None),
+    Target("ref. affinity on vs off, Zipf 64", "zipf64-affinity", "zipf64", None),
+    Target("ref. affinity on vs off, Zipf 512", "zipf512-affinity", "zipf512", None),
+    Target("ref. affinity on vs off, Zipf 1,000", "zipf1000-affinity", "zipf1000", None),
 )

@@ -28,11 +28,20 @@ import report
 import scenarios
 from adapter_store import write_set
 from runner import Bench
-from scenarios import MAIN, PROFILES, Plan
+from scenarios import AFFINITY, MAIN, PROFILES, Plan
 from server_proc import loraplex_server
 
 RESULTS = Path(__file__).resolve().parent / "results"
 STORE_SEEDS = {"u": 0, "t": 10_000, "z": 20_000, "m": 30_000}  # adapter i of set p: seed + i
+
+
+def _counts(text: str) -> tuple[int, ...]:
+    """``"64,512"`` -> (64, 512); ``"0"`` -> () (none)."""
+    try:
+        counts = tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected counts like 64,512, got {text!r}") from None
+    return tuple(c for c in counts if c != 0)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -52,6 +61,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--concurrency", type=int, help="requests in flight / static batch size")
     parser.add_argument("--zipf", type=float, help="Zipf exponent of the scale rows (default 1)")
     parser.add_argument("--max-loras", type=int, help="server slots; default: the concurrency")
+    parser.add_argument("--requests", type=int, help="requests a round (profile's by default)")
+    parser.add_argument(
+        "--scale", type=_counts, help="Zipf rows' adapter counts, e.g. 64,512,1000 (profile's)"
+    )
+    parser.add_argument(
+        "--affinity", type=_counts,
+        help="Zipf counts also run with --adapter-affinity (rows zipfN-affinity); 0: none",
+    )  # fmt: skip
     parser.add_argument("--seed", type=int, default=0, help="seed of every request drawn")
     parser.add_argument("--threads", type=int, help="torch threads of the peers; default: all")
     parser.add_argument(
@@ -62,8 +79,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--out", type=Path, help="results folder; default bench/results/<run>")
     args = parser.parse_args(argv)
-    if min(v for v in (args.rounds, args.concurrency, args.max_loras, 1) if v is not None) < 1:
-        parser.error("--rounds, --concurrency and --max-loras must be positive")
+    sizes = (args.rounds, args.concurrency, args.max_loras, args.requests, 1)
+    if min(v for v in sizes if v is not None) < 1:
+        parser.error("--rounds, --concurrency, --max-loras and --requests must be positive")
     return args
 
 
@@ -75,8 +93,10 @@ def server_options(plan: Plan, server: str, store: Path, args: argparse.Namespac
         "--max-loras", str(profile.slots), "--max-lora-rank", str(plan.max_rank(server)),
         "--max-num-seqs", str(max(64, profile.concurrency)),
     ]  # fmt: skip
-    if server == MAIN:
+    if server in (MAIN, AFFINITY):  # the same server but for affinity, so the rows compare
         options += ["--merged-adapters", plan.merged_tenant]
+    if server == AFFINITY:
+        options += ["--adapter-affinity"]
     if args.model:
         options += ["--model", str(args.model)]
     return options + list(profile.server_options) + shlex.split(args.server_args)
@@ -112,9 +132,17 @@ def main(argv: list[str] | None = None) -> Path:
 
     args = parse_args(argv)
     load_at_start = os.getloadavg()[0]  # how busy the machine was: the numbers depend on it
+    base = PROFILES[args.profile]
+    workload = base.workload
+    if args.requests is not None:
+        workload = dataclasses.replace(workload, requests=args.requests)
+    affinity = args.affinity
+    if affinity is None and args.scale is not None:  # the profile's, where still run
+        affinity = tuple(n for n in base.affinity if n in args.scale)
     profile = scenarios.with_overrides(
-        PROFILES[args.profile], rounds=args.rounds, concurrency=args.concurrency,
-        zipf=args.zipf, max_loras=args.max_loras,
+        base, rounds=args.rounds, concurrency=args.concurrency, zipf=args.zipf,
+        max_loras=args.max_loras, workload=workload, scale=args.scale,
+        affinity=affinity,
     )  # fmt: skip
     skip = frozenset(k.strip() for k in args.skip.split(",") if k.strip())
     plan = scenarios.plan(profile)
@@ -134,7 +162,7 @@ def main(argv: list[str] | None = None) -> Path:
         needed = {s.server for s in plan.scenarios if s.key not in skip}
         urls = {
             server: stack.enter_context(
-                loraplex_server(server_options(plan, server, stores[server], args),
+                loraplex_server(server_options(plan, server, stores[plan.store_of(server)], args),
                                 out / f"server-{server}.log")
             )
             for server in sorted(needed)

@@ -18,6 +18,8 @@ SERVE_OPTIONS = [
     "--num-blocks",
     "--max-num-seqs",
     "--max-num-batched-tokens",
+    "--adapter-affinity",
+    "--adapter-affinity-max-skips",
     "--max-loras",
     "--max-lora-rank",
     "--lora-dtype",
@@ -68,6 +70,8 @@ def test_every_option_reaches_the_config(tmp_path) -> None:
         "--gpu-memory-utilization", "0.8",
         "--max-num-seqs", "8",
         "--max-num-batched-tokens", "256",
+        "--adapter-affinity",
+        "--adapter-affinity-max-skips", "3",
         "--max-loras", "4",
         "--max-lora-rank", "16",
         "--max-cpu-loras", "32",
@@ -102,6 +106,8 @@ def test_every_option_reaches_the_config(tmp_path) -> None:
     assert config.cache.gpu_memory_utilization == 0.8
     assert config.scheduler.max_num_seqs == 8
     assert config.scheduler.max_num_batched_tokens == 256
+    assert config.scheduler.adapter_affinity is True
+    assert config.scheduler.adapter_affinity_max_skips == 3
     assert (config.lora.max_loras, config.lora.max_lora_rank) == (4, 16)
     assert config.lora.adapters_dir == "/srv/adapters"
     assert config.lora.lora_modules == (("a", "/x/a"), ("b", "/x/b"))
@@ -200,6 +206,7 @@ def test_top_level_help_lists_serve(capsys) -> None:
         (["--body-min-rate", "-5"], "--body-min-rate must be >= 0"),
         (["--max-merged-adapters", "-1"], "--max-merged-adapters must be >= 0"),
         (["--store-poll-s", "-1"], "--store-poll-s must be >= 0"),
+        (["--adapter-affinity-max-skips", "-1"], "--adapter-affinity-max-skips must be >= 0"),
         (["--merged-adapters", "a", "b"], "--max-merged-adapters is 1"),
         (["--port", "70000"], "--port must be in 0..65535"),
         (["--model", "/definitely/not/here"], "is not a folder"),

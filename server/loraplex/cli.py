@@ -99,6 +99,8 @@ def build_config(args: argparse.Namespace) -> Config:
             max_seqs_per_request=args.max_seqs_per_request,
             max_queued_requests=args.max_queued_requests,
             max_queued_requests_per_tenant=args.max_queued_requests_per_tenant,
+            adapter_affinity=args.adapter_affinity,
+            adapter_affinity_max_skips=args.adapter_affinity_max_skips,
         ),
         lora=LoRAConfig(
             max_loras=args.max_loras,

@@ -177,6 +177,24 @@ def _add_sched_options(serve: argparse.ArgumentParser) -> None:
         help="most requests of one tenant waiting; past it that tenant gets 429s while others "
         "are still admitted; default: no per-tenant cap",
     )
+    sched.add_argument(
+        "--adapter-affinity",
+        action=argparse.BooleanOptionalAction,
+        default=SchedulerConfig.adapter_affinity,
+        help="when more requests wait than a step takes, admit first each tenant's requests "
+        "whose adapter is already in the batch, pinned, resident in a device slot, or none "
+        "(base model / pre-merged); tenants' round-robin turns are kept. "
+        "Off by default: arrival order",
+    )
+    sched.add_argument(
+        "--adapter-affinity-max-skips",
+        type=int,
+        default=SchedulerConfig.adapter_affinity_max_skips,
+        metavar="N",
+        help="with --adapter-affinity: a request passed over in N steps (later requests of its "
+        "tenant admitted first) goes first in its tenant's order; larger N: fewer adapter "
+        "loads, longer worst-case time to first token; 0: arrival order",
+    )
 
 
 def _add_server_options(serve: argparse.ArgumentParser) -> None:

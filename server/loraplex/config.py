@@ -114,13 +114,20 @@ class SchedulerConfig:
     tens of thousands. ``max_queued_requests`` (in all) and ``max_queued_requests_per_tenant``
     cap the requests waiting, not yet running; past either a 429 (None: no per-tenant cap).
     The two step budgets default to the CPU's; the command line takes the device's
-    (``batch_defaults``)."""
+    (``batch_defaults``).
+    ``adapter_affinity``: when more requests wait than a step takes, admit first each tenant's
+    requests whose adapter costs no new slot or is already resident, within the starvation
+    bound and without reordering tenants (``engine/affinity.py``); False: the fair order.
+    ``adapter_affinity_max_skips``: that bound, the steps in which affinity may pass a request
+    over before it goes first in its tenant's order (0: the fair order)."""
 
     max_num_seqs: int = BATCH_DEFAULTS["cpu"][0]
     max_num_batched_tokens: int = BATCH_DEFAULTS["cpu"][1]
     max_seqs_per_request: int = 256
     max_queued_requests: int = 1024
     max_queued_requests_per_tenant: int | None = None
+    adapter_affinity: bool = False
+    adapter_affinity_max_skips: int = 8
 
     def __post_init__(self) -> None:
         _require(self.max_queued_requests > 0, "--max-queued-requests must be positive")
@@ -131,6 +138,11 @@ class SchedulerConfig:
         _require(self.max_num_seqs > 0, "--max-num-seqs must be positive")
         _require(self.max_seqs_per_request > 0, "--max-seqs-per-request must be positive")
         _require(self.max_num_batched_tokens > 0, "--max-num-batched-tokens must be positive")
+        _require(
+            isinstance(self.adapter_affinity, bool),
+            f"--adapter-affinity must be a bool, got {self.adapter_affinity!r}",
+        )
+        _require(self.adapter_affinity_max_skips >= 0, "--adapter-affinity-max-skips must be >= 0")
 
 
 @dataclass(frozen=True)

@@ -6,9 +6,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+import scenarios
 import serving
+from scenarios import PROFILES
 
-ROWS = {"base", "merged", "u16", "mixed4", "zipf1", "zipf8", "hf", "peft-mixed", "peft-seq"}
+ROWS = {"base", "merged", "u16", "mixed4", "zipf1", "zipf8", "zipf8-affinity", "hf", "peft-mixed",
+        "peft-seq"}  # fmt: skip
 
 
 def test_smoke_profile_runs_every_system_and_writes_the_results(
@@ -39,4 +43,24 @@ def test_smoke_profile_runs_every_system_and_writes_the_results(
     assert table in printed and "| u16 | loraplex 16 adapters, round-robin |" in table
     for png in ("throughput_vs_adapters.png", "latency_vs_load.png"):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert (out / "server-main.log").exists() and (out / "server-mixed.log").exists()
+    for server in ("main", "mixed", "main-affinity"):
+        assert (out / f"server-{server}.log").exists()
+
+
+def test_affinity_rows_run_on_a_server_that_differs_only_by_affinity(tmp_path: Path) -> None:
+    args = serving.parse_args(["--full", "--scale", "8,64,1000", "--requests", "40"])
+    assert (args.scale, args.requests, args.affinity) == ((8, 64, 1000), 40, None)
+    plan = scenarios.plan(
+        scenarios.with_overrides(PROFILES["full"], scale=args.scale, affinity=(64, 1000))
+    )
+    on = [s for s in plan.scenarios if s.server == scenarios.AFFINITY]
+    assert [s.key for s in on] == ["zipf64-affinity", "zipf1000-affinity"]
+    assert on[0].names == next(s for s in plan.scenarios if s.key == "zipf64").names
+    assert plan.store_of(scenarios.AFFINITY) == scenarios.MAIN
+    main = serving.server_options(plan, scenarios.MAIN, tmp_path, args)
+    with_affinity = serving.server_options(plan, scenarios.AFFINITY, tmp_path, args)
+    assert "--adapter-affinity" in with_affinity and "--adapter-affinity" not in main
+    assert [option for option in with_affinity if option != "--adapter-affinity"] == main
+    assert serving.parse_args(["--affinity", "0"]).affinity == ()
+    with pytest.raises(ValueError, match="Zipf counts"):
+        scenarios.with_overrides(PROFILES["quick"], affinity=(64,))

@@ -6,6 +6,8 @@ and the block bookkeeping invariants.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from loraplex.config import SchedulerConfig
 from loraplex.engine.block_manager import BlockManager
 from loraplex.engine.sampling_params import SamplingParams
@@ -36,13 +38,23 @@ def make_scheduler(
     max_model_len: int = 64,
     starvation_steps: int = 32,
     prefix_caching: bool = False,
+    affinity: bool = False,
+    max_skips: int = SchedulerConfig.adapter_affinity_max_skips,
+    is_resident: Callable[[str], bool] = lambda adapter: False,
 ) -> Scheduler:
+    """A scheduler in the fair (arrival) order unless ``affinity``."""
     return Scheduler(
-        SchedulerConfig(max_num_seqs=seqs, max_num_batched_tokens=tokens),
+        SchedulerConfig(
+            max_num_seqs=seqs,
+            max_num_batched_tokens=tokens,
+            adapter_affinity=affinity,
+            adapter_affinity_max_skips=max_skips,
+        ),
         BlockManager(num_blocks, block_size, enable_prefix_caching=prefix_caching),
         max_loras=max_loras,
         max_model_len=max_model_len,
         starvation_steps=starvation_steps,
+        is_resident=is_resident,
     )
 
 

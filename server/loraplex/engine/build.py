@@ -123,6 +123,7 @@ def build_engine(config: Config, on_adapter_loaded: Callable[[], None] = lambda:
         max_model_len,
         is_ready=adapters.is_ready,
         pinned=lambda: adapters.slots.pinned,
+        is_resident=lambda key: adapters.slots.lookup(key) is not None,
     )
     engine = LLMEngine(config, model_name, runner, scheduler, adapters, max_model_len, loaded)
     register_startup_adapters(config.lora, adapters)

@@ -15,11 +15,14 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 
 from loraplex.config import SchedulerConfig
 from loraplex.engine.adapter_counts import AdapterCounts
+from loraplex.engine.affinity import admission_tier, overtaken
 from loraplex.engine.block_manager import BlockManager
 from loraplex.engine.sequence import Sequence, SequenceStatus
+from loraplex.engine.step_budget import StepBudget
 from loraplex.engine.waiting_queue import WaitingQueue
 
 
@@ -67,40 +70,6 @@ class SchedulerOutput:
         return {s.seq.adapter for s in self.scheduled if s.seq.adapter and not s.seq.merged}
 
 
-@dataclass
-class _StepBudget:
-    """What is left of one step's budgets; ``adapters`` are the distinct adapters in the step."""
-
-    tokens: int
-    seqs: int
-    max_loras: int
-    adapters: set[str] = field(default_factory=set)
-    merged: str | None = None
-    pinned: frozenset[str] = frozenset()  # always resident: their slots are taken already
-
-    def exhausted(self) -> bool:
-        return self.tokens <= 0 or self.seqs <= 0
-
-    def admits(self, seq: Sequence) -> bool:
-        """Base-model requests use no slot; a step runs at most one pre-merged adapter."""
-        adapter = seq.adapter
-        if adapter is None:
-            return True
-        if seq.merged:
-            return self.merged in (None, adapter)
-        if adapter in self.pinned or adapter in self.adapters:
-            return True
-        return len(self.adapters) < self.max_loras - len(self.pinned)
-
-    def take(self, seq: Sequence, num_new_tokens: int) -> None:
-        self.tokens -= num_new_tokens
-        self.seqs -= 1
-        if seq.merged:
-            self.merged = seq.adapter
-        elif seq.adapter is not None and seq.adapter not in self.pinned:
-            self.adapters.add(seq.adapter)
-
-
 class Scheduler:
     """Waiting queue (FCFS) and running set of unfinished sequences.
 
@@ -120,6 +89,7 @@ class Scheduler:
         starvation_steps: int = 32,
         is_ready: Callable[[Sequence], bool] = lambda seq: True,
         pinned: Callable[[], frozenset[str]] = frozenset,
+        is_resident: Callable[[str], bool] = lambda adapter: False,
     ) -> None:
         if max_loras <= 0 or max_model_len <= 0 or starvation_steps < 0:
             raise ValueError("max_loras and max_model_len must be positive, starvation_steps >= 0")
@@ -134,6 +104,8 @@ class Scheduler:
         # False while a waiting request's adapter is still on its way to host memory.
         self.is_ready = is_ready
         self.pinned = pinned
+        # Whether an adapter is in a device slot now (no load to run it): affinity's RESIDENT.
+        self.is_resident = is_resident
         self.waiting = WaitingQueue()
         self.running: list[Sequence] = []
         self.adapter_counts = AdapterCounts()  # sequences per adapter and status, for metrics
@@ -176,12 +148,14 @@ class Scheduler:
 
         Running sequences first: decodes, then prefill chunks, each group in arrival order; one
         whose chunk lacks blocks preempts the latest arrival not yet scheduled (maybe itself).
-        Then, unless something was preempted, waiting ones FCFS with prefills chunked to the
-        token budget. A request whose adapter does not fit the step is skipped, but once skipped
-        more than ``starvation_steps`` times it blocks everyone behind it until it gets in.
+        Then, unless something was preempted, waiting ones in the queue's fair order (with
+        ``adapter_affinity``, each tenant's cheapest first: see ``engine/affinity.py``) with
+        prefills chunked to the token budget. A request whose adapter does not fit the step is
+        skipped, but once skipped more than ``starvation_steps`` times it blocks everyone
+        behind it until it gets in.
         """
         cfg = self.config
-        budget = _StepBudget(
+        budget = StepBudget(
             cfg.max_num_batched_tokens, cfg.max_num_seqs, self.max_loras, pinned=self.pinned()
         )
         out = SchedulerOutput()
@@ -198,7 +172,7 @@ class Scheduler:
                 s.seq.num_computed_tokens += s.num_new_tokens
                 self.block_manager.publish(s.seq, s.start, s.num_new_tokens)
 
-    def _schedule_running(self, budget: _StepBudget, out: SchedulerOutput) -> None:
+    def _schedule_running(self, budget: StepBudget, out: SchedulerOutput) -> None:
         # Decodes (one token each) go before prefill chunks so a long prompt cannot stall them.
         order = sorted(self.running, key=lambda s: (s.num_uncomputed_tokens > 1, _arrival(s)))
         queue = deque(order)
@@ -233,15 +207,27 @@ class Scheduler:
         self.waiting.appendleft(seq)
         self.adapter_counts.move(seq, SequenceStatus.RUNNING, SequenceStatus.WAITING)
 
-    def _schedule_waiting(self, budget: _StepBudget, out: SchedulerOutput) -> None:
+    def _schedule_waiting(self, budget: StepBudget, out: SchedulerOutput) -> None:
+        tier = None
+        if self.config.adapter_affinity:
+            tier = partial(
+                admission_tier,
+                budget=budget,
+                is_resident=self.is_resident,
+                # At most the guard's bound: one more skip would trip the guard.
+                max_skips=min(self.config.adapter_affinity_max_skips, self.starvation_steps),
+            )
+        order = self.waiting.ordered(tier)
         admitted: list[Sequence] = []
-        for seq in self.waiting:
+        skipped: set[int] = set()
+        for seq in order:
             if budget.exhausted():
                 break
             if not self.is_ready(seq):
                 continue
             if not budget.admits(seq):
                 seq.adapter_skips += 1
+                skipped.add(seq.seq_id)
                 # Starvation guard: once a request has waited too long for an adapter slot,
                 # nobody behind it gets in, so running sequences drain and free a slot for it.
                 if seq.adapter_skips > self.starvation_steps:
@@ -260,17 +246,21 @@ class Scheduler:
                 seq.first_scheduled_time = time.monotonic()
             self.block_manager.admit(seq, cached, num_new)
             self._record(seq, num_new, budget, out)
+        if self.config.adapter_affinity:  # the bound: passing over counts as a skip too
+            for seq in overtaken(order, admitted, self.is_ready):
+                if seq.seq_id not in skipped:
+                    seq.adapter_skips += 1
         for seq in admitted:
             self.waiting.remove(seq)
             self.running.append(seq)
             self.adapter_counts.move(seq, SequenceStatus.WAITING, SequenceStatus.RUNNING)
             seq.adapter_skips = 0
 
-    def _take(self, seq: Sequence, num_new: int, budget: _StepBudget, out: SchedulerOutput) -> None:
+    def _take(self, seq: Sequence, num_new: int, budget: StepBudget, out: SchedulerOutput) -> None:
         self.block_manager.allocate(seq, num_new)
         self._record(seq, num_new, budget, out)
 
     @staticmethod
-    def _record(seq: Sequence, num_new: int, budget: _StepBudget, out: SchedulerOutput) -> None:
+    def _record(seq: Sequence, num_new: int, budget: StepBudget, out: SchedulerOutput) -> None:
         out.scheduled.append(ScheduledSeq(seq, num_new))
         budget.take(seq, num_new)

@@ -52,8 +52,9 @@ class Sequence:
     # With params.prompt_logprobs: entry i for prompt token i (entry 0 is None: nothing comes
     # before it), filled as prefill chunks run; kept across preemption, so never computed twice.
     prompt_logprobs: list[TokenLogprob | None] = field(default_factory=list, repr=False)
-    # Schedules in which this waiting sequence was passed over for the adapter-slot budget
-    # (the scheduler's starvation guard); reset when it is admitted.
+    # Schedules in which this waiting sequence was passed over: its adapter did not fit the
+    # slot budget, or (adapter affinity) a later request of its tenant went first; the
+    # starvation guard and affinity's bound read it; reset when it is admitted.
     adapter_skips: int = 0
     # Monotonic time of the first step that scheduled it (its queue time ends there).
     first_scheduled_time: float | None = None

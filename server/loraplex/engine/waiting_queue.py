@@ -9,13 +9,15 @@ Order of iteration (what the scheduler admits first): preempted sequences (``app
 latest preempted first), then the tenants' queues interleaved, one sequence of each in turn,
 tenants ordered by the arrival of the sequence at their head. With one tenant that is plain
 FCFS; a tenant that queues a thousand requests delays another tenant's next request by one
-place per round, not by a thousand. Host-side only, no torch.
+place per round, not by a thousand. ``ordered(within_tenant)`` keeps those turns and only
+chooses which of a tenant's own sequences fills each of its turns (adapter affinity).
+Host-side only, no torch.
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from itertools import chain, zip_longest
 
 from loraplex.engine.sequence import Sequence
@@ -36,7 +38,7 @@ class WaitingQueue:
         return bool(self._home)
 
     def __iter__(self) -> Iterator[Sequence]:
-        return iter(self._ordered())  # a snapshot: callers remove while iterating
+        return iter(self.ordered())  # a snapshot: callers remove while iterating
 
     def __contains__(self, seq: Sequence) -> bool:
         return seq.seq_id in self._home
@@ -45,7 +47,7 @@ class WaitingQueue:
         """Only the front (0) is cheap; it is what tests and the scheduler look at."""
         if index == 0 and self._front:
             return next(iter(self._front.values()))
-        return self._ordered()[index]
+        return self.ordered()[index]
 
     def tenants(self) -> dict[str, int]:
         """Sequences waiting per tenant (preempted ones not counted)."""
@@ -75,10 +77,18 @@ class WaitingQueue:
             del self._tenants[seq.tenant]
         return True
 
-    def _ordered(self) -> list[Sequence]:
+    def ordered(self, within_tenant: Callable[[Sequence], int] | None = None) -> list[Sequence]:
+        """The admission order as a new list. With ``within_tenant``, each tenant's FIFO is
+        first stably sorted by that key (ties keep arrival order); the tenants' turns, and
+        their order by the arrival of each FIFO's head, are unchanged, and the preempted ones
+        stay first in their own order: the key reorders a tenant's requests among themselves,
+        never one tenant's ahead of another's."""
         queues = [list(q.values()) for q in self._tenants.values()]
         if len(queues) > 1:
             queues.sort(key=lambda q: (q[0].arrival_time, q[0].seq_id))
+        if within_tenant is not None:
+            queues = [sorted(q, key=within_tenant) for q in queues]
+        if len(queues) > 1:
             rounds = zip_longest(*queues)
             interleaved = [seq for seq in chain.from_iterable(rounds) if seq is not None]
         else:
