@@ -119,7 +119,9 @@ def describe(plan: Plan, model_dir: Path, args: argparse.Namespace, load_at_star
         f"# bench/serving.py --{p.name}: {model_dir.name}, {args.dtype}, {p.concurrency} "
         f"concurrent, {w.requests} requests a round (prompts {w.prompt_tokens.low}-"
         f"{w.prompt_tokens.high} tokens, outputs {w.output_tokens.low}-{w.output_tokens.high}), "
-        f"{p.rounds} interleaved rounds, --max-loras {p.slots}, peers' torch threads "
+        f"{p.rounds} interleaved rounds, --max-loras {p.slots}, server options "
+        f"`{' '.join([*p.server_options, *shlex.split(args.server_args)]) or 'none'}`, "
+        f"peers' torch threads "
         f"{torch.get_num_threads()}, {os.cpu_count()} cores, 1-minute load average "
         f"{load_at_start:.1f} at the start and {os.getloadavg()[0]:.1f} at the end"
     )
