@@ -62,6 +62,7 @@ def build_config(args: argparse.Namespace) -> Config:
             device=args.device,
             attention_backend=args.attention_backend,
             load_format=args.load_format,
+            enforce_eager=args.enforce_eager,
         ),
         cache=CacheConfig(
             block_size=args.block_size,

@@ -13,7 +13,8 @@ from loraplex import metrics
 from loraplex.config import Config
 from loraplex.engine.adapters import AdapterSpec, EngineAdapters
 from loraplex.engine.admission import DEFAULT_TENANT
-from loraplex.engine.batch import PackedBatch, build_batch
+from loraplex.engine.batch import build_batch
+from loraplex.engine.decode_runner import decode_runner_for
 from loraplex.engine.engine_stats import engine_stats
 from loraplex.engine.model_runner import ModelRunner
 from loraplex.engine.output_processor import OutputProcessor
@@ -22,6 +23,7 @@ from loraplex.engine.request import ParentRequest, RequestState, make_request
 from loraplex.engine.sampler import Sampler
 from loraplex.engine.sampling_params import ParameterError, SamplingParams
 from loraplex.engine.scheduler import ScheduledSeq, Scheduler, SchedulerOutput
+from loraplex.engine.sequence import Sequence
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +54,10 @@ class LLMEngine:
         self.eos_token_ids = runner.eos_token_ids()
         self.sampler = Sampler()
         self.outputs = OutputProcessor(self.eos_token_ids, max_model_len, self._finish)
+        # Pure-decode steps: persistent buffers, CUDA graphs where they can be captured.
+        self.decode = decode_runner_for(
+            runner, config.scheduler.max_num_seqs, max_model_len, config.model.enforce_eager
+        )
         self.idle = True  # the last step scheduled nothing
         self._adapter_loaded = adapter_loaded or threading.Event()
         self._new_requests = False
@@ -207,24 +213,30 @@ class LLMEngine:
 
     def _forward(
         self, out: SchedulerOutput, slot_of: dict[str, int]
-    ) -> tuple[PackedBatch, list[RequestState], list[int], torch.Tensor]:
-        """batch -> forward -> sample for ``out``. Nothing is recorded yet, so a failed
-        forward can be retried (the retry rewrites the same KV rows)."""
-        batch = build_batch(
-            out.scheduled,
-            slot_of,
-            self.block_manager.block_size,
-            self.config.lora.max_loras,
-            self.runner.device,
-        )
-        states = [self._states[seq.seq_id] for seq in batch.sample_seqs]
-        logits = self.runner.forward(batch)
-        return batch, states, self._sample(states, logits[: len(states)]), logits
+    ) -> tuple[list[tuple[Sequence, int]], list[RequestState], list[int], torch.Tensor]:
+        """batch -> forward -> sample for ``out``: (prompt tokens to score, states that
+        sample, their tokens, logits). Nothing is recorded yet, so a failed forward can be
+        retried (the retry rewrites the same KV rows)."""
+        if self.decode.eligible(out.scheduled):
+            seqs, logits = self.decode.run(out.scheduled, slot_of)
+            prompt_targets: list[tuple[Sequence, int]] = []
+        else:
+            batch = build_batch(
+                out.scheduled,
+                slot_of,
+                self.block_manager.block_size,
+                self.config.lora.max_loras,
+                self.runner.device,
+            )
+            seqs, prompt_targets = batch.sample_seqs, batch.prompt_targets
+            logits = self.runner.forward(batch)
+        states = [self._states[seq.seq_id] for seq in seqs]
+        return prompt_targets, states, self._sample(states, logits[: len(states)]), logits
 
     def _process(
         self,
         out: SchedulerOutput,
-        batch: PackedBatch,
+        prompt_targets: list[tuple[Sequence, int]],
         states: list[RequestState],
         tokens: list[int],
         logits: torch.Tensor,
@@ -233,7 +245,7 @@ class LLMEngine:
         metrics.record_step(
             len(out.scheduled), sum(s.num_new_tokens for s in out.scheduled), len(out.preempted)
         )
-        return self.outputs.process(states, tokens, logits, batch.prompt_targets)
+        return self.outputs.process(states, tokens, logits, prompt_targets)
 
     def _run_apart(self, out: SchedulerOutput, slot_of: dict[str, int]) -> list[RequestOutput]:
         """Retry a failed step one adapter group at a time (base-model sequences are one
