@@ -10,7 +10,7 @@ import pytest
 import torch
 from builders import ALL_SEVEN, needs_cc, save_adapter, save_tiny_model
 from engine_helpers import run
-from triton_check import triton_tests
+from triton_check import needs_triton, triton_tests
 
 from loraplex.adapters.rules import Limits
 from loraplex.adapters.weights import load_adapter
@@ -140,3 +140,29 @@ def test_the_engine_decodes_through_the_buffers_to_the_tokens_of_packed_batches(
     assert run(buffered, PROMPTS, **params) == expected
     assert packed_calls["buffered"] == 0 and calls["buffered"] >= 4  # most steps decode only
     assert buffered.block_manager.num_free_blocks == 64
+
+
+@pytest.mark.triton
+@needs_triton
+def test_the_bounds_a_captured_graph_runs_with_give_the_eager_logits(store) -> None:
+    """What a CUDA graph computes, run eagerly on the CPU (the Triton backends under the
+    interpreter): every LoRA layer calls the op, every row is an upper bound of the adapter
+    rows, and attention is configured for max_model_len keys (split four ways, mostly empty)."""
+    runner = runner_for(store, "triton", "triton")
+    slot_of = {name: slot for slot, name in enumerate(ADAPTERS)}
+    decode = DecodeRunner(runner, max_num_seqs=8, max_model_len=2048, pad=True)
+    seqs = []
+    for i, (prompt, adapter) in enumerate(PROMPTS[:3]):
+        seq = Sequence(str(i), prompt, SamplingParams(), adapter=adapter)
+        seq.append_token(9)
+        seq.num_computed_tokens = len(prompt)
+        seq.block_table = [3 * i, 3 * i + 1, 3 * i + 2]
+        seqs.append(seq)
+    decode.run([ScheduledSeq(s, 1) for s in seqs], slot_of)  # the eager forward (size 4)
+    eager = decode.forward(4, 9, 2)
+    runner.lora.context.every_layer = True
+    try:
+        bounded = decode.forward(4, 2048, None)
+    finally:
+        runner.lora.context.every_layer = False
+    torch.testing.assert_close(bounded[:3], eager[:3], atol=1e-5, rtol=1e-5)
