@@ -18,14 +18,16 @@ from loraplex.engine.decode_runner import decode_runner_for
 from loraplex.engine.engine_stats import engine_stats
 from loraplex.engine.model_runner import ModelRunner
 from loraplex.engine.output_processor import OutputProcessor
-from loraplex.engine.outputs import RequestOutput
+from loraplex.engine.outputs import RequestOutput, TokenLogprob
 from loraplex.engine.request import ParentRequest, RequestState, make_request
-from loraplex.engine.sampler import Sampler
+from loraplex.engine.sampler import Sampler, read_sampled
 from loraplex.engine.sampling_params import ParameterError, SamplingParams
 from loraplex.engine.scheduler import ScheduledSeq, Scheduler, SchedulerOutput
 from loraplex.engine.sequence import Sequence
 
 log = logging.getLogger(__name__)
+# One step's sampled tokens and their logprob entries (None where not asked for).
+Sampled = tuple[list[int], list[TokenLogprob | None]]
 
 
 class LLMEngine:
@@ -213,7 +215,7 @@ class LLMEngine:
 
     def _forward(
         self, out: SchedulerOutput, slot_of: dict[str, int]
-    ) -> tuple[list[tuple[Sequence, int]], list[RequestState], list[int], torch.Tensor]:
+    ) -> tuple[list[tuple[Sequence, int]], list[RequestState], Sampled, torch.Tensor]:
         """batch -> forward -> sample for ``out``: (prompt tokens to score, states that
         sample, their tokens, logits). Nothing is recorded yet, so a failed forward can be
         retried (the retry rewrites the same KV rows)."""
@@ -238,14 +240,14 @@ class LLMEngine:
         out: SchedulerOutput,
         prompt_targets: list[tuple[Sequence, int]],
         states: list[RequestState],
-        tokens: list[int],
+        sampled: Sampled,
         logits: torch.Tensor,
     ) -> list[RequestOutput]:
         self.scheduler.after_step(out)  # the KV cache now holds the step's tokens
         metrics.record_step(
             len(out.scheduled), sum(s.num_new_tokens for s in out.scheduled), len(out.preempted)
         )
-        return self.outputs.process(states, tokens, logits, prompt_targets)
+        return self.outputs.process(states, *sampled, logits, prompt_targets)
 
     def _run_apart(self, out: SchedulerOutput, slot_of: dict[str, int]) -> list[RequestOutput]:
         """Retry a failed step one adapter group at a time (base-model sequences are one
@@ -290,14 +292,16 @@ class LLMEngine:
         failed = self.adapters.poll_waiting(self.scheduler.waiting)  # iterates a snapshot
         return [self._end(self._states[seq.seq_id], error) for seq, error in failed]
 
-    def _sample(self, states: list[RequestState], logits: torch.Tensor) -> list[int]:
-        return self.sampler(
+    def _sample(self, states: list[RequestState], logits: torch.Tensor) -> Sampled:
+        """Tokens and logprob entries of the sampled rows, in one device->host copy."""
+        tokens = self.sampler.sample(
             logits,
             [s.params for s in states],
             [s.seq.prompt_token_ids for s in states],
             [s.seq.output_token_ids for s in states],
             [s.generator for s in states],
         )
+        return read_sampled(tokens, logits, [s.params.logprobs for s in states])
 
     def stats(self) -> dict[str, object]:
         """What ``/metrics`` reports (``engine_stats.py``), read from any thread."""
