@@ -4,6 +4,7 @@ eager forward's logits for any adapter mix, including an adapter loaded after th
 from __future__ import annotations
 
 import importlib.util
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -144,3 +145,57 @@ def test_the_engine_gives_the_same_greedy_tokens_with_graphs_and_eager(store) ->
     eager = engine(True)
     assert eager.decode.graphs is None
     assert run(with_graphs, requests, **params) == run(eager, requests, **params)
+
+
+class FakeGraph:
+    """Stands in for ``torch.cuda.CUDAGraph`` on the CPU: a replay reruns what was captured
+    into the captured output tensor (what a real replay does to its static output)."""
+
+    def __init__(self) -> None:
+        self.run = None
+
+    def pool(self) -> tuple[str, int]:
+        return ("pool", id(self))
+
+    def replay(self) -> None:
+        self.run()
+
+
+def test_sizes_are_captured_largest_first_into_one_pool_and_replays_refresh_the_output(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from loraplex.engine import cuda_graphs
+
+    pools, calls, layers = [], [], []
+    buffer = torch.arange(8.0)
+
+    def forward(size: int) -> torch.Tensor:
+        calls.append(size)
+        layers.append(every[0])
+        return buffer[:size] * 2
+
+    @contextmanager
+    def capture(graph: FakeGraph, pool=None, capture_error_mode: str = "global"):
+        pools.append(pool)
+        start = len(calls)
+        yield
+        size = calls[start]
+        graph.run = lambda: graphs.outputs[size].copy_(forward(size))
+
+    every = [False]
+    monkeypatch.setattr(torch.cuda, "CUDAGraph", FakeGraph)
+    monkeypatch.setattr(torch.cuda, "graph", capture)
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda: None)
+    monkeypatch.setattr(cuda_graphs, "MAX_CAPTURE_SIZE", 4)
+    prepared: list[int] = []
+    graphs = cuda_graphs.DecodeGraphs(
+        forward, [1, 2, 4, 8], prepared.append, lambda on: every.__setitem__(0, on)
+    )
+    assert prepared == [4, 2, 1] and sorted(graphs.graphs) == [1, 2, 4]
+    assert calls == [4] * 3 + [2] * 3 + [1] * 3  # two warm-ups, then the capture
+    assert pools[0] is None and pools[1] == pools[2] == graphs.graphs[4].pool()
+    assert all(layers) and not every[0]  # every LoRA layer called during capture only
+    assert not graphs.captured(8)  # above MAX_CAPTURE_SIZE: eager
+    buffer += 1  # the next step's inputs, written in place
+    out = graphs.replay(2)
+    assert out is graphs.outputs[2] and out.tolist() == [2.0, 4.0]

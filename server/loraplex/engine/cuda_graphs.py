@@ -64,7 +64,8 @@ class DecodeGraphs:
                     forward(size)
                 torch.cuda.synchronize()
                 graph = torch.cuda.CUDAGraph()
-                with torch.cuda.graph(graph, pool=pool):
+                # thread_local: the server's other threads (adapter loads) may use CUDA meanwhile
+                with torch.cuda.graph(graph, pool=pool, capture_error_mode="thread_local"):
                     self.outputs[size] = forward(size)
                 pool = graph.pool() if pool is None else pool
                 self.graphs[size] = graph
