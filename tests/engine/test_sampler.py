@@ -234,7 +234,7 @@ def test_a_mixed_batch_syncs_with_the_device_once(recwarn: pytest.WarningsRecord
         SamplingParams(temperature=1.0, seed=7),
         SamplingParams(temperature=0, logprobs=0),
     ]
-    generators = [None, None, torch.Generator(cuda).manual_seed(7), None]
+    generators = [None, None, torch.Generator(device=cuda).manual_seed(7), None]
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("warn")
     try:

@@ -138,8 +138,7 @@ class DecodeInputs:
             return slot_of[adapter] if adapter else self.num_slots
 
         order = sorted(scheduled, key=rank)
-        if self._copied is not None:
-            self._copied.synchronize()  # the last copy has read the host buffer
+        self._wait_for_copy()
         present = {item.seq.seq_id for item in order}
         bs, counts, seqs = self.block_size, [0] * self.num_slots, []
         ids, positions, slots, lens, rows = [], [], [], [], []
@@ -170,6 +169,7 @@ class DecodeInputs:
         """Rows ``start..size-1`` as padding: token 0 at position 0, its key written to the
         scratch block, one key seen, table row 0 (scratch); no adapter row when ``start`` is 0.
         (Capture warm-ups fill a whole batch this way, then copy it with :meth:`copy_all`.)"""
+        self._wait_for_copy()
         pad = self._host_fields[:, start:size]
         pad[0], pad[1], pad[2], pad[3], pad[4] = 0, 0, self._scratch_slot, 1, 0
         if start == 0:
@@ -178,6 +178,11 @@ class DecodeInputs:
     def copy_all(self) -> None:
         """Copy the whole host buffer (after :meth:`fill_padding` for a warm-up)."""
         self._copy(self.max_num_seqs + 1)
+
+    def _wait_for_copy(self) -> None:
+        """Before the host buffer is written: the last non-blocking copy has read it."""
+        if self._copied is not None:
+            self._copied.synchronize()
 
     def _copy(self, table_rows: int) -> None:
         """One copy of the fields, the slot ends and table rows ``0..table_rows-1``."""
