@@ -93,7 +93,10 @@ def markdown(report: dict) -> str:
                 f"{r['itl_ms']:.1f} | {ratio:.2f}x | {speedup} |"
             )
         if not any(r["backends"].endswith("+graphs") for r in runs):
-            lines += ["", "No CUDA graphs here (they are captured on CUDA only)."]
+            lines += [
+                "",
+                "No CUDA graphs here (captured on CUDA only; there, a failed capture is logged).",
+            ]
         lines.append("")
     for section, error in report["errors"].items():
         lines += [f"**section {section} failed:**", "```", error, "```", ""]

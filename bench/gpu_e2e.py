@@ -157,8 +157,9 @@ def e2e_runs(device: torch.device, dtype: str, smoke: bool) -> list[Run]:
             modes = [False, True] if name == "triton" and device.type == "cuda" else [False]
             for graphs in modes:  # graphs: captured for every padded size up to ``seqs``
                 decode = DecodeRunner(runner, shape.seqs, max_len, graphs=graphs)
-                if graphs and decode.graphs is None:
-                    raise RuntimeError("CUDA graph capture failed (the log says why)")
+                if graphs and decode.graphs is None:  # keep the eager runs: report, go on
+                    print("CUDA graph capture failed (logged above): graphs not measured")
+                    continue
                 label = f"{name}+graphs" if graphs else name
                 for adapters in counts:
                     runs.append(_run(runner, decode, blocks_per_seq, shape, adapters, label))

@@ -217,8 +217,8 @@ class LLMEngine:
         self, out: SchedulerOutput, slot_of: dict[str, int]
     ) -> tuple[list[tuple[Sequence, int]], list[RequestState], Sampled, torch.Tensor]:
         """batch -> forward -> sample for ``out``: (prompt tokens to score, states that
-        sample, their tokens and logprobs, logits). Nothing is recorded yet, so a failed forward can be
-        retried (the retry rewrites the same KV rows)."""
+        sample, their tokens and logprobs, logits). Nothing is recorded yet, so a failed
+        forward can be retried (the retry rewrites the same KV rows)."""
         if self.decode.eligible(out.scheduled):
             seqs, logits = self.decode.run(out.scheduled, slot_of)
             prompt_targets: list[tuple[Sequence, int]] = []
