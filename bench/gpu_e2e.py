@@ -1,11 +1,12 @@
 """bench/gpu.py section 3: decode end to end on a dummy Llama-3-8B-shaped model.
 
 One model runner (random weights, ``max_loras`` slots of rank 16 on all seven projections, all
-slots filled with random adapters once); each run prefills ``seqs`` prompts, then times decode
-steps of all of them at once: build the packed batch, run the forward, take the greedy tokens
-back to the host (the one device->host copy of a step). Base-only and 1, 16, 64 distinct
-adapters run on the same runner, with the Triton backends and, for reference, the torch ones.
-Eager only: CUDA graph capture does not exist yet (issue 13, part 3).
+slots filled with random adapters once); each run prefills ``seqs`` prompts (packed batches),
+then times decode steps of all of them at once the way the engine runs them: one fill of the
+persistent decode buffers (one host->device copy), the forward (eager, or the replay of a CUDA
+graph captured for the batch size), the greedy tokens back to the host (the one device->host
+copy of a step). Base-only and 1, 16, 64 distinct adapters run on the same runner with the
+Triton backends eager and with CUDA graphs (CUDA only), and for reference with the torch ones.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ RANK = 16
 
 @dataclass
 class Run:
-    backends: str
+    backends: str  # "triton", "torch", or "triton+graphs" (the replayed CUDA graphs)
     adapters: int
     tokens_per_s: float
     itl_ms: float  # median decode step = inter-token latency of every sequence
@@ -77,7 +78,7 @@ def _model_folder(smoke: bool, scratch: Path) -> Path:
     return scratch / "tiny-llama-config"
 
 
-def _run(runner, blocks_per_seq: int, shape: Shape, adapters: int, label: str) -> Run:
+def _run(runner, decode, blocks_per_seq: int, shape: Shape, adapters: int, label: str) -> Run:
     from loraplex.engine.batch import build_batch
     from loraplex.engine.sampling_params import SamplingParams
     from loraplex.engine.scheduler import ScheduledSeq
@@ -96,11 +97,15 @@ def _run(runner, blocks_per_seq: int, shape: Shape, adapters: int, label: str) -
         seqs.append(seq)
 
     def step(scheduled: list[ScheduledSeq]) -> None:
-        batch = build_batch(scheduled, slot_of, 16, slots, runner.device)
-        tokens = runner.forward(batch).argmax(-1).tolist()
+        if decode.eligible(scheduled):
+            stepped, logits = decode.run(scheduled, slot_of)
+        else:
+            batch = build_batch(scheduled, slot_of, 16, slots, runner.device)
+            stepped, logits = batch.sample_seqs, runner.forward(batch)
+        tokens = logits.argmax(-1).tolist()
         for item in scheduled:
             item.seq.num_computed_tokens += item.num_new_tokens
-        for seq, token in zip(batch.sample_seqs, tokens, strict=True):
+        for seq, token in zip(stepped, tokens, strict=True):
             seq.append_token(token)
 
     per_step = shape.prefill_seqs_per_step
@@ -119,6 +124,7 @@ def _run(runner, blocks_per_seq: int, shape: Shape, adapters: int, label: str) -
 
 def e2e_runs(device: torch.device, dtype: str, smoke: bool) -> list[Run]:
     from loraplex.engine.attention import select_attention
+    from loraplex.engine.decode_runner import DecodeRunner
     from loraplex.engine.dummy_weights import random_adapter
     from loraplex.lora.ops import select_add_lora
 
@@ -142,11 +148,21 @@ def e2e_runs(device: torch.device, dtype: str, smoke: bool) -> list[Run]:
         )
         for name in ("triton", "torch")
     }
+    max_len = blocks_per_seq * 16
     runs = []
     with torch.inference_mode():
         for name, (add_lora, attend) in backends.items():
             runner.lora.context.add_lora, runner.attend = add_lora, attend
+            runner.backends = (name, name)
             counts = shape.adapter_counts if name == "triton" else (0, slots)
-            for adapters in counts:
-                runs.append(_run(runner, blocks_per_seq, shape, adapters, name))
+            modes = [False, True] if name == "triton" and device.type == "cuda" else [False]
+            for graphs in modes:  # graphs: captured for every padded size up to ``seqs``
+                decode = DecodeRunner(runner, shape.seqs, max_len, graphs=graphs)
+                if graphs and decode.graphs is None:  # keep the eager runs: report, go on
+                    print("CUDA graph capture failed (logged above): graphs not measured")
+                    continue
+                label = f"{name}+graphs" if graphs else name
+                for adapters in counts:
+                    runs.append(_run(runner, decode, blocks_per_seq, shape, adapters, label))
+                del decode
     return runs

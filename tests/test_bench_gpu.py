@@ -3,6 +3,7 @@ in a process where fastapi and the server's other web packages cannot be importe
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -47,5 +48,32 @@ def test_smoke_run_checks_every_section_and_writes_its_reports(tmp_path: Path) -
         ("torch", 0),
         ("torch", 2),
     }
-    assert all(run["tokens_per_s"] > 0 for run in report["e2e"])
+    assert all(run["tokens_per_s"] > 0 for run in report["e2e"])  # no graphs off CUDA
+    assert "adapters" in report["target"] and "graphs" not in report["target"]
+    assert "No CUDA graphs here" in (tmp_path / "gpu.md").read_text()
     assert "| add_lora |" in (tmp_path / "gpu.md").read_text()
+
+
+def test_the_report_shows_graphs_against_eager_and_both_targets() -> None:
+    spec = importlib.util.spec_from_file_location("bench_gpu", ROOT / "bench" / "gpu.py")
+    gpu = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gpu)
+    runs = [
+        {"backends": backends, "adapters": n, "tokens_per_s": speed, "itl_ms": 64e3 / speed}
+        for backends, n, speed in [
+            ("triton", 0, 1000.0),
+            ("triton", 64, 800.0),
+            ("triton+graphs", 0, 2500.0),
+            ("triton+graphs", 64, 2300.0),
+            ("torch", 0, 500.0),
+        ]
+    ]
+    target = gpu.targets(runs)
+    assert target["adapters"]["backends"] == "triton+graphs"
+    assert target["adapters"]["ratio_to_base"] == 2300 / 2500
+    assert target["graphs"]["speedup_by_adapters"] == {0: 2.5, 64: 2300 / 800}
+    report = {"smoke": False, "environment": {}, "dtype": "bfloat16", "wall_s": 1.0}
+    text = gpu.markdown(report | {"e2e": runs, "errors": {}})
+    assert "| triton+graphs | 64 | 2300 | 27.8 | 0.92x | 2.88x |" in text
+    assert "| triton | 64 | 800 | 80.0 | 0.80x |  |" in text
+    assert "No CUDA graphs" not in text

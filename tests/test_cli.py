@@ -62,6 +62,7 @@ def test_every_option_reaches_the_config(tmp_path) -> None:
         "--max-model-len", "1024",
         "--attention-backend", "triton",
         "--load-format", "dummy",
+        "--enforce-eager",
         "--lora-kernel", "triton",
         "--lora-dtype", "float16",
         "--block-size", "32",
@@ -99,6 +100,7 @@ def test_every_option_reaches_the_config(tmp_path) -> None:
     assert config.model.device == "cuda"
     assert config.model.max_model_len == 1024
     assert (config.model.attention_backend, config.model.load_format) == ("triton", "dummy")
+    assert config.model.enforce_eager
     assert config.lora.kernel == "triton"
     assert config.lora.lora_dtype == config.lora.table_dtype("bfloat16") == "float16"
     assert (config.cache.block_size, config.cache.kv_cache_memory_mb) == (32, 64)

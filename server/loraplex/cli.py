@@ -85,6 +85,7 @@ def build_config(args: argparse.Namespace) -> Config:
             attention_backend=args.attention_backend,
             load_format=args.load_format,
             huge_pages=args.huge_pages,
+            enforce_eager=args.enforce_eager,
         ),
         cache=CacheConfig(
             block_size=args.block_size,

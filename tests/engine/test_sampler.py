@@ -5,7 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from loraplex.engine.sampler import Sampler, apply_penalties, filter_top_k_top_p, token_logprobs
+from loraplex.engine.sampler import (
+    Sampler,
+    apply_penalties,
+    filter_top_k_top_p,
+    read_sampled,
+    token_logprobs,
+)
 from loraplex.engine.sampling_params import SamplingParams
 
 V = 8
@@ -202,3 +208,40 @@ def test_token_logprobs_are_the_raw_log_softmax_with_the_top_k() -> None:
     assert [lp for _, lp in rows[0].top] == pytest.approx(expected[0, :2].tolist())
     assert rows[1].top == ()  # k = 0: only the sampled token's own logprob
     assert rows[1].logprob == pytest.approx(float(expected[1, 1]))
+
+
+def test_read_sampled_brings_tokens_and_the_asked_logprobs_back_together() -> None:
+    torch.manual_seed(3)
+    logits = torch.randn(4, V)
+    tokens = torch.tensor([5, 0, 7, 2])
+    ids, entries = read_sampled(tokens, logits, [None, 3, 0, None])
+    assert ids == [5, 0, 7, 2] and entries[0] is None and entries[3] is None
+    assert entries[1:3] == token_logprobs(logits[1:3], [0, 7], [3, 0])
+    assert len(entries[1].top) == 3 and entries[2].top == ()
+    assert read_sampled(tokens, logits, [None] * 4) == ([5, 0, 7, 2], [None] * 4)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_a_mixed_batch_syncs_with_the_device_once(recwarn: pytest.WarningsRecorder) -> None:
+    """Penalties, top-k/top-p, seeds and logprobs on the device: the only synchronizing call
+    is the one copy of the results (CUDA's sync debug mode warns at every other)."""
+    cuda = torch.device("cuda")
+    logits = torch.randn(4, V, device=cuda)
+    params = [
+        SamplingParams(temperature=0, repetition_penalty=1.3, frequency_penalty=0.5),
+        SamplingParams(temperature=0.8, top_k=3, top_p=0.9, logprobs=2),
+        SamplingParams(temperature=1.0, seed=7),
+        SamplingParams(temperature=0, logprobs=0),
+    ]
+    generators = [None, None, torch.Generator(device=cuda).manual_seed(7), None]
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("warn")
+    try:
+        tokens = Sampler().sample(logits, params, [[1, 2]] * 4, [[3], [], [4], []], generators)
+        ids, entries = read_sampled(tokens, logits, [p.logprobs for p in params])
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    syncs = [w for w in recwarn if "synchroniz" in str(w.message)]
+    assert len(syncs) == 1, [str(w.message) for w in syncs]
+    assert len(ids) == 4 and entries[0] is None and len(entries[1].top) == 2

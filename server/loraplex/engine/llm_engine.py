@@ -13,17 +13,21 @@ from loraplex import metrics
 from loraplex.config import Config
 from loraplex.engine.adapters import AdapterSpec, EngineAdapters
 from loraplex.engine.admission import DEFAULT_TENANT
-from loraplex.engine.batch import PackedBatch, build_batch
+from loraplex.engine.batch import build_batch
+from loraplex.engine.decode_runner import decode_runner_for
 from loraplex.engine.engine_stats import engine_stats
 from loraplex.engine.model_runner import ModelRunner
 from loraplex.engine.output_processor import OutputProcessor
-from loraplex.engine.outputs import RequestOutput
+from loraplex.engine.outputs import RequestOutput, TokenLogprob
 from loraplex.engine.request import ParentRequest, RequestState, make_request
-from loraplex.engine.sampler import Sampler
+from loraplex.engine.sampler import Sampler, read_sampled
 from loraplex.engine.sampling_params import ParameterError, SamplingParams
 from loraplex.engine.scheduler import ScheduledSeq, Scheduler, SchedulerOutput
+from loraplex.engine.sequence import Sequence
 
 log = logging.getLogger(__name__)
+# One step's sampled tokens and their logprob entries (None where not asked for).
+Sampled = tuple[list[int], list[TokenLogprob | None]]
 
 
 class LLMEngine:
@@ -52,6 +56,10 @@ class LLMEngine:
         self.eos_token_ids = runner.eos_token_ids()
         self.sampler = Sampler()
         self.outputs = OutputProcessor(self.eos_token_ids, max_model_len, self._finish)
+        # Pure-decode steps: persistent buffers, CUDA graphs where they can be captured.
+        self.decode = decode_runner_for(
+            runner, config.scheduler.max_num_seqs, max_model_len, config.model.enforce_eager
+        )
         self.idle = True  # the last step scheduled nothing
         self._adapter_loaded = adapter_loaded or threading.Event()
         self._new_requests = False
@@ -207,33 +215,39 @@ class LLMEngine:
 
     def _forward(
         self, out: SchedulerOutput, slot_of: dict[str, int]
-    ) -> tuple[PackedBatch, list[RequestState], list[int], torch.Tensor]:
-        """batch -> forward -> sample for ``out``. Nothing is recorded yet, so a failed
+    ) -> tuple[list[tuple[Sequence, int]], list[RequestState], Sampled, torch.Tensor]:
+        """batch -> forward -> sample for ``out``: (prompt tokens to score, states that
+        sample, their tokens and logprobs, logits). Nothing is recorded yet, so a failed
         forward can be retried (the retry rewrites the same KV rows)."""
-        batch = build_batch(
-            out.scheduled,
-            slot_of,
-            self.block_manager.block_size,
-            self.config.lora.max_loras,
-            self.runner.device,
-        )
-        states = [self._states[seq.seq_id] for seq in batch.sample_seqs]
-        logits = self.runner.forward(batch)
-        return batch, states, self._sample(states, logits[: len(states)]), logits
+        if self.decode.eligible(out.scheduled):
+            seqs, logits = self.decode.run(out.scheduled, slot_of)
+            prompt_targets: list[tuple[Sequence, int]] = []
+        else:
+            batch = build_batch(
+                out.scheduled,
+                slot_of,
+                self.block_manager.block_size,
+                self.config.lora.max_loras,
+                self.runner.device,
+            )
+            seqs, prompt_targets = batch.sample_seqs, batch.prompt_targets
+            logits = self.runner.forward(batch)
+        states = [self._states[seq.seq_id] for seq in seqs]
+        return prompt_targets, states, self._sample(states, logits[: len(states)]), logits
 
     def _process(
         self,
         out: SchedulerOutput,
-        batch: PackedBatch,
+        prompt_targets: list[tuple[Sequence, int]],
         states: list[RequestState],
-        tokens: list[int],
+        sampled: Sampled,
         logits: torch.Tensor,
     ) -> list[RequestOutput]:
         self.scheduler.after_step(out)  # the KV cache now holds the step's tokens
         metrics.record_step(
             len(out.scheduled), sum(s.num_new_tokens for s in out.scheduled), len(out.preempted)
         )
-        return self.outputs.process(states, tokens, logits, batch.prompt_targets)
+        return self.outputs.process(states, *sampled, logits, prompt_targets)
 
     def _run_apart(self, out: SchedulerOutput, slot_of: dict[str, int]) -> list[RequestOutput]:
         """Retry a failed step one adapter group at a time (base-model sequences are one
@@ -279,14 +293,16 @@ class LLMEngine:
         failed = self.adapters.poll_waiting(self.scheduler.waiting, self.scheduler.running)
         return [self._end(self._states[seq.seq_id], error) for seq, error in failed]
 
-    def _sample(self, states: list[RequestState], logits: torch.Tensor) -> list[int]:
-        return self.sampler(
+    def _sample(self, states: list[RequestState], logits: torch.Tensor) -> Sampled:
+        """Tokens and logprob entries of the sampled rows, in one device->host copy."""
+        tokens = self.sampler.sample(
             logits,
             [s.params for s in states],
             [s.seq.prompt_token_ids for s in states],
             [s.seq.output_token_ids for s in states],
             [s.generator for s in states],
         )
+        return read_sampled(tokens, logits, [s.params.logprobs for s in states])
 
     def stats(self) -> dict[str, object]:
         """What ``/metrics`` reports (``engine_stats.py``), read from any thread."""

@@ -9,14 +9,19 @@ import torch
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from loraplex.config import CacheConfig, LoRAConfig, ModelConfig
-from loraplex.engine.attention import FORWARD, register_paged_attention, select_attention
+from loraplex.engine.attention import (
+    FORWARD,
+    AttentionMetadata,
+    register_paged_attention,
+    select_attention,
+)
 from loraplex.engine.batch import PackedBatch
 from loraplex.engine.dummy_weights import build_dummy_model, dummy_tokenizer
 from loraplex.engine.huge_pages import huge_zeros, move_to_huge_pages
 from loraplex.engine.memory_sizing import activation_reserve_bytes, kv_cache_bytes
 from loraplex.engine.model_loading import load_pretrained
 from loraplex.lora.manager import LoRAModelManager, padded_rank
-from loraplex.lora.ops import select_add_lora
+from loraplex.lora.ops import LoRAMeta, select_add_lora
 from loraplex.paths import kernel_cache
 
 log = logging.getLogger(__name__)
@@ -132,6 +137,7 @@ class ModelRunner:
         log.info("add_lora backend: %s, slot tables in %s", kernel, table_dtype)
         backend, self.attend = select_attention(model.attention_backend, self.device)
         log.info("attention backend: %s", backend)
+        self.backends = (kernel, backend)  # (add_lora, attention): CUDA graphs need both triton
         self.lora = LoRAModelManager(
             self.model, lora.max_loras, lora.max_lora_rank, op, table_dtype
         )
@@ -148,7 +154,9 @@ class ModelRunner:
                 self.dtype,
             )
         self.layout = kv_layout(self.model.config, cache, self.dtype, memory)
-        rows = self.layout.num_blocks * self.layout.block_size
+        # One block past the pool, never handed out: padded decode rows write their keys here.
+        self.scratch_block = self.layout.num_blocks
+        rows = (self.layout.num_blocks + 1) * self.layout.block_size
         shape = (rows, self.layout.kv_heads, self.layout.head_dim)
 
         def zeros() -> torch.Tensor:
@@ -181,18 +189,36 @@ class ModelRunner:
     def forward(self, batch: PackedBatch) -> torch.Tensor:
         """Run the packed batch; returns float32 logits [N + M, vocab]: at ``batch.sample_rows``
         (N), then at ``batch.prompt_rows`` (M, usually none)."""
+        keep = batch.sample_rows
+        if batch.prompt_rows is not None:
+            keep = torch.cat([batch.sample_rows, batch.prompt_rows])
+        return self.run_model(
+            batch.input_ids, batch.position_ids, batch.attention, batch.lora, batch.merged, keep
+        )
+
+    @torch.inference_mode()
+    def run_model(
+        self,
+        input_ids: torch.Tensor,
+        position_ids: torch.Tensor,
+        attention: AttentionMetadata,
+        lora: LoRAMeta | None,
+        merged: tuple[str, int] | None = None,
+        logits_to_keep: torch.Tensor | int = 0,
+    ) -> torch.Tensor:
+        """One forward over packed rows (input_ids, position_ids [1, T]) -> float32 logits
+        [K, vocab] at ``logits_to_keep`` (0: every row). No host sync and no branch on tensor
+        data, so a pure-decode call over persistent buffers can be captured as a CUDA graph."""
         FORWARD.kv_caches = self.kv_caches
-        FORWARD.metadata = batch.attention
+        FORWARD.metadata = attention
         FORWARD.attend = self.attend
-        self.lora.set_step(batch.lora, batch.merged)
+        self.lora.set_step(lora, merged)
         try:
             out = self.model(
-                input_ids=batch.input_ids,
-                position_ids=batch.position_ids,
+                input_ids=input_ids,
+                position_ids=position_ids,
                 use_cache=False,
-                logits_to_keep=batch.sample_rows
-                if batch.prompt_rows is None
-                else torch.cat([batch.sample_rows, batch.prompt_rows]),
+                logits_to_keep=logits_to_keep,
             )
         finally:
             FORWARD.metadata = None

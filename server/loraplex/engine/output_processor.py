@@ -41,15 +41,15 @@ class OutputProcessor:
         self,
         states: list[RequestState],
         tokens: list[int],
+        logprobs: list[TokenLogprob | None],
         logits: torch.Tensor,
         prompt_targets: list[tuple[Sequence, int]],
     ) -> list[RequestOutput]:
-        """One output per sampled row. ``logits`` [N + M, V]: rows of ``states`` (N), then one
-        row per ``prompt_targets`` entry (M prompt tokens to score, usually none)."""
-        num_sampled = len(states)
+        """One output per sampled row, with its logprob entry (None: not asked for).
+        ``logits`` [N + M, V]: rows of ``states`` (N), then one row per ``prompt_targets``
+        entry (M prompt tokens to score, usually none)."""
         if prompt_targets:
-            score_prompts(logits[num_sampled:], prompt_targets)
-        logprobs = sampled_logprobs(logits[:num_sampled], states, tokens)
+            score_prompts(logits[len(states) :], prompt_targets)
         return [
             self.advance(state, token, logprob)
             for state, token, logprob in zip(states, tokens, logprobs, strict=True)
@@ -139,20 +139,3 @@ def score_prompts(logits: torch.Tensor, targets: list[tuple[Sequence, int]]) -> 
     top_k = [seq.params.prompt_logprobs or 0 for seq, _ in targets]
     for (seq, _), entry in zip(targets, token_logprobs(logits, tokens, top_k), strict=True):
         seq.prompt_logprobs.append(entry)
-
-
-def sampled_logprobs(
-    logits: torch.Tensor, states: list[RequestState], tokens: list[int]
-) -> list[TokenLogprob | None]:
-    """Row i's logprob entry when ``states[i]`` asked for logprobs, else None."""
-    found: list[TokenLogprob | None] = [None] * len(states)
-    wanted = [i for i, state in enumerate(states) if state.params.logprobs is not None]
-    if wanted:
-        entries = token_logprobs(
-            logits[wanted],
-            [tokens[i] for i in wanted],
-            [states[i].params.logprobs or 0 for i in wanted],
-        )
-        for i, entry in zip(wanted, entries, strict=True):
-            found[i] = entry
-    return found

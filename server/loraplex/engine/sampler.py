@@ -25,6 +25,15 @@ from loraplex.engine.sampling_params import SamplingParams
 _MIN_NOISE = 1e-20
 
 
+def on_device(values: list, device: torch.device, dtype: torch.dtype = torch.int64) -> torch.Tensor:
+    """``values`` as a tensor on ``device`` without waiting for it: on CUDA through pinned
+    memory and a non-blocking copy (``torch.tensor(values, device=cuda)`` would synchronize
+    the stream, as does indexing a CUDA tensor with a Python list)."""
+    if device.type != "cuda":
+        return torch.tensor(values, dtype=dtype, device=device)
+    return torch.tensor(values, dtype=dtype, pin_memory=True).to(device, non_blocking=True)
+
+
 def apply_penalties(
     logits: torch.Tensor,
     params: list[SamplingParams],
@@ -43,21 +52,21 @@ def apply_penalties(
     counts = torch.zeros(n, vocab, dtype=torch.float32, device=dev)
     if out_toks:
         counts.index_put_(
-            (torch.tensor(out_rows, device=dev), torch.tensor(out_toks, device=dev)),
+            (on_device(out_rows, dev), on_device(out_toks, dev)),
             torch.ones(len(out_toks), device=dev),
             accumulate=True,
         )
     seen_out = counts > 0
 
     def column(values: list[float]) -> torch.Tensor:
-        return torch.tensor(values, dtype=torch.float32, device=dev).unsqueeze(1)
+        return on_device(values, dev, torch.float32).unsqueeze(1)
 
     rep = column([p.repetition_penalty for p in params])
     seen = seen_out.clone()
     prompt_rows = [i for i, ids in enumerate(prompt_ids) for _ in ids]
     prompt_toks = [t for ids in prompt_ids for t in ids]
     if prompt_toks:
-        seen[torch.tensor(prompt_rows, device=dev), torch.tensor(prompt_toks, device=dev)] = True
+        seen[on_device(prompt_rows, dev), on_device(prompt_toks, dev)] = True
     penalized = torch.where(logits > 0, logits / rep, logits * rep)
     logits = torch.where(seen, penalized, logits)
 
@@ -100,19 +109,32 @@ class Sampler:
         generators: list[torch.Generator | None],
     ) -> list[int]:
         """Sample from ``logits`` [N, V] (row i belongs to ``params[i]``); returns N token ids."""
+        return self.sample(logits, params, prompt_ids, output_ids, generators).tolist()
+
+    def sample(
+        self,
+        logits: torch.Tensor,
+        params: list[SamplingParams],
+        prompt_ids: list[list[int]],
+        output_ids: list[list[int]],
+        generators: list[torch.Generator | None],
+    ) -> torch.Tensor:
+        """The N sampled token ids [N] (int64), left on the logits' device: nothing here waits
+        for the device (per-request values go up as small tensors; nothing comes back)."""
         n = logits.shape[0]
         if n == 0:
-            return []
-        # Fast path for plain greedy batches: one kernel, one host sync, no per-row work.
+            return torch.zeros(0, dtype=torch.int64, device=logits.device)
+        # Fast path for plain greedy batches: one kernel, no per-row work.
         if all(p.greedy and not p.has_penalties for p in params):
-            return logits.argmax(dim=-1).tolist()
+            return logits.argmax(dim=-1)
 
         dev = logits.device
         x = logits.to(dtype=torch.float32, copy=True)
         pen = [i for i, p in enumerate(params) if p.has_penalties]
         if pen:
-            x[pen] = apply_penalties(
-                x[pen],
+            pen_rows = on_device(pen, dev)
+            x[pen_rows] = apply_penalties(
+                x[pen_rows],
                 [params[i] for i in pen],
                 [prompt_ids[i] for i in pen],
                 [output_ids[i] for i in pen],
@@ -122,11 +144,12 @@ class Sampler:
         rows = [i for i, p in enumerate(params) if not p.greedy]
         if rows:
             sp = [params[i] for i in rows]
-            temps = torch.tensor([p.temperature for p in sp], dtype=torch.float32, device=dev)
-            xs = x[rows] / temps.unsqueeze(1)
+            sampled_rows = on_device(rows, dev)
+            temps = on_device([p.temperature for p in sp], dev, torch.float32)
+            xs = x[sampled_rows] / temps.unsqueeze(1)
             if any(p.top_k > 0 or p.top_p < 1.0 for p in sp):
-                top_k = torch.tensor([p.top_k for p in sp], device=dev)
-                top_p = torch.tensor([p.top_p for p in sp], dtype=torch.float32, device=dev)
+                top_k = on_device([p.top_k for p in sp], dev)
+                top_p = on_device([p.top_p for p in sp], dev, torch.float32)
                 probs = filter_top_k_top_p(xs, top_k, top_p)
             else:
                 probs = xs.softmax(dim=-1)
@@ -136,8 +159,29 @@ class Sampler:
                 if g is not None:
                     seeded = torch.empty(probs.shape[-1], device=g.device)
                     noise[j] = seeded.exponential_(generator=g).to(dev)
-            tokens[rows] = (probs / noise.clamp_min(_MIN_NOISE)).argmax(dim=-1)
-        return tokens.tolist()
+            tokens[sampled_rows] = (probs / noise.clamp_min(_MIN_NOISE)).argmax(dim=-1)
+        return tokens
+
+
+def logprob_table(logits: torch.Tensor, tokens: torch.Tensor, k: int) -> torch.Tensor:
+    """[W, 1 + 2k] float64 on the device: row i holds ``log_softmax(logits[i])`` at
+    ``tokens[i]``, then its k largest values, then their ids (exact in float64), so one copy
+    brings everything back."""
+    logp = logits.float().log_softmax(dim=-1)
+    chosen = logp.gather(1, tokens.view(-1, 1))
+    values, ids = logp.topk(k, dim=-1)
+    return torch.cat([chosen.double(), values.double(), ids.double()], dim=1)
+
+
+def _entries(table: list[float], tokens: list[int], top_k: list[int], k: int) -> list:
+    """TokenLogprob rows from a flattened ``logprob_table`` of width ``1 + 2k``."""
+    width = 1 + 2 * k
+    found = []
+    for i, (token, want) in enumerate(zip(tokens, top_k, strict=True)):
+        row = table[i * width : (i + 1) * width]
+        ids = [int(t) for t in row[1 + k : 1 + k + want]]
+        found.append(TokenLogprob(token, row[0], tuple(zip(ids, row[1 : 1 + want], strict=True))))
+    return found
 
 
 def token_logprobs(logits: torch.Tensor, tokens: list[int], top_k: list[int]) -> list[TokenLogprob]:
@@ -145,15 +189,29 @@ def token_logprobs(logits: torch.Tensor, tokens: list[int], top_k: list[int]) ->
 
     ``logits`` [N, V] are the raw model logits of the rows that asked for logprobs, so the
     values are the model's own distribution, whatever the request's penalties and temperature.
+    One device->host copy for all rows.
     """
-    logp = logits.float().log_softmax(dim=-1)
-    chosen = logp.gather(1, torch.tensor(tokens, device=logp.device).unsqueeze(1)).squeeze(1)
-    values, ids = logp.topk(max(top_k, default=0), dim=-1)
-    return [
-        TokenLogprob(
-            token,
-            float(lp),
-            tuple(zip(ids[i, :k].tolist(), values[i, :k].tolist(), strict=True)),
-        )
-        for i, (token, lp, k) in enumerate(zip(tokens, chosen.tolist(), top_k, strict=True))
-    ]
+    k = max(top_k, default=0)
+    chosen = on_device(tokens, logits.device)
+    return _entries(logprob_table(logits, chosen, k).view(-1).tolist(), tokens, top_k, k)
+
+
+def read_sampled(
+    tokens: torch.Tensor, logits: torch.Tensor, top_k: list[int | None]
+) -> tuple[list[int], list[TokenLogprob | None]]:
+    """The step's one device->host copy: the sampled ``tokens`` [N] and, for each row whose
+    ``top_k[i]`` is not None, its logprob entry (``token_logprobs``) computed on the device."""
+    wanted = [i for i, k in enumerate(top_k) if k is not None]
+    if not wanted:
+        return tokens.tolist(), [None] * len(top_k)
+    want = [top_k[i] or 0 for i in wanted]
+    k = max(want)
+    rows = on_device(wanted, logits.device)
+    table = logprob_table(logits[rows], tokens[rows], k).view(-1)
+    host = torch.cat([tokens.double(), table]).tolist()
+    ids = [int(t) for t in host[: len(top_k)]]
+    found: list[TokenLogprob | None] = [None] * len(top_k)
+    entries = _entries(host[len(top_k) :], [ids[i] for i in wanted], want, k)
+    for i, entry in zip(wanted, entries, strict=True):
+        found[i] = entry
+    return ids, found

@@ -20,12 +20,15 @@ class LoRAContext:
     ``add_lora``: the op backend, chosen once for the model (``ops.select_add_lora``).
     Per step: ``meta``, the slot gather (None: no row uses a slot); ``merged``, the key of the
     one pre-merged adapter in this step and its row count (those rows come last).
+    ``every_layer``: call the op in every layer, even one whose slots are all empty now (a CUDA
+    graph captures the calls made, and must still apply an adapter loaded after its capture).
     """
 
     def __init__(self, op: AddLoRA = add_lora) -> None:
         self.add_lora = op
         self.meta: LoRAMeta | None = None
         self.merged: tuple[str, int] | None = None
+        self.every_layer = False
 
 
 def in_out_features(base: nn.Module) -> tuple[int, int]:
@@ -77,7 +80,7 @@ class LoRALinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self._base_forward(x)
         meta = self.context.meta
-        if meta is not None and self.occupied:
+        if meta is not None and (self.occupied or self.context.every_layer):
             self.context.add_lora(
                 y.view(-1, self.out_features),
                 x.reshape(-1, self.in_features),

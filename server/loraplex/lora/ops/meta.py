@@ -21,6 +21,8 @@ class LoRAMeta:
     """Shapes: T packed rows, n = ``num_lora_rows`` of them use an adapter, S slots, P pad.
 
     num_lora_rows: rows ``[0, n)`` use an adapter (slot-sorted); rows ``[n, T)`` are base-only.
+        A captured CUDA graph passes an upper bound (T) instead: the Triton kernels, the only
+        ones captured, read the row counts from ``group_ends`` on the device.
     group_ends: [S] int32, cumulative end row of each slot's rows (``grouped`` strategy).
     gather_rows: [S*P] int64, packed row feeding each padded position (``padded`` strategy).
     scatter_rows: [n] int64, padded position of each adapter row (``padded`` strategy).
