@@ -3,7 +3,8 @@
 Every variant is a live ``LLMEngine`` on the default model; each round sends the same
 ``--concurrency`` chat prompts (request ``i`` names adapter ``i mod n``, or none), each
 generating ``--max-tokens`` tokens with EOS ignored, and times every ``step()`` by phase:
-scheduling, packing the batch, the forward (and within it the ``add_lora`` calls), sampling
+scheduling, packing the batch (``build_batch``, or filling the decode buffers), the forward
+(and within it the ``add_lora`` calls), sampling
 and output processing. A step that feeds more than one token of some sequence is a prefill
 step; the others are decode steps. The bare HF decode forward at the same batch (prefill
 untimed, as the serving benchmark's row (r)) runs in the same rounds.
@@ -70,7 +71,9 @@ def instrument(engine: Any, timer: PhaseTimer) -> None:
 
     timer.wrap(engine.scheduler, "schedule", "schedule")
     timer.wrap(llm_engine, "build_batch", "batch")
-    timer.wrap(engine.runner, "forward", "forward")
+    # Both paths: build_batch + runner.forward, or the decode buffers' run (fill + forward).
+    timer.wrap(engine.runner, "run_model", "forward")
+    timer.wrap(engine.decode, "run", "decode run")
     timer.wrap(engine.runner.lora.context, "add_lora", "add_lora")
     timer.wrap(engine, "_sample", "sample")
     timer.wrap(engine, "_process", "process")
@@ -119,6 +122,8 @@ def run_round(
             continue  # nothing ran (adapters loading)
         prefill = any(s.num_new_tokens > 1 for s in timer.results["schedule"].scheduled)
         row = {phase: timer.current.get(phase, 0.0) * 1e3 for phase in PHASES}
+        if timer.current.get("decode run"):  # the buffers' fill counts as packing the batch
+            row["batch"] += (timer.current["decode run"] - timer.current["forward"]) * 1e3
         row["step"] = total * 1e3
         steps["prefill" if prefill else "decode"].append(row)
     return steps  # fmt: skip
