@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from builders import save_adapter, save_tiny_model
+
 from loraplex.config import CacheConfig, Config, LoRAConfig, ModelConfig, SchedulerConfig
 from loraplex.engine.build import build_engine
 from loraplex.engine.llm_engine import LLMEngine
@@ -36,3 +38,12 @@ def run(engine: LLMEngine, requests: list[tuple[list[int], str | None]], **param
         steps += 1
     assert steps < 500
     return [outputs[str(i)] for i in range(len(requests))]
+
+
+def save_store(root: Path, adapters: dict[str, dict]) -> tuple[Path, Path]:
+    """(tiny model folder, adapters folder) under ``root``: adapter ``i`` of ``adapters``
+    (name -> PEFT LoraConfig fields) drawn with seed ``i + 1``."""
+    model_dir = save_tiny_model(root / "model")
+    for seed, (name, config) in enumerate(adapters.items(), start=1):
+        save_adapter(model_dir, root / "adapters" / name, seed, **config)
+    return model_dir, root / "adapters"

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from builders import ALL_SEVEN, save_adapter, save_tiny_model
-from engine_helpers import run
+from builders import ALL_SEVEN, save_tiny_model
+from engine_helpers import run, save_store
 
 from loraplex.adapters.rules import Limits
 from loraplex.adapters.weights import load_adapter
@@ -59,11 +59,7 @@ def test_the_cpu_engine_runs_decode_eagerly_without_padding(tmp_path: Path) -> N
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    root = tmp_path_factory.mktemp("graphs")
-    model_dir = save_tiny_model(root / "model")
-    for seed, (name, config) in enumerate(ADAPTERS.items(), start=1):
-        save_adapter(model_dir, root / "adapters" / name, seed, **config)
-    return model_dir, root / "adapters"
+    return save_store(tmp_path_factory.mktemp("graphs"), ADAPTERS)
 
 
 @pytest.mark.gpu

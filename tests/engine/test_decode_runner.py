@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from builders import ALL_SEVEN, needs_cc, save_adapter, save_tiny_model
-from engine_helpers import run
+from builders import ALL_SEVEN, needs_cc
+from engine_helpers import run, save_store
 from triton_check import needs_triton, triton_tests
 
 from loraplex.adapters.rules import Limits
@@ -41,11 +41,7 @@ PROMPTS = [
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    root = tmp_path_factory.mktemp("decode")
-    model_dir = save_tiny_model(root / "model")
-    for seed, (name, config) in enumerate(ADAPTERS.items(), start=1):
-        save_adapter(model_dir, root / "adapters" / name, seed, **config)
-    return model_dir, root / "adapters"
+    return save_store(tmp_path_factory.mktemp("decode"), ADAPTERS)
 
 
 def runner_for(store: tuple[Path, Path], kernel: str, attention: str) -> ModelRunner:
