@@ -25,12 +25,16 @@ def sample(
     output_ids: list[list[int]] | None = None,
 ) -> list[int]:
     n = len(params)
-    return Sampler()(
-        logits,
-        params,
-        prompt_ids or [[] for _ in range(n)],
-        output_ids or [[] for _ in range(n)],
-        generators or [None] * n,
+    return (
+        Sampler()
+        .sample(
+            logits,
+            params,
+            prompt_ids or [[] for _ in range(n)],
+            output_ids or [[] for _ in range(n)],
+            generators or [None] * n,
+        )
+        .tolist()
     )
 
 

@@ -100,17 +100,6 @@ def filter_top_k_top_p(
 class Sampler:
     """Picks one token per row of a step's logits; stateless, so one instance serves the engine."""
 
-    def __call__(
-        self,
-        logits: torch.Tensor,
-        params: list[SamplingParams],
-        prompt_ids: list[list[int]],
-        output_ids: list[list[int]],
-        generators: list[torch.Generator | None],
-    ) -> list[int]:
-        """Sample from ``logits`` [N, V] (row i belongs to ``params[i]``); returns N token ids."""
-        return self.sample(logits, params, prompt_ids, output_ids, generators).tolist()
-
     def sample(
         self,
         logits: torch.Tensor,
@@ -119,7 +108,8 @@ class Sampler:
         output_ids: list[list[int]],
         generators: list[torch.Generator | None],
     ) -> torch.Tensor:
-        """The N sampled token ids [N] (int64), left on the logits' device: nothing here waits
+        """Sample from ``logits`` [N, V] (row i belongs to ``params[i]``): the N token ids [N]
+        (int64), left on the logits' device (``read_sampled`` brings them back): nothing waits
         for the device (per-request values go up as small tensors; nothing comes back)."""
         n = logits.shape[0]
         if n == 0:
