@@ -16,6 +16,7 @@ arena alive for as long as a tensor views it. Where the kernel or Python cannot 
 from __future__ import annotations
 
 import logging
+import math
 import mmap
 from pathlib import Path
 
@@ -52,9 +53,7 @@ def huge_zeros(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
     """``torch.zeros(shape, dtype)`` on huge pages when available (else a plain one)."""
     if not huge_pages_available():
         return torch.zeros(shape, dtype=dtype)
-    numel = 1
-    for n in shape:
-        numel *= n
+    numel = math.prod(shape)
     return huge_page_arena(numel * dtype.itemsize)[: numel * dtype.itemsize].view(dtype).view(shape)
 
 
