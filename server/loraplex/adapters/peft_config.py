@@ -24,7 +24,7 @@ from loraplex.adapters.module_patterns import (
     first_match,
     matches,
 )
-from loraplex.adapters.rules import CONFIG_FILE, Limits, strict_json
+from loraplex.adapters.rules import CONFIG_FILE, MAX_LORA_VALUE, Limits, strict_json
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +58,16 @@ def _rank(what: str, value: object, limits: Limits) -> int:
     return value
 
 
+def _alpha(what: str, value: object) -> float:
+    """A finite alpha in (0, MAX_LORA_VALUE]: the scale it gives is folded into slot tables."""
+    if not _is_number(value) or not 0 < value <= MAX_LORA_VALUE:
+        raise AdapterValidationError(
+            f"{what} must be a positive number of at most {MAX_LORA_VALUE:g} (the scale "
+            f"alpha/r is folded into float16-capable slot tables), got {value!r}"
+        )
+    return float(value)
+
+
 def _patterns(field: str, patterns: object, limits: Limits) -> tuple[tuple[str, float], ...]:
     """``rank_pattern`` / ``alpha_pattern``: {regex: positive number}; ranks within the limit."""
     if patterns is None:
@@ -72,10 +82,8 @@ def _patterns(field: str, patterns: object, limits: Limits) -> tuple[tuple[str, 
         check_key(f"{field} key {key!r}", key)
         if field == "rank_pattern":
             _rank(f"rank_pattern[{key!r}]", value, limits)
-        elif not _is_number(value) or value <= 0:
-            raise AdapterValidationError(
-                f"alpha_pattern[{key!r}] must be a positive number, got {value!r}"
-            )
+        else:
+            _alpha(f"alpha_pattern[{key!r}]", value)
     return tuple(patterns.items())
 
 
@@ -150,9 +158,7 @@ class PeftConfig:
             peft_type = config.get("peft_type")
             raise AdapterValidationError(f"peft_type must be 'LORA', got {peft_type!r}")
         r = _rank("r", config.get("r"), limits)
-        alpha = config.get("lora_alpha")
-        if not _is_number(alpha) or alpha <= 0:
-            raise AdapterValidationError(f"lora_alpha must be a positive number, got {alpha!r}")
+        alpha = _alpha("lora_alpha", config.get("lora_alpha"))
         if config.get("bias") not in (None, "none"):
             raise AdapterValidationError(
                 f"bias={config['bias']!r} is not supported (plain LoRA only)"
@@ -173,7 +179,7 @@ class PeftConfig:
         _check_base(base, served_model, limits)
         return cls(
             r=r,
-            lora_alpha=float(alpha),
+            lora_alpha=alpha,
             target_modules=targets,
             exclude_modules=_targets(excluded, "exclude_modules") if excluded else None,
             rank_pattern=rank_pattern,  # type: ignore[arg-type]  # ranks checked to be ints

@@ -16,6 +16,11 @@ from loraplex.adapters.errors import AdapterValidationError
 CONFIG_FILE = "adapter_config.json"
 WEIGHTS_FILE = "adapter_model.safetensors"
 MiB = 1 << 20
+# The largest value an adapter may put in a slot table: float16's largest finite number. Slot
+# tables may be float16 (--lora-dtype) and hold ``scale * B``, so ``lora_alpha``, every ``A``
+# value and every ``scale * B`` value stay within it; a larger one would be an inf in the table,
+# and inf keys and values were how one tenant poisoned everyone's KV cache.
+MAX_LORA_VALUE = 65504.0
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 _NAME = re.compile(NAME_PATTERN)
@@ -25,6 +30,7 @@ FORBIDDEN_SUFFIXES = frozenset({".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt
 __all__ = [
     "CONFIG_FILE",
     "FORBIDDEN_SUFFIXES",
+    "MAX_LORA_VALUE",
     "NAME_PATTERN",
     "WEIGHTS_FILE",
     "Limits",

@@ -21,7 +21,7 @@ from safetensors.torch import load
 
 from loraplex.adapters.errors import AdapterValidationError
 from loraplex.adapters.peft_config import PeftConfig
-from loraplex.adapters.rules import Limits, strict_json
+from loraplex.adapters.rules import MAX_LORA_VALUE, Limits, strict_json
 
 __all__ = ["DTYPE_BYTES", "WeightsFile", "check_safetensors", "split_key"]
 
@@ -203,6 +203,19 @@ def check_safetensors(
     _check_shapes(found, config, module_shapes)
     weights = _read_weights(path, head, len(head) + data_len)
     for key, tensor in weights.tensors.items():
-        if not torch.isfinite(tensor).all():
-            raise AdapterValidationError(f"tensor {key!r} holds NaN or infinite values")
+        module, ab = split_key(key)
+        check_values(key, tensor, config.scale_of(module) if ab == "B" else 1.0)
     return weights
+
+
+def check_values(what: str, tensor: torch.Tensor, scale: float) -> None:
+    """Finite values, and ``scale * |value|`` within MAX_LORA_VALUE (``scale`` is 1 for an
+    ``A``, the module's alpha/r for a ``B``: the slot tables hold ``scale * B``)."""
+    if not torch.isfinite(tensor).all():
+        raise AdapterValidationError(f"tensor {what!r} holds NaN or infinite values")
+    largest = scale * float(tensor.abs().max()) if tensor.numel() else 0.0
+    if largest > MAX_LORA_VALUE:
+        raise AdapterValidationError(
+            f"tensor {what!r}: scale x |value| reaches {largest:.3g}, above {MAX_LORA_VALUE:g} "
+            "(slot tables hold scale x B and may be float16)"
+        )

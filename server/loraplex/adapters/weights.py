@@ -24,7 +24,7 @@ import torch
 from loraplex.adapters.card import adapter_key
 from loraplex.adapters.folder_check import CheckedFolder, check_folder
 from loraplex.adapters.rules import Limits
-from loraplex.adapters.safetensors_check import split_key
+from loraplex.adapters.safetensors_check import check_values, split_key
 
 MIX_PREFIX = "+mix-"  # "+" starts no valid adapter name
 
@@ -134,6 +134,7 @@ def combine(parts: list[tuple[LoRAAdapter, float]]) -> LoRAAdapter:
         pieces = [(a.modules[name], w) for a, w in parts if name in a.modules]
         lora_a = torch.cat([p.a for p, _ in pieces], dim=0)
         lora_b = torch.cat([p.b * (w * p.scale) for p, w in pieces], dim=1)
+        check_values(f"{name}.lora_B (the mix's weight x scale x B)", lora_b, 1.0)
         modules[name] = LoRAWeights(lora_a, lora_b, 1.0)
     key = mix_key([(a.key, w) for a, w in parts])
     return LoRAAdapter(name=key, version=key.removeprefix(MIX_PREFIX), modules=modules)

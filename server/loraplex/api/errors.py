@@ -26,6 +26,7 @@ from loraplex.adapters.errors import (
 )
 from loraplex.engine.admission import EngineUnavailableError, QueueFullError
 from loraplex.engine.capacity import CapacityError
+from loraplex.engine.errors import NonFiniteOutputError
 from loraplex.engine.sampling_params import ParameterError
 
 log = logging.getLogger(__name__)
@@ -110,6 +111,11 @@ def to_api_error(exc: Exception, request: Request | None = None) -> APIError:
         return APIError(429, str(exc), RATE_LIMIT_ERROR, code=code, headers=headers)
     if isinstance(exc, EngineUnavailableError):
         return APIError(503, str(exc), SERVER_ERROR, code="service_unavailable")
+    if isinstance(exc, NonFiniteOutputError):  # an adapter's overflow is the input's fault
+        if exc.caused_by_input:
+            return APIError(400, str(exc), param=exc.param, code="non_finite_output")
+        log.error("non-finite output on the base model")
+        return APIError(500, str(exc), SERVER_ERROR, code="non_finite_output")
     if isinstance(exc, CapacityError):  # a server-wide cap, named in the message
         return APIError(409, str(exc), param=exc.param, code="limit_reached")
     if isinstance(exc, ParameterError):

@@ -30,6 +30,9 @@ from loraplex.engine.sampling_params import (
 )
 
 MAX_MIX = 8  # most adapters in one per-request combination
+# A mix weight's largest magnitude: task arithmetic uses weights near ±1 (negation included);
+# past this a weight only serves to push activations to inf.
+MAX_MIX_WEIGHT = 100.0
 MAX_N = 64  # most choices per prompt
 TokenId = Annotated[int, doc(minimum=0)]  # below the vocabulary size (/openapi.json says it)
 Text = Annotated[str, doc(minLength=1)]
@@ -115,7 +118,8 @@ class SamplingRequest(LenientBody):
         """``adapters`` as ``[(name, weight), ...]`` for the engine, or None when not given.
 
         Raises :class:`ParameterError` (param ``adapters``) unless ``model`` is the base model,
-        there are 1..MAX_MIX entries and every weight is finite. Names are checked by the route.
+        there are 1..MAX_MIX entries and every weight is within ±MAX_MIX_WEIGHT. Names are checked
+        by the route.
         """
         if self.adapters is None:
             return None
@@ -161,12 +165,17 @@ class SamplingRequest(LenientBody):
 
 
 def check_mix(mix: list[tuple[str, float]], param: str) -> list[tuple[str, float]]:
-    """A weighted combination with 1..MAX_MIX entries and finite weights (else ParameterError)."""
+    """A weighted combination with 1..MAX_MIX entries and weights within ±MAX_MIX_WEIGHT
+    (else ParameterError)."""
     if not 1 <= len(mix) <= MAX_MIX:
         raise ParameterError(param, f"{param} must list 1 to {MAX_MIX} entries, got {len(mix)}")
     for i, (_, weight) in enumerate(mix):
-        if not math.isfinite(weight):
-            raise ParameterError(param, f"{param}[{i}] weight must be finite, got {weight}")
+        if not (math.isfinite(weight) and abs(weight) <= MAX_MIX_WEIGHT):
+            raise ParameterError(
+                param,
+                f"{param}[{i}] weight must be a finite number within ±{MAX_MIX_WEIGHT:g}, "
+                f"got {weight}",
+            )
     return mix
 
 

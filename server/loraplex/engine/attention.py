@@ -6,6 +6,12 @@ positions. Every attention layer of every architecture calls :func:`paged_attent
 1. writes this step's keys/values into the layer's paged cache at ``slot_mapping``, and
 2. attends each sequence's queries to its own cached keys, causally.
 
+Masked key positions contribute exactly zero in every backend: a block handed to a new owner
+keeps its previous owner's rows (possibly inf/NaN), and ``0 * NaN`` is NaN, so a backend never
+multiplies a masked row away, it never reads it: the Triton kernel's loads are masked, and the
+reference gathers masked positions from the *null row*, the last row of every layer's cache,
+which the runner reserves (a block past the pool that nothing writes, all zeros).
+
 Step 2 is the backend's, chosen once per model (:func:`select_attention`): the reference,
 :func:`sdpa_attend`, attends decode sequences (one query each) in one batched SDPA call over keys
 gathered through their block tables and prefill chunks with one SDPA call each; the Triton
@@ -139,7 +145,11 @@ def sdpa_attend(
         rows, cache_rows = meta.decode_rows, meta.decode_cache_rows
         heads, kv_heads, dim = q.shape[0], key_cache.shape[1], q.shape[2]
         dq = q.index_select(1, rows).transpose(0, 1).reshape(-1, kv_heads, heads // kv_heads, dim)
-        flat = cache_rows.view(-1)  # index_select is much faster than advanced indexing
+        # Masked positions (padding, a block's stale tail) read the null row: select, never
+        # multiply (0 * NaN from a block's previous owner would poison this sequence).
+        null_row = key_cache.shape[0] - 1
+        cache_rows = torch.where(meta.decode_mask[:, 0, 0, :], cache_rows, null_row)
+        flat = cache_rows.reshape(-1)  # index_select is much faster than advanced indexing
         dk = key_cache.index_select(0, flat).view(*cache_rows.shape, kv_heads, dim).transpose(1, 2)
         dv = (
             value_cache.index_select(0, flat).view(*cache_rows.shape, kv_heads, dim).transpose(1, 2)

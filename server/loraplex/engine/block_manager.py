@@ -100,7 +100,18 @@ class BlockManager:
                 self._free[block] = None
         seq.block_table = []
 
+    def is_free(self, block: int) -> bool:
+        return self._refs[block] == 0
+
     # ---- prefix caching ------------------------------------------------------------------
+
+    def unpublish(self, blocks: list[int]) -> None:
+        """Withdraw ``blocks`` from the prefix cache (their KV must never be shared again,
+        e.g. a sequence whose output went non-finite)."""
+        for block in blocks:
+            digest = self._hash_of.pop(block, None)
+            if digest is not None:
+                del self._block_of[digest]
 
     def cached_prefix(self, seq: Sequence) -> list[int]:
         """The published blocks holding ``seq``'s leading full blocks (a query; takes nothing).

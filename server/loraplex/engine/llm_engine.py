@@ -16,11 +16,12 @@ from loraplex.engine.admission import DEFAULT_TENANT
 from loraplex.engine.batch import build_batch
 from loraplex.engine.decode_runner import decode_runner_for
 from loraplex.engine.engine_stats import engine_stats
+from loraplex.engine.errors import NonFiniteOutputError
 from loraplex.engine.model_runner import ModelRunner
 from loraplex.engine.output_processor import OutputProcessor
 from loraplex.engine.outputs import RequestOutput, TokenLogprob
 from loraplex.engine.request import ParentRequest, RequestState, make_request
-from loraplex.engine.sampler import Sampler, read_sampled
+from loraplex.engine.sampler import NON_FINITE, Sampler, guard_non_finite, read_sampled
 from loraplex.engine.sampling_params import ParameterError, SamplingParams
 from loraplex.engine.scheduler import ScheduledSeq, Scheduler, SchedulerOutput
 from loraplex.engine.sequence import Sequence
@@ -247,7 +248,25 @@ class LLMEngine:
         metrics.record_step(
             len(out.scheduled), sum(s.num_new_tokens for s in out.scheduled), len(out.preempted)
         )
-        return self.outputs.process(states, *sampled, logits, prompt_targets)
+        tokens, logprobs = sampled
+        failed = [self._fail_non_finite(states[i]) for i, t in enumerate(tokens) if t == NON_FINITE]
+        if failed:  # the others go on as if the failed rows were never sampled
+            keep = [i for i, token in enumerate(tokens) if token != NON_FINITE]
+            states, tokens = [states[i] for i in keep], [tokens[i] for i in keep]
+            logprobs = [logprobs[i] for i in keep]
+            logits = logits[keep + list(range(len(failed) + len(keep), logits.shape[0]))]
+        return failed + self.outputs.process(states, tokens, logprobs, logits, prompt_targets)
+
+    def _fail_non_finite(self, state: RequestState) -> RequestOutput:
+        """End a child whose logits went inf/NaN: its blocks leave the prefix cache, and those
+        it held alone are zeroed before the pool hands them out again."""
+        seq = state.seq
+        log.warning("request %s: non-finite logits (adapter %s)", seq.request_id, seq.adapter)
+        blocks = list(seq.block_table)
+        self.block_manager.unpublish(blocks)
+        output = self._end(state, NonFiniteOutputError(seq.adapter))
+        self.runner.clear_blocks([b for b in blocks if self.block_manager.is_free(b)])
+        return output
 
     def _run_apart(self, out: SchedulerOutput, slot_of: dict[str, int]) -> list[RequestOutput]:
         """Retry a failed step one adapter group at a time (base-model sequences are one
@@ -294,7 +313,9 @@ class LLMEngine:
         return [self._end(self._states[seq.seq_id], error) for seq, error in failed]
 
     def _sample(self, states: list[RequestState], logits: torch.Tensor) -> Sampled:
-        """Tokens and logprob entries of the sampled rows, in one device->host copy."""
+        """Tokens and logprob entries of the sampled rows, in one device->host copy
+        (``NON_FINITE`` for a row whose logits went inf/NaN)."""
+        finite = guard_non_finite(logits)
         tokens = self.sampler.sample(
             logits,
             [s.params for s in states],
@@ -302,7 +323,7 @@ class LLMEngine:
             [s.seq.output_token_ids for s in states],
             [s.generator for s in states],
         )
-        return read_sampled(tokens, logits, [s.params.logprobs for s in states])
+        return read_sampled(tokens, logits, [s.params.logprobs for s in states], finite)
 
     def stats(self) -> dict[str, object]:
         """What ``/metrics`` reports (``engine_stats.py``), read from any thread."""

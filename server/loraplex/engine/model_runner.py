@@ -154,9 +154,11 @@ class ModelRunner:
                 self.dtype,
             )
         self.layout = kv_layout(self.model.config, cache, self.dtype, memory)
-        # One block past the pool, never handed out: padded decode rows write their keys here.
+        # Two blocks past the pool, never handed out: padded decode rows write their keys to
+        # the scratch block; the last (null) block is never written, so its zero rows are what
+        # the reference attention reads at masked key positions (``attention.py``).
         self.scratch_block = self.layout.num_blocks
-        rows = (self.layout.num_blocks + 1) * self.layout.block_size
+        rows = (self.layout.num_blocks + 2) * self.layout.block_size
         shape = (rows, self.layout.kv_heads, self.layout.head_dim)
 
         def zeros() -> torch.Tensor:
@@ -171,6 +173,18 @@ class ModelRunner:
             self.layout.block_size,
             2 * sum(k.numel() * k.element_size() for k, _ in self.kv_caches) / 2**20,
         )
+
+    def clear_blocks(self, blocks: list[int]) -> None:
+        """Zero the keys and values of ``blocks`` in every layer (a failed sequence's blocks,
+        before the pool hands them out again)."""
+        if not blocks:
+            return
+        size = self.layout.block_size
+        rows = torch.tensor(blocks)[:, None] * size + torch.arange(size)
+        rows = rows.view(-1).to(self.device)
+        for key_cache, value_cache in self.kv_caches:
+            key_cache.index_fill_(0, rows, 0.0)
+            value_cache.index_fill_(0, rows, 0.0)
 
     def eos_token_ids(self) -> frozenset[int]:
         """The tokenizer's EOS plus every EOS id in the generation config (chat models often

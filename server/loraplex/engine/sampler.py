@@ -23,6 +23,8 @@ from loraplex.engine.sampling_params import SamplingParams
 
 # Floor for the exponential noise: a zero would turn p=0 into 0/0=nan, and argmax picks nan.
 _MIN_NOISE = 1e-20
+# What ``read_sampled`` returns for a row whose logits were not finite (no token id is < 0).
+NON_FINITE = -1
 
 
 def on_device(values: list, device: torch.device, dtype: torch.dtype = torch.int64) -> torch.Tensor:
@@ -186,19 +188,39 @@ def token_logprobs(logits: torch.Tensor, tokens: list[int], top_k: list[int]) ->
     return _entries(logprob_table(logits, chosen, k).view(-1).tolist(), tokens, top_k, k)
 
 
+@torch.inference_mode()  # the logits are inference tensors, updated in place
+def guard_non_finite(logits: torch.Tensor) -> torch.Tensor:
+    """finite [N] bool: which rows of ``logits`` [N, V] hold no inf/NaN (one reduction: a
+    row's sum is non-finite if any entry is). Non-finite rows are zeroed in place, so sampling
+    and logprobs stay harmless for them; the engine fails their requests (``NON_FINITE``)."""
+    finite = torch.isfinite(logits.sum(dim=-1))
+    if logits.is_cuda:  # no host sync on the device: the flags come back with the tokens
+        logits.masked_fill_(~finite[:, None], 0.0)
+    elif not bool(finite.all()):
+        logits[~finite] = 0.0
+    return finite
+
+
 def read_sampled(
-    tokens: torch.Tensor, logits: torch.Tensor, top_k: list[int | None]
+    tokens: torch.Tensor,
+    logits: torch.Tensor,
+    top_k: list[int | None],
+    finite: torch.Tensor | None = None,
 ) -> tuple[list[int], list[TokenLogprob | None]]:
-    """The step's one device->host copy: the sampled ``tokens`` [N] and, for each row whose
-    ``top_k[i]`` is not None, its logprob entry (``token_logprobs``) computed on the device."""
+    """The step's one device->host copy: the sampled ``tokens`` [N] (``NON_FINITE`` where
+    ``finite`` [N] is False) and, for each row whose ``top_k[i]`` is not None, its logprob
+    entry (``token_logprobs``) computed on the device."""
     wanted = [i for i, k in enumerate(top_k) if k is not None]
+    chosen = tokens
+    if finite is not None:
+        chosen = torch.where(finite, tokens, NON_FINITE)
     if not wanted:
-        return tokens.tolist(), [None] * len(top_k)
+        return chosen.tolist(), [None] * len(top_k)
     want = [top_k[i] or 0 for i in wanted]
     k = max(want)
     rows = on_device(wanted, logits.device)
     table = logprob_table(logits[rows], tokens[rows], k).view(-1)
-    host = torch.cat([tokens.double(), table]).tolist()
+    host = torch.cat([chosen.double(), table]).tolist()
     ids = [int(t) for t in host[: len(top_k)]]
     found: list[TokenLogprob | None] = [None] * len(top_k)
     entries = _entries(host[len(top_k) :], [ids[i] for i in wanted], want, k)
