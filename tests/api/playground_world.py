@@ -95,9 +95,7 @@ def playground_url(server_factory: Callable[[Config], str], playground_root: Pat
         ),
         cache=CacheConfig(block_size=16, num_blocks=64),
         scheduler=SchedulerConfig(max_num_seqs=8, max_num_batched_tokens=256),
-        lora=LoRAConfig(
-            max_loras=2, max_lora_rank=8, adapters_dir=str(playground_root / "store")
-        ),
+        lora=LoRAConfig(max_loras=2, max_lora_rank=8, adapters_dir=str(playground_root / "store")),
         server=ServerConfig(api_key=ADMIN_KEY, api_keys=(inference,)),
     )
     return server_factory(config)
@@ -124,4 +122,3 @@ def browser() -> Iterator[object]:
         chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
         yield chromium
         chromium.close()
-

@@ -59,11 +59,8 @@ class Page:
             page.check(f"#model-list .model[data-model='{name}'] .pick")
         page.click("#run")
         page.wait_for_selector("#columns[data-state='done']")
-        columns = page.locator("#columns .column")
-        return {
-            columns.nth(i).get_attribute("data-model"): columns.nth(i).locator(".out").text_content()
-            for i in range(columns.count())
-        }
+        columns = page.locator("#columns .column").all()
+        return {c.get_attribute("data-model"): c.locator(".out").text_content() for c in columns}
 
     def close(self) -> None:
         self.context.close()
@@ -123,7 +120,8 @@ def test_upload_by_file_input_lists_it_then_delete_removes_it(
     p.click("#tabs button[data-view='adapters']")
     p.wait_for_selector(f"tr[data-adapter='{ADAPTERS[0]}']")
     spare = playground_root / "spare"
-    p.set_input_files("#files", [spare / "adapter_config.json", spare / "adapter_model.safetensors"])
+    files = [spare / "adapter_config.json", spare / "adapter_model.safetensors"]
+    p.set_input_files("#files", files)
     p.fill("#up-name", "uploaded")
     p.fill("#up-desc", "<b>not bold</b>")
     p.click("#upload")
@@ -137,7 +135,7 @@ def test_upload_by_file_input_lists_it_then_delete_removes_it(
     p.wait_for_selector("#model-list .model[data-model='uploaded']", state="attached")
 
     # The server's 4xx message, as it sent it: alpha is a public adapter's name.
-    p.set_input_files("#files", [spare / "adapter_config.json", spare / "adapter_model.safetensors"])
+    p.set_input_files("#files", files)
     p.fill("#up-name", ADAPTERS[0])
     p.click("#upload")
     p.wait_for_selector("#up-msg:has-text('409')")
