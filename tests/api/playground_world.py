@@ -37,6 +37,10 @@ INFERENCE_KEY = "sk-playground-infer-01"
 PROMPT = "hello world"
 MAX_TOKENS = 6
 VOCAB = 96  # builders.model_config's vocabulary size
+CHAT_TEMPLATE = (
+    "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
+    "{% if add_generation_prompt %}assistant: {% endif %}"
+)
 
 
 def markup_tokenizer() -> PreTrainedTokenizerFast:
@@ -57,7 +61,9 @@ def save_markup_model(folder: Path) -> Path:
     with torch.no_grad():
         model.lm_head.weight[:2] = 0
     model.save_pretrained(folder)
-    markup_tokenizer().save_pretrained(folder)
+    tokenizer = markup_tokenizer()
+    tokenizer.chat_template = CHAT_TEMPLATE  # so the page's chat mode runs too
+    tokenizer.save_pretrained(folder)
     return folder
 
 
@@ -101,13 +107,20 @@ def playground_url(server_factory: Callable[[Config], str], playground_root: Pat
     return server_factory(config)
 
 
-def greedy_text(url: str, model: str) -> str:
-    """What the API answers for the page's default compare request (raw completion, greedy)."""
-    body = {"model": model, "prompt": PROMPT, "max_tokens": MAX_TOKENS, "temperature": 0}
+def greedy_text(url: str, model: str, chat: bool = False, **extra: object) -> str:
+    """What the API answers to PROMPT, greedy, as the page asks it (a raw completion, or a
+    chat with one user message); ``extra``: more body fields (e.g. ``adapters``)."""
+    body = {"model": model, "max_tokens": MAX_TOKENS, "temperature": 0, **extra}
+    if chat:
+        body["messages"] = [{"role": "user", "content": PROMPT}]
+    else:
+        body["prompt"] = PROMPT
+    path = "/v1/chat/completions" if chat else "/v1/completions"
     headers = {"Authorization": f"Bearer {ADMIN_KEY}"}
-    response = httpx.post(f"{url}/v1/completions", json=body, headers=headers, timeout=60)
+    response = httpx.post(url + path, json=body, headers=headers, timeout=60)
     response.raise_for_status()
-    return response.json()["choices"][0]["text"]
+    choice = response.json()["choices"][0]
+    return choice["message"]["content"] if chat else choice["text"]
 
 
 @pytest.fixture(scope="module")

@@ -1,15 +1,20 @@
 """The playground page in a real browser (Playwright driving Debian's Chromium) against a real
 keyed server on a tiny model whose every token decodes to ``<script>wN</script>``.
 
-Skipped, with the reason, only where Chromium or Playwright is missing (.ci/run installs both).
+Skipped, with the reason, only where Chromium or Playwright is missing (.ci/run installs Chromium;
+the dev extra, Playwright).
 """
 
 from __future__ import annotations
 
+import base64
+import io
 import re
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 from playground_world import (
     ADAPTERS,
@@ -48,15 +53,19 @@ class Page:
         self.page.click("#key-use")
         self.page.wait_for_selector("#key-state:has-text('key in use')")
 
-    def run_compare(self, picks: tuple[str, ...]) -> dict[str, str]:
-        """Raw completion of PROMPT, greedy, on the base model and ``picks``: column -> text."""
+    def run_compare(
+        self, picks: tuple[str, ...], mode: str = "completion", mix: dict[str, float] | None = None
+    ) -> dict[str, str]:
+        """PROMPT, greedy, on the base model, ``picks`` and the ``mix`` weights: column -> text."""
         page = self.page
-        page.select_option("#mode", "completion")
+        page.select_option("#mode", mode)
         page.fill("#max-tokens", str(MAX_TOKENS))
         page.fill("#temperature", "0")
         page.fill("#prompt", PROMPT)
         for name in picks:
             page.check(f"#model-list .model[data-model='{name}'] .pick")
+        for name, weight in (mix or {}).items():
+            page.fill(f"#model-list .model[data-model='{name}'] .weight", str(weight))
         page.click("#run")
         page.wait_for_selector("#columns[data-state='done']")
         columns = page.locator("#columns .column").all()
@@ -102,6 +111,17 @@ def test_compare_streams_base_and_two_adapters_as_the_api_answers(
     assert page.urls and not any(ADMIN_KEY in url for url in page.urls)
 
 
+def test_chat_mode_and_a_weighted_mix_column_match_the_api(page: Page, playground_url: str) -> None:
+    page.use_key(ADMIN_KEY)
+    texts = page.run_compare((), mode="chat", mix={ADAPTERS[0]: 0.5, ADAPTERS[1]: 0.5})
+    mix = [{"name": name, "weight": 0.5} for name in ADAPTERS]
+    assert texts == {
+        MODEL: greedy_text(playground_url, MODEL, chat=True),
+        "mix: alpha×0.5 + beta×0.5": greedy_text(playground_url, MODEL, chat=True, adapters=mix),
+    }
+    assert texts[MODEL] != texts["mix: alpha×0.5 + beta×0.5"]
+
+
 def test_model_output_with_script_tags_is_shown_as_text(page: Page) -> None:
     page.use_key(ADMIN_KEY)
     texts = page.run_compare(ADAPTERS[:1])
@@ -145,6 +165,35 @@ def test_upload_by_file_input_lists_it_then_delete_removes_it(
     row.locator("button.delete").click()
     row.wait_for(state="detached")
     assert "uploaded: deleted" in p.text_content("#action-msg")
+
+
+def test_dropping_an_archive_on_the_page_uploads_it(
+    page: Page, playground_root: Path, playground_url: str
+) -> None:
+    archive = io.BytesIO()
+    with zipfile.ZipFile(archive, "w") as zipped:
+        for name in ("adapter_config.json", "adapter_model.safetensors"):
+            zipped.write(playground_root / "spare" / name, name)
+    page.use_key(ADMIN_KEY)
+    p = page.page
+    p.click("#tabs button[data-view='adapters']")
+    # What a drag and drop from the desktop delivers: a drop event carrying the file.
+    p.evaluate(
+        """([name, data]) => {
+            const bytes = Uint8Array.from(atob(data), (c) => c.charCodeAt(0));
+            const transfer = new DataTransfer();
+            transfer.items.add(new File([bytes], name, { type: "application/zip" }));
+            const drop = new DragEvent("drop", { dataTransfer: transfer, cancelable: true });
+            document.getElementById("drop").dispatchEvent(drop);
+        }""",
+        ["dropped.zip", base64.b64encode(archive.getvalue()).decode()],
+    )
+    assert p.input_value("#up-name") == "dropped"  # named after the archive
+    p.click("#upload")
+    p.locator("tr[data-adapter='dropped']").wait_for()
+    headers = {"Authorization": f"Bearer {ADMIN_KEY}"}
+    url = f"{playground_url}/v1/adapters/dropped"
+    assert httpx.delete(url, headers=headers, timeout=30).status_code == 200
 
 
 def test_admin_merges_and_unmerges(page: Page) -> None:
