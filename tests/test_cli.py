@@ -42,6 +42,7 @@ SERVE_OPTIONS = [
     "--header-timeout",
     "--body-timeout",
     "--body-min-rate",
+    "--no-ui",
 ]
 
 
@@ -93,6 +94,7 @@ def test_every_option_reaches_the_config(tmp_path) -> None:
         "--header-timeout", "3",
         "--body-timeout", "4",
         "--body-min-rate", "1000",
+        "--no-ui",
     )  # fmt: skip
     assert config.model.model == str(tmp_path)
     assert config.model.served_model_name == "tiny"
@@ -127,6 +129,7 @@ def test_every_option_reaches_the_config(tmp_path) -> None:
     assert config.server.log_level == "debug"
     assert (config.server.timeout_keep_alive, config.server.header_timeout) == (2.5, 3.0)
     assert (config.server.body_timeout, config.server.body_min_rate) == (4.0, 1000)
+    assert config.server.ui is False
 
 
 def test_lora_dtype_auto_is_the_models() -> None:
@@ -161,6 +164,12 @@ def test_help_and_start_log_show_the_step_limits(capsys, caplog) -> None:
         cli._log_step_limits(_config("--device", "cuda", "--max-num-seqs", "100"))
     message = caplog.records[-1].getMessage()
     assert message == "step limits on cuda: --max-num-seqs 100, --max-num-batched-tokens 8192"
+
+
+def test_the_playground_is_on_unless_no_ui() -> None:
+    assert _config().server.ui is True
+    assert _config("--ui").server.ui is True
+    assert _config("--no-ui").server.ui is False
 
 
 def test_pins_default_to_half_the_slots() -> None:

@@ -134,6 +134,7 @@ def build_config(args: argparse.Namespace) -> Config:
             max_request_mb=args.max_request_mb,
             tokenizer_threads=args.tokenizer_threads,
             shutdown_timeout=args.shutdown_timeout,
+            ui=args.ui,
         ),
     )
 

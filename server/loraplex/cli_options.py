@@ -286,3 +286,10 @@ def _add_server_options(serve: argparse.ArgumentParser) -> None:
         help="on SIGTERM/SIGINT: /ready turns 503, new requests get 503, running ones get this "
         "long to finish (then they are aborted), then the process exits 0",
     )
+    server.add_argument(
+        "--ui",
+        action=argparse.BooleanOptionalAction,
+        default=ServerConfig.ui,
+        help="serve the playground page at / (compare the base model and adapters side by "
+        "side, manage adapters, live metrics); --no-ui: the API alone",
+    )

@@ -239,7 +239,8 @@ class ServerConfig:
     ``max_request_mb``: the largest request body other than an adapter upload (413 past it,
     counted as it streams in). ``tokenizer_threads``: the pool that tokenizes, renders chat
     templates and decodes echoes off the event loop. ``shutdown_timeout``: after SIGTERM,
-    running requests get this long to finish before they are aborted.
+    running requests get this long to finish before they are aborted. ``ui``: serve the
+    playground page at ``/`` (``--no-ui`` turns it off; the API is the same either way).
     """
 
     host: str = "127.0.0.1"
@@ -255,6 +256,7 @@ class ServerConfig:
     max_request_mb: int = 16
     tokenizer_threads: int = 4
     shutdown_timeout: float = 30.0
+    ui: bool = True
 
     def __post_init__(self) -> None:
         _require(self.max_request_mb > 0, "--max-request-mb must be positive")

@@ -14,7 +14,7 @@ from loraplex.api import openapi_limits
 from loraplex.api.auth import KeyTable
 from loraplex.api.body_limit import BodySizeLimit
 from loraplex.api.errors import register_error_handlers
-from loraplex.api.routes import adapters, chat, completions, generate, health, models
+from loraplex.api.routes import adapters, chat, completions, generate, health, models, ui
 from loraplex.api.text_pool import TextPool
 from loraplex.api.timeouts import BodyDeadline
 from loraplex.config import Config
@@ -73,5 +73,7 @@ def create_app(config: Config, engine: AsyncEngine | None = None) -> FastAPI:
     register_error_handlers(app)
     for module in (models, completions, chat, generate, adapters, health):
         app.include_router(module.router)
+    if config.server.ui:  # the playground page at / (--no-ui: the API alone)
+        app.include_router(ui.build_router())
     openapi_limits.install(app)  # the model's vocabulary and context, once it is loaded
     return app
