@@ -106,7 +106,7 @@ def run_round(
     tag: str,
 ) -> dict[str, list[dict[str, float]]]:
     """Every step's phase times (ms), by kind: ``prefill`` or ``decode``."""
-    from loraplex.engine.sampling_params import SamplingParams
+    from loraplex.engine.request.params import SamplingParams
 
     params = SamplingParams(max_tokens=max_tokens, temperature=0, ignore_eos=True)
     for i, prompt in enumerate(prompts):

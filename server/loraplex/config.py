@@ -64,7 +64,8 @@ class ModelConfig:
     device: str = "cpu"
     attention_backend: str = "auto"  # one of ATTENTION_BACKENDS
     load_format: str = "auto"  # one of LOAD_FORMATS
-    # CPU: weights, slot tables and the KV cache on transparent huge pages (engine/huge_pages.py)
+    # CPU: weights, slot tables and the KV cache on transparent huge pages
+    # (engine/runner/huge_pages.py)
     huge_pages: bool = True
     # vLLM's --enforce-eager: never capture CUDA graphs of decode steps (moot off CUDA).
     enforce_eager: bool = False
@@ -121,7 +122,7 @@ class SchedulerConfig:
     (``batch_defaults``).
     ``adapter_affinity``: when more requests wait than a step takes, admit first each tenant's
     requests whose adapter costs no new slot or is already resident, within the starvation
-    bound and without reordering tenants (``engine/affinity.py``); False: the fair order.
+    bound and without reordering tenants (``engine/sched/affinity.py``); False: the fair order.
     ``adapter_affinity_max_skips``: that bound, the steps in which affinity may pass a request
     over before it goes first in its tenant's order (0: the fair order)."""
 

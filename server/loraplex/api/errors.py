@@ -24,10 +24,10 @@ from loraplex.adapters.errors import (
     AdapterRefusedError,
     AdapterValidationError,
 )
-from loraplex.engine.admission import EngineUnavailableError, QueueFullError
-from loraplex.engine.capacity import CapacityError
+from loraplex.engine.adapter_tiers.pins import CapacityError
 from loraplex.engine.errors import NonFiniteOutputError
-from loraplex.engine.sampling_params import ParameterError
+from loraplex.engine.queue_limits import EngineUnavailableError, QueueFullError
+from loraplex.engine.request.params import ParameterError
 
 log = logging.getLogger(__name__)
 

@@ -22,11 +22,11 @@ from loraplex.api.auth import Principal
 from loraplex.api.errors import APIError
 from loraplex.api.schemas import PromptTokensDetails, SamplingRequest, UsageInfo
 from loraplex.api.text_pool import text_pool
-from loraplex.engine.adapters import AdapterSpec
-from loraplex.engine.admission import DEFAULT_TENANT
+from loraplex.engine.adapter_tiers.tiers import AdapterSpec
 from loraplex.engine.async_engine import AsyncEngine
-from loraplex.engine.outputs import RequestOutput, TokenLogprob
-from loraplex.engine.sampling_params import ParameterError, SamplingParams
+from loraplex.engine.queue_limits import DEFAULT_TENANT
+from loraplex.engine.request.outputs import RequestOutput, TokenLogprob
+from loraplex.engine.request.params import ParameterError, SamplingParams
 
 T = TypeVar("T")
 

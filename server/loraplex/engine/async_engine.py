@@ -23,17 +23,17 @@ from typing import TypeVar
 
 from loraplex import metrics
 from loraplex.config import Config
-from loraplex.engine.adapter_service import AdapterService
-from loraplex.engine.adapters import AdapterSpec
-from loraplex.engine.admission import (
+from loraplex.engine.adapter_tiers.service import AdapterService
+from loraplex.engine.adapter_tiers.tiers import AdapterSpec
+from loraplex.engine.build import build_engine
+from loraplex.engine.llm_engine import LLMEngine
+from loraplex.engine.queue_limits import (
     DEFAULT_TENANT,
     AdmissionController,
     EngineUnavailableError,
 )
-from loraplex.engine.build import build_engine
-from loraplex.engine.llm_engine import LLMEngine
-from loraplex.engine.outputs import RequestOutput
-from loraplex.engine.sampling_params import SamplingParams
+from loraplex.engine.request.outputs import RequestOutput
+from loraplex.engine.request.params import SamplingParams
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

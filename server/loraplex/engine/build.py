@@ -20,14 +20,14 @@ from loraplex.adapters.registry import AdapterRegistry
 from loraplex.adapters.rules import Limits
 from loraplex.adapters.store import open_store
 from loraplex.config import Config, LoRAConfig
-from loraplex.engine.adapters import EngineAdapters
-from loraplex.engine.block_manager import BlockManager
-from loraplex.engine.capacity import CapacityError
-from loraplex.engine.default_model import DEFAULT_MODEL_NAME, ensure_default_model
-from loraplex.engine.dummy_weights import builtin_dummy_folder
+from loraplex.engine.adapter_tiers.pins import CapacityError
+from loraplex.engine.adapter_tiers.tiers import EngineAdapters
 from loraplex.engine.llm_engine import LLMEngine
-from loraplex.engine.model_runner import ModelRunner
-from loraplex.engine.scheduler import Scheduler
+from loraplex.engine.model.default import DEFAULT_MODEL_NAME, ensure_default_model
+from loraplex.engine.model.dummy import builtin_dummy_folder
+from loraplex.engine.runner.model_runner import ModelRunner
+from loraplex.engine.sched.block_manager import BlockManager
+from loraplex.engine.sched.scheduler import Scheduler
 from loraplex.lora.slot_cache import SlotCache
 from loraplex.paths import cache_root
 

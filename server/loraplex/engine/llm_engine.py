@@ -11,20 +11,20 @@ import torch
 
 from loraplex import metrics
 from loraplex.config import Config
-from loraplex.engine.adapters import AdapterSpec, EngineAdapters
-from loraplex.engine.admission import DEFAULT_TENANT
-from loraplex.engine.batch import build_batch
-from loraplex.engine.decode_runner import decode_runner_for
-from loraplex.engine.engine_stats import engine_stats
+from loraplex.engine.adapter_tiers.tiers import AdapterSpec, EngineAdapters
 from loraplex.engine.errors import NonFiniteOutputError
-from loraplex.engine.model_runner import ModelRunner
-from loraplex.engine.output_processor import OutputProcessor
-from loraplex.engine.outputs import RequestOutput, TokenLogprob
-from loraplex.engine.request import ParentRequest, RequestState, make_request
-from loraplex.engine.sampler import NON_FINITE, Sampler, guard_non_finite, read_sampled
-from loraplex.engine.sampling_params import ParameterError, SamplingParams
-from loraplex.engine.scheduler import ScheduledSeq, Scheduler, SchedulerOutput
-from loraplex.engine.sequence import Sequence
+from loraplex.engine.output.processor import OutputProcessor
+from loraplex.engine.output.state import ParentRequest, RequestState, make_request
+from loraplex.engine.queue_limits import DEFAULT_TENANT
+from loraplex.engine.request.outputs import RequestOutput, TokenLogprob
+from loraplex.engine.request.params import ParameterError, SamplingParams
+from loraplex.engine.request.sequence import Sequence
+from loraplex.engine.runner.batch import build_batch
+from loraplex.engine.runner.decode_runner import decode_runner_for
+from loraplex.engine.runner.model_runner import ModelRunner
+from loraplex.engine.sample.sampler import NON_FINITE, Sampler, guard_non_finite, read_sampled
+from loraplex.engine.sched.scheduler import ScheduledSeq, Scheduler, SchedulerOutput
+from loraplex.engine.stats import engine_stats
 
 log = logging.getLogger(__name__)
 # One step's sampled tokens and their logprob entries (None where not asked for).

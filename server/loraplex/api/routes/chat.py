@@ -33,7 +33,7 @@ from loraplex.api.logprobs import ChatLogprobs, chat_logprobs
 from loraplex.api.streaming import Chunks, stream_response
 from loraplex.api.text_pool import text_pool
 from loraplex.engine.async_engine import AsyncEngine
-from loraplex.engine.outputs import RequestOutput, TokenLogprob
+from loraplex.engine.request.outputs import RequestOutput, TokenLogprob
 
 router = APIRouter(prefix="/v1", tags=["chat"], dependencies=[AuthDep])
 

@@ -30,7 +30,7 @@ from loraplex.api.schemas import (
 )
 from loraplex.api.streaming import Chunks, stream_response
 from loraplex.api.text_pool import text_pool
-from loraplex.engine.outputs import RequestOutput
+from loraplex.engine.request.outputs import RequestOutput
 
 router = APIRouter(prefix="/v1", tags=["completions"], dependencies=[AuthDep])
 

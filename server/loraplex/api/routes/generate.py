@@ -34,9 +34,9 @@ from loraplex.api.generation import (
     tokenize,
 )
 from loraplex.api.streaming import stream_response
-from loraplex.engine.adapters import AdapterSpec
+from loraplex.engine.adapter_tiers.tiers import AdapterSpec
 from loraplex.engine.async_engine import AsyncEngine
-from loraplex.engine.outputs import RequestOutput, TokenLogprob
+from loraplex.engine.request.outputs import RequestOutput, TokenLogprob
 
 router = APIRouter(tags=["generate"], dependencies=[AuthDep])
 
