@@ -123,7 +123,7 @@ def _run(runner, decode, blocks_per_seq: int, shape: Shape, adapters: int, label
 
 
 def e2e_runs(device: torch.device, dtype: str, smoke: bool) -> list[Run]:
-    from loraplex.engine.attention.paged import select_attention
+    from loraplex.engine.attention.select import select_attention
     from loraplex.engine.model.dummy import random_adapter
     from loraplex.engine.runner.decode_runner import DecodeRunner
     from loraplex.lora.ops import select_add_lora

@@ -129,7 +129,7 @@ def _attention_step(shapes, block_size: int, device: torch.device):
 
 
 def attention_cases(device, dtype, smoke: bool, iters: int, tolerance: float) -> list[Case]:
-    from loraplex.engine.attention.paged import sdpa_attend
+    from loraplex.engine.attention.sdpa import sdpa_attend
     from loraplex.engine.attention.triton import triton_attend
 
     heads, kv_heads, dim, block = (6, 2, 32, 4) if smoke else (32, 8, 128, 16)

@@ -11,7 +11,8 @@ import pytest
 import torch
 from triton_check import needs_triton
 
-from loraplex.engine.attention.paged import AttentionMetadata, sdpa_attend
+from loraplex.engine.attention.metadata import AttentionMetadata
+from loraplex.engine.attention.sdpa import sdpa_attend
 from loraplex.engine.request.params import SamplingParams
 from loraplex.engine.request.sequence import Sequence
 from loraplex.engine.runner.batch import build_batch

@@ -10,13 +10,10 @@ import torch
 from triton_check import triton_tests
 
 from loraplex.engine.attention.block_tables import build_sequence_tables
-from loraplex.engine.attention.paged import (
-    FORWARD,
-    AttentionMetadata,
-    paged_attention,
-    sdpa_attend,
-    select_attention,
-)
+from loraplex.engine.attention.metadata import AttentionMetadata
+from loraplex.engine.attention.paged import FORWARD, paged_attention
+from loraplex.engine.attention.sdpa import sdpa_attend
+from loraplex.engine.attention.select import select_attention
 from loraplex.engine.request.params import SamplingParams
 from loraplex.engine.request.sequence import Sequence
 from loraplex.engine.runner.batch import build_batch

@@ -47,7 +47,7 @@ def greedy(engine: LLMEngine) -> list[list[int]]:
 def test_triton_backends_give_the_greedy_tokens_of_torch_and_peft(store) -> None:
     triton = engine(store, "triton")
     assert triton.runner.lora.context.add_lora.__module__.endswith("triton_ops")
-    assert triton.runner.attend.__module__.endswith("triton_attention")
+    assert triton.runner.attend.__module__.endswith("attention.triton")
     got = greedy(triton)
     assert got == greedy(engine(store, "torch"))
     for (prompt, adapter), tokens in zip(REQUESTS, got, strict=True):

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 
 from loraplex.engine.attention.block_tables import SequenceTables
-from loraplex.engine.attention.paged import AttentionMetadata
+from loraplex.engine.attention.metadata import AttentionMetadata
 from loraplex.engine.attention.triton_kernels import (
     combine_splits_kernel,
     paged_attention_kernel,
@@ -75,7 +75,7 @@ def kernel_constants(
 
 
 def make_triton_attend(num_splits: int | None = None, block_n: int = 64):
-    """An attention backend (``attention.sdpa_attend``'s signature); ``num_splits`` forces the
+    """An attention backend (``metadata.Attend``); ``num_splits`` forces the
     split of the keys (tests), ``block_n`` the keys per inner step."""
     if block_n < MIN_DOT_DIM or block_n & (block_n - 1):
         raise ValueError(f"block_n={block_n}: tl.dot tiles must be powers of two >= 16")

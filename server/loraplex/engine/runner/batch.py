@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 import torch
 
 from loraplex.engine.attention.block_tables import build_sequence_tables
-from loraplex.engine.attention.paged import AttentionMetadata, PrefillChunk
+from loraplex.engine.attention.metadata import AttentionMetadata, PrefillChunk
 from loraplex.engine.request.sequence import Sequence
 from loraplex.engine.sched.scheduler import ScheduledSeq
 from loraplex.lora.ops import LoRAMeta, build_lora_meta

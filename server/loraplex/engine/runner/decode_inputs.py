@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import torch
 
 from loraplex.engine.attention.block_tables import SequenceTables
-from loraplex.engine.attention.paged import AttentionMetadata
+from loraplex.engine.attention.metadata import AttentionMetadata
 from loraplex.engine.request.sequence import Sequence
 from loraplex.engine.sched.scheduler import ScheduledSeq
 from loraplex.lora.ops import LoRAMeta

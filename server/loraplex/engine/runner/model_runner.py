@@ -9,12 +9,9 @@ import torch
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from loraplex.config import CacheConfig, LoRAConfig, ModelConfig
-from loraplex.engine.attention.paged import (
-    FORWARD,
-    AttentionMetadata,
-    register_paged_attention,
-    select_attention,
-)
+from loraplex.engine.attention.metadata import AttentionMetadata
+from loraplex.engine.attention.paged import FORWARD, register_paged_attention
+from loraplex.engine.attention.select import select_attention
 from loraplex.engine.model.dummy import build_dummy_model, dummy_tokenizer
 from loraplex.engine.model.loading import load_pretrained
 from loraplex.engine.runner.batch import PackedBatch
@@ -156,7 +153,7 @@ class ModelRunner:
         self.layout = kv_layout(self.model.config, cache, self.dtype, memory)
         # Two blocks past the pool, never handed out: padded decode rows write their keys to
         # the scratch block; the last (null) block is never written, so its zero rows are what
-        # the reference attention reads at masked key positions (``attention.py``).
+        # the reference attention reads at masked key positions (``attention/sdpa.py``).
         self.scratch_block = self.layout.num_blocks
         rows = (self.layout.num_blocks + 2) * self.layout.block_size
         shape = (rows, self.layout.kv_heads, self.layout.head_dim)
