@@ -22,7 +22,8 @@ from loraplex.engine.request.sequence import Sequence
 from loraplex.engine.runner.batch import build_batch
 from loraplex.engine.runner.decode_runner import decode_runner_for
 from loraplex.engine.runner.model_runner import ModelRunner
-from loraplex.engine.sample.sampler import NON_FINITE, Sampler, guard_non_finite, read_sampled
+from loraplex.engine.sample.logprobs import read_sampled
+from loraplex.engine.sample.sampler import NON_FINITE, Sampler, guard_non_finite
 from loraplex.engine.sched.scheduler import ScheduledSeq, Scheduler, SchedulerOutput
 from loraplex.engine.stats import engine_stats
 

@@ -17,7 +17,8 @@ from loraplex.engine.request.params import SamplingParams
 from loraplex.engine.request.sequence import Sequence
 from loraplex.engine.runner.batch import build_batch
 from loraplex.engine.runner.decode_inputs import DecodeInputs
-from loraplex.engine.sample.sampler import NON_FINITE, guard_non_finite, read_sampled
+from loraplex.engine.sample.logprobs import read_sampled
+from loraplex.engine.sample.sampler import NON_FINITE, guard_non_finite
 from loraplex.engine.sched.block_manager import BlockManager
 from loraplex.engine.sched.scheduler import ScheduledSeq
 

@@ -17,7 +17,7 @@ from loraplex.adapters.card import adapter_name
 from loraplex.engine.output.state import RequestState
 from loraplex.engine.request.outputs import RequestOutput, TokenLogprob
 from loraplex.engine.request.sequence import Sequence
-from loraplex.engine.sample.sampler import token_logprobs
+from loraplex.engine.sample.logprobs import token_logprobs
 
 
 class OutputProcessor:
