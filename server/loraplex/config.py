@@ -9,7 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from loraplex.api_keys import DEFAULT_TENANT, ApiKeyEntry, key_digest
+from loraplex.adapters.tenancy import DEFAULT_TENANT
+from loraplex.api_keys import ApiKeyEntry, key_digest
 
 DTYPES = ("float32", "bfloat16", "float16")
 

@@ -1,9 +1,9 @@
-"""Admission control: a bounded queue, per tenant and in all, answered with "retry later".
+"""Queue limits: a bounded queue, per tenant and in all, answered with "retry later".
 
 Host-side bookkeeping only (no torch), called from the event loop. A request is *queued* from
-:meth:`AdmissionController.admit` until it starts running (:meth:`started`, when its first
+:meth:`QueueLimits.enqueue` until it starts running (:meth:`started`, when its first
 output arrives) or leaves without running (:meth:`left`). Past ``max_queued`` requests queued
-in all, or ``max_queued_per_tenant`` of one tenant, ``admit`` raises :class:`QueueFullError`
+in all, or ``max_queued_per_tenant`` of one tenant, ``enqueue`` raises :class:`QueueFullError`
 before any work is done, with a ``Retry-After`` estimated from the queue's drain rate:
 
     rate  = starts in the last WINDOW_S seconds / the time they span up to now   (requests/s)
@@ -21,25 +21,14 @@ import time
 from collections import Counter, deque
 from collections.abc import Callable
 
-DEFAULT_TENANT = "default"
+from loraplex.engine.errors import QueueFullError
+
 WINDOW_S = 30.0  # the drain rate looks this far back
 MAX_RETRY_S = 60  # never tell a client to come back later than this
 _MAX_STARTS = 512  # starts remembered for the rate (a bounded deque)
 
 
-class QueueFullError(Exception):
-    """The queue (or the tenant's share of it) is full: HTTP 429 with ``Retry-After``."""
-
-    def __init__(self, message: str, retry_after: int) -> None:
-        super().__init__(message)
-        self.retry_after = retry_after
-
-
-class EngineUnavailableError(Exception):
-    """No request is admitted: the server drains for shutdown, or its engine died (HTTP 503)."""
-
-
-class AdmissionController:
+class QueueLimits:
     """Counts queued requests in all and per tenant; refuses past the caps (None: no cap)."""
 
     def __init__(
@@ -71,12 +60,12 @@ class AdmissionController:
         return self._queued[tenant]
 
     def check(self, tenant: str) -> None:
-        """Raise :class:`QueueFullError` if ``admit(tenant)`` would; reserves nothing (routes
+        """Raise :class:`QueueFullError` if ``enqueue(tenant)`` would; reserves nothing (routes
         call it before tokenizing, so a refused request costs nothing)."""
         with self._lock:
             self._refuse_if_full(tenant)
 
-    def admit(self, tenant: str) -> None:
+    def enqueue(self, tenant: str) -> None:
         """Count one more queued request of ``tenant``, or raise :class:`QueueFullError`."""
         with self._lock:
             self._refuse_if_full(tenant)

@@ -9,12 +9,12 @@ from loraplex.adapters.weights import MIX_PREFIX
 from loraplex.config import Config
 
 if TYPE_CHECKING:
-    from loraplex.engine.adapter_tiers.tiers import EngineAdapters
+    from loraplex.engine.adapter_tiers.tiers import AdapterTiers
     from loraplex.engine.sched.scheduler import Scheduler
 
 
 def engine_stats(
-    scheduler: Scheduler, adapters: EngineAdapters, config: Config, num_client_requests: int
+    scheduler: Scheduler, adapters: AdapterTiers, config: Config, num_client_requests: int
 ) -> dict[str, object]:
     """What ``/metrics`` reports, read from any thread without stopping the engine (each
     value is one length or one copy of a small dict; none walks the waiting queue).

@@ -56,7 +56,7 @@ def generate(
 
 
 def merged_bytes(engine: LLMEngine, name: str) -> int:
-    return engine.adapters.merges.nbytes(engine.registry.get(name).key)
+    return engine.tiers.merges.nbytes(engine.registry.get(name).key)
 
 
 def test_unmerge_mid_stream_keeps_the_copy_until_the_request_ends(
@@ -65,15 +65,15 @@ def test_unmerge_mid_stream_keeps_the_copy_until_the_request_ends(
     engine = engine_for(store)
     dynamic = generate(engine, "all")
     base = generate(engine, None)
-    engine.adapters.merge_now("all")
+    engine.tiers.merge_now("all")
     held = merged_bytes(engine, "all")
-    assert held > 0 and engine.adapters.resolve("all")[1] is True
+    assert held > 0 and engine.tiers.resolve("all")[1] is True
     seen: list[tuple[bool, int]] = []
 
     def unmerge() -> None:
-        engine.adapters.unmerge("all")
+        engine.tiers.unmerge("all")
         # New requests run dynamically at once; the copy stays for the one running on it.
-        seen.append((engine.adapters.resolve("all")[1], merged_bytes(engine, "all")))
+        seen.append((engine.tiers.resolve("all")[1], merged_bytes(engine, "all")))
 
     assert generate(engine, "all", after=3, action=unmerge) == dynamic
     assert seen == [(False, held)]
@@ -89,25 +89,25 @@ def test_delete_mid_stream_finishes_on_the_same_weights(
     engine = engine_for(store)
     expected = generate(engine, "attn")
     if kind == "merged":
-        engine.adapters.merge_now("attn")
+        engine.tiers.merge_now("attn")
     key = engine.registry.get("attn").key
 
     def delete() -> None:  # what AdapterService.remove does, between two steps
         engine.registry.remove("attn")
-        engine.adapters.forget(key)
+        engine.tiers.forget(key)
 
     assert generate(engine, "attn", after=2, action=delete) == expected
-    assert engine.adapters.merges.nbytes(key) == 0
+    assert engine.tiers.merges.nbytes(key) == 0
     assert key not in engine.registry.host  # released and retired after its last sequence
 
 
 def test_prepared_on_a_copy_that_is_gone_runs_dynamically(store: tuple[Path, Path]) -> None:
     engine = engine_for(store)
     expected = generate(engine, "all")
-    engine.adapters.merge_now("all")
+    engine.tiers.merge_now("all")
     parent = engine.prepare("late", [PROMPT], GREEDY, "all")
     assert parent.merged
-    engine.adapters.unmerge("all")  # dropped at once: nothing runs on it yet
+    engine.tiers.unmerge("all")  # dropped at once: nothing runs on it yet
     engine.submit(parent)
     assert not parent.merged and not parent.children[0].seq.merged
     tokens: list[int] = []
@@ -120,21 +120,21 @@ def test_copies_are_capped_and_unmerge_leaves_w0_exact(store: tuple[Path, Path])
     engine = engine_for(store, max_merged_adapters=1)
     layer = engine.runner.lora.layers["model.layers.0.self_attn.q_proj"]
     w0 = layer.base.weight.detach().clone()
-    engine.adapters.merge_now("attn")
+    engine.tiers.merge_now("attn")
     with pytest.raises(CapacityError, match="--max-merged-adapters"):
-        engine.adapters.merge_now("all")
-    engine.adapters.merge_now("attn")  # merged already: no second copy
+        engine.tiers.merge_now("all")
+    engine.tiers.merge_now("attn")  # merged already: no second copy
     # A leaving copy still counts until its request ends.
     engine.add_request("x", PROMPT, GREEDY, "attn")
     engine.step()
-    engine.adapters.unmerge("attn")
+    engine.tiers.unmerge("attn")
     with pytest.raises(CapacityError, match="until their running requests finish"):
-        engine.adapters.merge_now("all")
+        engine.tiers.merge_now("all")
     while engine.has_unfinished():
         engine.step()
-    engine.adapters.merge_now("all")
+    engine.tiers.merge_now("all")
     assert merged_bytes(engine, "all") > 0
-    engine.adapters.unmerge("all")
+    engine.tiers.unmerge("all")
     assert torch.equal(layer.base.weight, w0) and not layer.merged_weights
     with pytest.raises(CapacityError, match="--max-merged-adapters"):
-        engine_for(store, max_merged_adapters=0).adapters.merge_now("attn")
+        engine_for(store, max_merged_adapters=0).tiers.merge_now("attn")

@@ -51,7 +51,7 @@ def waiting_adapters(engine: LLMEngine) -> set[str | None]:
 
 def test_activate_orders_the_step_after_its_loads_only(store: tuple[Path, Path]) -> None:
     engine, copier, log = in_flight_engine(store)
-    adapters = engine.adapters
+    adapters = engine.tiers
     keys = {}
     for name in ("attn", "all"):
         card = adapters.registry.get(name)
@@ -73,7 +73,7 @@ def test_a_queued_adapter_is_copied_ahead_and_no_step_waits(store: tuple[Path, P
     ]
     engine, copier, log = in_flight_engine(store)
     card = engine.registry.get("attn")
-    engine.registry.keep(card.key, engine.adapters.load(card))  # in host memory already
+    engine.registry.keep(card.key, engine.tiers.load(card))  # in host memory already
     outputs: dict[str, list[int]] = {}
     engine.add_request("0", BASE_PROMPT, SamplingParams(max_tokens=6, **GREEDY), None)
     steps_until(engine, lambda: "0" in outputs, outputs)  # running
@@ -95,7 +95,7 @@ def test_a_pinned_load_in_flight_holds_up_nobody(store: tuple[Path, Path]) -> No
     """A slot loaded for a pin leaves other steps free, keeps its weights while in flight,
     and its first reader is admitted once the copy is done, without waiting on the device."""
     engine, copier, log = in_flight_engine(store)
-    engine.adapters.pin(engine.registry.get("all"))
+    engine.tiers.pin(engine.registry.get("all"))
     assert log == ["load 0"]  # nothing reads it yet: nothing waits
     outputs: dict[str, list[int]] = {}
     engine.add_request("0", BASE_PROMPT, SamplingParams(max_tokens=4, **GREEDY), None)
@@ -115,10 +115,10 @@ def test_with_nothing_running_a_request_joins_mid_copy(store: tuple[Path, Path])
     """Holding a request back helps nobody when no other sequence runs: it joins at once,
     and its step is ordered after the copy on the device instead."""
     engine, copier, log = in_flight_engine(store)
-    engine.adapters.pin(engine.registry.get("attn"))  # its copy stays in flight throughout
+    engine.tiers.pin(engine.registry.get("attn"))  # its copy stays in flight throughout
     outputs: dict[str, list[int]] = {}
     engine.add_request("0", ADAPTER_PROMPT, SamplingParams(max_tokens=2, **GREEDY), "attn")
     steps_until(engine, lambda: not engine.has_unfinished(), outputs)
     assert len(outputs["0"]) == 2
     assert log[:3] == ["load 0", "wait 0", "forward"] and log.count("wait 0") == 1
-    assert not copier.is_ready(engine.adapters.slots.lookup(engine.registry.get("attn").key))
+    assert not copier.is_ready(engine.tiers.slots.lookup(engine.registry.get("attn").key))

@@ -95,7 +95,7 @@ def test_eviction_and_reload_across_twenty_adapters(
     assert after["loads", "host"] - before["loads", "host"] >= 20
     assert after["evictions", "device"] - before["evictions", "device"] >= 18
     assert after["evictions", "host"] - before["evictions", "host"] >= 16
-    assert len(tight.adapters.slots.resident()) <= 2
+    assert len(tight.tiers.slots.resident()) <= 2
     assert len(tight.registry.host) <= 4
     # Distinct adapters really give distinct outputs, so the equality above means something.
     assert len({tuple(t) for t in expected[:20]}) > 15
@@ -109,10 +109,10 @@ def test_merged_tenant_matches_dynamic_path_in_a_mixed_batch(
     engine = engine_for(model_dir, store, max_loras=4)
     requests = [(PROMPTS[0], "a00"), (PROMPTS[1], "a01"), (PROMPTS[2], None), (PROMPTS[3], "a00")]
     dynamic = run(engine, requests)
-    engine.adapters.merge_now("a00")
-    assert engine.adapters.resolve("a00") == (engine.registry.get("a00").key, True)
+    engine.tiers.merge_now("a00")
+    assert engine.tiers.resolve("a00") == (engine.registry.get("a00").key, True)
     assert run(engine, requests) == dynamic
-    engine.adapters.unmerge("a00")
+    engine.tiers.unmerge("a00")
     assert run(engine, requests) == dynamic
     layer = engine.runner.lora.layers["model.layers.0.self_attn.q_proj"]
     assert not layer.merged_weights
@@ -137,7 +137,7 @@ def test_weighted_mix_equals_peft_cat(model_dir: Path, twenty: Path, tmp_path: P
     shutil.copytree(twenty, store)
     engine = engine_for(model_dir, store, max_loras=4)
     parts = [("a03", 0.7), ("a01", 0.3)]  # rank 5 on all seven + rank 3 on q/v
-    key, merged = engine.adapters.resolve(parts)
+    key, merged = engine.tiers.resolve(parts)
     assert key.startswith("+mix-") and not merged
     captured: list[torch.Tensor] = []
     forward = engine.runner.forward
@@ -148,4 +148,4 @@ def test_weighted_mix_equals_peft_cat(model_dir: Path, twenty: Path, tmp_path: P
     expected = peft_mix_logits(model_dir, store, parts, PROMPTS[2])
     torch.testing.assert_close(captured[0][0], expected, atol=1e-4, rtol=0)
     with pytest.raises(ParameterError, match="rank"):
-        engine.adapters.resolve([("a06", 1.0), ("a05", 1.0)])  # 3 + 8 > max rank 8
+        engine.tiers.resolve([("a06", 1.0), ("a05", 1.0)])  # 3 + 8 > max rank 8

@@ -21,13 +21,12 @@ def _child(params: SamplingParams, prompt: list[int] = [5, 6]) -> RequestState: 
     return parent.children[0]
 
 
-def _processor(finished: list[tuple[RequestState, str]]) -> OutputProcessor:
-    return OutputProcessor(frozenset({EOS}), 16, lambda s, r: finished.append((s, r)))
+def _processor() -> OutputProcessor:
+    return OutputProcessor(frozenset({EOS}), 16)
 
 
 def test_eos_stop_ids_stop_strings_and_length() -> None:
-    finished: list[tuple[RequestState, str]] = []
-    proc = _processor(finished)
+    proc = _processor()
     eos = _child(SamplingParams(max_tokens=5))
     assert proc.advance(eos, 7).text.strip() == "t7"
     last = proc.advance(eos, EOS)
@@ -42,8 +41,20 @@ def test_eos_stop_ids_stop_strings_and_length() -> None:
     proc.advance(length, EOS)
     out = proc.advance(length, EOS)
     assert out.finish_reason == "length" and out.num_output_tokens == 2
-    reasons = ["stop", "stop", "stop", "length"]
-    assert [(s.seq.request_id, r) for s, r in finished] == [("q-0", r) for r in reasons]
+    states = [eos, stop_id, stop_str, length]
+    assert [s.finish_reason for s in states] == ["stop", "stop", "stop", "length"]
+    assert not any(s.finished for s in states)  # the engine finishes them, not the processor
+
+
+def test_process_returns_the_states_that_stopped_and_calls_nothing() -> None:
+    """The step runs one way: the processor hands back who stopped; it never calls up."""
+    proc = _processor()
+    going, ending = _child(SamplingParams(max_tokens=5)), _child(SamplingParams(max_tokens=5))
+    logits = torch.zeros(2, 8)
+    outputs, finished = proc.process([going, ending], [7, EOS], [None, None], logits, [])
+    assert [o.finished for o in outputs] == [False, True]
+    assert finished == [ending] and ending.finish_reason == "stop"
+    assert going.finish_reason is None
 
 
 def test_metrics_are_recorded_by_the_engine_side() -> None:
@@ -54,7 +65,7 @@ def test_metrics_are_recorded_by_the_engine_side() -> None:
         count("loraplex_time_to_first_token_seconds_count"),
         count("loraplex_generation_tokens_total"),
     )
-    proc = _processor([])
+    proc = _processor()
     child = _child(SamplingParams(max_tokens=3, ignore_eos=True))
     for token in (7, 8, 9):
         proc.advance(child, token)

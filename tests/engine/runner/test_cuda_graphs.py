@@ -54,7 +54,7 @@ def test_the_cpu_engine_runs_decode_eagerly_without_padding(tmp_path: Path) -> N
             lora=LoRAConfig(max_loras=2, max_lora_rank=8, adapters_dir=str(tmp_path / "none")),
         )
     )
-    assert engine.decode.graphs is None and not engine.decode.pad
+    assert engine.runner.decode.graphs is None and not engine.runner.decode.pad
 
 
 @pytest.fixture(scope="module")
@@ -137,9 +137,9 @@ def test_the_engine_gives_the_same_greedy_tokens_with_graphs_and_eager(store) ->
     requests += [([30, 31], "late"), ([50, 51, 52], "all")]
     params = {"max_tokens": 8, "temperature": 0, "ignore_eos": True}
     with_graphs = engine(False)
-    assert with_graphs.decode.graphs is not None and with_graphs.decode.pad
+    assert with_graphs.runner.decode.graphs is not None and with_graphs.runner.decode.pad
     eager = engine(True)
-    assert eager.decode.graphs is None
+    assert eager.runner.decode.graphs is None
     assert run(with_graphs, requests, **params) == run(eager, requests, **params)
 
 

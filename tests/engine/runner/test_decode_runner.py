@@ -110,7 +110,7 @@ def engine_for(store: tuple[Path, Path], buffered: bool, pad: bool):
             lora=LoRAConfig(max_loras=3, max_lora_rank=8, adapters_dir=str(adapters)),
         )
     )
-    decode = engine.decode
+    decode = engine.runner.decode
     decode.pad = pad
     calls = {"buffered": 0}
     real_run = decode.run

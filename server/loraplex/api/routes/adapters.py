@@ -30,7 +30,7 @@ from loraplex.api.auth import LOAD_PATH, MANAGE, MERGE, PIN, Principal, Principa
 from loraplex.api.deps import AuthDep, EngineDep, LimitsDep
 from loraplex.api.errors import APIError
 from loraplex.api.upload import staged_upload
-from loraplex.engine.async_engine import AsyncEngine
+from loraplex.engine import AsyncEngine
 
 router = APIRouter(prefix="/v1", tags=["adapters"], dependencies=[AuthDep])
 

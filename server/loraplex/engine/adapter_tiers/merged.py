@@ -27,7 +27,7 @@ import torch
 
 from loraplex import metrics
 from loraplex.adapters.weights import LoRAAdapter
-from loraplex.engine.adapter_tiers.pins import CapacityError
+from loraplex.engine.errors import CapacityError
 from loraplex.lora.manager import LoRAModelManager
 
 log = logging.getLogger(__name__)
@@ -43,7 +43,7 @@ class MergedCopy:
     leaving: bool = False  # unmerged or deleted: no new request starts on it
 
 
-class MergedTenants:
+class MergedCopies:
     """At most ``limit`` merged copies in memory (leaving ones included) or being computed.
 
     The maps are guarded by one lock, so ``begin``, ``serves`` and the byte counts may be asked

@@ -6,16 +6,8 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 
-from loraplex.engine.request.params import ParameterError
-
-
-class CapacityError(ParameterError):
-    """A server-wide cap is reached (HTTP 409); the message names the option that sets it."""
-
-
-def adapter_name(key: str) -> str:
-    """The adapter name of a key ``name@version`` (names never contain ``@``)."""
-    return key.partition("@")[0]
+from loraplex.adapters.card import adapter_name
+from loraplex.engine.errors import CapacityError
 
 
 class PinBudget:

@@ -17,10 +17,10 @@ from typing import TypeVar
 
 from loraplex.adapters.archive import extract_archive
 from loraplex.adapters.card import AdapterCard
-from loraplex.adapters.errors import AdapterRefusedError
+from loraplex.adapters.errors import AdapterError, AdapterRefusedError
 from loraplex.adapters.roots import copy_from_root
 from loraplex.adapters.rules import Limits
-from loraplex.engine.adapter_tiers.tiers import EngineAdapters
+from loraplex.engine.adapter_tiers.tiers import AdapterTiers
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -33,7 +33,7 @@ class AdapterService:
     (``name`` public, ``tenant/name`` a tenant's): the API resolves what a caller may see
     (``api/auth.py``) before it calls here."""
 
-    def __init__(self, adapters: EngineAdapters, on_engine: OnEngine) -> None:
+    def __init__(self, adapters: AdapterTiers, on_engine: OnEngine) -> None:
         self._adapters = adapters
         self._registry = adapters.registry
         self._on_engine = on_engine
@@ -49,6 +49,13 @@ class AdapterService:
 
     def has(self, name: str) -> bool:
         return self._registry.has(name)
+
+    def find(self, name: str) -> AdapterCard | None:
+        """The card of a qualified name, or None (one lookup: requests pass the card on)."""
+        try:
+            return self._registry.get(name)
+        except AdapterError:
+            return None
 
     def cards(self) -> list[AdapterCard]:
         return self._registry.cards()

@@ -1,7 +1,8 @@
-"""The engine's view of adapters: resolve names, keep step adapters resident, merge tenants.
+"""The engine's view of adapters: resolve them, hold them for the requests that run on them,
+keep a step's adapters resident, serve pre-merged copies.
 
 Tier moves: store -> host memory happens on the registry's loader threads; host -> device slot
-happens in :meth:`EngineAdapters.activate`, between steps, on the engine thread (on a GPU as
+happens in :meth:`AdapterTiers.activate`, between steps, on the engine thread (on a GPU as
 copies from pinned memory on a side stream, which only the steps reading the slot wait for).
 """
 
@@ -11,6 +12,7 @@ import logging
 import time
 from collections.abc import Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -22,19 +24,25 @@ from loraplex.adapters.roots import check_path
 from loraplex.adapters.rules import Limits
 from loraplex.adapters.weights import LoRAAdapter, combine, mix_key
 from loraplex.config import LoRAConfig
-from loraplex.engine.adapter_tiers.merged import MergedTenants
+from loraplex.engine.adapter_tiers.merged import MergedCopies
 from loraplex.engine.adapter_tiers.pins import PinBudget
-from loraplex.engine.request.params import ParameterError
+from loraplex.engine.errors import ParameterError
 from loraplex.engine.request.sequence import Sequence
 from loraplex.engine.runner.model_runner import ModelRunner
 from loraplex.lora.slot_cache import SlotCache
 
+if TYPE_CHECKING:
+    from loraplex.engine.output.state import ParentRequest, RequestState
+
 log = logging.getLogger(__name__)
-AdapterSpec = str | list[tuple[str, float]] | None
+# An adapter as a request names it: its card (what the API resolved in the caller's namespace)
+# or qualified name, a weighted mix of them ``[(adapter, weight), ...]``, or None (base model).
+AdapterRef = str | AdapterCard
+AdapterSpec = AdapterRef | list[tuple[AdapterRef, float]] | None
 
 
-class EngineAdapters:
-    """Registry (store + host tier), device slots and pre-merged tenants of one engine.
+class AdapterTiers:
+    """Registry (store + host tier), device slots and pre-merged copies of one engine.
 
     ``build_engine`` wires it (``engine/build.py``); the API reaches it only through the
     :class:`~loraplex.engine.adapter_tiers.service.AdapterService`.
@@ -53,7 +61,7 @@ class EngineAdapters:
         self.registry = registry
         self.slots = slots
         self.limits = limits
-        self.merges = MergedTenants(runner.lora, config.max_merged_adapters)
+        self.merges = MergedCopies(runner.lora, config.max_merged_adapters)
         self.pins = PinBudget(config.pinned_limit, lambda: slots.pinned)
         # Whether sequences were running at the last poll: only then is a request held back
         # while its slot's copy is in flight (with none running, a wait stalls nobody).
@@ -62,13 +70,14 @@ class EngineAdapters:
     # ---- requests (API thread) ---------------------------------------------------------
 
     def resolve(self, spec: AdapterSpec) -> tuple[str | None, bool]:
-        """(adapter key, pre-merged?) for a request; a mix is built now, off the engine thread."""
+        """(adapter key, pre-merged?) for a request; a mix is built now, off the engine thread.
+        A card is used as is (the API looked it up once); a name is looked up here."""
         if spec is None:
             return None, False
-        if isinstance(spec, str):
-            key = self.registry.get(spec).key
+        if not isinstance(spec, list):
+            key = self._card(spec).key
             return key, self.merges.serves(key)
-        parts = [(self.registry.get(name), weight) for name, weight in spec]
+        parts = [(self._card(ref), weight) for ref, weight in spec]
         key = mix_key([(card.key, weight) for card, weight in parts])
         if self.registry.loaded(key) is None:
             mix = combine([(self.load(card), weight) for card, weight in parts])
@@ -80,6 +89,9 @@ class EngineAdapters:
                 raise ParameterError("adapters", message)
             self.registry.add_ephemeral(mix)
         return key, False
+
+    def _card(self, ref: AdapterRef) -> AdapterCard:
+        return ref if isinstance(ref, AdapterCard) else self.registry.get(ref)
 
     def load(self, card: AdapterCard) -> LoRAAdapter:
         """``card``'s weights: from host memory, else read from the store now (any thread)."""
@@ -93,6 +105,32 @@ class EngineAdapters:
         return check_path(path, self.config.adapter_roots)
 
     # ---- engine thread -----------------------------------------------------------------
+
+    def hold(self, parent: ParentRequest) -> None:
+        """As ``parent`` is queued, each child holds its adapter in host memory, and a
+        pre-merged one its merged copy, until :meth:`release`. A copy unmerged and dropped
+        since the request was prepared is gone: the children run dynamically (the same
+        weights)."""
+        adapter = parent.adapter
+        merged = parent.merged and self.merges.hold(adapter, len(parent.children))
+        parent.merged = merged
+        if adapter is not None and not merged:
+            hit = adapter in self.registry.host
+            metrics.record_adapter_lookups("host", hits=int(hit), misses=int(not hit))
+        for state in parent.children:
+            state.seq.merged = state.holds_merged = merged
+            if adapter is not None:
+                self.registry.host.acquire(adapter)
+                state.holds_adapter = True
+
+    def release(self, state: RequestState) -> None:
+        """A child finished: what it held (host memory, a merged copy) is released, once."""
+        if state.holds_adapter:
+            state.holds_adapter = False
+            self.registry.host.release(state.seq.adapter)
+        if state.holds_merged:
+            state.holds_merged = False
+            self.merges.release(state.seq.adapter)
 
     def is_ready(self, seq: Sequence) -> bool:
         """Whether ``seq`` may join the next step: its adapter is in host memory (the engine

@@ -1,14 +1,16 @@
 """After the forward: append each sampled token, detokenize, decide stops, build the outputs.
 
-Runs on the engine thread. Also the one place that records a request's latency metrics (queue
-time, time to first token, inter-token latency, generated tokens, end-to-end time and outcome
-by adapter), so anything that drives the engine, HTTP or not, reports the same numbers.
+Runs on the engine thread and never calls back into the engine: a child that stops gets its
+``finish_reason`` and is returned among the step's finished states, which the engine then
+finishes (blocks freed, adapter released). Also the one place that records a request's latency
+metrics (queue time, time to first token, inter-token latency, generated tokens, end-to-end time
+and outcome by adapter), so anything that drives the engine, HTTP or not, reports the same
+numbers.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 
 import torch
 
@@ -21,21 +23,11 @@ from loraplex.engine.sample.logprobs import token_logprobs
 
 
 class OutputProcessor:
-    """Turns sampled tokens into :class:`RequestOutput` deltas and finishes what stops.
+    """Turns sampled tokens into :class:`RequestOutput` deltas and decides what stops."""
 
-    ``finish(state, reason)`` is the engine's: it frees the sequence's blocks and releases its
-    adapter; it is called exactly once per child, here or on abort.
-    """
-
-    def __init__(
-        self,
-        eos_token_ids: frozenset[int],
-        max_model_len: int,
-        finish: Callable[[RequestState, str], None],
-    ) -> None:
+    def __init__(self, eos_token_ids: frozenset[int], max_model_len: int) -> None:
         self.eos_token_ids = eos_token_ids
         self.max_model_len = max_model_len
-        self._finish = finish
 
     def process(
         self,
@@ -44,24 +36,27 @@ class OutputProcessor:
         logprobs: list[TokenLogprob | None],
         logits: torch.Tensor,
         prompt_targets: list[tuple[Sequence, int]],
-    ) -> list[RequestOutput]:
-        """One output per sampled row, with its logprob entry (None: not asked for).
+    ) -> tuple[list[RequestOutput], list[RequestState]]:
+        """One output per sampled row, with its logprob entry (None: not asked for), and the
+        states that stopped this step (their ``finish_reason`` set) for the engine to finish.
         ``logits`` [N + M, V]: rows of ``states`` (N), then one row per ``prompt_targets``
         entry (M prompt tokens to score, usually none)."""
         if prompt_targets:
             score_prompts(logits[len(states) :], prompt_targets)
-        return [
+        outputs = [
             self.advance(state, token, logprob)
             for state, token, logprob in zip(states, tokens, logprobs, strict=True)
         ]
+        return outputs, [state for state in states if state.finish_reason is not None]
 
     def advance(
         self, state: RequestState, token: int, logprob: TokenLogprob | None = None
     ) -> RequestOutput:
-        """Append one sampled token, detokenize it and decide whether the sequence is done."""
+        """Append one sampled token, detokenize it and decide whether the sequence is done
+        (then ``state.finish_reason`` is set)."""
         seq, params = state.seq, state.params
         if params.max_tokens == 0:  # scoring only: the prompt ran (its logprobs are in)
-            self._finish(state, "length")
+            state.finish_reason = "length"
             return self.output(state, "", (), "length")
         seq.append_token(token)
         reason, text = None, ""
@@ -78,7 +73,7 @@ class OutputProcessor:
         if reason is not None:
             if reason != "stop" or not state.detokenizer.stopped:
                 text += state.detokenizer.flush()
-            self._finish(state, reason)
+            state.finish_reason = reason
         return self.output(state, text, (token,), reason, logprob)
 
     def output(

@@ -16,8 +16,8 @@ from typing import Any
 
 import torch
 
+from loraplex.adapters.tenancy import DEFAULT_TENANT
 from loraplex.engine.output.detokenizer import IncrementalDetokenizer
-from loraplex.engine.queue_limits import DEFAULT_TENANT
 from loraplex.engine.request.params import SamplingParams
 from loraplex.engine.request.sequence import Sequence
 
@@ -36,7 +36,8 @@ class RequestState:
     first_token_time: float | None = None  # monotonic time of its first output
     last_token_time: float | None = None  # of its latest output token (inter-token latency)
     sent_prompt_logprobs: bool = False  # they go out once, with the first output
-    finished: bool = False
+    finish_reason: str | None = None  # why it stopped (the output processor decides)
+    finished: bool = False  # the engine finished it: blocks freed, adapter released
 
     @property
     def params(self) -> SamplingParams:
@@ -50,7 +51,7 @@ class ParentRequest:
     request_id: str
     adapter: str | None  # the adapter key, None for the base model
     merged: bool  # that adapter runs pre-merged into the weights
-    tenant: str = DEFAULT_TENANT  # who asked (admission and the fair waiting queue)
+    tenant: str = DEFAULT_TENANT  # who asked (its queue limit and the fair waiting queue)
     arrival_time: float = field(default_factory=time.monotonic)
     children: list[RequestState] = field(default_factory=list)
 

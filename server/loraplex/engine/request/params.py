@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+from loraplex.engine.errors import ParameterError
+
 MAX_LOGPROBS = 20  # most alternatives per token, as OpenAI allows
 # Stop conditions run on the engine thread for every token of the request, so their size is
 # capped (OpenAI allows 4 stop strings; the matcher is linear in any case).
@@ -14,14 +16,6 @@ MAX_STOP_TOKEN_IDS = 256
 MAX_TOP_K = 2**31 - 1  # any k past the vocabulary means "off"; beyond this torch overflows
 # torch.Generator.manual_seed takes a 64-bit seed; sample j of n uses seed + j.
 SEED_RANGE = (-(2**63), 2**63 - 1)
-
-
-class ParameterError(ValueError):
-    """A request parameter is out of range; ``param`` names it (OpenAI's ``error.param``)."""
-
-    def __init__(self, param: str, message: str) -> None:
-        super().__init__(message)
-        self.param = param
 
 
 def _check(condition: bool, param: str, message: str) -> None:

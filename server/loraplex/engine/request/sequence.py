@@ -7,7 +7,7 @@ import itertools
 import time
 from dataclasses import dataclass, field
 
-from loraplex.engine.queue_limits import DEFAULT_TENANT
+from loraplex.adapters.tenancy import DEFAULT_TENANT
 from loraplex.engine.request.outputs import TokenLogprob
 from loraplex.engine.request.params import SamplingParams
 

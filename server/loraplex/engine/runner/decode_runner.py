@@ -11,14 +11,17 @@ from __future__ import annotations
 
 import bisect
 import logging
+from typing import TYPE_CHECKING
 
 import torch
 
 from loraplex.engine.request.sequence import Sequence
 from loraplex.engine.runner.cuda_graphs import DecodeGraphs, graphs_unavailable
 from loraplex.engine.runner.decode_inputs import DecodeInputs, is_pure_decode, padded_sizes
-from loraplex.engine.runner.model_runner import ModelRunner
 from loraplex.engine.sched.scheduler import ScheduledSeq
+
+if TYPE_CHECKING:  # the runner owns its decode runner: no import back at run time
+    from loraplex.engine.runner.model_runner import ModelRunner
 
 log = logging.getLogger(__name__)
 

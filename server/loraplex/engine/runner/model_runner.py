@@ -1,9 +1,11 @@
-"""Loads the base model once and runs one packed forward per step."""
+"""Loads the base model once and runs each step's forward: :meth:`ModelRunner.execute` picks
+the decode buffers (CUDA graphs where captured) or one packed batch."""
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
@@ -14,14 +16,30 @@ from loraplex.engine.attention.paged import FORWARD, register_paged_attention
 from loraplex.engine.attention.select import select_attention
 from loraplex.engine.model.dummy import build_dummy_model, dummy_tokenizer
 from loraplex.engine.model.loading import load_pretrained
-from loraplex.engine.runner.batch import PackedBatch
+from loraplex.engine.request.sequence import Sequence
+from loraplex.engine.runner.batch import PackedBatch, build_batch
 from loraplex.engine.runner.huge_pages import huge_zeros, move_to_huge_pages
 from loraplex.engine.runner.memory_sizing import activation_reserve_bytes, kv_cache_bytes
+from loraplex.engine.sched.scheduler import ScheduledSeq
 from loraplex.lora.manager import LoRAModelManager, padded_rank
 from loraplex.lora.ops import LoRAMeta, select_add_lora
 from loraplex.paths import kernel_cache
 
+if TYPE_CHECKING:
+    from loraplex.engine.runner.decode_runner import DecodeRunner
+
 log = logging.getLogger(__name__)
+
+
+@dataclass
+class Executed:
+    """One step's forward: ``seqs`` sample, in row order (N); ``prompt_targets[m]`` is the
+    (sequence, prompt token) that logits row ``N + m`` scores (usually none); ``logits``
+    [N + M, vocab] float32."""
+
+    seqs: list[Sequence]
+    prompt_targets: list[tuple[Sequence, int]]
+    logits: torch.Tensor
 
 
 @dataclass(frozen=True)
@@ -164,6 +182,9 @@ class ModelRunner:
             return torch.zeros(shape, dtype=self.dtype, device=self.device)
 
         self.kv_caches = [(zeros(), zeros()) for _ in range(self.layout.num_layers)]
+        # Pure-decode steps: persistent buffers, CUDA graphs where they can be captured. Set by
+        # ``build_engine`` once the context length is known (decode_runner.decode_runner_for).
+        self.decode: DecodeRunner | None = None
         log.info(
             "KV cache: %d blocks of %d tokens (%.0f MiB)",
             self.layout.num_blocks,
@@ -195,6 +216,17 @@ class ModelRunner:
     @property
     def max_position_embeddings(self) -> int | None:
         return getattr(self.model.config.get_text_config(), "max_position_embeddings", None)
+
+    def execute(self, scheduled: list[ScheduledSeq], slot_of: dict[str, int]) -> Executed:
+        """Run the step's scheduled chunks (``slot_of``: adapter key -> device slot): through
+        the decode buffers when every sequence feeds one token and samples, else packed into
+        one batch. Nothing is recorded, so a failed call can be retried (same KV rows)."""
+        if self.decode is not None and self.decode.eligible(scheduled):
+            seqs, logits = self.decode.run(scheduled, slot_of)
+            return Executed(seqs, [], logits)
+        block_size, slots = self.layout.block_size, self.lora.num_slots
+        batch = build_batch(scheduled, slot_of, block_size, slots, self.device)
+        return Executed(batch.sample_seqs, batch.prompt_targets, self.forward(batch))
 
     @torch.inference_mode()
     def forward(self, batch: PackedBatch) -> torch.Tensor:

@@ -22,7 +22,7 @@ from loraplex.engine.request.params import SamplingParams
 
 # Floor for the exponential noise: a zero would turn p=0 into 0/0=nan, and argmax picks nan.
 _MIN_NOISE = 1e-20
-# What ``logprobs.read_sampled`` returns for a row whose logits were not finite (no token id is < 0).
+# What ``logprobs.read_sampled`` returns for a row whose logits were not finite (ids are >= 0).
 NON_FINITE = -1
 
 
