@@ -159,7 +159,7 @@ class LoRAConfig:
 
     ``lora_modules`` are extra ``(name, path)`` pairs registered at start; ``adapter_roots`` are
     the only server-side folders ``/v1/adapters/load`` may read; ``merged_adapters`` are merged
-    into the weights at start (dedicated tenants).
+    into the weights at start (pre-merged copies).
 
     ``max_merged_adapters`` caps the pre-merged copies held at once (each one is a copy of every
     base weight its adapter targets); 0 turns merging off.

@@ -1,4 +1,4 @@
-"""Pre-merged tenants (engine/adapter_tiers/merged.py): a running request keeps the weights it
+"""Pre-merged copies (engine/adapter_tiers/merged.py): a running request keeps the weights it
 started on across unmerge, delete and replace; copies are capped and counted; unmerging leaves W0
 exact."""
 

@@ -1,4 +1,4 @@
-"""Adapter tiers, pre-merged tenants and weighted mixes, end to end through the engine."""
+"""Adapter tiers, pre-merged copies and weighted mixes, end to end through the engine."""
 
 from __future__ import annotations
 

@@ -171,7 +171,7 @@ async def delete_adapter(name: str, engine: EngineDep, principal: PrincipalDep) 
 async def merge_adapter(
     name: str, engine: EngineDep, principal: PrincipalDep
 ) -> AdapterCardResponse:
-    """Merge the adapter into the base weights: a dedicated tenant without per-token cost."""
+    """Merge the adapter into the base weights: a pre-merged copy, without per-token cost."""
     card = await engine.adapters.merge(_visible(engine, principal, name))
     return card_response(engine, card, principal.display_name(card))
 

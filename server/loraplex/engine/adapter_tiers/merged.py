@@ -1,4 +1,4 @@
-"""Pre-merged tenants: copies ``W = W0 + scale·B·A`` of the modules an adapter targets, kept
+"""Pre-merged copies: copies ``W = W0 + scale·B·A`` of the modules an adapter targets, kept
 beside the untouched ``W0`` (so unmerging is exact: the copy is dropped).
 
 Each copy costs a full base weight per targeted module (a rank-1 adapter on all seven

@@ -29,7 +29,7 @@ OnEngine = Callable[[Callable[[], T]], Awaitable[T]]
 
 
 class AdapterService:
-    """The API's one door to adapters (``engine.adapters``). Every name is qualified
+    """The API's one door to adapters (``AsyncEngine.adapters``). Every name is qualified
     (``name`` public, ``tenant/name`` a tenant's): the API resolves what a caller may see
     (``api/auth.py``) before it calls here."""
 

@@ -24,7 +24,7 @@ from loraplex.engine.request.sequence import Sequence
 
 @dataclass(eq=False)
 class RequestState:
-    """One sample of one prompt, from admission to its last output."""
+    """One sample of one prompt, from its arrival to its last output."""
 
     parent: ParentRequest
     index: int  # choice index within the parent: i * n + j
