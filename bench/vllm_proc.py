@@ -37,7 +37,7 @@ def vllm_command(
     command = [
         str(python), "-m", "vllm.entrypoints.openai.api_server",
         "--host", "127.0.0.1", "--port", str(port), "--model", str(model_dir),
-        "--served-model-name", model_dir.name, "--disable-log-requests",
+        "--served-model-name", model_dir.name,
     ]  # fmt: skip
     if adapters:
         command += ["--enable-lora", "--lora-modules"]
