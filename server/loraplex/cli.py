@@ -142,8 +142,8 @@ def serve(config: Config) -> None:
     """Run the HTTP server until SIGTERM/SIGINT, which drain it first (api/lifecycle.py)."""
     # Here, not at the top: --help must not import torch.
     from loraplex.api.app import create_app
+    from loraplex.api.http_protocol import uvicorn_options
     from loraplex.api.lifecycle import serve_until_signalled
-    from loraplex.api.timeouts import uvicorn_options
 
     level = config.server.log_level
     # uvicorn configures only its own loggers; ours follow the same level ("trace" is uvicorn's).
