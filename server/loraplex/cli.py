@@ -132,6 +132,7 @@ def build_config(args: argparse.Namespace) -> Config:
             body_timeout=args.body_timeout,
             body_min_rate=args.body_min_rate,
             max_request_mb=args.max_request_mb,
+            max_chat_messages=args.max_chat_messages,
             tokenizer_threads=args.tokenizer_threads,
             shutdown_timeout=args.shutdown_timeout,
         ),
