@@ -20,7 +20,7 @@ import pytest
 from tenant_world import KEYS, World, greedy, world_fixture
 from victim_clock import Latencies, connect, measure, read_answer, request_head, status_of
 
-from loraplex.api.chunk_guard import FREE_CHUNKS
+from loraplex.api.chunk_guard import BYTES_PER_CHUNK, FREE_CHUNKS
 
 world = world_fixture("floods")
 BASELINE_S, ATTACK_S = 2.0, 3.0
@@ -123,13 +123,18 @@ def test_json_bodies_without_a_key_are_401_before_they_are_read(
     took = sorted(seconds for _, seconds in answers)
     print(f"attacker: {len(answers)} bodies of 15 MB, median answer {took[len(took) // 2]:.3f} s")
     assert answers and {status for status, _ in answers} == {401}, answers
+    assert took[len(took) // 2] < 1.0  # unguarded: 6-8 s, the body read and parsed first
 
 
-def test_reasonable_chunks_and_keyed_bodies_are_served(world: World) -> None:
+@pytest.mark.parametrize("size", [7, 300])
+def test_reasonable_chunks_are_served(world: World, size: int) -> None:
+    """Few small chunks, or many past the free ones that average over BYTES_PER_CHUNK."""
     request = {"model": "support", "prompt": "The capital of France is", "temperature": 0.0}
-    body = json.dumps({**request, "max_tokens": 8, "ignore_eos": True}).encode()
-    pieces = [body[i : i + 7] for i in range(0, len(body), 7)]  # small, but few of them
-    assert len(pieces) < FREE_CHUNKS
+    padding = "x" * (0 if size == 7 else 600_000)  # an ignored field: 2,000 chunks of 300
+    body = json.dumps({**request, "max_tokens": 8, "ignore_eos": True, "pad": padding}).encode()
+    pieces = [body[i : i + size] for i in range(0, len(body), size)]
+    assert len(pieces) < FREE_CHUNKS if size == 7 else len(pieces) > FREE_CHUNKS
+    assert size < BYTES_PER_CHUNK or size > BYTES_PER_CHUNK
     headers = {"Authorization": f"Bearer {KEYS['globex']}", "Content-Type": "application/json"}
     response = httpx.post(f"{world.url}/v1/completions", content=iter(pieces), headers=headers)
     assert response.status_code == 200, response.text

@@ -9,7 +9,7 @@ import socket
 import statistics
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import httpx
@@ -43,7 +43,7 @@ class Latencies:
 
 
 def measure(
-    url: str, complete: Callable[[], str], seconds: float, attacks: list[Attack] = ()
+    url: str, complete: Callable[[], str], seconds: float, attacks: Sequence[Attack] = ()
 ) -> Latencies:
     """Run ``attacks`` (each in its own thread) for ``seconds`` while one thread probes
     ``/health`` every 50 ms and another runs ``complete`` back to back; every victim call

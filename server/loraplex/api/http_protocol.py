@@ -100,6 +100,12 @@ def guarded_protocol(server: ServerConfig) -> type[H11Protocol]:
             super().on_response_complete()
             self._watch()
 
+        def shutdown(self) -> None:
+            if self.transport.lingering:  # the server is stopping: it owes no more reading
+                self.transport.close_now()
+                return
+            super().shutdown()
+
         def connection_lost(self, exc: Exception | None) -> None:
             self._cancel()
             self.transport.forget()

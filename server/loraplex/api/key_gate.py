@@ -42,9 +42,14 @@ class KeyGate:
             for route in router.routes
             if isinstance(route, APIRoute) and _authenticates(route.dependant)
         ]
+        # A path can match a route only if it starts with the route's text up to its first
+        # parameter: one C-level test turns away /health and its like without a regex.
+        self.prefixes = tuple(route.path.partition("{")[0] for route in self.guarded)
 
     def guards(self, scope: Scope) -> bool:
         """Whether a route that authenticates answers this path (with any method)."""
+        if not scope["path"].startswith(self.prefixes):
+            return False
         return any(route.matches(scope)[0] is not Match.NONE for route in self.guarded)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:  # type: ignore[override]

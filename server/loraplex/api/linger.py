@@ -18,7 +18,7 @@ from collections.abc import Callable
 from typing import Any
 
 LINGER_BYTES = 64 << 20  # read and dropped at most (a body 4x --max-request-mb still hears)
-LINGER_S = 5.0  # lingering lasts at most this long (nginx's lingering_timeout)
+LINGER_S = 5.0  # at most this long in all (nginx: 30 s in all, 5 s between reads)
 LINGER_IDLE_S = 0.5  # a client quiet this long is not sending a body: close
 
 
