@@ -132,6 +132,7 @@ def build_config(args: argparse.Namespace) -> Config:
             body_timeout=args.body_timeout,
             body_min_rate=args.body_min_rate,
             max_request_mb=args.max_request_mb,
+            max_chat_messages=args.max_chat_messages,
             tokenizer_threads=args.tokenizer_threads,
             shutdown_timeout=args.shutdown_timeout,
             ui=args.ui,
@@ -143,8 +144,8 @@ def serve(config: Config) -> None:
     """Run the HTTP server until SIGTERM/SIGINT, which drain it first (api/lifecycle.py)."""
     # Here, not at the top: --help must not import torch.
     from loraplex.api.app import create_app
+    from loraplex.api.http_protocol import uvicorn_options
     from loraplex.api.lifecycle import serve_until_signalled
-    from loraplex.api.timeouts import uvicorn_options
 
     level = config.server.log_level
     # uvicorn configures only its own loggers; ours follow the same level ("trace" is uvicorn's).

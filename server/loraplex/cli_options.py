@@ -272,6 +272,14 @@ def _add_server_options(serve: argparse.ArgumentParser) -> None:
         "413, answered as soon as the cap is crossed, before any parsing",
     )
     server.add_argument(
+        "--max-chat-messages",
+        type=int,
+        default=ServerConfig.max_chat_messages,
+        metavar="N",
+        help="most messages in a chat request, and most content parts in all (OpenAI caps "
+        "messages at 2048); past it a 400 before anything is validated or rendered",
+    )
+    server.add_argument(
         "--tokenizer-threads",
         type=int,
         default=ServerConfig.tokenizer_threads,

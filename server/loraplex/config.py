@@ -237,10 +237,12 @@ class ServerConfig:
     connection). ``body_timeout`` + received bytes / ``body_min_rate``: the deadline of a body
     (0 as the rate: a fixed deadline); past it a 408 and the connection closes.
     ``max_request_mb``: the largest request body other than an adapter upload (413 past it,
-    counted as it streams in). ``tokenizer_threads``: the pool that tokenizes, renders chat
-    templates and decodes echoes off the event loop. ``shutdown_timeout``: after SIGTERM,
-    running requests get this long to finish before they are aborted. ``ui``: serve the
-    playground page at ``/`` (``--no-ui`` turns it off; the API is the same either way).
+    counted as it streams in). ``max_chat_messages``: the most messages a chat request may
+    have, and the most content parts in all (checked before they are validated or rendered).
+    ``tokenizer_threads``: the pool that tokenizes, renders chat templates and decodes echoes
+    off the event loop. ``shutdown_timeout``: after SIGTERM, running requests get this long
+    to finish before they are aborted. ``ui``: serve the playground page at ``/``
+    (``--no-ui`` turns it off; the API is the same either way).
     """
 
     host: str = "127.0.0.1"
@@ -254,12 +256,14 @@ class ServerConfig:
     body_timeout: float = 30.0
     body_min_rate: int = 65536
     max_request_mb: int = 16
+    max_chat_messages: int = 2048  # OpenAI's own cap on messages
     tokenizer_threads: int = 4
     shutdown_timeout: float = 30.0
     ui: bool = True
 
     def __post_init__(self) -> None:
         _require(self.max_request_mb > 0, "--max-request-mb must be positive")
+        _require(self.max_chat_messages > 0, "--max-chat-messages must be positive")
         _require(self.tokenizer_threads > 0, "--tokenizer-threads must be positive")
         _require(self.shutdown_timeout >= 0, "--shutdown-timeout must be >= 0")
         _require(0 <= self.port < 65536, "--port must be in 0..65535")

@@ -22,7 +22,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Annotated, Any
 
@@ -156,21 +156,20 @@ class KeyTable:
         return found
 
 
-def presented_key(request: Request) -> str | None:
+def presented_key(headers: Mapping[str, str]) -> str | None:
     """The key of ``Authorization: Bearer <key>``, else of ``x-api-key``."""
-    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    scheme, _, token = headers.get("authorization", "").partition(" ")
     if scheme.lower() == "bearer" and token.strip():
         return token.strip()
-    return request.headers.get("x-api-key", "").strip() or None
+    return headers.get("x-api-key", "").strip() or None
 
 
-def authenticate(request: Request) -> Principal:
-    """The caller of a ``/v1`` (or ``/generate``) route; 401 without a known key when keys are
-    configured. ``/health``, ``/ready`` and ``/metrics`` never ask."""
-    table: KeyTable = request.app.state.keys
+def caller(table: KeyTable, headers: Mapping[str, str]) -> Principal:
+    """The principal the request headers authenticate: :data:`OPEN` without configured keys,
+    else the key's; 401 (OpenAI's shape) without a known key."""
     if not table:
         return OPEN
-    key = presented_key(request)
+    key = presented_key(headers)
     principal = table.lookup(key) if key is not None else None
     if principal is None:
         raise APIError(
@@ -180,7 +179,19 @@ def authenticate(request: Request) -> Principal:
             code="invalid_api_key",
             headers={"WWW-Authenticate": "Bearer"},
         )
-    request.state.tenant = principal.tenant  # what admission counts the request against
+    return principal
+
+
+def authenticate(request: Request) -> Principal:
+    """The caller of a ``/v1`` (or ``/generate``) route; 401 without a known key when keys are
+    configured. ``/health``, ``/ready`` and ``/metrics`` never ask. The same check already ran
+    on the request's headers before its body was read (:class:`~loraplex.api.key_gate.KeyGate`),
+    which left the principal in ``request.state``."""
+    principal = getattr(request.state, "principal", None)
+    if not isinstance(principal, Principal):
+        principal = caller(request.app.state.keys, request.headers)
+    if not principal.open:
+        request.state.tenant = principal.tenant  # what admission counts the request against
     return principal
 
 

@@ -107,11 +107,16 @@ def _max_chars_per_token(tokenizer: Any) -> int:
     return max((len(token) for token in tokenizer.get_vocab()), default=1) or 1
 
 
+def max_prompt_chars(engine: AsyncEngine) -> int:
+    """The most characters a prompt that fits the context can have: text of ``L`` characters
+    has at least ``L / max_chars_per_token`` tokens."""
+    return engine.max_model_len * _max_chars_per_token(engine.tokenizer)
+
+
 def check_prompt_length(engine: AsyncEngine, text: str, param: str = "prompt") -> None:
-    """Refuse, from its length alone, text that must be longer than the context: it has at
-    least ``len(text) / max_chars_per_token`` tokens, so nothing is tokenized to find out."""
-    limit = engine.max_model_len * _max_chars_per_token(engine.tokenizer)
-    if len(text) > limit:
+    """Refuse, from its length alone, text that must be longer than the context
+    (:func:`max_prompt_chars`), so nothing is tokenized to find out."""
+    if len(text) > max_prompt_chars(engine):
         raise ParameterError(
             param,
             f"{param} has {len(text)} characters, so more tokens than the model's context "
@@ -120,15 +125,19 @@ def check_prompt_length(engine: AsyncEngine, text: str, param: str = "prompt") -
 
 
 async def tokenize(
-    request: Request, engine: AsyncEngine, prompt: str | list[int], special: bool = True
+    request: Request,
+    engine: AsyncEngine,
+    prompt: str | list[int],
+    special: bool = True,
+    param: str = "prompt",
 ) -> list[int]:
     """Token ids of one prompt, computed in the app's text pool (never on the event loop);
     ``special``: add the special tokens the tokenizer adds by default (off for text a chat
-    template rendered, which has them already). Token-id prompts pass through; the engine
-    checks them against the model's vocabulary."""
+    template rendered, which has them already); ``param``: the request field it came from, for
+    errors. Token-id prompts pass through; the engine checks them against the vocabulary."""
     if isinstance(prompt, str):
-        check_text(prompt, "prompt")
-        check_prompt_length(engine, prompt)
+        check_text(prompt, param)
+        check_prompt_length(engine, prompt, param)
         encoded = await text_pool(request).run(engine.tokenizer, prompt, add_special_tokens=special)
         return list(encoded.input_ids)
     return prompt
