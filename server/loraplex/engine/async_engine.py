@@ -13,6 +13,7 @@ thread is dead or has not come round its loop for ``STALL_S``.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import queue
 import threading
@@ -38,6 +39,15 @@ from loraplex.engine.sampling_params import SamplingParams
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 STALL_S = 60.0  # a loop iteration (one step, or an idle wait) longer than this is a hang
+
+
+def freeze_startup_objects() -> None:
+    """Move everything start-up allocated (the model's modules, the tokenizer, the adapters:
+    ~400k tracked objects for the default model) out of the garbage collector's reach, as vLLM
+    does. A full collection walks every tracked object with the GIL held: measured here at
+    0.3-1.3 s, a stall of every stream and of the engine thread whenever one comes round."""
+    gc.collect()
+    gc.freeze()
 
 
 @dataclass
@@ -83,6 +93,7 @@ class AsyncEngine:
     def from_config(cls, config: Config) -> AsyncEngine:
         commands: queue.SimpleQueue[tuple] = queue.SimpleQueue()
         engine = build_engine(config, on_adapter_loaded=lambda: commands.put(("wake",)))
+        freeze_startup_objects()
         return cls(engine, commands)
 
     async def on_engine(self, fn: Callable[[], T]) -> T:
