@@ -127,6 +127,7 @@ def build_config(args: argparse.Namespace) -> Config:
             api_keys=_api_keys(args.api_keys_file),
             log_level=args.log_level,
             metrics_adapter_labels=args.metrics_adapter_labels,
+            metrics_require_key=args.metrics_require_key,
             timeout_keep_alive=args.timeout_keep_alive,
             header_timeout=args.header_timeout,
             body_timeout=args.body_timeout,

@@ -236,6 +236,8 @@ class ServerConfig:
     ``header_timeout``: a request head must arrive within it (of its first byte, or of the
     connection). ``body_timeout`` + received bytes / ``body_min_rate``: the deadline of a body
     (0 as the rate: a fixed deadline); past it a 408 and the connection closes.
+    ``metrics_require_key``: with keys configured, ``/metrics`` without one is a 401 instead of
+    the anonymous view (tenants and their adapters as opaque labels; ``api/auth.py``).
     ``max_request_mb``: the largest request body other than an adapter upload (413 past it,
     counted as it streams in). ``tokenizer_threads``: the pool that tokenizes, renders chat
     templates and decodes echoes off the event loop. ``shutdown_timeout``: after SIGTERM,
@@ -248,6 +250,7 @@ class ServerConfig:
     api_keys: tuple[ApiKeyEntry, ...] = ()  # --api-keys-file (api_keys.load_api_keys_file)
     log_level: str = "info"
     metrics_adapter_labels: int = 32  # distinct adapter names as metric labels (rest: other)
+    metrics_require_key: bool = False  # /metrics without a key: 401 (else the anonymous view)
     timeout_keep_alive: float = 5.0
     header_timeout: float = 10.0
     body_timeout: float = 30.0

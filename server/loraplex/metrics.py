@@ -22,9 +22,16 @@ Who updates what:
 * the admission control: 429s by tenant (:func:`record_rate_limited`);
 * ``/metrics`` copies the engine's gauges from ``engine.stats()`` on every scrape
   (``metrics_scrape.scrape``), so the engine thread never has to touch them.
+
+Adapter labels hold qualified names (``tenant/name`` for a tenant's own) and the rate-limit
+counter tenants: a scrape without a key renders them through ``PrivateLabels`` (opaque, stable;
+``metric_labels.py``), so only a ``metrics`` or ``admin`` key reads them plain. A new label that
+names an adapter or a tenant must use one of the keys ``PrivateLabels.relabel`` knows.
 """
 
 from __future__ import annotations
+
+from collections.abc import Iterator
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -35,9 +42,10 @@ from prometheus_client import (
     generate_latest,
 )
 from prometheus_client.gc_collector import GCCollector
+from prometheus_client.metrics_core import Metric
 from prometheus_client.process_collector import ProcessCollector
 
-from loraplex.metric_labels import BASE_LABEL, AdapterLabels
+from loraplex.metric_labels import BASE_LABEL, AdapterLabels, PrivateLabels
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 ProcessCollector(registry=REGISTRY)
@@ -314,6 +322,25 @@ def record_adapter_evictions(tier: str, count: int = 1) -> None:
 # ---- exposition ------------------------------------------------------------------------
 
 
-def render() -> tuple[bytes, str]:
-    """The Prometheus text exposition of :data:`REGISTRY` and its content type."""
-    return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
+class _Relabelled:
+    """:data:`REGISTRY` with every sample's labels passed through ``private`` (the one method
+    ``generate_latest`` calls is ``collect``)."""
+
+    def __init__(self, private: PrivateLabels) -> None:
+        self._private = private
+
+    def collect(self) -> Iterator[Metric]:
+        for family in REGISTRY.collect():
+            copy = Metric(family.name, family.documentation, family.type)
+            copy.samples = [
+                sample._replace(labels=self._private.relabel(sample.labels))
+                for sample in family.samples
+            ]
+            yield copy
+
+
+def render(private: PrivateLabels | None = None) -> tuple[bytes, str]:
+    """The Prometheus text exposition of :data:`REGISTRY` and its content type; with
+    ``private``, tenants and their adapters appear only as opaque labels."""
+    source = REGISTRY if private is None else _Relabelled(private)
+    return generate_latest(source), CONTENT_TYPE_LATEST  # type: ignore[arg-type]

@@ -15,6 +15,7 @@ import time
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from loraplex.metric_labels import PrivateLabels
 from loraplex.metrics import (
     ADAPTER_RESIDENT,
     ADAPTERS_RESIDENT,
@@ -69,9 +70,10 @@ def _set_residency(tiers: Mapping[str, Iterable[str]]) -> None:
             ADAPTER_RESIDENT.labels(adapter=name, tier=tier).set(1)
 
 
-def scrape(stats: Mapping[str, Any]) -> tuple[bytes, str]:
-    """``update_engine_gauges(stats)`` then ``render()``, atomically: a concurrent scrape never
-    sees an info gauge between its clear and its set."""
+def scrape(stats: Mapping[str, Any], private: PrivateLabels | None = None) -> tuple[bytes, str]:
+    """``update_engine_gauges(stats)`` then ``render(private)``, atomically: a concurrent scrape
+    never sees an info gauge between its clear and its set. ``private``: the anonymous view
+    (tenants and their adapters as opaque labels); None: every name plain."""
     with _SCRAPE_LOCK:
         update_engine_gauges(stats)
-        return render()
+        return render(private)

@@ -7,7 +7,9 @@ entry (no early exit), so neither the time taken nor the table's order reveals a
 
 Roles: ``admin`` everything, every tenant (server-side loads, merge/unmerge, pins, public
 adapters); ``user`` generates and uploads, replaces and deletes its own tenant's adapters;
-``inference`` only generates (the key an application ships with).
+``inference`` only generates (the key an application ships with); ``metrics`` only reads
+``/metrics`` with every name plain (a Prometheus scrape key). Without a key ``/metrics`` shows
+tenants and their adapters as opaque labels (:func:`full_metrics`).
 
 Namespaces: a tenant's adapter ``support`` is ``<tenant>/support`` in the registry; a tenant names
 it ``support``. Public adapters (present at start, or an admin's upload with ``public=true``) are
@@ -42,11 +44,13 @@ LOAD_PATH = "load server-side adapter folders"
 MERGE = "merge or unmerge adapters"
 PIN = "pin adapters"
 PUBLISH = "create, replace or delete public adapters"
+SCRAPE = "read every tenant's metrics"
 
 PERMISSIONS: dict[str, frozenset[str]] = {
-    "admin": frozenset({GENERATE, MANAGE, ANY_TENANT, LOAD_PATH, MERGE, PIN, PUBLISH}),
+    "admin": frozenset({GENERATE, MANAGE, ANY_TENANT, LOAD_PATH, MERGE, PIN, PUBLISH, SCRAPE}),
     "user": frozenset({GENERATE, MANAGE}),
     "inference": frozenset({GENERATE}),
+    "metrics": frozenset({SCRAPE}),
 }
 
 
@@ -164,24 +168,52 @@ def presented_key(request: Request) -> str | None:
     return request.headers.get("x-api-key", "").strip() or None
 
 
+def _unauthorized() -> APIError:
+    return APIError(
+        401,
+        "Invalid or missing API key; send 'Authorization: Bearer <key>' or 'x-api-key'.",
+        param=None,
+        code="invalid_api_key",
+        headers={"WWW-Authenticate": "Bearer"},
+    )
+
+
 def authenticate(request: Request) -> Principal:
     """The caller of a ``/v1`` (or ``/generate``) route; 401 without a known key when keys are
-    configured. ``/health``, ``/ready`` and ``/metrics`` never ask."""
+    configured. ``/health`` and ``/ready`` never ask; ``/metrics`` asks :func:`full_metrics`."""
     table: KeyTable = request.app.state.keys
     if not table:
         return OPEN
     key = presented_key(request)
     principal = table.lookup(key) if key is not None else None
     if principal is None:
-        raise APIError(
-            401,
-            "Invalid or missing API key; send 'Authorization: Bearer <key>' or 'x-api-key'.",
-            param=None,
-            code="invalid_api_key",
-            headers={"WWW-Authenticate": "Bearer"},
-        )
+        raise _unauthorized()
     request.state.tenant = principal.tenant  # what admission counts the request against
     return principal
+
+
+def full_metrics(request: Request, require_key: bool) -> bool:
+    """Whether this ``/metrics`` caller reads every name plain (True) or the anonymous view,
+    where tenants and their adapters are opaque labels (False).
+
+    No keys configured: plain (there are no tenants). No key presented: the anonymous view,
+    or a 401 with ``require_key`` (``--metrics-require-key``). A key whose role may
+    :data:`SCRAPE` (``metrics``, ``admin``): plain. Any other known key: 403, so a scraper given
+    a tenant's key fails loudly instead of reading a view it did not ask for; unknown: 401.
+    """
+    table: KeyTable = request.app.state.keys
+    if not table:
+        return True
+    key = presented_key(request)
+    if key is None:
+        if require_key:
+            raise _unauthorized()
+        return False
+    principal = table.lookup(key)
+    if principal is None:
+        raise _unauthorized()
+    principal.require(SCRAPE)
+    return True
 
 
 PrincipalDep = Annotated[Principal, Depends(authenticate)]

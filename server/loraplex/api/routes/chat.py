@@ -8,7 +8,7 @@ from collections.abc import Iterator, Sequence
 import jinja2
 from fastapi import APIRouter, Request, Response
 
-from loraplex.api.auth import PrincipalDep
+from loraplex.api.auth import GENERATE, PrincipalDep, allow
 from loraplex.api.chat_schemas import (
     ChatChoice,
     ChatCompletionChunk,
@@ -35,7 +35,7 @@ from loraplex.api.text_pool import text_pool
 from loraplex.engine.async_engine import AsyncEngine
 from loraplex.engine.outputs import RequestOutput, TokenLogprob
 
-router = APIRouter(prefix="/v1", tags=["chat"], dependencies=[AuthDep])
+router = APIRouter(prefix="/v1", tags=["chat"], dependencies=[AuthDep, allow(GENERATE)])
 
 
 def render_chat(engine: AsyncEngine, messages: list[dict[str, str]]) -> str:
