@@ -133,10 +133,17 @@ class AdapterRegistry:
         with self._lock:
             return dict(sorted(self._refused.items()))
 
-    def refusal(self, name: str) -> AdapterRefusedError | None:
+    def refusal(self, name: str, shown: str | None = None) -> AdapterRefusedError | None:
+        """The error for qualified ``name`` if it was refused at start (naming it ``shown``,
+        the name the caller used), else None."""
         with self._lock:
             reason = self._refused.get(name)
-        return None if reason is None else AdapterRefusedError(name, reason)
+        return None if reason is None else AdapterRefusedError(shown or name, reason)
+
+    def known(self, name: str) -> bool:
+        """Whether qualified ``name`` is servable or was refused at start."""
+        with self._lock:
+            return name in self._refused or self._find(name) is not None
 
     def refresh(self) -> list[AdapterCard]:
         """Adopt what other processes sharing the store wrote since the last look: a new or

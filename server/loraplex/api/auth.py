@@ -77,27 +77,48 @@ class Principal:
         so no salt a client chooses can equal another tenant's."""
         return json.dumps([self.tenant, explicit])
 
-    def sees(self, card: AdapterCard) -> bool:
-        return card.owner is None or card.owner == self.tenant or self.may(ANY_TENANT)
+    def sees(self, card: AdapterCard | AdapterId) -> bool:
+        ident = card if isinstance(card, AdapterId) else card.id
+        return ident.owner is None or ident.owner == self.tenant or self.may(ANY_TENANT)
 
-    def display_name(self, card: AdapterCard) -> str:
+    def display_name(self, card: AdapterCard | AdapterId) -> str:
         """``name`` for its own and public adapters, ``tenant/name`` for another tenant's."""
-        return card.id.name if card.owner in (None, self.tenant) else card.name
+        ident = card if isinstance(card, AdapterId) else card.id
+        return ident.name if ident.owner in (None, self.tenant) else ident.qualified
 
     def visible(self, cards: Iterable[AdapterCard]) -> list[tuple[str, AdapterCard]]:
         """(display name, card) of every adapter this caller sees, as :meth:`resolve` finds
         them: a public adapter that the tenant's own namesake shadows is left out."""
-        seen = [card for card in cards if self.sees(card)]
-        own = {card.id.name for card in seen if card.owner == self.tenant}
+        shown = dict(self._shown([card.id for card in cards]))
+        return [(shown[card.id], card) for card in cards if card.id in shown]
+
+    def visible_refused(self, refused: dict[str, str]) -> list[tuple[str, str]]:
+        """(display name, reason) of the adapters refused at start that this caller sees, by
+        the same rules as servable ones: another tenant's refusal is as unknown as its adapter."""
+        idents: dict[AdapterId, str] = {}
+        unnamed = []  # a --lora-modules entry whose name is invalid: an operator's (admins)
+        for name, reason in refused.items():
+            try:
+                idents[AdapterId.parse(name)] = reason
+            except AdapterError:
+                unnamed.append((name, reason))
+        shown = [(name, idents[ident]) for ident, name in self._shown(list(idents))]
+        return shown + (unnamed if self.may(ANY_TENANT) else [])
+
+    def _shown(self, idents: list[AdapterId]) -> list[tuple[AdapterId, str]]:
+        seen = [ident for ident in idents if self.sees(ident)]
+        own = {ident.name for ident in seen if ident.owner == self.tenant}
         return [
-            (self.display_name(card), card)
-            for card in seen
-            if not (card.owner is None and card.id.name in own)
+            (ident, self.display_name(ident))
+            for ident in seen
+            if not (ident.owner is None and ident.name in own)
         ]
 
     def resolve(self, name: str, has: Callable[[str], bool]) -> str | None:
         """The qualified name ``name`` means to this caller (its own first, then a public one),
-        or None: unknown, invalid, or another tenant's (which this caller may not know of)."""
+        or None: unknown, invalid, or another tenant's (which this caller may not know of).
+        ``has``: whether a qualified name exists (servable, or refused at start: a refusal
+        resolves as the adapter would, so only its owner learns of it)."""
         try:
             ident = AdapterId.parse(name)
         except AdapterError:
