@@ -119,6 +119,8 @@ def build_config(args: argparse.Namespace) -> Config:
             kernel=args.lora_kernel,
             lora_dtype=args.lora_dtype,
             store_poll_s=args.store_poll_s,
+            max_adapters_per_tenant=args.max_adapters_per_tenant,
+            max_adapter_bytes_per_tenant=args.max_adapter_mb_per_tenant << 20,
         ),
         server=ServerConfig(
             host=args.host,

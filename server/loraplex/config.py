@@ -165,6 +165,9 @@ class LoRAConfig:
     other replicas sharing the store uploaded, replaced or deleted are picked up (0: only at start).
     ``max_pinned_loras`` caps the adapters pinned to a device slot (None: ``max_loras // 2``), so
     pins can never leave everyone else's adapters one slot to share.
+    ``max_adapters_per_tenant`` and ``max_adapter_bytes_per_tenant`` cap what one tenant keeps
+    in the store (its adapters' config and weights files; 0: no cap), counted from the store at
+    each upload (``adapters/quota.py``); public adapters are not counted.
     ``lora_dtype``: the slot tables' dtype (LORA_DTYPES); ``auto`` the model's. Adapters are
     rounded to it once, when they are written into a slot; ``bench/NOTES.md`` has the measured
     effect of the 16-bit choices on outputs.
@@ -185,6 +188,8 @@ class LoRAConfig:
     kernel: str = "auto"  # add_lora backend: one of LORA_KERNELS
     lora_dtype: str = "auto"  # slot-table dtype: one of LORA_DTYPES
     store_poll_s: float = 0.0
+    max_adapters_per_tenant: int = 100
+    max_adapter_bytes_per_tenant: int = 4 << 30
 
     def __post_init__(self) -> None:
         _require(
@@ -201,6 +206,8 @@ class LoRAConfig:
         _require(self.max_upload_mb > 0, "--max-upload-mb must be positive")
         _require(self.max_merged_adapters >= 0, "--max-merged-adapters must be >= 0")
         _require(self.store_poll_s >= 0, "--store-poll-s must be >= 0")
+        _require(self.max_adapters_per_tenant >= 0, "--max-adapters-per-tenant must be >= 0")
+        _require(self.max_adapter_bytes_per_tenant >= 0, "--max-adapter-mb-per-tenant must be >= 0")
         _require(
             len(self.merged_adapters) <= self.max_merged_adapters,
             f"--merged-adapters names {len(self.merged_adapters)} adapters but "

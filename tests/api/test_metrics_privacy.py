@@ -5,10 +5,15 @@ while public adapters keep their plain names (the gateway's LoRA affinity matche
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Callable
+
 import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from tenant_world import KEYS, World, call, greedy, world_fixture
+
+from loraplex.config import Config
 
 # Other modules in the session may have used up the default 32 adapter labels.
 world = world_fixture("metrics-privacy", metrics_adapter_labels=1000)
@@ -79,3 +84,16 @@ def test_a_metrics_key_may_do_nothing_else(used: World) -> None:
     payload = {"model": "tiny-a", "prompt": "x", "max_tokens": 2}
     assert call(used.url, "scraper", "POST", "/v1/completions", json=payload).status_code == 403
     assert KEYS["scraper"] not in httpx.get(f"{used.url}/metrics", timeout=30).text
+
+
+def test_metrics_require_key_refuses_the_anonymous_view(
+    server_factory: Callable[[Config], str], tiny_config: Config
+) -> None:
+    server = dataclasses.replace(
+        tiny_config.server, api_key="sk-only-admin", metrics_require_key=True
+    )
+    url = server_factory(dataclasses.replace(tiny_config, server=server))
+    anonymous = httpx.get(f"{url}/metrics", timeout=30)
+    assert anonymous.status_code == 401 and anonymous.json()["error"]["code"] == "invalid_api_key"
+    keyed = httpx.get(f"{url}/metrics", headers={"x-api-key": "sk-only-admin"}, timeout=30)
+    assert keyed.status_code == 200 and "vllm:num_requests_running" in keyed.text
