@@ -25,13 +25,15 @@ Who updates what:
 
 Adapter labels hold qualified names (``tenant/name`` for a tenant's own) and the rate-limit
 counter tenants: a scrape without a key renders them through ``PrivateLabels`` (opaque, stable;
-``metric_labels.py``), so only a ``metrics`` or ``admin`` key reads them plain. A new label that
+``metric_labels.py``, applied in ``metrics_scrape``), so only a ``metrics`` or ``admin`` key
+reads them plain. A new label that
 names an adapter or a tenant must use one of the keys ``PrivateLabels.relabel`` knows.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable
+from typing import Protocol
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -45,7 +47,14 @@ from prometheus_client.gc_collector import GCCollector
 from prometheus_client.metrics_core import Metric
 from prometheus_client.process_collector import ProcessCollector
 
-from loraplex.metric_labels import BASE_LABEL, AdapterLabels, PrivateLabels
+from loraplex.metric_labels import BASE_LABEL, AdapterLabels
+
+
+class Collecting(Protocol):
+    """What ``generate_latest`` reads: a registry, or a view of one."""
+
+    def collect(self) -> Iterable[Metric]: ...
+
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 ProcessCollector(registry=REGISTRY)
@@ -322,25 +331,7 @@ def record_adapter_evictions(tier: str, count: int = 1) -> None:
 # ---- exposition ------------------------------------------------------------------------
 
 
-class _Relabelled:
-    """:data:`REGISTRY` with every sample's labels passed through ``private`` (the one method
-    ``generate_latest`` calls is ``collect``)."""
-
-    def __init__(self, private: PrivateLabels) -> None:
-        self._private = private
-
-    def collect(self) -> Iterator[Metric]:
-        for family in REGISTRY.collect():
-            copy = Metric(family.name, family.documentation, family.type)
-            copy.samples = [
-                sample._replace(labels=self._private.relabel(sample.labels))
-                for sample in family.samples
-            ]
-            yield copy
-
-
-def render(private: PrivateLabels | None = None) -> tuple[bytes, str]:
-    """The Prometheus text exposition of :data:`REGISTRY` and its content type; with
-    ``private``, tenants and their adapters appear only as opaque labels."""
-    source = REGISTRY if private is None else _Relabelled(private)
-    return generate_latest(source), CONTENT_TYPE_LATEST  # type: ignore[arg-type]
+def render(source: Collecting | None = None) -> tuple[bytes, str]:
+    """The Prometheus text exposition of :data:`REGISTRY` (or of ``source``, a view of it such
+    as ``metrics_scrape``'s anonymous one) and its content type."""
+    return generate_latest(source or REGISTRY), CONTENT_TYPE_LATEST  # type: ignore[arg-type]

@@ -89,6 +89,7 @@ class Principal:
     def visible(self, cards: Iterable[AdapterCard]) -> list[tuple[str, AdapterCard]]:
         """(display name, card) of every adapter this caller sees, as :meth:`resolve` finds
         them: a public adapter that the tenant's own namesake shadows is left out."""
+        cards = list(cards)
         shown = dict(self._shown([card.id for card in cards]))
         return [(shown[card.id], card) for card in cards if card.id in shown]
 
