@@ -119,6 +119,8 @@ def build_config(args: argparse.Namespace) -> Config:
             kernel=args.lora_kernel,
             lora_dtype=args.lora_dtype,
             store_poll_s=args.store_poll_s,
+            max_adapters_per_tenant=args.max_adapters_per_tenant,
+            max_adapter_bytes_per_tenant=args.max_adapter_mb_per_tenant << 20,
         ),
         server=ServerConfig(
             host=args.host,
@@ -127,6 +129,7 @@ def build_config(args: argparse.Namespace) -> Config:
             api_keys=_api_keys(args.api_keys_file),
             log_level=args.log_level,
             metrics_adapter_labels=args.metrics_adapter_labels,
+            metrics_require_key=args.metrics_require_key,
             timeout_keep_alive=args.timeout_keep_alive,
             header_timeout=args.header_timeout,
             body_timeout=args.body_timeout,

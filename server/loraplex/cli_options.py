@@ -219,7 +219,7 @@ def _add_server_options(serve: argparse.ArgumentParser) -> None:
         default=None,
         metavar="PATH",
         help='JSON {"keys": [{"key" or "sha256", "tenant", "role"}]}: tenants and roles '
-        f"(admin, user, inference), read at start (default: ${KEYS_FILE_ENV})",
+        f"(admin, user, inference, metrics), read at start (default: ${KEYS_FILE_ENV})",
     )
     server.add_argument(
         "--log-level", choices=LOG_LEVELS, default=ServerConfig.log_level, help="log verbosity"
@@ -231,6 +231,13 @@ def _add_server_options(serve: argparse.ArgumentParser) -> None:
         metavar="N",
         help="per-adapter metrics label the first N adapter names seen; later ones count as "
         "'other' (bounds the number of Prometheus series)",
+    )
+    server.add_argument(
+        "--metrics-require-key",
+        action="store_true",
+        help="with API keys: GET /metrics without a key is a 401 instead of the anonymous view "
+        "(tenants and their adapters as opaque labels, public adapters by name, which the "
+        "Inference Gateway's endpoint picker reads: it cannot send a key)",
     )
     server.add_argument(
         "--timeout-keep-alive",

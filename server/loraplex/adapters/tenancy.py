@@ -24,7 +24,7 @@ _TENANT = re.compile(TENANT_PATTERN)
 QUALIFIED_SEP = "/"
 STORED_SEP = "@"
 
-__all__ = ["TENANT_PATTERN", "AdapterId", "is_stored_name", "validate_tenant"]
+__all__ = ["STORED_SEP", "TENANT_PATTERN", "AdapterId", "is_stored_name", "validate_tenant"]
 
 
 def validate_tenant(tenant: object) -> str:

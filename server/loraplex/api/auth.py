@@ -7,7 +7,9 @@ entry (no early exit), so neither the time taken nor the table's order reveals a
 
 Roles: ``admin`` everything, every tenant (server-side loads, merge/unmerge, pins, public
 adapters); ``user`` generates and uploads, replaces and deletes its own tenant's adapters;
-``inference`` only generates (the key an application ships with).
+``inference`` only generates (the key an application ships with); ``metrics`` only reads
+``/metrics`` with every name plain (a Prometheus scrape key). Without a key ``/metrics`` shows
+tenants and their adapters as opaque labels (:func:`full_metrics`).
 
 Namespaces: a tenant's adapter ``support`` is ``<tenant>/support`` in the registry; a tenant names
 it ``support``. Public adapters (present at start, or an admin's upload with ``public=true``) are
@@ -42,11 +44,13 @@ LOAD_PATH = "load server-side adapter folders"
 MERGE = "merge or unmerge adapters"
 PIN = "pin adapters"
 PUBLISH = "create, replace or delete public adapters"
+SCRAPE = "read every tenant's metrics"
 
 PERMISSIONS: dict[str, frozenset[str]] = {
-    "admin": frozenset({GENERATE, MANAGE, ANY_TENANT, LOAD_PATH, MERGE, PIN, PUBLISH}),
+    "admin": frozenset({GENERATE, MANAGE, ANY_TENANT, LOAD_PATH, MERGE, PIN, PUBLISH, SCRAPE}),
     "user": frozenset({GENERATE, MANAGE}),
     "inference": frozenset({GENERATE}),
+    "metrics": frozenset({SCRAPE}),
 }
 
 
@@ -73,27 +77,49 @@ class Principal:
         so no salt a client chooses can equal another tenant's."""
         return json.dumps([self.tenant, explicit])
 
-    def sees(self, card: AdapterCard) -> bool:
-        return card.owner is None or card.owner == self.tenant or self.may(ANY_TENANT)
+    def sees(self, card: AdapterCard | AdapterId) -> bool:
+        ident = card if isinstance(card, AdapterId) else card.id
+        return ident.owner is None or ident.owner == self.tenant or self.may(ANY_TENANT)
 
-    def display_name(self, card: AdapterCard) -> str:
+    def display_name(self, card: AdapterCard | AdapterId) -> str:
         """``name`` for its own and public adapters, ``tenant/name`` for another tenant's."""
-        return card.id.name if card.owner in (None, self.tenant) else card.name
+        ident = card if isinstance(card, AdapterId) else card.id
+        return ident.name if ident.owner in (None, self.tenant) else ident.qualified
 
     def visible(self, cards: Iterable[AdapterCard]) -> list[tuple[str, AdapterCard]]:
         """(display name, card) of every adapter this caller sees, as :meth:`resolve` finds
         them: a public adapter that the tenant's own namesake shadows is left out."""
-        seen = [card for card in cards if self.sees(card)]
-        own = {card.id.name for card in seen if card.owner == self.tenant}
+        cards = list(cards)
+        shown = dict(self._shown([card.id for card in cards]))
+        return [(shown[card.id], card) for card in cards if card.id in shown]
+
+    def visible_refused(self, refused: dict[str, str]) -> list[tuple[str, str]]:
+        """(display name, reason) of the adapters refused at start that this caller sees, by
+        the same rules as servable ones: another tenant's refusal is as unknown as its adapter."""
+        idents: dict[AdapterId, str] = {}
+        unnamed = []  # a --lora-modules entry whose name is invalid: an operator's (admins)
+        for name, reason in refused.items():
+            try:
+                idents[AdapterId.parse(name)] = reason
+            except AdapterError:
+                unnamed.append((name, reason))
+        shown = [(name, idents[ident]) for ident, name in self._shown(list(idents))]
+        return shown + (unnamed if self.may(ANY_TENANT) else [])
+
+    def _shown(self, idents: list[AdapterId]) -> list[tuple[AdapterId, str]]:
+        seen = [ident for ident in idents if self.sees(ident)]
+        own = {ident.name for ident in seen if ident.owner == self.tenant}
         return [
-            (self.display_name(card), card)
-            for card in seen
-            if not (card.owner is None and card.id.name in own)
+            (ident, self.display_name(ident))
+            for ident in seen
+            if not (ident.owner is None and ident.name in own)
         ]
 
     def resolve(self, name: str, has: Callable[[str], bool]) -> str | None:
         """The qualified name ``name`` means to this caller (its own first, then a public one),
-        or None: unknown, invalid, or another tenant's (which this caller may not know of)."""
+        or None: unknown, invalid, or another tenant's (which this caller may not know of).
+        ``has``: whether a qualified name exists (servable, or refused at start: a refusal
+        resolves as the adapter would, so only its owner learns of it)."""
         try:
             ident = AdapterId.parse(name)
         except AdapterError:
@@ -164,6 +190,16 @@ def presented_key(headers: Mapping[str, str]) -> str | None:
     return headers.get("x-api-key", "").strip() or None
 
 
+def _unauthorized() -> APIError:
+    return APIError(
+        401,
+        "Invalid or missing API key; send 'Authorization: Bearer <key>' or 'x-api-key'.",
+        param=None,
+        code="invalid_api_key",
+        headers={"WWW-Authenticate": "Bearer"},
+    )
+
+
 def caller(table: KeyTable, headers: Mapping[str, str]) -> Principal:
     """The principal the request headers authenticate: :data:`OPEN` without configured keys,
     else the key's; 401 (OpenAI's shape) without a known key."""
@@ -172,27 +208,45 @@ def caller(table: KeyTable, headers: Mapping[str, str]) -> Principal:
     key = presented_key(headers)
     principal = table.lookup(key) if key is not None else None
     if principal is None:
-        raise APIError(
-            401,
-            "Invalid or missing API key; send 'Authorization: Bearer <key>' or 'x-api-key'.",
-            param=None,
-            code="invalid_api_key",
-            headers={"WWW-Authenticate": "Bearer"},
-        )
+        raise _unauthorized()
     return principal
 
 
 def authenticate(request: Request) -> Principal:
     """The caller of a ``/v1`` (or ``/generate``) route; 401 without a known key when keys are
-    configured. ``/health``, ``/ready`` and ``/metrics`` never ask. The same check already ran
-    on the request's headers before its body was read (:class:`~loraplex.api.key_gate.KeyGate`),
-    which left the principal in ``request.state``."""
+    configured. ``/health`` and ``/ready`` never ask; ``/metrics`` asks :func:`full_metrics`.
+    The same check already ran on the request's headers before its body was read
+    (:class:`~loraplex.api.key_gate.KeyGate`), which left the principal in ``request.state``."""
     principal = getattr(request.state, "principal", None)
     if not isinstance(principal, Principal):
         principal = caller(request.app.state.keys, request.headers)
     if not principal.open:
         request.state.tenant = principal.tenant  # what admission counts the request against
     return principal
+
+
+def full_metrics(request: Request, require_key: bool) -> bool:
+    """Whether this ``/metrics`` caller reads every name plain (True) or the anonymous view,
+    where tenants and their adapters are opaque labels (False).
+
+    No keys configured: plain (there are no tenants). No key presented: the anonymous view,
+    or a 401 with ``require_key`` (``--metrics-require-key``). A key whose role may
+    :data:`SCRAPE` (``metrics``, ``admin``): plain. Any other known key: 403, so a scraper given
+    a tenant's key fails loudly instead of reading a view it did not ask for; unknown: 401.
+    """
+    table: KeyTable = request.app.state.keys
+    if not table:
+        return True
+    key = presented_key(request.headers)
+    if key is None:
+        if require_key:
+            raise _unauthorized()
+        return False
+    principal = table.lookup(key)
+    if principal is None:
+        raise _unauthorized()
+    principal.require(SCRAPE)
+    return True
 
 
 PrincipalDep = Annotated[Principal, Depends(authenticate)]

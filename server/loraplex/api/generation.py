@@ -39,19 +39,26 @@ def resolve_adapter(
     included, is the same 404. Returns the qualified name."""
     if model == engine.model_name:
         return None
-    qualified = principal.resolve(model, engine.adapters.has)
+    qualified = visible_adapter(engine, principal, model, param)
     if qualified is None:
-        refusal(engine, model, param)  # refused at start: say why, not "does not exist"
         message = f"The model `{model}` does not exist."
         raise APIError(404, message, param=param, code="model_not_found")
     return qualified
 
 
-def refusal(engine: AsyncEngine, name: str, param: str) -> None:
-    """An adapter refused at start is a 400 that says why, and which option to change."""
-    refused = engine.adapters.refusal(name)
-    if refused is not None:
-        raise APIError(400, str(refused), param=param, code="adapter_refused")
+def visible_adapter(
+    engine: AsyncEngine, principal: Principal, name: str, param: str = "model"
+) -> str | None:
+    """The qualified name of the adapter ``name`` means to this caller, or None (unknown, or
+    another tenant's). One refused at start resolves by the same rules (its owner's, or public)
+    and is a 400 that says why and which option to change, not "does not exist"; another
+    tenant's refusal is as unknown as its adapters are."""
+    qualified = principal.resolve(name, engine.adapters.known)
+    if qualified is not None:
+        refused = engine.adapters.refusal(qualified, shown=name)
+        if refused is not None:
+            raise APIError(400, str(refused), param=param, code="adapter_refused")
+    return qualified
 
 
 def resolve_mix(
@@ -63,9 +70,8 @@ def resolve_mix(
     """A weighted combination ``[(name, weight), ...]``; every name must resolve (else 404)."""
     resolved = []
     for name, weight in mix:
-        qualified = principal.resolve(name, engine.adapters.has)
+        qualified = visible_adapter(engine, principal, name, param)
         if qualified is None:
-            refusal(engine, name, param)
             message = f"The adapter `{name}` does not exist."
             raise APIError(404, message, param=param, code="model_not_found")
         resolved.append((qualified, weight))

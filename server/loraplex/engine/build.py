@@ -16,6 +16,7 @@ from pathlib import Path
 
 from loraplex.adapters.errors import AdapterError
 from loraplex.adapters.folder_check import check_folder
+from loraplex.adapters.quota import TenantQuota
 from loraplex.adapters.registry import AdapterRegistry
 from loraplex.adapters.rules import Limits
 from loraplex.adapters.store import open_store
@@ -61,6 +62,7 @@ def build_adapters(
         config.max_cpu_loras,
         on_loaded,
         pin_memory=runner.device.type == "cuda",
+        quota=TenantQuota(config.max_adapters_per_tenant, config.max_adapter_bytes_per_tenant),
     )
     return EngineAdapters(config, runner, registry, SlotCache(config.max_loras), limits)
 

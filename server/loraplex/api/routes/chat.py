@@ -7,7 +7,7 @@ from collections.abc import Iterator, Sequence
 
 from fastapi import APIRouter, Depends, Request, Response
 
-from loraplex.api.auth import PrincipalDep
+from loraplex.api.auth import GENERATE, PrincipalDep, allow
 from loraplex.api.chat_schemas import (
     MAX_CHAT_MESSAGES,
     ChatChoice,
@@ -41,7 +41,9 @@ async def chat_limits(request: Request) -> None:
     MAX_CHAT_MESSAGES.set(request.app.state.config.server.max_chat_messages)
 
 
-router = APIRouter(prefix="/v1", tags=["chat"], dependencies=[AuthDep, Depends(chat_limits)])
+router = APIRouter(
+    prefix="/v1", tags=["chat"], dependencies=[AuthDep, allow(GENERATE), Depends(chat_limits)]
+)
 
 
 @router.post("/chat/completions", response_model=ChatCompletionResponse)

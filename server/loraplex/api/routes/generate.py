@@ -12,7 +12,7 @@ from collections.abc import Iterable, Iterator
 
 from fastapi import APIRouter, Request, Response
 
-from loraplex.api.auth import Principal, PrincipalDep
+from loraplex.api.auth import GENERATE, Principal, PrincipalDep, allow
 from loraplex.api.deps import AuthDep, EngineDep
 from loraplex.api.errors import APIError
 from loraplex.api.generate_schemas import (
@@ -38,7 +38,7 @@ from loraplex.engine.adapters import AdapterSpec
 from loraplex.engine.async_engine import AsyncEngine
 from loraplex.engine.outputs import RequestOutput, TokenLogprob
 
-router = APIRouter(tags=["generate"], dependencies=[AuthDep])
+router = APIRouter(tags=["generate"], dependencies=[AuthDep, allow(GENERATE)])
 
 
 def _adapter(
