@@ -13,7 +13,6 @@ thread is dead or has not come round its loop for ``STALL_S``.
 from __future__ import annotations
 
 import asyncio
-import gc
 import logging
 import queue
 import threading
@@ -31,7 +30,7 @@ from loraplex.engine.admission import (
     AdmissionController,
     EngineUnavailableError,
 )
-from loraplex.engine.build import build_engine
+from loraplex.engine.build import build_engine, freeze_startup_objects
 from loraplex.engine.llm_engine import LLMEngine
 from loraplex.engine.outputs import RequestOutput
 from loraplex.engine.sampling_params import SamplingParams
@@ -39,15 +38,6 @@ from loraplex.engine.sampling_params import SamplingParams
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 STALL_S = 60.0  # a loop iteration (one step, or an idle wait) longer than this is a hang
-
-
-def freeze_startup_objects() -> None:
-    """Move everything start-up allocated (the model's modules, the tokenizer, the adapters:
-    ~400k tracked objects for the default model) out of the garbage collector's reach, as vLLM
-    does. A full collection walks every tracked object with the GIL held: measured here at
-    0.3-1.3 s, a stall of every stream and of the engine thread whenever one comes round."""
-    gc.collect()
-    gc.freeze()
 
 
 @dataclass
@@ -280,10 +270,20 @@ class AsyncEngine:
         return True
 
     def _deliver(self, outputs: list[RequestOutput]) -> None:
+        """Hand a step's outputs to their streams with one wake-up of each event loop (not one
+        per output: each wake-up is a syscall and a GIL hand-over the engine thread waits on)."""
+        batches: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Queue, RequestOutput]]] = {}
         for output in outputs:
             stream = self._streams.get(output.request_id)
             if stream is not None:
-                stream.put(output)
+                batches.setdefault(stream.loop, []).append((stream.queue, output))
+        for loop, batch in batches.items():
+            loop.call_soon_threadsafe(_put_all, batch)
+
+
+def _put_all(batch: list[tuple[asyncio.Queue, RequestOutput]]) -> None:
+    for stream_queue, output in batch:
+        stream_queue.put_nowait(output)
 
 
 def _settle(future: asyncio.Future, result: object, error: Exception | None) -> None:

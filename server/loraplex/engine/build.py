@@ -9,6 +9,7 @@ start (the store's, ``--lora-modules``, pinned ones and ``--merged-adapters``).
 from __future__ import annotations
 
 import functools
+import gc
 import logging
 import threading
 from collections.abc import Callable
@@ -130,3 +131,12 @@ def build_engine(config: Config, on_adapter_loaded: Callable[[], None] = lambda:
     engine = LLMEngine(config, model_name, runner, scheduler, adapters, max_model_len, loaded)
     register_startup_adapters(config.lora, adapters)
     return engine
+
+
+def freeze_startup_objects() -> None:
+    """Move everything start-up allocated (the model's modules, the tokenizer, the adapters:
+    ~400k tracked objects for the default model) out of the garbage collector's reach, as vLLM
+    does. A full collection walks every tracked object with the GIL held: measured here at
+    0.3-1.3 s, a stall of every stream and of the engine thread whenever one comes round."""
+    gc.collect()
+    gc.freeze()
