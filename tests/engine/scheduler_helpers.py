@@ -21,10 +21,13 @@ def make_seq(
     adapter: str | None = None,
     max_tokens: int = 16,
     arrival_time: float | None = None,
+    tenant: str | None = None,
 ) -> Sequence:
     seq = Sequence(request_id, list(range(prompt_len)), SamplingParams(max_tokens), adapter)
     if arrival_time is not None:
         seq.arrival_time = arrival_time
+    if tenant is not None:
+        seq.tenant = tenant
     return seq
 
 

@@ -53,21 +53,24 @@ def test_without_the_guard_a_new_adapter_starves() -> None:
     assert step is None
 
 
-def test_starvation_guard_lets_a_new_adapter_in() -> None:
+def test_starvation_guard_takes_a_slot_for_a_new_adapter() -> None:
     sched = make_scheduler(max_loras=1, seqs=64, num_blocks=256, starvation_steps=5)
     sched.add(make_seq("a_first", 2, "A", max_tokens=4))
     sched.add(make_seq("b", 2, "B", max_tokens=2))
     step, outs = stream_until_scheduled(sched, "b", steps=100)
-    # Steps 0-4 skip b five times and admit a0..a4. Step 5 is skip six (> 5): from then on
-    # nothing is admitted; a4, the last A admitted, decodes through step 7, and b runs at 8.
-    assert step == 8
+    # Steps 0-4 skip b five times and admit a0..a4. Step 5 would be skip six (> 5): b takes
+    # the slot, preempting the A requests running (a2..a4), and runs. (Before issue 24 the
+    # guard stopped all admission behind b instead, until A drained at step 8: requests that
+    # need no new slot were held behind a slot wait.)
+    assert step == 5
     admitted = [[s.seq.request_id for s in o.scheduled if s.start == 0] for o in outs]
-    assert admitted[:5] == [["a_first", "a0"], ["a1"], ["a2"], ["a3"], ["a4"]]
-    assert admitted[5:] == [[], [], [], ["b"]]
-    # b now fills the only slot: the A requests held back wait for it to finish, then resume.
-    assert [s.request_id for s in sched.waiting][:3] == ["a5", "a6", "a7"]
+    assert admitted == [["a_first", "a0"], ["a1"], ["a2"], ["a3"], ["a4"], ["b"]]
+    assert [s.request_id for s in outs[-1].preempted] == ["a2", "a3", "a4"]
+    # b now fills the only slot: the A requests wait for it to finish, then resume, the
+    # preempted ones first (recomputing their prompt and sampled token).
+    assert [s.request_id for s in sched.waiting] == ["a4", "a3", "a2", "a5"]
     assert chunks(run_step(sched)) == [("b", 1)]
-    assert [rid for rid, _ in chunks(run_step(sched))][:3] == ["a5", "a6", "a7"]
+    assert [rid for rid, _ in chunks(run_step(sched))][:4] == ["a4", "a3", "a2", "a5"]
 
 
 def test_a_prompt_sharing_a_computed_prefix_prefills_only_its_new_tokens() -> None:

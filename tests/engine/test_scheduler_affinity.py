@@ -100,9 +100,10 @@ def test_a_cold_request_is_passed_over_at_most_starvation_steps_times() -> None:
     assert step is None and skips[-1] == 30
 
 
-def test_the_starvation_guard_still_drains_the_batch_for_a_new_adapter() -> None:
-    # One slot, held by a stream of A requests: b's adapter never fits, so it trips the guard
-    # after starvation_steps skips, the A requests drain, and b runs (as without affinity).
+def test_the_starvation_guard_still_takes_a_slot_for_a_new_adapter() -> None:
+    # One slot, held by a stream of A requests: b's adapter never fits, so after
+    # starvation_steps skips the guard preempts the A requests and b runs (as without
+    # affinity: test_scheduler_adapters_and_prefixes.py).
     for affinity in (False, True):
         sched = make_scheduler(
             max_loras=1, seqs=64, num_blocks=256, starvation_steps=5, affinity=affinity
@@ -113,7 +114,7 @@ def test_the_starvation_guard_still_drains_the_batch_for_a_new_adapter() -> None
             sched.add(make_seq(f"a{step}", 2, "A", max_tokens=4))
             if "b" in admitted(sched):
                 break
-        assert step == 8
+        assert step == 5
 
 
 def test_hot_requests_of_one_tenant_do_not_overtake_another_tenants_turn() -> None:
@@ -142,9 +143,12 @@ def test_waiting_queue_affinity_order_keeps_each_tenants_turns() -> None:
     assert [s.request_id for s in sched.waiting] == ["x0", "y0", "x1", "y1", "x2"]
 
 
-def random_workload(affinity: bool, seed: int) -> tuple[Scheduler, list[list[str]], list[str]]:
+def random_workload(
+    affinity: bool, seed: int
+) -> tuple[Scheduler, list[tuple[list[str], list[str]]], list[str]]:
     """Three tenants, Zipf-ish adapters, arrivals over 40 steps, run to the end. Returns the
-    scheduler, each step's waiting order (before it) and admissions, and every request id."""
+    scheduler, each step's waiting order (before it) and admissions, and every request id
+    admitted for the first time or again after a preemption."""
     rng = random.Random(seed)
     sched = make_scheduler(
         max_loras=3, seqs=6, tokens=32, num_blocks=96, max_model_len=48, starvation_steps=4,
@@ -161,7 +165,9 @@ def random_workload(affinity: bool, seed: int) -> tuple[Scheduler, list[list[str
                 sched.add(seq)
                 ids.append(rid)
         before = [s.request_id for s in sched.waiting]
-        steps.append((before, admitted(sched)))
+        out = run_step(sched)
+        steps.append((before, [s.seq.request_id for s in out.scheduled if s.start == 0]))
+        ids += [seq.request_id for seq in out.preempted]  # admitted again later
         if step >= 40 and not sched.has_unfinished():
             break
     return sched, steps, ids
