@@ -58,19 +58,20 @@ def test_starvation_guard_takes_a_slot_for_a_new_adapter() -> None:
     sched.add(make_seq("a_first", 2, "A", max_tokens=4))
     sched.add(make_seq("b", 2, "B", max_tokens=2))
     step, outs = stream_until_scheduled(sched, "b", steps=100)
-    # Steps 0-4 skip b five times and admit a0..a4. Step 5 would be skip six (> 5): b takes
-    # the slot, preempting the A requests running (a2..a4), and runs. (Before issue 24 the
-    # guard stopped all admission behind b instead, until A drained at step 8: requests that
-    # need no new slot were held behind a slot wait.)
-    assert step == 5
+    # Steps 0-9 skip b ten times and admit an A request each. From skip six (> 5) the guard
+    # waits for A's slot to be held by a sequence that has run 5 steps: the A requests are
+    # shorter, so at skip 2 x 5 it takes the slot anyway, preempting the A requests running,
+    # and b runs. Requests that need no new slot (here A's, in the step) were admitted all
+    # along. (Before issue 24 the guard stopped admission behind b instead until A drained.)
+    assert step == 10
     admitted = [[s.seq.request_id for s in o.scheduled if s.start == 0] for o in outs]
-    assert admitted == [["a_first", "a0"], ["a1"], ["a2"], ["a3"], ["a4"], ["b"]]
-    assert [s.request_id for s in outs[-1].preempted] == ["a2", "a3", "a4"]
+    assert admitted == [["a_first", "a0"], *[[f"a{i}"] for i in range(1, 10)], ["b"]]
+    assert [s.request_id for s in outs[-1].preempted] == ["a7", "a8", "a9"]
     # b now fills the only slot: the A requests wait for it to finish, then resume, the
-    # preempted ones first (recomputing their prompt and sampled token).
-    assert [s.request_id for s in sched.waiting] == ["a4", "a3", "a2", "a5"]
+    # preempted ones first (recomputing their prompt and sampled tokens).
+    assert [s.request_id for s in sched.waiting] == ["a9", "a8", "a7", "a10"]
     assert chunks(run_step(sched)) == [("b", 1)]
-    assert [rid for rid, _ in chunks(run_step(sched))][:4] == ["a4", "a3", "a2", "a5"]
+    assert [rid for rid, _ in chunks(run_step(sched))][:4] == ["a9", "a8", "a7", "a10"]
 
 
 def test_a_prompt_sharing_a_computed_prefix_prefills_only_its_new_tokens() -> None:

@@ -171,11 +171,11 @@ def test_slots_spread_evenly_across_the_tenants_that_wait() -> None:
 
 
 def test_requests_that_need_no_new_slot_are_never_held_behind_a_slot_wait() -> None:
-    # One slot, taken in this very step by x's request on A, so the starving request on B
-    # (past the guard's bound) cannot take it; the guard then holds back only requests that
-    # need a new slot. Before: the guard stopped admission for everyone behind it.
+    # One slot (the other is pinned), taken in this very step by x's request on A, so the
+    # request on B past the guard's bound cannot take it yet; the guard then holds back only
+    # the requests that need a new slot. Before: it stopped admission for everyone behind it.
     sched = make_scheduler(max_loras=2, seqs=16, starvation_steps=3)
-    sched.pinned = lambda: frozenset({"P"})  # one of the two slots is pinned
+    sched.pinned = lambda: frozenset({"P"})
     sched.add(make_seq("x_a", 2, "A", tenant="x"))
     starving = make_seq("x_b", 2, "B", tenant="x")
     starving.adapter_skips = 3
@@ -184,8 +184,15 @@ def test_requests_that_need_no_new_slot_are_never_held_behind_a_slot_wait() -> N
         sched.add(make_seq(rid, 2, adapter, tenant="y"))
     out = run_step(sched)
     assert admitted(chunks(out), sched) == ["x_a", "y_base", "y_pinned", "y_a"]
-    assert starving.adapter_skips == 4
     assert [s.request_id for s in sched.waiting] == ["x_b", "y_c"]
-    out = run_step(sched)  # A ran before this step: the guard takes its slot for x_b
-    assert {s.request_id for s in out.preempted} == {"x_a", "y_a"}
+    # A's sequences have not run 3 steps yet: the guard waits for them (at most 3 more skips),
+    # holding y_c back, while requests on the base model, P and A still get in at once.
+    for step in (2, 3):
+        sched.add(make_seq(f"y_base{step}", 2, None, tenant="y"))
+        sched.add(make_seq(f"y_a{step}", 2, "A", tenant="y"))
+        out = run_step(sched)
+        assert {f"y_base{step}", f"y_a{step}"} <= {rid for rid, _ in chunks(out)}
+        assert [s.request_id for s in sched.waiting] == ["x_b", "y_c"]
+    out = run_step(sched)  # x_a has run 3 steps now: the guard takes A's slot for x_b
+    assert {s.request_id for s in out.preempted} == {"x_a", "y_a", "y_a2", "y_a3"}
     assert "x_b" in {rid for rid, _ in chunks(out)}

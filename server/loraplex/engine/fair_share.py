@@ -1,8 +1,8 @@
 """Fair shares of the KV cache and of adapter slots between tenants (host-side, no torch).
 
 One tenant's load must never starve another's. The scheduler (``engine/scheduler.py``) applies
-these rules only where blocks or slots are short, and with a single tenant each one reduces to
-the plain rule (preempt the latest arrival, FCFS on memory).
+these rules only where blocks or slots are short; with a single tenant the block rules reduce
+to the plain ones (preempt the latest arrival, FCFS on memory).
 
 KV blocks. In a step, the *active* tenants are those with a sequence running or waiting. Each
 one's share is an equal part of the cache, ``num_blocks / active``; its usage is the blocks in
@@ -34,15 +34,16 @@ its sequences in the step; an adapter two tenants run counts for both.
   running sequences of that tenant's adapter with the fewest of them (latest arrival on ties)
   are preempted. Holdings even out to ``max_loras / tenants`` each and never flip back.
 - Guard. A request passed over for its slot more than ``starvation_steps`` times takes one the
-  same way from the tenant holding the most, its own tenant included (the step's pre-merged
-  adapter too, for a request of another pre-merged one). While no slot can be freed for it
-  (every one held by a request admitted in this step), no later request that needs a new slot
-  is admitted.
+  same way from the tenant holding the most, its own tenant included, but only an adapter whose
+  oldest running sequence has run ``starvation_steps`` steps (it had its turn); after twice as
+  many skips, any adapter (a request of another pre-merged adapter than the step's takes the
+  step's: all its sequences are preempted). While no slot can be taken for it, no later request
+  that needs a new slot is admitted. So a request waits about ``2 * starvation_steps`` steps
+  at most for a slot, and slots rotate between more adapters than there are slots without
+  thrashing. Preempted sequences keep their output and recompute their KV (their full blocks
+  usually revive from the prefix cache).
 - A request that needs no new slot (the base model, a pinned or pre-merged adapter, an adapter
   already in the step) is never held behind a slot wait.
-
-Preempted sequences keep their output and recompute their KV later; their full blocks usually
-revive from the prefix cache.
 """
 
 from __future__ import annotations
@@ -115,50 +116,73 @@ class BlockShares:
 class SlotHolders:
     """Who holds the step's adapter slots: its sequences grouped by slot-taking adapter, and how
     many adapters each tenant holds. ``evictable``: whether a sequence may be preempted now (it
-    ran before this step, rather than being admitted in it)."""
+    ran before this step, rather than being admitted in it); ``step``: the scheduler's count of
+    steps, against which ``Sequence.admitted_step`` tells how long a sequence has run."""
 
     def __init__(
         self,
-        step: Iterable[Sequence],
+        seqs: Iterable[Sequence],
         pinned: frozenset[str],
         evictable: Callable[[Sequence], bool],
+        step: int,
+        starvation_steps: int,
     ) -> None:
+        self.starvation_steps = starvation_steps
         self.groups: dict[str, list[Sequence]] = {}
         self.merged: list[Sequence] = []  # the sequences of the step's pre-merged adapter
-        for seq in step:
+        for seq in seqs:
             if seq.merged:
                 self.merged.append(seq)
             elif seq.adapter is not None and seq.adapter not in pinned:
                 self.groups.setdefault(seq.adapter, []).append(seq)
         self.held: Counter[str] = Counter()
-        tenants_of = {a: {seq.tenant for seq in seqs} for a, seqs in self.groups.items()}
+        tenants_of = {a: {seq.tenant for seq in group} for a, group in self.groups.items()}
         for tenants in tenants_of.values():
             self.held.update(tenants)
-        # The adapters whose sequences may all be preempted, in the order they are given up:
-        # the tenant holding the most first, then its cheapest adapter, then LIFO.
-        ranked = []
-        for adapter, seqs in self.groups.items():
-            if all(map(evictable, seqs)):
-                tenants = tenants_of[adapter]
-                most = max(self.held[tenant] for tenant in tenants)
-                key = (most, -len(seqs), max(seq.arrival_key for seq in seqs))
-                ranked.append((key, tenants, seqs))
-        ranked.sort(key=lambda entry: entry[0], reverse=True)
-        self.ranked = [(key[0], tenants, seqs) for key, tenants, seqs in ranked]
+        # (tenant's holding, tenants, sequences) of each adapter whose sequences may all be
+        # preempted, in the order they are given up: the tenant holding the most first, then
+        # its cheapest adapter (fewest sequences), then the latest arrival.
+        ranked = [
+            ((max(self.held[t] for t in tenants_of[a]), -len(group), max_arrival(group)), a)
+            for a, group in self.groups.items()
+            if all(map(evictable, group))
+        ]
+        ranked.sort(reverse=True)
+        self.ranked = [(key[0], tenants_of[a], self.groups[a]) for key, a in ranked]
+        # The first whose oldest sequence has run starvation_steps steps: it had its turn.
+        self.settled = next(
+            (
+                group
+                for _, _, group in self.ranked
+                if step - first_admitted(group) >= starvation_steps
+            ),
+            [],
+        )
         self.merged_evictable = all(map(evictable, self.merged))
 
-    def victims(self, asking: Sequence, guard: bool) -> list[Sequence]:
-        """The sequences to preempt so that ``asking`` gets a slot: all those of one adapter
-        (the module docstring's balance rule, or with ``guard`` the starvation guard's), or []
-        when none may be taken. O(1) but for balance over adapters other tenants share."""
+    def victims(self, asking: Sequence) -> list[Sequence]:
+        """The sequences to preempt so that ``asking`` gets a slot: all those of one adapter,
+        by the module docstring's balance rule or, after ``starvation_steps`` skips, the guard's;
+        [] when none may be taken. O(1) but for adapters that other tenants share."""
+        skips, bound = asking.adapter_skips, self.starvation_steps
         if asking.merged:  # one pre-merged adapter a step: only the guard takes its place
-            return self.merged if guard and self.merged_evictable else []
-        if guard:
+            return self.merged if skips >= bound and self.merged_evictable else []
+        if skips >= 2 * bound:
             return self.ranked[0][2] if self.ranked else []
+        if skips >= bound:
+            return self.settled
         least = self.held[asking.tenant] + 2  # balance: one other tenant's, holding 2 more
-        for most, tenants, seqs in self.ranked:
+        for most, tenants, group in self.ranked:
             if most < least:
                 break
             if len(tenants) == 1 and asking.tenant not in tenants:
-                return seqs
+                return group
         return []
+
+
+def max_arrival(seqs: Iterable[Sequence]) -> tuple[float, int]:
+    return max(seq.arrival_key for seq in seqs)
+
+
+def first_admitted(seqs: Iterable[Sequence]) -> int:
+    return min(seq.admitted_step for seq in seqs)

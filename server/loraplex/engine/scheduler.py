@@ -14,11 +14,10 @@ from __future__ import annotations
 import time
 from collections import deque
 from collections.abc import Callable
-from functools import partial
 
 from loraplex.config import SchedulerConfig
 from loraplex.engine.adapter_counts import AdapterCounts
-from loraplex.engine.affinity import admission_tier, overtaken
+from loraplex.engine.affinity import overtaken, step_order
 from loraplex.engine.block_manager import BlockManager
 from loraplex.engine.fair_share import BlockShares, SlotHolders
 from loraplex.engine.scheduler_output import ScheduledSeq, SchedulerOutput
@@ -71,6 +70,7 @@ class Scheduler:
         # Per step (engine/fair_share.py): blocks per tenant, and who holds the step's slots.
         self._shares = BlockShares((), (), block_manager.num_blocks)
         self._holders: SlotHolders | None = None
+        self._steps = 0  # schedule() calls: how long a sequence has run (Sequence.admitted_step)
 
     @property
     def num_waiting(self) -> int:
@@ -125,6 +125,7 @@ class Scheduler:
             self.running, self.waiting.active_tenants(), self.block_manager.num_blocks
         )
         out = SchedulerOutput()
+        self._steps += 1
         self._schedule_running(budget, out)
         self._schedule_waiting(budget, out)
         return out
@@ -188,15 +189,7 @@ class Scheduler:
         self.adapter_counts.move(seq, SequenceStatus.RUNNING, SequenceStatus.WAITING)
 
     def _schedule_waiting(self, budget: StepBudget, out: SchedulerOutput) -> None:
-        tier = None
-        if self.config.adapter_affinity:
-            tier = partial(
-                admission_tier,
-                budget=budget,
-                is_resident=self.is_resident,
-                # At most the guard's bound: one more skip would trip the guard.
-                max_skips=min(self.config.adapter_affinity_max_skips, self.starvation_steps),
-            )
+        tier = step_order(self.config, budget, self.is_resident, self.starvation_steps)
         order = self.waiting.ordered(tier)
         admitted: list[Sequence] = []
         skipped: set[int] = set()
@@ -237,6 +230,7 @@ class Scheduler:
                 if not self._reclaim(seq, cached, num_new, budget, out):
                     break
             admitted.append(seq)
+            seq.admitted_step = self._steps
             seq.status = SequenceStatus.RUNNING
             if seq.first_scheduled_time is None:
                 seq.first_scheduled_time = time.monotonic()
@@ -259,9 +253,13 @@ class Scheduler:
         if self._holders is None:
             running = {s.seq_id for s in self.running}
             self._holders = SlotHolders(
-                (s.seq for s in out.scheduled), budget.pinned, lambda s: s.seq_id in running
+                (s.seq for s in out.scheduled),
+                budget.pinned,
+                lambda s: s.seq_id in running,
+                self._steps,
+                self.starvation_steps,
             )
-        victims = self._holders.victims(seq, guard=seq.adapter_skips >= self.starvation_steps)
+        victims = self._holders.victims(seq)
         for victim in victims:
             self._evict(victim, budget, out)
         return bool(victims) and budget.admits(seq)
