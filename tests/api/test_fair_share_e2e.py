@@ -158,14 +158,16 @@ def check(attack: str, alone: dict[str, Timed], loaded: dict[str, Timed]) -> Non
 
 
 def test_a_kv_flood_does_not_starve_another_tenant(setup: Setup, base_name: str) -> None:
-    """Before: globex's 8-token requests waited behind acme's preempted streams: 42-49 steps
-    on its adapter, 94-99 on the base model, against 8 alone; now 8, with the same text."""
+    """Before: globex's 8-token requests waited behind acme's preempted streams, which did not
+    fit: 21-49 steps on its adapter, 28-99 on the base model (0.3-0.7 s), against 8 alone;
+    now 8, with the same text, and the flood takes the same 300 steps."""
     url = setup.world.url
     alone = {model: timed(setup, model) for model in ("support", base_name)}
     assert alone["support"].text == setup.world.texts["globex"]
     preempted = metric(url, "loraplex_preemptions_total")
     prompts = [[(7 * i + j) % 300 + 1 for j in range(FLOOD_PROMPT)] for i in range(FLOOD_STREAMS)]
     jobs = [("support", prompt, FLOOD_TOKENS) for prompt in prompts]
+    first, start = setup.probe.steps, time.perf_counter()
     with streams(setup, "acme-app", jobs):
         wait_for(
             lambda: (
@@ -175,6 +177,10 @@ def test_a_kv_flood_does_not_starve_another_tenant(setup: Setup, base_name: str)
             "the flood to fill the KV cache",
         )
         loaded = {model: timed(setup, model) for model in ("support", base_name)}
+    print(  # what the fair shares cost the flood itself
+        f"\nKV flood: {setup.probe.steps - first} steps, {time.perf_counter() - start:.2f} s, "
+        f"{metric(url, 'loraplex_preemptions_total') - preempted:.0f} preemptions"
+    )
     check("KV flood", alone, loaded)
 
 

@@ -24,8 +24,8 @@ is, was passed over by affinity and counts one ``adapter_skips``, as one whose a
 fit does (at most one a step). After ``max_skips`` skips (``--adapter-affinity-max-skips``,
 capped by the scheduler's ``starvation_steps``) it is STARVED: first in its tenant's order, so
 no later request of its tenant overtakes it again; and once its adapter has not fitted in more
-than ``starvation_steps`` steps, the scheduler's starvation guard admits nobody behind it until
-running sequences drain and free a slot (as without affinity). So affinity passes a request
+than ``starvation_steps`` steps, the scheduler's starvation guard gets it a slot (as without
+affinity; ``engine/fair_share.py``). So affinity passes a request
 over in at most ``max_skips`` steps (later ones still pass a request whose adapter does not
 fit, as without affinity, until the guard trips); ``max_skips=0`` gives the fair order. The
 larger the bound, the fewer adapter loads and distinct adapters a step, and the longer the cold

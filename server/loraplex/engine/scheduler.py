@@ -68,9 +68,9 @@ class Scheduler:
         self.running: list[Sequence] = []
         self.adapter_counts = AdapterCounts()  # sequences per adapter and status, for metrics
         # Per step (engine/fair_share.py): blocks per tenant, and who holds the step's slots.
-        self._shares = BlockShares((), (), block_manager.num_blocks)
+        self._shares = BlockShares(self.running, frozenset, block_manager.num_blocks)
         self._holders: SlotHolders | None = None
-        self._steps = 0  # schedule() calls: how long a sequence has run (Sequence.admitted_step)
+        self._barred: set[str] = set()  # tenants preempted for blocks in this step
 
     @property
     def num_waiting(self) -> int:
@@ -122,10 +122,10 @@ class Scheduler:
             cfg.max_num_batched_tokens, cfg.max_num_seqs, self.max_loras, pinned=self.pinned()
         )
         self._shares = BlockShares(
-            self.running, self.waiting.active_tenants(), self.block_manager.num_blocks
+            self.running, self.waiting.active_tenants, self.block_manager.num_blocks
         )
+        self._barred = set()
         out = SchedulerOutput()
-        self._steps += 1
         self._schedule_running(budget, out)
         self._schedule_waiting(budget, out)
         return out
@@ -147,7 +147,11 @@ class Scheduler:
             if num_new == 0 or not budget.admits(seq):
                 continue
             if self._make_room(seq, num_new, queue, budget, out):
-                self._take(seq, num_new, budget, out)
+                blocks = len(seq.block_table)
+                self.block_manager.allocate(seq, num_new)
+                if len(seq.block_table) > blocks:  # most decodes take no new block
+                    self._shares.charge(seq.tenant, len(seq.block_table) - blocks)
+                self._record(seq, num_new, budget, out)
 
     def _make_room(
         self,
@@ -158,11 +162,11 @@ class Scheduler:
         out: SchedulerOutput,
     ) -> bool:
         """Preempt until ``seq``'s chunk fits: among ``seq``, the not-yet-scheduled ``queue``
-        and the scheduled sequences of tenants further over their share, the furthest over
-        first, latest arrival first. Returns False when ``seq`` itself had to go."""
+        and, if its tenant is under its share, the scheduled sequences of tenants over theirs,
+        the furthest over first, latest arrival first. False when ``seq`` itself had to go."""
         while not self.block_manager.can_allocate(seq, num_new):
             scheduled = (s.seq for s in out.scheduled)
-            victim = self._shares.victim(seq, [*queue, *self._shares.further_over(seq, scheduled)])
+            victim = self._shares.victim(seq, [*queue, *self._shares.over_for(seq, scheduled)])
             if victim is not seq and victim in queue:
                 queue.remove(victim)
             self._evict(victim, budget, out)
@@ -170,8 +174,13 @@ class Scheduler:
                 return False
         return True
 
-    def _evict(self, seq: Sequence, budget: StepBudget, out: SchedulerOutput) -> None:
-        """Preempt the running ``seq``, withdrawing its chunk if the step scheduled one."""
+    def _evict(
+        self, seq: Sequence, budget: StepBudget, out: SchedulerOutput, for_blocks: bool = True
+    ) -> None:
+        """Preempt the running ``seq``, withdrawing its chunk if the step scheduled one; if
+        ``for_blocks``, its tenant is admitted no more in this step."""
+        if for_blocks:
+            self._barred.add(seq.tenant)
         withdrawn = out.withdraw(seq)
         if withdrawn is not None:
             budget.give_back(seq, withdrawn.num_new_tokens, (s.seq for s in out.scheduled))
@@ -194,29 +203,29 @@ class Scheduler:
         admitted: list[Sequence] = []
         skipped: set[int] = set()
         shares, self._holders = self._shares, None
-        under_only = hold_slots = False
-        barred: set[str] = set()  # tenants that lost a sequence in this step
-        seen = 0
+        under_only = False
+        draining: set[str] = set()  # the tenants of the guard's requests (engine/fair_share.py)
         for seq in order:
             if budget.exhausted():
                 break
-            if seen < len(out.preempted):  # preempted in this step since we last looked
-                barred.update(s.tenant for s in out.preempted[seen:])
-                seen = len(out.preempted)
             # Blocks just taken from a tenant must not go straight back to it.
-            if not self.is_ready(seq) or seq.tenant in barred:
+            if not self.is_ready(seq) or seq.tenant in self._barred:
                 continue
-            if under_only and not shares.under(seq.tenant):
+            # Blocks short (one did not fit, or some were taken back): under-share tenants only.
+            if (under_only or self._barred) and not shares.under(seq.tenant):
                 continue
             if not budget.costs_nothing(seq):
-                if hold_slots:  # the starvation guard: no new slot for anyone behind it
+                if draining:  # the starvation guard: no new slot for anyone behind it
                     continue
                 if not budget.admits(seq) and not self._claim_slot(seq, budget, out):
                     seq.adapter_skips += 1
                     skipped.add(seq.seq_id)
-                    hold_slots = seq.adapter_skips > self.starvation_steps
+                    if seq.adapter_skips > self.starvation_steps:
+                        draining.add(seq.tenant)
                     continue
                 self._holders = None
+            elif seq.tenant in draining and budget.uses_slot(seq):
+                continue  # its tenant's slots drain for the guard's request
             # Leading blocks already in the prefix cache are shared, not recomputed.
             cached = self.block_manager.cached_prefix(seq)
             uncomputed = seq.num_tokens - len(cached) * self.block_manager.block_size
@@ -230,12 +239,11 @@ class Scheduler:
                 if not self._reclaim(seq, cached, num_new, budget, out):
                     break
             admitted.append(seq)
-            seq.admitted_step = self._steps
             seq.status = SequenceStatus.RUNNING
             if seq.first_scheduled_time is None:
                 seq.first_scheduled_time = time.monotonic()
             self.block_manager.admit(seq, cached, num_new)
-            shares.charge(seq.tenant, len(seq.block_table))
+            shares.admit(seq)
             self._record(seq, num_new, budget, out)
         if self.config.adapter_affinity:  # the bound: passing over counts as a skip too
             for seq in overtaken(order, admitted, self.is_ready):
@@ -256,12 +264,11 @@ class Scheduler:
                 (s.seq for s in out.scheduled),
                 budget.pinned,
                 lambda s: s.seq_id in running,
-                self._steps,
                 self.starvation_steps,
             )
         victims = self._holders.victims(seq)
         for victim in victims:
-            self._evict(victim, budget, out)
+            self._evict(victim, budget, out, for_blocks=False)
         return bool(victims) and budget.admits(seq)
 
     def _reclaim(
@@ -275,21 +282,15 @@ class Scheduler:
         """Preempt running sequences of tenants over their share until the waiting ``seq``
         fits, if its tenant may reclaim (``engine/fair_share.py``); whether it fits now."""
         size = self.block_manager.block_size
-        blocks = -(-(len(cached) * size + num_new) // size)
+        blocks = -(-seq.num_tokens // size)  # its whole prompt (and output, if preempted)
         if not self._shares.may_reclaim(seq.tenant, blocks):
             return False
         while not self.block_manager.can_admit(seq, cached, num_new):
-            victim = self._shares.reclaim_victim(seq, self.running)
+            victim = self._shares.reclaim_victim(seq)
             if victim is None:
                 return False
             self._evict(victim, budget, out)
         return True
-
-    def _take(self, seq: Sequence, num_new: int, budget: StepBudget, out: SchedulerOutput) -> None:
-        before = len(seq.block_table)
-        self.block_manager.allocate(seq, num_new)
-        self._shares.charge(seq.tenant, len(seq.block_table) - before)
-        self._record(seq, num_new, budget, out)
 
     @staticmethod
     def _record(seq: Sequence, num_new: int, budget: StepBudget, out: SchedulerOutput) -> None:

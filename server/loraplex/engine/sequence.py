@@ -58,9 +58,6 @@ class Sequence:
     adapter_skips: int = 0
     # Monotonic time of the first step that scheduled it (its queue time ends there).
     first_scheduled_time: float | None = None
-    # The scheduler's step count when it was last admitted: the starvation guard takes a slot
-    # first from an adapter whose oldest sequence has run for a while (fair_share.py).
-    admitted_step: int = 0
 
     def __post_init__(self) -> None:
         self.token_ids = list(self.prompt_token_ids)

@@ -39,6 +39,10 @@ class StepBudget:
             return True
         return not seq.merged and len(self.adapters) < self.max_loras - len(self.pinned)
 
+    def uses_slot(self, seq: Sequence) -> bool:
+        """``seq``'s adapter takes a slot of its own (not the base model, pre-merged or pinned)."""
+        return seq.adapter is not None and not seq.merged and seq.adapter not in self.pinned
+
     def take(self, seq: Sequence, num_new_tokens: int) -> None:
         self.tokens -= num_new_tokens
         self.seqs -= 1
