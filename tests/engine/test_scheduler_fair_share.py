@@ -242,3 +242,16 @@ def test_random_multi_tenant_workloads_under_pressure_all_finish() -> None:
             if step >= 60 and not sched.has_unfinished():
                 break
         assert all(seq.is_finished for seq in seqs), seed
+
+
+def test_a_tenant_starving_its_own_request_does_not_hold_back_another_tenants_slot() -> None:
+    # The flood holds every slot and has a request of its own past the guard's bound: its
+    # slots drain for it, but the quiet tenant, holding none, still takes one at once.
+    sched = slot_scheduler()
+    hold_every_slot(sched)
+    own = make_seq("f_new", 4, "F9", tenant="flood")
+    own.adapter_skips = 40
+    sched.add(own)
+    sched.add(make_seq("q", 4, "Q", max_tokens=4, tenant="quiet"))
+    out = run_step(sched)
+    assert ("q", 4) in chunks(out) and [s.tenant for s in out.preempted] == ["flood"]

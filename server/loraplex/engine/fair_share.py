@@ -37,12 +37,13 @@ its sequences in the step; an adapter two tenants run counts for both.
   are preempted. Holdings even out to ``max_loras / tenants`` each and never flip back.
 - Guard. Once a request has been passed over for its slot more than ``starvation_steps``
   times, it takes one the same way from a tenant holding more than its own tenant (one more is
-  enough). Otherwise its own tenant holds the most: no later request that needs a new slot is
-  admitted, nor any later request of its tenant on an adapter in the step, so its tenant's
-  running sequences drain and free a slot for it (the guard as it was with one tenant, but
-  base-model, pinned and pre-merged requests, and other tenants' requests, still get in). If
-  its tenant has no adapter of its own to drain (it shares them all), it takes any slot. A
-  request of another pre-merged adapter than the step's takes the step's the same way.
+  enough). Otherwise its own tenant holds the most: no later request gets a slot but by taking
+  one (balance, or its own guard), nor is any later request of its tenant on an adapter in the
+  step admitted, so its tenant's running sequences drain and free a slot for it (the guard as
+  it was with one tenant, but base-model, pinned and pre-merged requests, and other tenants'
+  requests on adapters in the step, still get in). If its tenant has no adapter of its own to
+  drain (it shares them all), it takes any slot. A request of another pre-merged adapter than
+  the step's takes the step's the same way.
 - A request that needs no new slot (the base model, a pinned or pre-merged adapter, an adapter
   already in the step) is never held behind a slot wait.
 """

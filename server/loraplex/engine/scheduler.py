@@ -115,7 +115,8 @@ class Scheduler:
         adapter slots are short, tenants get fair shares of them (``engine/fair_share.py``):
         with one tenant, the victim is the latest arrival not yet scheduled, nothing is admitted
         after a preemption, a request that does not fit stops admission behind it, and one
-        whose adapter has not fitted in more than ``starvation_steps`` steps takes a slot.
+        whose adapter has not fitted in more than ``starvation_steps`` steps holds back those
+        behind it that would take or keep a slot.
         """
         cfg = self.config
         budget = StepBudget(
@@ -215,9 +216,8 @@ class Scheduler:
             if (under_only or self._barred) and not shares.under(seq.tenant):
                 continue
             if not budget.costs_nothing(seq):
-                if draining:  # the starvation guard: no new slot for anyone behind it
-                    continue
-                if not budget.admits(seq) and not self._claim_slot(seq, budget, out):
+                # While the guard drains a slot, others get one only by taking it (balance).
+                if (draining or not budget.admits(seq)) and not self._claim_slot(seq, budget, out):
                     seq.adapter_skips += 1
                     skipped.add(seq.seq_id)
                     if seq.adapter_skips > self.starvation_steps:
