@@ -1,7 +1,7 @@
 """Scheduler: fair shares of KV blocks and adapter slots between tenants (engine/fair_share.py).
 
-Each test reproduces a starvation of issue 24 that the scheduler had before the fair shares
-(the numbers measured then are in the comments) and shows the fix: one tenant's long streams
+The tests reproduce the starvations of issue 24 that the scheduler had before the fair shares
+(the numbers measured then are in the comments) and show the fix: one tenant's long streams
 or its hold on every adapter slot no longer keep another tenant's small request waiting.
 """
 
@@ -11,12 +11,13 @@ import random
 
 from scheduler_helpers import chunks, make_scheduler, make_seq, run_step
 
-from loraplex.engine.scheduler import Scheduler
-from loraplex.engine.sequence import Sequence
+from loraplex.engine.scheduler import Scheduler, SchedulerOutput
+from loraplex.engine.sequence import Sequence, SequenceStatus
 
 
-def admitted(out_chunks: list[tuple[str, int]], sched: Scheduler) -> list[str]:
-    return [rid for rid, _ in out_chunks]
+def ids(out: SchedulerOutput) -> list[str]:
+    """The request ids of the step's chunks, in order."""
+    return [rid for rid, _ in chunks(out)]
 
 
 def flood_kv(sched: Scheduler, streams: int = 12) -> list[Sequence]:
@@ -73,7 +74,7 @@ def test_the_tenant_furthest_over_its_share_is_preempted_not_the_one_asking() ->
     outs = []
     while not quiet.is_finished:
         outs.append(run_step(sched))
-        assert quiet.status is not quiet.status.WAITING  # admitted at once, never preempted
+        assert quiet.status is not SequenceStatus.WAITING  # admitted at once, never preempted
     assert all(any(s.seq is quiet for s in out.scheduled) for out in outs)  # every step
     victims = [seq.tenant for out in outs for seq in out.preempted]
     assert victims and set(victims) == {"flood"}
@@ -94,7 +95,7 @@ def test_an_over_share_tenants_preempted_sequence_does_not_block_an_under_share_
     sched.waiting.appendleft(waiting_a)
     sched.add(make_seq("b", 4, max_tokens=2, tenant="b"))
     out = run_step(sched)
-    assert admitted(chunks(out), sched) == ["a0", "a1", "b"] and not out.preempted
+    assert ids(out) == ["a0", "a1", "b"] and not out.preempted
     assert sched.waiting[0] is waiting_a
 
 
@@ -191,7 +192,7 @@ def test_requests_that_need_no_new_slot_are_never_held_behind_a_slot_wait() -> N
     for rid, adapter in [("y_base", None), ("y_pinned", "P"), ("y_d2", "D"), ("y_c", "C")]:
         sched.add(make_seq(rid, 2, adapter, tenant="y"))
     out = run_step(sched)
-    assert admitted(chunks(out), sched) == [
+    assert ids(out) == [
         "x_a", "y_d", "y_base", "y_pinned", "x_base", "y_d2"
     ]  # fmt: skip
     assert [s.request_id for s in sched.waiting] == ["x_b", "y_c", "x_a2"]
