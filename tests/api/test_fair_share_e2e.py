@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 from adapter_files import PROMPT
 from completion_helpers import metric
-from tenant_world import GREEDY, World, client, put, start_world
+from tenant_world import GREEDY, World, client, put, start_world, tenant_config
 
 from loraplex.config import Config
 from loraplex.engine.async_engine import AsyncEngine
@@ -90,7 +90,8 @@ def setup(
     def start(config: Config) -> str:
         return server_factory(config, probe.attach(AsyncEngine.from_config(config)))
 
-    world = start_world(start, config, tiny_adapters_dir, tmp_path_factory.mktemp("fair"))
+    root = tmp_path_factory.mktemp("fair")
+    world = start_world(start, tenant_config(config, root, tiny_adapters_dir), tiny_adapters_dir)
     assert put(world, "acme", "acme-extra", 55).status_code == 201  # acme's 4th adapter
     return Setup(world, probe)
 
