@@ -33,6 +33,9 @@ SERVE_OPTIONS = [
     "--max-merged-adapters",
     "--allow-base-mismatch",
     "--max-upload-mb",
+    "--max-adapters-per-tenant",
+    "--max-adapter-mb-per-tenant",
+    "--metrics-require-key",
     "--host",
     "--port",
     "--api-key",
@@ -86,6 +89,9 @@ def test_every_option_reaches_the_config(tmp_path) -> None:
         "--max-merged-adapters", "2",
         "--allow-base-mismatch",
         "--max-upload-mb", "64",
+        "--max-adapters-per-tenant", "7",
+        "--max-adapter-mb-per-tenant", "10",
+        "--metrics-require-key",
         "--host", "0.0.0.0",
         "--port", "9000",
         "--api-key", "sekret",
@@ -124,6 +130,9 @@ def test_every_option_reaches_the_config(tmp_path) -> None:
     assert config.lora.max_merged_adapters == 2
     assert config.lora.allow_base_mismatch is True
     assert config.lora.max_upload_mb == 64
+    assert config.lora.max_adapters_per_tenant == 7
+    assert config.lora.max_adapter_bytes_per_tenant == 10 * 2**20
+    assert config.server.metrics_require_key is True
     assert (config.server.host, config.server.port) == ("0.0.0.0", 9000)
     assert config.server.api_key == "sekret"
     assert config.server.log_level == "debug"

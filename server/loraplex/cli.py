@@ -119,6 +119,8 @@ def build_config(args: argparse.Namespace) -> Config:
             kernel=args.lora_kernel,
             lora_dtype=args.lora_dtype,
             store_poll_s=args.store_poll_s,
+            max_adapters_per_tenant=args.max_adapters_per_tenant,
+            max_adapter_bytes_per_tenant=args.max_adapter_mb_per_tenant << 20,
         ),
         server=ServerConfig(
             host=args.host,
@@ -127,11 +129,13 @@ def build_config(args: argparse.Namespace) -> Config:
             api_keys=_api_keys(args.api_keys_file),
             log_level=args.log_level,
             metrics_adapter_labels=args.metrics_adapter_labels,
+            metrics_require_key=args.metrics_require_key,
             timeout_keep_alive=args.timeout_keep_alive,
             header_timeout=args.header_timeout,
             body_timeout=args.body_timeout,
             body_min_rate=args.body_min_rate,
             max_request_mb=args.max_request_mb,
+            max_chat_messages=args.max_chat_messages,
             tokenizer_threads=args.tokenizer_threads,
             shutdown_timeout=args.shutdown_timeout,
             ui=args.ui,
@@ -143,8 +147,8 @@ def serve(config: Config) -> None:
     """Run the HTTP server until SIGTERM/SIGINT, which drain it first (api/lifecycle.py)."""
     # Here, not at the top: --help must not import torch.
     from loraplex.api.app import create_app
+    from loraplex.api.http_protocol import uvicorn_options
     from loraplex.api.lifecycle import serve_until_signalled
-    from loraplex.api.timeouts import uvicorn_options
 
     level = config.server.log_level
     # uvicorn configures only its own loggers; ours follow the same level ("trace" is uvicorn's).

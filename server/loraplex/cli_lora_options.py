@@ -114,6 +114,22 @@ def add_lora_options(serve: argparse.ArgumentParser) -> None:
         help="largest adapter upload (request body and each file), in MiB",
     )
     lora.add_argument(
+        "--max-adapters-per-tenant",
+        type=int,
+        default=LoRAConfig.max_adapters_per_tenant,
+        metavar="N",
+        help="most adapters one tenant keeps in the store; past it an upload is a 409 "
+        "(quota_exceeded), a replace is not; public adapters do not count; 0: no limit",
+    )
+    lora.add_argument(
+        "--max-adapter-mb-per-tenant",
+        type=int,
+        default=LoRAConfig.max_adapter_bytes_per_tenant >> 20,
+        metavar="MIB",
+        help="most MiB of adapter files (config and weights) one tenant keeps in the store; "
+        "past it an upload is a 409 (quota_exceeded); 0: no limit",
+    )
+    lora.add_argument(
         "--lora-modules",
         nargs="+",
         type=_lora_module,

@@ -219,7 +219,7 @@ def _add_server_options(serve: argparse.ArgumentParser) -> None:
         default=None,
         metavar="PATH",
         help='JSON {"keys": [{"key" or "sha256", "tenant", "role"}]}: tenants and roles '
-        f"(admin, user, inference), read at start (default: ${KEYS_FILE_ENV})",
+        f"(admin, user, inference, metrics), read at start (default: ${KEYS_FILE_ENV})",
     )
     server.add_argument(
         "--log-level", choices=LOG_LEVELS, default=ServerConfig.log_level, help="log verbosity"
@@ -231,6 +231,13 @@ def _add_server_options(serve: argparse.ArgumentParser) -> None:
         metavar="N",
         help="per-adapter metrics label the first N adapter names seen; later ones count as "
         "'other' (bounds the number of Prometheus series)",
+    )
+    server.add_argument(
+        "--metrics-require-key",
+        action="store_true",
+        help="with API keys: GET /metrics without a key is a 401 instead of the anonymous view "
+        "(tenants and their adapters as opaque labels, public adapters by name, which the "
+        "Inference Gateway's endpoint picker reads: it cannot send a key)",
     )
     server.add_argument(
         "--timeout-keep-alive",
@@ -270,6 +277,14 @@ def _add_server_options(serve: argparse.ArgumentParser) -> None:
         default=ServerConfig.max_request_mb,
         help="largest request body in MiB, adapter uploads aside (--max-upload-mb); past it a "
         "413, answered as soon as the cap is crossed, before any parsing",
+    )
+    server.add_argument(
+        "--max-chat-messages",
+        type=int,
+        default=ServerConfig.max_chat_messages,
+        metavar="N",
+        help="most messages in a chat request, and most content parts in all (OpenAI caps "
+        "messages at 2048); past it a 400 before anything is validated or rendered",
     )
     server.add_argument(
         "--tokenizer-threads",

@@ -167,6 +167,9 @@ class LoRAConfig:
     other replicas sharing the store uploaded, replaced or deleted are picked up (0: only at start).
     ``max_pinned_loras`` caps the adapters pinned to a device slot (None: ``max_loras // 2``), so
     pins can never leave everyone else's adapters one slot to share.
+    ``max_adapters_per_tenant`` and ``max_adapter_bytes_per_tenant`` cap what one tenant keeps
+    in the store (its adapters' config and weights files; 0: no cap), counted from the store at
+    each upload (``adapters/quota.py``); public adapters are not counted.
     ``lora_dtype``: the slot tables' dtype (LORA_DTYPES); ``auto`` the model's. Adapters are
     rounded to it once, when they are written into a slot; ``bench/NOTES.md`` has the measured
     effect of the 16-bit choices on outputs.
@@ -187,6 +190,8 @@ class LoRAConfig:
     kernel: str = "auto"  # add_lora backend: one of LORA_KERNELS
     lora_dtype: str = "auto"  # slot-table dtype: one of LORA_DTYPES
     store_poll_s: float = 0.0
+    max_adapters_per_tenant: int = 100
+    max_adapter_bytes_per_tenant: int = 4 << 30
 
     def __post_init__(self) -> None:
         _require(
@@ -203,6 +208,8 @@ class LoRAConfig:
         _require(self.max_upload_mb > 0, "--max-upload-mb must be positive")
         _require(self.max_merged_adapters >= 0, "--max-merged-adapters must be >= 0")
         _require(self.store_poll_s >= 0, "--store-poll-s must be >= 0")
+        _require(self.max_adapters_per_tenant >= 0, "--max-adapters-per-tenant must be >= 0")
+        _require(self.max_adapter_bytes_per_tenant >= 0, "--max-adapter-mb-per-tenant must be >= 0")
         _require(
             len(self.merged_adapters) <= self.max_merged_adapters,
             f"--merged-adapters names {len(self.merged_adapters)} adapters but "
@@ -238,11 +245,15 @@ class ServerConfig:
     ``header_timeout``: a request head must arrive within it (of its first byte, or of the
     connection). ``body_timeout`` + received bytes / ``body_min_rate``: the deadline of a body
     (0 as the rate: a fixed deadline); past it a 408 and the connection closes.
+    ``metrics_require_key``: with keys configured, ``/metrics`` without one is a 401 instead of
+    the anonymous view (tenants and their adapters as opaque labels; ``api/auth.py``).
     ``max_request_mb``: the largest request body other than an adapter upload (413 past it,
-    counted as it streams in). ``tokenizer_threads``: the pool that tokenizes, renders chat
-    templates and decodes echoes off the event loop. ``shutdown_timeout``: after SIGTERM,
-    running requests get this long to finish before they are aborted. ``ui``: serve the
-    playground page at ``/`` (``--no-ui`` turns it off; the API is the same either way).
+    counted as it streams in). ``max_chat_messages``: the most messages a chat request may
+    have, and the most content parts in all (checked before they are validated or rendered).
+    ``tokenizer_threads``: the pool that tokenizes, renders chat templates and decodes echoes
+    off the event loop. ``shutdown_timeout``: after SIGTERM, running requests get this long
+    to finish before they are aborted. ``ui``: serve the playground page at ``/``
+    (``--no-ui`` turns it off; the API is the same either way).
     """
 
     host: str = "127.0.0.1"
@@ -251,17 +262,20 @@ class ServerConfig:
     api_keys: tuple[ApiKeyEntry, ...] = ()  # --api-keys-file (api_keys.load_api_keys_file)
     log_level: str = "info"
     metrics_adapter_labels: int = 32  # distinct adapter names as metric labels (rest: other)
+    metrics_require_key: bool = False  # /metrics without a key: 401 (else the anonymous view)
     timeout_keep_alive: float = 5.0
     header_timeout: float = 10.0
     body_timeout: float = 30.0
     body_min_rate: int = 65536
     max_request_mb: int = 16
+    max_chat_messages: int = 2048  # OpenAI's own cap on messages
     tokenizer_threads: int = 4
     shutdown_timeout: float = 30.0
     ui: bool = True
 
     def __post_init__(self) -> None:
         _require(self.max_request_mb > 0, "--max-request-mb must be positive")
+        _require(self.max_chat_messages > 0, "--max-chat-messages must be positive")
         _require(self.tokenizer_threads > 0, "--tokenizer-threads must be positive")
         _require(self.shutdown_timeout >= 0, "--shutdown-timeout must be >= 0")
         _require(0 <= self.port < 65536, "--port must be in 0..65535")

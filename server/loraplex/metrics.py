@@ -22,9 +22,18 @@ Who updates what:
 * the queue limits: 429s by tenant (:func:`record_rate_limited`);
 * ``/metrics`` copies the engine's gauges from ``engine.stats()`` on every scrape
   (``metrics_scrape.scrape``), so the engine thread never has to touch them.
+
+Adapter labels hold qualified names (``tenant/name`` for a tenant's own) and the rate-limit
+counter tenants: a scrape without a key renders them through ``PrivateLabels`` (opaque, stable;
+``metric_labels.py``, applied in ``metrics_scrape``), so only a ``metrics`` or ``admin`` key
+reads them plain. A new label that
+names an adapter or a tenant must use one of the keys ``PrivateLabels.relabel`` knows.
 """
 
 from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Protocol
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -35,9 +44,17 @@ from prometheus_client import (
     generate_latest,
 )
 from prometheus_client.gc_collector import GCCollector
+from prometheus_client.metrics_core import Metric
 from prometheus_client.process_collector import ProcessCollector
 
 from loraplex.metric_labels import BASE_LABEL, AdapterLabels
+
+
+class Collecting(Protocol):
+    """What ``generate_latest`` reads: a registry, or a view of one."""
+
+    def collect(self) -> Iterable[Metric]: ...
+
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 ProcessCollector(registry=REGISTRY)
@@ -314,6 +331,7 @@ def record_adapter_evictions(tier: str, count: int = 1) -> None:
 # ---- exposition ------------------------------------------------------------------------
 
 
-def render() -> tuple[bytes, str]:
-    """The Prometheus text exposition of :data:`REGISTRY` and its content type."""
-    return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
+def render(source: Collecting | None = None) -> tuple[bytes, str]:
+    """The Prometheus text exposition of :data:`REGISTRY` (or of ``source``, a view of it such
+    as ``metrics_scrape``'s anonymous one) and its content type."""
+    return generate_latest(source or REGISTRY), CONTENT_TYPE_LATEST  # type: ignore[arg-type]

@@ -66,6 +66,16 @@ class AdapterFiles:
         return {prefix + CONFIG_FILE: self.config, prefix + WEIGHTS_FILE: self.weights}
 
 
+def rank_16(tiny_model_dir: Path, folder: Path) -> Path:
+    """A real PEFT adapter of rank 16 (the tiny server's --max-lora-rank is 8)."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import LlamaForCausalLM
+
+    base = LlamaForCausalLM.from_pretrained(tiny_model_dir)
+    get_peft_model(base, LoraConfig(r=16, target_modules=["q_proj"])).save_pretrained(folder)
+    return folder
+
+
 def raw_safetensors(header: dict, length: int | None = None) -> bytes:
     body = json.dumps(header).encode()
     return (len(body) if length is None else length).to_bytes(8, "little") + body

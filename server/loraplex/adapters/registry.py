@@ -28,29 +28,15 @@ from loraplex.adapters.errors import (
     AdapterNotFoundError,
     AdapterRefusedError,
 )
-from loraplex.adapters.folder_check import CheckedFolder
+from loraplex.adapters.folder_check import VALUE_CHECKS, CheckedFolder
 from loraplex.adapters.host_cache import HostCache
-from loraplex.adapters.rules import WEIGHTS_FILE
+from loraplex.adapters.quota import TenantQuota
 from loraplex.adapters.store import AdapterStore
+from loraplex.adapters.stored import describe, read_stored
 from loraplex.adapters.tenancy import AdapterId
 from loraplex.adapters.weights import LoRAAdapter, build_adapter, pinned
 
 log = logging.getLogger(__name__)
-
-
-def describe(name: str, folder: Path, checked: CheckedFolder, metadata: dict) -> AdapterCard:
-    """A card from the checked adapter (config, weights hash) and the store's metadata; the
-    version is the hash of the bytes checked, which are the bytes a load of it will find."""
-    weights = folder / WEIGHTS_FILE
-    return AdapterCard(
-        name=name,
-        version=checked.weights.version,
-        config=checked.config,
-        size_bytes=weights.stat().st_size,
-        created=int(metadata.get("created") or weights.stat().st_mtime),
-        description=metadata.get("description"),
-        pinned=bool(metadata.get("pinned", False)),
-    )
 
 
 class AdapterRegistry:
@@ -62,8 +48,12 @@ class AdapterRegistry:
 
     ``check_folder`` validates an adapter's files (config rules, safetensors header, shapes
     against the base model's LoRA layers) and returns what it read, so they are not read again.
-    Every folder is checked the same way: before it reaches the store, at start-up, and on each
-    read back from the store. ``on_loaded`` wakes the engine when a load finishes.
+    Every folder is checked the same way before it reaches the store and on each read back from
+    the store into memory; at start-up (``scan``, ``refresh``) a stored adapter whose weights the
+    store vouches are unchanged since their values were checked (``trusted_version``) is checked
+    by its config and header only: its hash, recorded at upload, is its identity.
+    ``quota``: per-tenant storage limits, counted from the store at each upload.
+    ``on_loaded`` wakes the engine when a load finishes.
     ``pin_memory`` (a CUDA engine): host-memory weights are kept page-locked.
     """
 
@@ -71,12 +61,14 @@ class AdapterRegistry:
         self,
         store: AdapterStore,
         dtype: torch.dtype,
-        check_folder: Callable[[Path], CheckedFolder],
+        check_folder: Callable[..., CheckedFolder],
         max_cpu_loras: int,
         on_loaded: Callable[[], None] = lambda: None,
         pin_memory: bool = False,
+        quota: TenantQuota | None = None,
     ) -> None:
         self.store = store
+        self.quota = quota or TenantQuota()
         self.dtype = dtype
         self.pin_memory = pin_memory
         self.check_folder = check_folder
@@ -112,14 +104,7 @@ class AdapterRegistry:
         return self.names()
 
     def _read(self, name: str) -> AdapterCard:
-        """The card of stored adapter ``name``, checked as at upload (AdapterError if not)."""
-        folder = self.store.fetch(name)
-        checked = self.check_folder(folder)
-        metadata = self.store.metadata(name)
-        owner = metadata.get("owner")  # none in a folder placed by hand: public
-        if owner != AdapterId.parse(name).owner:
-            raise AdapterError(f"its metadata names owner {owner!r}")
-        return describe(name, folder, checked, metadata)
+        return read_stored(self.store, name, self.check_folder)
 
     def refuse(self, name: str, reason: str) -> None:
         """Record that ``name`` could not be taken at start, and why (it stays unservable until
@@ -133,10 +118,17 @@ class AdapterRegistry:
         with self._lock:
             return dict(sorted(self._refused.items()))
 
-    def refusal(self, name: str) -> AdapterRefusedError | None:
+    def refusal(self, name: str, shown: str | None = None) -> AdapterRefusedError | None:
+        """The error for qualified ``name`` if it was refused at start (naming it ``shown``,
+        the name the caller used), else None."""
         with self._lock:
             reason = self._refused.get(name)
-        return None if reason is None else AdapterRefusedError(name, reason)
+        return None if reason is None else AdapterRefusedError(shown or name, reason)
+
+    def known(self, name: str) -> bool:
+        """Whether qualified ``name`` is servable or was refused at start."""
+        with self._lock:
+            return name in self._refused or self._find(name) is not None
 
     def refresh(self) -> list[AdapterCard]:
         """Adopt what other processes sharing the store wrote since the last look: a new or
@@ -195,12 +187,14 @@ class AdapterRegistry:
         servable. Its owner (None: public) goes into the store's metadata with it."""
         ident = AdapterId.parse(name)
         name = ident.qualified
+        self.quota.enforce(self.store, ident, folder)  # before the weights are read: cheap
         checked = self.check_folder(folder)
         adapter = build_adapter(name, checked, self.dtype)
         metadata = {
             "owner": ident.owner,
             "public": ident.public,
             "sha256": adapter.version,
+            "values_checked": VALUE_CHECKS,  # these bytes passed the value checks (start-up)
             "created": int(time.time()),
             "description": description,
             "pinned": pinned,
@@ -210,6 +204,7 @@ class AdapterRegistry:
                 old = self._cards.get(ident)
             if old is not None and not replace:
                 raise AdapterExistsError(f"adapter {name!r} exists; pass replace=true")
+            self.quota.enforce(self.store, ident, folder)  # again: no upload of ours in between
             self.store.put(name, folder, metadata)
             card = describe(name, folder, checked, metadata)
             self.keep(card.key, adapter)  # just validated: warm it
@@ -306,7 +301,7 @@ class AdapterRegistry:
         """Read ``card``'s version from the store (checked as at registration) into memory."""
         start = time.perf_counter()
         checked = self.check_folder(self.store.fetch(card.name))
-        if checked.weights.version != card.version:  # replaced since the card was taken
+        if checked.version != card.version:  # replaced since the card was taken
             raise AdapterNotFoundError(f"{card.name} (version {card.version[:16]})")
         adapter = build_adapter(card.name, checked, self.dtype)
         metrics.record_adapter_load("host", time.perf_counter() - start)

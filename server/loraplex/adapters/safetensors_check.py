@@ -23,7 +23,19 @@ from loraplex.adapters.errors import AdapterValidationError
 from loraplex.adapters.peft_config import PeftConfig
 from loraplex.adapters.rules import MAX_LORA_VALUE, Limits, strict_json
 
-__all__ = ["DTYPE_BYTES", "WeightsFile", "check_safetensors", "split_key"]
+__all__ = [
+    "DTYPE_BYTES",
+    "VALUE_CHECKS",
+    "WeightsFile",
+    "check_header",
+    "check_safetensors",
+    "split_key",
+]
+
+# The checks of tensor values (below the header): today, every value finite. The store records
+# this with an adapter's hash when it passed them; bump it when those checks change, so start-up
+# stops trusting records written under the old ones (folder_check.check_folder).
+VALUE_CHECKS = 1
 
 DTYPE_BYTES = {"F16": 2, "BF16": 2, "F32": 4, "F64": 8}
 # PEFT's keys: ``base_model.model.<module>.lora_A.weight`` ([r, in]) and ``...lora_B.weight``
@@ -157,18 +169,15 @@ def _check_shapes(
                 )
 
 
-def check_safetensors(
+def check_header(
     path: Path, config: PeftConfig, module_shapes: Mapping[str, tuple[int, int]], limits: Limits
-) -> WeightsFile:
-    """Check ``adapter_model.safetensors`` against the config and the base model.
-
-    ``module_shapes`` maps each base projection to
-    ``(in_features, out_features)``. The header is
-    checked before any tensor is read: limits, dtypes, offsets (contiguous, inside the file),
-    keys ``<module>.lora_A/B.weight`` for targeted projections, ``A: [r_m, in]``,
-    ``B: [out, r_m]`` with ``r_m`` from ``rank_pattern`` or ``r``. Then values must be finite.
-    Returns the weights read (tensors and sha256), for the caller to load without reading again.
-    """
+) -> tuple[bytes, int]:
+    """Every check of ``adapter_model.safetensors`` that its header answers, reading only the
+    header: limits, dtypes, offsets (contiguous, inside the file), keys
+    ``<module>.lora_A/B.weight`` for targeted projections, ``A: [r_m, in]``, ``B: [out, r_m]``
+    with ``r_m`` from ``rank_pattern`` or ``r`` and ``in``/``out`` from ``module_shapes``
+    (base projection -> ``(in_features, out_features)``). Returns the file's first bytes (its
+    length prefix and header) and its total size, for :func:`check_safetensors`."""
     header, data_len, head = _read_header(path, limits)
     if len(header) > limits.max_tensors:
         raise AdapterValidationError(
@@ -201,7 +210,18 @@ def check_safetensors(
     if not found:
         raise AdapterValidationError(f"{path.name} holds no LoRA weights")
     _check_shapes(found, config, module_shapes)
-    weights = _read_weights(path, head, len(head) + data_len)
+    return head, len(head) + data_len
+
+
+def check_safetensors(
+    path: Path, config: PeftConfig, module_shapes: Mapping[str, tuple[int, int]], limits: Limits
+) -> WeightsFile:
+    """Check ``adapter_model.safetensors`` against the config and the base model: its header
+    first (:func:`check_header`), before any tensor is read; then the whole file is read once
+    and its values must be finite (:data:`VALUE_CHECKS`). Returns the weights read (tensors and
+    sha256), for the caller to load without reading again."""
+    head, size = check_header(path, config, module_shapes, limits)
+    weights = _read_weights(path, head, size)
     for key, tensor in weights.tensors.items():
         module, ab = split_key(key)
         check_values(key, tensor, config.scale_of(module) if ab == "B" else 1.0)

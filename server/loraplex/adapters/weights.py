@@ -96,6 +96,8 @@ def build_adapter(
     """Pair the checked tensors into per-module ``(A, B, scale)``; registration passes the
     weights its checks already read, so the file is not read again."""
     pairs: dict[str, dict[str, torch.Tensor]] = {}
+    if checked.weights is None:
+        raise ValueError(f"adapter {name!r}: its weights were checked by header only, not read")
     for key, tensor in checked.weights.tensors.items():
         module, ab = split_key(key)
         pairs.setdefault(module, {})[ab] = tensor
@@ -103,7 +105,7 @@ def build_adapter(
         module: LoRAWeights(ab["A"].to(dtype), ab["B"].to(dtype), checked.config.scale_of(module))
         for module, ab in sorted(pairs.items())
     }
-    return LoRAAdapter(name=name, version=checked.weights.version, modules=modules)
+    return LoRAAdapter(name=name, version=checked.version, modules=modules)
 
 
 def load_adapter(

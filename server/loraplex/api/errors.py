@@ -21,6 +21,7 @@ from loraplex.adapters.errors import (
     AdapterExistsError,
     AdapterNotFoundError,
     AdapterPathError,
+    AdapterQuotaError,
     AdapterRefusedError,
     AdapterValidationError,
 )
@@ -127,6 +128,8 @@ def to_api_error(exc: Exception, request: Request | None = None) -> APIError:
         return APIError(404, str(exc), param="model", code="model_not_found")
     if isinstance(exc, AdapterExistsError):
         return APIError(409, str(exc), param="name", code="adapter_exists")
+    if isinstance(exc, AdapterQuotaError):
+        return APIError(409, str(exc), param="name", code="quota_exceeded")
     if isinstance(exc, AdapterRefusedError):
         return APIError(400, str(exc), param="model", code="adapter_refused")
     if isinstance(exc, AdapterPathError):

@@ -26,7 +26,7 @@ from loraplex.adapters.tenancy import DEFAULT_TENANT
 from loraplex.config import Config
 from loraplex.engine.adapter_tiers.service import AdapterService
 from loraplex.engine.adapter_tiers.tiers import AdapterSpec
-from loraplex.engine.build import build_engine
+from loraplex.engine.build import build_engine, freeze_startup_objects
 from loraplex.engine.errors import EngineUnavailableError
 from loraplex.engine.llm_engine import LLMEngine
 from loraplex.engine.queue_limits import QueueLimits
@@ -72,6 +72,7 @@ class AsyncEngine:
     def from_config(cls, config: Config) -> AsyncEngine:
         commands: queue.SimpleQueue[tuple] = queue.SimpleQueue()
         engine = build_engine(config, on_adapter_loaded=lambda: commands.put(("wake",)))
+        freeze_startup_objects()
         return cls(engine, commands)
 
     async def on_engine(self, fn: Callable[[], T]) -> T:
@@ -258,10 +259,20 @@ class AsyncEngine:
         return True
 
     def _deliver(self, outputs: list[RequestOutput]) -> None:
+        """Hand a step's outputs to their streams with one wake-up of each event loop (not one
+        per output: each wake-up is a syscall and a GIL hand-over the engine thread waits on)."""
+        batches: dict[asyncio.AbstractEventLoop, list[tuple[RequestStream, RequestOutput]]] = {}
         for output in outputs:
             stream = self._streams.get(output.request_id)
             if stream is not None:
-                stream.put(output)
+                batches.setdefault(stream.loop, []).append((stream, output))
+        for loop, batch in batches.items():
+            loop.call_soon_threadsafe(_put_all, batch)
+
+
+def _put_all(batch: list[tuple[RequestStream, RequestOutput]]) -> None:
+    for stream, output in batch:
+        stream.put_nowait(output)
 
 
 def _settle(future: asyncio.Future, result: object, error: Exception | None) -> None:

@@ -9,6 +9,7 @@ start (the store's, ``--lora-modules``, pinned ones and ``--merged-adapters``).
 from __future__ import annotations
 
 import functools
+import gc
 import logging
 import threading
 from collections.abc import Callable
@@ -16,6 +17,7 @@ from pathlib import Path
 
 from loraplex.adapters.errors import AdapterError
 from loraplex.adapters.folder_check import check_folder
+from loraplex.adapters.quota import TenantQuota
 from loraplex.adapters.registry import AdapterRegistry
 from loraplex.adapters.rules import Limits
 from loraplex.adapters.store import open_store
@@ -62,6 +64,7 @@ def build_adapters(
         config.max_cpu_loras,
         on_loaded,
         pin_memory=runner.device.type == "cuda",
+        quota=TenantQuota(config.max_adapters_per_tenant, config.max_adapter_bytes_per_tenant),
     )
     return AdapterTiers(config, runner, registry, SlotCache(config.max_loras), limits)
 
@@ -134,3 +137,12 @@ def build_engine(config: Config, on_adapter_loaded: Callable[[], None] = lambda:
     engine = LLMEngine(config, model_name, runner, scheduler, tiers, max_model_len, loaded)
     register_startup_adapters(config.lora, tiers)
     return engine
+
+
+def freeze_startup_objects() -> None:
+    """Move everything start-up allocated (the model's modules, the tokenizer, the adapters:
+    ~400k tracked objects for the default model) out of the garbage collector's reach, as vLLM
+    does. A full collection walks every tracked object with the GIL held: measured here at
+    0.3-1.3 s, a stall of every stream and of the engine thread whenever one comes round."""
+    gc.collect()
+    gc.freeze()

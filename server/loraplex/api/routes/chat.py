@@ -5,11 +5,11 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 
-import jinja2
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Depends, Request, Response
 
-from loraplex.api.auth import PrincipalDep
+from loraplex.api.auth import GENERATE, PrincipalDep, allow
 from loraplex.api.chat_schemas import (
+    MAX_CHAT_MESSAGES,
     ChatChoice,
     ChatCompletionChunk,
     ChatCompletionRequest,
@@ -17,37 +17,25 @@ from loraplex.api.chat_schemas import (
     ChatResponseMessage,
     ChatStreamChoice,
 )
+from loraplex.api.chat_template import render_chat
 from loraplex.api.deps import AuthDep, EngineDep
-from loraplex.api.errors import APIError
 from loraplex.api.generation import Choice, request_adapter, run_to_end, start
 from loraplex.api.logprobs import ChatLogprobs, chat_logprobs
 from loraplex.api.streaming import Chunks, stream_response
 from loraplex.api.text_pool import text_pool
-from loraplex.engine import AsyncEngine, RequestOutput, SamplingParams, TokenLogprob
-
-router = APIRouter(prefix="/v1", tags=["chat"], dependencies=[AuthDep])
+from loraplex.engine import RequestOutput, SamplingParams, TokenLogprob
 
 
-def render_chat(engine: AsyncEngine, messages: list[dict[str, str]]) -> str:
-    """The prompt text of ``messages`` with the assistant's turn opened; 400 when the model has
-    no chat template or its template refuses the conversation (e.g. roles that don't alternate).
-    """
-    tokenizer = engine.tokenizer
-    if not getattr(tokenizer, "chat_template", None):
-        raise APIError(
-            400,
-            f"The model `{engine.model_name}` has no chat template, so it cannot serve chat "
-            "completions; use /v1/completions with a formatted prompt instead.",
-            param="messages",
-            code="chat_template_missing",
-        )
-    try:
-        text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-    except jinja2.TemplateError as exc:
-        message = f"The chat template refused the messages: {exc}"
-        raise APIError(400, message, param="messages", code="invalid_value") from exc
-    engine.intake.check_encodable(str(text), "messages")
-    return str(text)
+async def chat_limits(request: Request) -> None:
+    """Binds this app's ``--max-chat-messages`` for the body's validation, which FastAPI runs
+    after the dependencies, in the same task (so this one is ``async``: a plain function
+    would run in a worker thread, whose context the validation does not see)."""
+    MAX_CHAT_MESSAGES.set(request.app.state.config.server.max_chat_messages)
+
+
+router = APIRouter(
+    prefix="/v1", tags=["chat"], dependencies=[AuthDep, allow(GENERATE), Depends(chat_limits)]
+)
 
 
 @router.post("/chat/completions", response_model=ChatCompletionResponse)

@@ -50,10 +50,13 @@ class AdapterService:
     def has(self, name: str) -> bool:
         return self._registry.has(name)
 
-    def find(self, name: str) -> AdapterCard | None:
-        """The card of a qualified name, or None (one lookup: requests pass the card on)."""
+    def find(self, name: str) -> AdapterCard | AdapterRefusedError | None:
+        """What a qualified name is, in one lookup: its card (requests pass it on, so nothing
+        looks the name up again), why it was refused at start, or None (unknown)."""
         try:
             return self._registry.get(name)
+        except AdapterRefusedError as refused:
+            return refused
         except AdapterError:
             return None
 
@@ -61,12 +64,19 @@ class AdapterService:
         return self._registry.cards()
 
     def refused(self) -> dict[str, str]:
-        """name -> why it could not be taken at start (rank, base model, a bad file)."""
+        """Qualified name -> why it could not be taken at start (rank, base model, a bad file);
+        every tenant's: the API shows each caller only its own and the public ones."""
         return self._registry.refused()
 
-    def refusal(self, name: str) -> AdapterRefusedError | None:
-        """The error for a request naming an adapter refused at start, else None."""
-        return self._registry.refusal(name)
+    def refusal(self, name: str, shown: str | None = None) -> AdapterRefusedError | None:
+        """The error for qualified ``name`` if it was refused at start, else None; its message
+        names the adapter ``shown`` (what the caller sent)."""
+        return self._registry.refusal(name, shown)
+
+    def known(self, name: str) -> bool:
+        """Whether qualified ``name`` is servable or was refused at start (``Principal.resolve``
+        finds refusals by the same namespace rules as adapters)."""
+        return self._registry.known(name)
 
     def card(self, name: str) -> tuple[AdapterCard, dict[str, object]]:
         """The card and where the adapter is now (device slot, host memory, store)."""
