@@ -6,7 +6,7 @@ gauges (``vllm:cache_config_info``, ``vllm:lora_requests_info``) and the residen
 their state in labels, so each scrape clears them and sets the one current label set: a
 gateway sees the latest state only, never a stale list (vLLM keeps every old label set and
 the picker must find the newest by its value). A scrape without a key renders the
-:class:`Relabelled` view: tenants and their adapters as opaque labels (``metric_labels.py``).
+:class:`Relabelled` view: tenants and their adapters as opaque labels (``metrics/labels.py``).
 """
 
 from __future__ import annotations
@@ -18,8 +18,7 @@ from typing import Any
 
 from prometheus_client.metrics_core import Metric
 
-from loraplex.metric_labels import PrivateLabels
-from loraplex.metrics import (
+from loraplex.metrics.definitions import (
     ADAPTER_RESIDENT,
     ADAPTERS_RESIDENT,
     GATEWAY_CACHE_CONFIG,
@@ -32,8 +31,9 @@ from loraplex.metrics import (
     NUM_RUNNING,
     NUM_WAITING,
     REGISTRY,
-    render,
 )
+from loraplex.metrics.labels import PrivateLabels
+from loraplex.metrics.record import render
 
 _SCRAPE_LOCK = threading.Lock()  # info gauges are cleared and set again: one scrape at a time
 

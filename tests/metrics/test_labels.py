@@ -5,8 +5,9 @@ from __future__ import annotations
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from loraplex import metrics, metrics_scrape
-from loraplex.metric_labels import PrivateLabels, label_secret
+from loraplex import metrics
+from loraplex.metrics import scrape as metrics_scrape
+from loraplex.metrics.labels import PrivateLabels, label_secret
 
 PRIVATE = PrivateLabels(label_secret(["a" * 64, "b" * 64]))
 STATS = {
