@@ -18,14 +18,13 @@ from loraplex.api.chat_schemas import (
     ChatStreamChoice,
 )
 from loraplex.api.deps import AuthDep, EngineDep
-from loraplex.api.errors import APIError
+from loraplex.api.errors import APIError, request_tenant
 from loraplex.api.generation import (
     Choice,
     Run,
     check_prompt_length,
     check_text,
     request_adapter,
-    request_tenant,
     run_to_end,
     tokenize,
 )
