@@ -12,6 +12,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from hashlib import sha256
 from pathlib import Path
 
 import openai
@@ -19,7 +20,9 @@ import pytest
 from adapter_files import AdapterFiles, Env, post, start_env, upload
 from completion_helpers import PROMPT
 
+from loraplex.adapters.card import adapter_key
 from loraplex.config import Config
+from loraplex.engine.async_engine import AsyncEngine
 
 SETTINGS = {  # name -> (--max-loras, --max-cpu-loras)
     "tight": (2, 2),
@@ -35,6 +38,7 @@ GREEDY = {"temperature": 0.0, "max_tokens": 3, "extra_body": {"ignore_eos": True
 @dataclass(frozen=True)
 class Race:
     env: Env
+    engine: AsyncEngine  # the server's, to check what is left once the race is over
     client: openai.OpenAI
     texts: list[str]  # version i's greedy text, asked of the reference adapter ref{i}
     folders: list[Path]  # version i's files under --adapter-roots (for load_lora_adapter)
@@ -42,7 +46,7 @@ class Race:
 
 @pytest.fixture(scope="module")
 def servers(
-    server_factory: Callable[[Config], str],
+    server_factory: Callable[..., str],
     tiny_config: Config,
     tiny_adapters_dir: Path,
     tmp_path_factory: pytest.TempPathFactory,
@@ -54,21 +58,22 @@ def servers(
         def __missing__(self, name: str) -> Race:
             loras, cpu = SETTINGS[name]
             root = tmp_path_factory.mktemp(f"race-{name}")
+            engines: list[AsyncEngine] = []
+
+            def start(config: Config) -> str:
+                engines.append(AsyncEngine.from_config(config))
+                return server_factory(config, engines[0])
+
             env = start_env(
-                server_factory,
-                tiny_config,
-                tiny_adapters_dir,
-                root,
-                max_loras=loras,
-                max_cpu_loras=cpu,
+                start, tiny_config, tiny_adapters_dir, root, max_loras=loras, max_cpu_loras=cpu
             )
-            started[name] = self[name] = prepare(env)
+            started[name] = self[name] = prepare(env, engines[0])
             return self[name]
 
     yield Lazy()
 
 
-def prepare(env: Env) -> Race:
+def prepare(env: Env, engine: AsyncEngine) -> Race:
     client = openai.OpenAI(base_url=f"{env.url}/v1", api_key="x", max_retries=0, timeout=60)
     versions = [env.files.perturbed(seed=100 + i) for i in range(VERSIONS)]
     folders = []
@@ -82,7 +87,7 @@ def prepare(env: Env) -> Race:
     texts = [stream_text(client, f"ref{i}") for i in range(VERSIONS)]
     assert len(set(texts)) == VERSIONS, texts  # the versions are told apart by their text
     assert upload(env.url, "x", files=versions[0]).status_code == 201
-    return Race(env, client, texts, folders)
+    return Race(env, engine, client, texts, folders)
 
 
 def stream_text(client: openai.OpenAI, model: str) -> str:
@@ -90,9 +95,13 @@ def stream_text(client: openai.OpenAI, model: str) -> str:
     return "".join(chunk.choices[0].text for chunk in stream if chunk.choices)
 
 
+def read(folder: Path) -> AdapterFiles:
+    return AdapterFiles.read(folder)
+
+
 def replace(race: Race, version: int, mode: str) -> int:
     if mode == "upload":
-        files = AdapterFiles.read(race.folders[version])
+        files = read(race.folders[version])
         return upload(race.env.url, "x", files=files, replace="true").status_code
     body = {"lora_name": "x", "lora_path": str(race.folders[version]), "load_inplace": True}
     return post(race.env.url, "/v1/load_lora_adapter", json=body).status_code
@@ -156,3 +165,22 @@ def test_replaced_adapter_never_fails_a_request(
     assert set(on_x) <= set(race.texts), (on_x, race.texts)  # each is one version's text
     for i in range(2):  # the pressure clients got their own text
         assert set(texts.get(f"ref{i}", ())) <= {race.texts[i]}
+    assert_nothing_left(race)
+
+
+def assert_nothing_left(race: Race) -> None:
+    """Once every request ended, no version is held, the replaced ones are forgotten and
+    only the current version of x may be in a device slot."""
+    engine = race.engine
+    deadline = time.monotonic() + 10
+    while engine.num_in_flight:
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    registry = engine.engine.registry
+    current = registry.get("x").key
+    keys = [adapter_key("x", sha256(f.weights).hexdigest()) for f in map(read, race.folders)]
+    assert current in keys
+    assert not any(registry.host.held(key) for key in keys)
+    assert all(registry.is_retired(key) for key in keys if key != current)
+    device = engine.engine.adapters.slots.resident()
+    assert [key for key in keys if key in device] in ([], [current])
