@@ -320,8 +320,9 @@ class AdapterRegistry:
 
     def hold(self, name: str) -> AdapterCard:
         """The current card of ``name`` with a reference on its version, taken under the lock a
-        replace or delete publishes under: that version stays servable (card and weights) until
-        :meth:`release`, whatever happens to the name meanwhile."""
+        replace or delete publishes under: through any replace, that version stays servable
+        (card and weights) until :meth:`release`; a delete keeps its card, and its weights if
+        host memory has them."""
         with self._lock:
             card = self.get(name)
             self.host.acquire(card.key)
