@@ -74,8 +74,23 @@ def servers(
 
 
 def prepare(env: Env, engine: AsyncEngine) -> Race:
+    """VERSIONS versions told apart by their text (random weights of a random model may agree
+    on a short text: a seed that repeats one is skipped), each uploaded as ref{i} and written
+    under --adapter-roots; then x is version 0."""
     client = openai.OpenAI(base_url=f"{env.url}/v1", api_key="x", max_retries=0, timeout=60)
-    versions = [env.files.perturbed(seed=100 + i) for i in range(VERSIONS)]
+    versions: list[AdapterFiles] = []
+    texts: list[str] = []
+    for seed in range(100, 120):
+        files = env.files.perturbed(seed)
+        name = f"ref{len(versions)}"
+        assert upload(env.url, name, files=files, replace="true").status_code == 201
+        text = stream_text(client, name)
+        if text not in texts:
+            versions.append(files)
+            texts.append(text)
+        if len(versions) == VERSIONS:
+            break
+    assert len(versions) == VERSIONS, texts
     folders = []
     for i, files in enumerate(versions):
         folder = env.roots / f"v{i}"
@@ -83,9 +98,6 @@ def prepare(env: Env, engine: AsyncEngine) -> Race:
         for member, data in files.members().items():
             (folder / member).write_bytes(data)
         folders.append(folder)
-        assert upload(env.url, f"ref{i}", files=files).status_code == 201
-    texts = [stream_text(client, f"ref{i}") for i in range(VERSIONS)]
-    assert len(set(texts)) == VERSIONS, texts  # the versions are told apart by their text
     assert upload(env.url, "x", files=versions[0]).status_code == 201
     return Race(env, engine, client, texts, folders)
 
@@ -120,6 +132,11 @@ def run_race(race: Race, mode: str) -> tuple[dict[str, Counter[str]], Counter[st
         while not stop.is_set():
             version = (version + 1) % VERSIONS
             statuses.append(replace(race, version, mode))
+            # A request that arrives once the call returned runs on the new version.
+            text = stream_text(race.client, "x")
+            if text != race.texts[version]:
+                with lock:
+                    failures[f"after replace {version}: {text!r}"] += 1
             time.sleep(REPLACE_EVERY_S)
 
     def streamer(model: str) -> None:
