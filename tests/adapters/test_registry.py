@@ -165,6 +165,8 @@ def test_held_version_evicted_from_host_memory_is_read_back_before_a_replace(
     kept = registry.loaded(old.key)
     assert kept is not None and kept.version == old.version  # version 1's weights, not 2's
     assert registry.load(old) is kept  # a load racing the store's change finds the same
+    (registry.store.fetch("a") / CONFIG_FILE).unlink()  # as seen midway through a swap-in
+    assert registry.load(old) is kept
     registry.register("c", write_adapter(tmp_path / "c", seed=4))  # pressure: held stays
     assert old.key in registry.host
     registry.release(old.key)

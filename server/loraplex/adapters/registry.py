@@ -391,14 +391,21 @@ class AdapterRegistry:
         self._pool.submit(self._load, card)
 
     def load(self, card: AdapterCard) -> LoRAAdapter:
-        """Read ``card``'s version from the store (checked as at registration) into memory."""
+        """Read ``card``'s version from the store (checked as at registration) into memory.
+
+        A read that finds another version, or the store midway through swapping one in, is
+        answered from host memory when a replace kept this version there for its holders
+        (it does so before the store changes)."""
         start = time.perf_counter()
-        checked = self.check_folder(self.store.fetch(card.name))
-        if checked.weights.version != card.version:  # replaced since the card was taken
-            kept = self.host.get(card.key)  # read back for its holders before the store changed
+        try:
+            checked = self.check_folder(self.store.fetch(card.name))
+            if checked.weights.version != card.version:  # replaced since the card was taken
+                raise AdapterNotFoundError(f"{card.name} (version {card.version[:16]})")
+        except (AdapterError, OSError):
+            kept = self.host.get(card.key)
             if kept is not None:
                 return kept
-            raise AdapterNotFoundError(f"{card.name} (version {card.version[:16]})")
+            raise
         adapter = build_adapter(card.name, checked, self.dtype)
         metrics.record_adapter_load("host", time.perf_counter() - start)
         return adapter
