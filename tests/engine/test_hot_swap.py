@@ -5,8 +5,11 @@ request holds it, else into a slot of its own while the old one's requests finis
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import shutil
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -14,6 +17,7 @@ from builders import save_adapter
 
 from loraplex.adapters.card import AdapterCard
 from loraplex.config import CacheConfig, Config, LoRAConfig, ModelConfig, SchedulerConfig
+from loraplex.engine.async_engine import AsyncEngine
 from loraplex.engine.build import build_engine
 from loraplex.engine.llm_engine import LLMEngine
 from loraplex.engine.sampling_params import SamplingParams
@@ -168,3 +172,47 @@ def test_a_request_failed_in_the_engine_is_logged_with_its_reason(
     [line] = [r.getMessage() for r in caplog.records if r.name.endswith("llm_engine")]
     assert line.startswith(f"request doomed-0 (adapter {key}) failed: ")
     assert "attn" in line.split("failed: ")[1]
+
+
+def test_a_request_cancelled_while_prepared_lets_its_version_go(
+    store: tuple[Path, Path], version2: Path
+) -> None:
+    """The client leaves while its request is being prepared on a worker thread: once the
+    worker is done, the engine thread drops the version it held (no leak, so a replace can
+    retire it)."""
+    engine = AsyncEngine(engine_for(store))
+    gate, entered = threading.Event(), threading.Event()
+    prepare = engine.engine.prepare
+
+    def slow_prepare(*args: object, **kwargs: object) -> object:
+        parent = prepare(*args, **kwargs)  # type: ignore[arg-type]
+        entered.set()
+        gate.wait(10)  # the client hangs up meanwhile
+        return parent
+
+    engine.engine.prepare = slow_prepare  # type: ignore[method-assign]
+    registry = engine.engine.registry
+    key = registry.get("attn").key
+    engine.start()
+    try:
+
+        async def client() -> None:
+            stream = engine.generate("gone", [PROMPT], GREEDY, "attn")
+            task = asyncio.ensure_future(stream.__anext__())
+            await asyncio.to_thread(entered.wait, 10)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            await stream.aclose()
+            assert registry.host.held(key)  # the worker still holds it
+            gate.set()
+
+        asyncio.run(client())  # returns once the worker thread is done
+        deadline = time.monotonic() + 10
+        while registry.host.held(key):
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        assert engine.num_in_flight == 0 and not engine.engine.has_unfinished()
+    finally:
+        gate.set()
+        engine.shutdown()

@@ -211,18 +211,31 @@ class AsyncEngine:
 
     async def _prepare(self, prepare: Callable[[], ParentRequest]) -> ParentRequest:
         """``LLMEngine.prepare`` on a worker thread. It holds the adapter version it resolved,
-        so a caller cancelled meanwhile (the client left) must not lose the request: the
-        engine thread drops it once the worker is done."""
-        job = asyncio.ensure_future(asyncio.to_thread(prepare))
-        try:
-            return await asyncio.shield(job)
-        except asyncio.CancelledError:
-            job.add_done_callback(self._drop_prepared)
-            raise
+        so a request abandoned meanwhile (the client left, the loop closed) must not keep it:
+        whichever of the worker and the cancelled caller comes second sends it to the engine
+        thread to be dropped."""
+        lock = threading.Lock()
+        done: list[ParentRequest] = []  # the worker's result, once the caller may miss it
+        abandoned = False
 
-    def _drop_prepared(self, job: asyncio.Future[ParentRequest]) -> None:
-        if not job.cancelled() and job.exception() is None:
-            self._commands.put(("drop", job.result()))
+        def work() -> ParentRequest:
+            parent = prepare()
+            with lock:
+                drop = abandoned
+                done.append(parent)
+            if drop:
+                self._commands.put(("drop", parent))
+            return parent
+
+        try:
+            return await asyncio.to_thread(work)
+        except asyncio.CancelledError:
+            with lock:
+                abandoned = True
+                left = list(done)
+            for parent in left:
+                self._commands.put(("drop", parent))
+            raise
 
     # ---- engine thread -------------------------------------------------------------------
 
