@@ -99,12 +99,6 @@ def check_text(text: str, param: str) -> None:
         raise ParameterError(param, f"{param} holds a lone surrogate at {exc.start}") from None
 
 
-def request_tenant(request: Request) -> str:
-    """The tenant a request counts against (``request.state.tenant``, set by authentication;
-    one shared tenant until keys name tenants)."""
-    return getattr(request.state, "tenant", None) or DEFAULT_TENANT
-
-
 @functools.cache
 def _max_chars_per_token(tokenizer: Any) -> int:
     """The longest vocabulary entry, in characters: no token decodes to more characters than

@@ -62,24 +62,42 @@ class EngineAdapters:
     # ---- requests (API thread) ---------------------------------------------------------
 
     def resolve(self, spec: AdapterSpec) -> tuple[str | None, bool]:
-        """(adapter key, pre-merged?) for a request; a mix is built now, off the engine thread."""
+        """(adapter key, pre-merged?) for a request; a mix is built now, off the engine thread.
+
+        The key comes held (``AdapterRegistry.hold``): its version stays servable through any
+        replace until the request lets go (``release``, or ``registry.release`` if it is never
+        queued)."""
         if spec is None:
             return None, False
         if isinstance(spec, str):
-            key = self.registry.get(spec).key
+            key = self.registry.hold(spec).key
             return key, self.merges.serves(key)
-        parts = [(self.registry.get(name), weight) for name, weight in spec]
-        key = mix_key([(card.key, weight) for card, weight in parts])
-        if self.registry.loaded(key) is None:
-            mix = combine([(self.load(card), weight) for card, weight in parts])
-            # Checked on the real tensors (per-module ranks add up, whatever each config's r
-            # says), so a mix that cannot fit a slot never reaches a step.
-            if mix.max_rank > self.config.max_lora_rank:
-                limit = self.config.max_lora_rank
-                message = f"the combination has rank {mix.max_rank} > --max-lora-rank {limit}"
-                raise ParameterError("adapters", message)
-            self.registry.add_ephemeral(mix)
+        parts: list[tuple[AdapterCard, float]] = []
+        try:  # the parts are held while they are combined, the mix for the request
+            for name, weight in spec:
+                parts.append((self.registry.hold(name), weight))
+            key = mix_key([(card.key, weight) for card, weight in parts])
+            self.registry.hold_key(key)
+            try:
+                if self.registry.loaded(key) is None:
+                    self.registry.add_ephemeral(self._combine(parts))
+            except BaseException:
+                self.registry.release(key)
+                raise
+        finally:
+            for card, _ in parts:
+                self.registry.release(card.key)
         return key, False
+
+    def _combine(self, parts: list[tuple[AdapterCard, float]]) -> LoRAAdapter:
+        mix = combine([(self.load(card), weight) for card, weight in parts])
+        # Checked on the real tensors (per-module ranks add up, whatever each config's r
+        # says), so a mix that cannot fit a slot never reaches a step.
+        if mix.max_rank > self.config.max_lora_rank:
+            limit = self.config.max_lora_rank
+            message = f"the combination has rank {mix.max_rank} > --max-lora-rank {limit}"
+            raise ParameterError("adapters", message)
+        return mix
 
     def load(self, card: AdapterCard) -> LoRAAdapter:
         """``card``'s weights: from host memory, else read from the store now (any thread)."""
@@ -207,6 +225,43 @@ class EngineAdapters:
         if failed:
             self.slots.unpin(card.key)
             raise failed[card.key]
+
+    def release(self, key: str) -> None:
+        """Engine thread: a request lets go of ``key``; the last release of a replaced or
+        removed version frees its device slot too."""
+        self.registry.release(key)
+        if self.registry.is_retired(key):
+            self.forget(key)
+
+    def swap(self, old_key: str, new_key: str) -> None:
+        """Engine thread, between two steps: version ``new_key`` replaced ``old_key``; a slot
+        takes the new weights now, so the first request on the new version finds them there.
+
+        The old version's slot is overwritten in place only when no request holds it (none
+        is queued or running on it, and none can start: the name resolves to the new
+        version). Otherwise its requests finish on it untouched, and the new version gets a
+        slot of its own if one is free or holds an adapter no request needs; the old slot is
+        freed by its last ``release``. Never overwriting a slot under a running request is
+        what keeps every request on one version from its first token to its last.
+        """
+        self.merges.leave(old_key)
+        self.slots.unpin(old_key)  # a pin is per version: the upload says whether to keep it
+        slot = self.slots.lookup(old_key)
+        in_use = self.registry.host.held(old_key)
+        if slot is None or self.slots.lookup(new_key) is not None:
+            if not in_use:
+                self.forget(old_key)
+            return
+        if not in_use:
+            self.slots.rekey(old_key, new_key)
+            self._load([(new_key, slot)], self.slots.resident())
+            return
+        resident = self.slots.resident()
+        keep = {k for k in resident if self.registry.host.held(k) or self.slots.is_pinned(k)}
+        if len(keep) >= self.slots.num_slots:  # no room now: it loads when it is first used
+            return
+        _, loads = self.slots.acquire(keep | {new_key})
+        self._load(loads, resident)
 
     def forget(self, key: str) -> None:
         """Drop a removed or replaced version from the device tier; its merged copy (if any)

@@ -1,6 +1,6 @@
 """The engine loop in its own thread, bridged to asyncio: the event loop never runs model work.
 
-Commands (add, abort, call) go to the engine thread through one queue; each request's outputs
+Commands (add, drop, abort, call) go to the engine thread through one queue; each request's outputs
 come back through its own asyncio queue. That is all this module does: requests are built and
 checked by :meth:`LLMEngine.prepare`, adapters are managed by :class:`AdapterService`.
 
@@ -13,6 +13,7 @@ thread is dead or has not come round its loop for ``STALL_S``.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import queue
 import threading
@@ -33,6 +34,7 @@ from loraplex.engine.admission import (
 from loraplex.engine.build import build_engine, freeze_startup_objects
 from loraplex.engine.llm_engine import LLMEngine
 from loraplex.engine.outputs import RequestOutput
+from loraplex.engine.request import ParentRequest
 from loraplex.engine.sampling_params import SamplingParams
 
 log = logging.getLogger(__name__)
@@ -70,9 +72,7 @@ class AsyncEngine:
         self._stop = threading.Event()
         sched = engine.config.scheduler
         self.admission = AdmissionController(
-            sched.max_queued_requests,
-            sched.max_queued_requests_per_tenant,
-            on_reject=metrics.record_rate_limited,  # loraplex_rate_limited_requests_total
+            sched.max_queued_requests, sched.max_queued_requests_per_tenant
         )
         self.draining = False  # set by drain(): new requests get 503
         self.died: BaseException | None = None  # what killed the engine thread
@@ -174,15 +174,17 @@ class AsyncEngine:
         try:
             # Checked and resolved once, off the event loop (a mix is combined here): unknown
             # names and impossible prompts fail now, before any byte is sent.
-            parent = await asyncio.to_thread(
-                self.engine.prepare,
-                request_id,
-                prompts,
-                params,
-                adapter,
-                n=n,
-                cache_salt=cache_salt,
-                tenant=tenant,
+            parent = await self._prepare(
+                functools.partial(
+                    self.engine.prepare,
+                    request_id,
+                    prompts,
+                    params,
+                    adapter,
+                    n=n,
+                    cache_salt=cache_salt,
+                    tenant=tenant,
+                )
             )
             stream = _Stream(asyncio.get_running_loop(), asyncio.Queue())
             self._streams[request_id] = stream
@@ -207,6 +209,34 @@ class AsyncEngine:
             if unfinished:
                 self._commands.put(("abort", request_id))
             self._streams.pop(request_id, None)
+
+    async def _prepare(self, prepare: Callable[[], ParentRequest]) -> ParentRequest:
+        """``LLMEngine.prepare`` on a worker thread. It holds the adapter version it resolved,
+        so a request abandoned meanwhile (the client left, the loop closed) must not keep it:
+        whichever of the worker and the cancelled caller comes second sends it to the engine
+        thread to be dropped."""
+        lock = threading.Lock()
+        done: list[ParentRequest] = []  # the worker's result, once the caller may miss it
+        abandoned = False
+
+        def work() -> ParentRequest:
+            parent = prepare()
+            with lock:
+                drop = abandoned
+                done.append(parent)
+            if drop:
+                self._commands.put(("drop", parent))
+            return parent
+
+        try:
+            return await asyncio.to_thread(work)
+        except asyncio.CancelledError:
+            with lock:
+                abandoned = True
+                left = list(done)
+            for parent in left:
+                self._commands.put(("drop", parent))
+            raise
 
     # ---- engine thread -------------------------------------------------------------------
 
@@ -243,6 +273,8 @@ class AsyncEngine:
         kind, *args = command
         if kind == "add":
             self.engine.submit(args[0])
+        elif kind == "drop":  # prepared, never submitted: let go of what it holds
+            self.engine.drop(args[0])
         elif kind == "abort":  # (request_id[, the error its client gets])
             self._deliver(self.engine.abort(*args))
         elif kind == "call":

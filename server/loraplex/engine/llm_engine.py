@@ -105,30 +105,40 @@ class LLMEngine:
         tenant: str = DEFAULT_TENANT,
     ) -> ParentRequest:
         """Check and build a request (any thread): every prompt is checked and the adapter
-        resolved (a mix is combined) once, here; nothing is queued or held until ``submit``.
+        resolved (a mix is combined) once, here. The version resolved is held from here on
+        (a replace cannot take it away), so the request must then be ``submit``-ted or
+        ``drop``-ped; nothing else is held or queued until ``submit``.
         ``cache_salt``: only requests with the same salt share prefix-cache blocks;
         ``tenant``: who asked (the waiting queue is round-robin across tenants)."""
         self.check_fanout(len(prompts), n)
         for prompt in prompts:
             self.check_prompt(prompt, params)
         key, merged = self.adapters.resolve(adapter)
-        return make_request(
-            request_id,
-            prompts,
-            params,
-            key,
-            merged,
-            tokenizer=self.tokenizer,
-            device=self.runner.device,
-            n=n,
-            cache_salt=cache_salt,
-            tenant=tenant,
-        )
+        try:
+            parent = make_request(
+                request_id,
+                prompts,
+                params,
+                key,
+                merged,
+                tokenizer=self.tokenizer,
+                device=self.runner.device,
+                n=n,
+                cache_salt=cache_salt,
+                tenant=tenant,
+            )
+        except BaseException:
+            if key is not None:
+                self.registry.release(key)
+            raise
+        parent.holds_adapter = key is not None
+        return parent
 
     def submit(self, parent: ParentRequest) -> None:
-        """Queue a prepared request (engine thread); each child holds its adapter in host
-        memory, and a pre-merged one its merged copy, until it finishes. A copy unmerged and
-        dropped since ``prepare`` is gone: the children run dynamically (the same weights)."""
+        """Queue a prepared request (engine thread); each child holds its adapter version,
+        and a pre-merged one its merged copy, until it finishes (the request's own hold from
+        ``prepare`` passes to them). A copy unmerged and dropped since ``prepare`` is gone:
+        the children run dynamically (the same weights)."""
         self._parents[parent.request_id] = parent
         merges = self.adapters.merges
         merged = parent.merged and merges.hold(parent.adapter, len(parent.children))
@@ -139,11 +149,19 @@ class LLMEngine:
         for state in parent.children:
             state.seq.merged = state.holds_merged = merged
             if parent.adapter is not None:
-                self.registry.host.acquire(parent.adapter)
+                self.registry.hold_key(parent.adapter)
                 state.holds_adapter = True
             self._states[state.seq.seq_id] = state
             self.scheduler.add(state.seq)
+        self.drop(parent)
         self._new_requests = True
+
+    def drop(self, parent: ParentRequest) -> None:
+        """Engine thread: let go of the adapter version ``prepare`` held for ``parent`` (once;
+        after ``submit`` its children hold their own)."""
+        if parent.holds_adapter and parent.adapter is not None:
+            parent.holds_adapter = False
+            self.adapters.release(parent.adapter)
 
     def add_request(
         self,
@@ -172,7 +190,11 @@ class LLMEngine:
         return [out for rid in list(self._parents) for out in self.abort(rid, error)]
 
     def _end(self, state: RequestState, error: Exception | None) -> RequestOutput:
-        """End an unfinished child early ("abort", with ``error`` if it failed): its output."""
+        """End an unfinished child early ("abort", with ``error`` if it failed): its output.
+        A failure is logged with its reason (the client hears it too, but nobody else would)."""
+        if error is not None:
+            seq = state.seq
+            log.warning("request %s (adapter %s) failed: %s", seq.request_id, seq.adapter, error)
         self._finish(state, "abort")
         return self.outputs.output(state, "", (), "abort", error=error)
 
@@ -181,9 +203,9 @@ class LLMEngine:
         state.finished = True
         self.scheduler.finish(state.seq, reason)
         self._states.pop(state.seq.seq_id, None)
-        if state.holds_adapter:
+        if state.holds_adapter and state.seq.adapter is not None:
             state.holds_adapter = False
-            self.registry.host.release(state.seq.adapter)
+            self.adapters.release(state.seq.adapter)
         if state.holds_merged:
             state.holds_merged = False
             self.adapters.merges.release(state.seq.adapter)
@@ -260,11 +282,9 @@ class LLMEngine:
     def _fail_non_finite(self, state: RequestState) -> RequestOutput:
         """End a child whose logits went inf/NaN: its blocks leave the prefix cache, and those
         it held alone are zeroed before the pool hands them out again."""
-        seq = state.seq
-        log.warning("request %s: non-finite logits (adapter %s)", seq.request_id, seq.adapter)
-        blocks = list(seq.block_table)
+        blocks = list(state.seq.block_table)
         self.block_manager.unpublish(blocks)
-        output = self._end(state, NonFiniteOutputError(seq.adapter))
+        output = self._end(state, NonFiniteOutputError(state.seq.adapter))
         self.runner.clear_blocks([b for b in blocks if self.block_manager.is_free(b)])
         return output
 

@@ -19,12 +19,12 @@ from loraplex.api.chat_schemas import (
 )
 from loraplex.api.chat_template import render_chat
 from loraplex.api.deps import AuthDep, EngineDep
+from loraplex.api.errors import request_tenant
 from loraplex.api.generation import (
     Choice,
     Run,
     check_prompt_length,
     request_adapter,
-    request_tenant,
     run_to_end,
     tokenize,
 )

@@ -13,11 +13,11 @@ from fastapi import APIRouter, Request, Response
 
 from loraplex.api.auth import GENERATE, PrincipalDep, allow
 from loraplex.api.deps import AuthDep, EngineDep
+from loraplex.api.errors import request_tenant
 from loraplex.api.generation import (
     Choice,
     Run,
     request_adapter,
-    request_tenant,
     run_to_end,
     tokenize,
 )

@@ -14,7 +14,7 @@ from fastapi import APIRouter, Request, Response
 
 from loraplex.api.auth import GENERATE, Principal, PrincipalDep, allow
 from loraplex.api.deps import AuthDep, EngineDep
-from loraplex.api.errors import APIError
+from loraplex.api.errors import APIError, request_tenant
 from loraplex.api.generate_schemas import (
     Details,
     GenerateParameters,
@@ -27,7 +27,6 @@ from loraplex.api.generate_schemas import (
 from loraplex.api.generation import (
     Choice,
     Run,
-    request_tenant,
     resolve_adapter,
     resolve_mix,
     run_to_end,
