@@ -57,7 +57,8 @@ class AdapterFiles:
     def perturbed(self, seed: int) -> AdapterFiles:
         """Same shapes, new random values: another adapter (another version) of the same kind."""
         generator = torch.Generator().manual_seed(seed)
-        shapes = {k: v.shape for k, v in load(self.weights).items()}
+        # Sorted: the order load() returns tensors in varies, and with it what each one draws.
+        shapes = {k: v.shape for k, v in sorted(load(self.weights).items())}
         tensors = {k: torch.randn(shape, generator=generator) * 0.5 for k, shape in shapes.items()}
         return dataclasses.replace(self, weights=save(tensors))
 

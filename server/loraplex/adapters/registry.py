@@ -7,6 +7,12 @@ host memory waits in the queue (``is_loaded``) while the running batch keeps ste
 Registering reads the weights file once: the folder check returns the tensors it checked and
 their hash, and the adapter is built from those. A replaced or removed version stays known
 (``_by_key``) only while a request still holds it; its last release retires it.
+
+A request holds its version from the moment it resolves the name (:meth:`AdapterRegistry.hold`,
+under the same lock a replace publishes under), so a replace can never retire a version that a
+request has resolved but not yet queued. A replaced version that a request holds keeps its weights
+in host memory until that request ends: a replace reads it back from the store first if host
+memory had evicted it, before the store takes the new version (a held entry is never evicted).
 """
 
 from __future__ import annotations
@@ -185,6 +191,28 @@ class AdapterRegistry:
     ) -> AdapterCard:
         """Validate ``folder`` and store it atomically under the qualified ``name``; then it is
         servable. Its owner (None: public) goes into the store's metadata with it."""
+        card, _ = self.register_version(
+            name, folder, replace=replace, description=description, pinned=pinned
+        )
+        return card
+
+    def register_version(
+        self,
+        name: str,
+        folder: Path,
+        *,
+        replace: bool = False,
+        description: str | None = None,
+        pinned: bool = False,
+    ) -> tuple[AdapterCard, AdapterCard | None]:
+        """:meth:`register`, returning the new card and the card it replaced (None if new).
+
+        The order keeps every version a request can hold readable: the new card is published
+        while its weights are held in host memory (requests resolve it from then on), then a
+        replaced version that requests hold is read back into host memory if it had left it
+        (the store still has it), and only then does the store take the new version. A store
+        that fails puts the old card back; requests that resolved the new one finish on it.
+        """
         ident = AdapterId.parse(name)
         name = ident.qualified
         self.quota.enforce(self.store, ident, folder)  # before the weights are read: cheap
@@ -205,13 +233,49 @@ class AdapterRegistry:
             if old is not None and not replace:
                 raise AdapterExistsError(f"adapter {name!r} exists; pass replace=true")
             self.quota.enforce(self.store, ident, folder)  # again: no upload of ours in between
-            self.store.put(name, folder, metadata)
             card = describe(name, folder, checked, metadata)
-            self.keep(card.key, adapter)  # just validated: warm it
-            self._publish(card)
-        if old is not None and old.key != card.key:
-            self._retire(old.key)  # as in remove(): requests using it keep it until done
-        return card
+            replaced = old if old is not None and old.key != card.key else None
+            self.host.acquire(card.key)  # the store has no copy yet: never evicted till it has
+            try:
+                self.keep(card.key, adapter)  # just validated: warm it
+                with self._lock:
+                    self._publish(card)
+                    # No request can take the old version from here on: only those that hold
+                    # it now need it, and the store is about to lose it.
+                    stale = replaced if replaced and self._needs_reload(replaced.key) else None
+                if stale is not None:
+                    self._keep_for_holders(stale)
+                try:
+                    self.store.put(name, folder, metadata)
+                except BaseException:
+                    with self._lock:  # back to the version the store still has
+                        if old is not None:
+                            self._cards[ident] = old
+                        else:
+                            self._cards.pop(ident, None)
+                    raise
+            finally:
+                self.host.release(card.key)  # a rolled-back card is retired here once unheld
+        if replaced is not None:
+            self._retire(replaced.key)  # as in remove(): requests using it keep it until done
+        return card, replaced
+
+    def _needs_reload(self, key: str) -> bool:
+        """Whether a request holds ``key`` while host memory has not got its weights."""
+        return self.host.held(key) and key not in self.host
+
+    def _keep_for_holders(self, card: AdapterCard) -> None:
+        """Read ``card``'s version back into host memory for the requests that hold it (the
+        store still has it; they keep it there until they end). A failed read is left to
+        their own load, which reports it."""
+        try:
+            adapter = self.load(card)
+        except Exception as exc:
+            log.warning("reading replaced adapter %s back failed: %s", card.key, exc)
+            return
+        with self._lock:
+            if self.host.held(card.key):  # else its last holder ended meanwhile
+                self.keep(card.key, adapter)
 
     def remove(self, name: str) -> AdapterCard:
         """New requests get 404 at once; running ones keep the weights they hold."""
@@ -248,6 +312,41 @@ class AdapterRegistry:
             self._cards[card.id] = card
             self._by_key[card.key] = card
             self._failed.pop(card.key, None)
+
+    def hold(self, name: str) -> AdapterCard:
+        """The current card of ``name`` with a reference on its version, taken under the lock a
+        replace or delete publishes under: through any replace, that version stays servable
+        (card and weights) until :meth:`release`; a delete keeps its card, and its weights if
+        host memory has them."""
+        with self._lock:
+            card = self.get(name)
+            self.host.acquire(card.key)
+        return card
+
+    def hold_card(self, card: AdapterCard) -> AdapterCard:
+        """A reference on ``card``'s version (a card looked up before, by the API), as
+        :meth:`hold` takes one on a name's current version: while the version is known it is
+        held as is; one retired since (replaced meanwhile, and held by nobody) gives way to
+        the name's current version, as if the request had arrived a moment later."""
+        with self._lock:
+            if self._by_key.get(card.key) is not None:
+                self.host.acquire(card.key)
+                return card
+        return self.hold(card.name)
+
+    def hold_key(self, key: str) -> None:
+        """One more reference on a key already held (a request's children, a mix)."""
+        self.host.acquire(key)
+
+    def release(self, key: str) -> None:
+        """Drop one reference; the last one on a replaced or removed version retires it."""
+        self.host.release(key)
+
+    def is_retired(self, key: str) -> bool:
+        """Whether ``key`` is a version (``name@sha``) the catalog no longer knows: replaced or
+        removed, and no request holds it. A per-request mix is never retired (never carded)."""
+        with self._lock:
+            return "@" in key and key not in self._by_key
 
     def get(self, name: str) -> AdapterCard:
         """The card of a qualified name; an invalid name is as unknown as a missing one."""
@@ -298,11 +397,21 @@ class AdapterRegistry:
         self._pool.submit(self._load, card)
 
     def load(self, card: AdapterCard) -> LoRAAdapter:
-        """Read ``card``'s version from the store (checked as at registration) into memory."""
+        """Read ``card``'s version from the store (checked as at registration) into memory.
+
+        A read that finds another version, or the store midway through swapping one in, is
+        answered from host memory when a replace kept this version there for its holders
+        (it does so before the store changes)."""
         start = time.perf_counter()
-        checked = self.check_folder(self.store.fetch(card.name))
-        if checked.version != card.version:  # replaced since the card was taken
-            raise AdapterNotFoundError(f"{card.name} (version {card.version[:16]})")
+        try:
+            checked = self.check_folder(self.store.fetch(card.name))
+            if checked.version != card.version:  # replaced since the card was taken
+                raise AdapterNotFoundError(f"{card.name} (version {card.version[:16]})")
+        except (AdapterError, OSError):
+            kept = self.host.get(card.key)
+            if kept is not None:
+                return kept
+            raise
         adapter = build_adapter(card.name, checked, self.dtype)
         metrics.record_adapter_load("host", time.perf_counter() - start)
         return adapter

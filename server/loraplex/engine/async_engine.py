@@ -1,8 +1,9 @@
 """The engine loop in its own thread, bridged to asyncio: the event loop never runs model work.
 
-Commands (add, abort, call) go to the engine thread through one queue; each request's outputs
-come back through its own :class:`RequestStream`. That is all this module does: requests are
-built and checked by :meth:`LLMEngine.prepare`, adapters are managed by :class:`AdapterService`.
+Commands (add, drop, abort, call) go to the engine thread through one queue; each request's
+outputs come back through its own :class:`RequestStream`. That is all this module does:
+requests are built and checked by :meth:`LLMEngine.prepare`, adapters are managed by
+:class:`AdapterService`.
 
 Its life: requests count against the :class:`QueueLimits` until they start (429 when the queue
 is full); :meth:`drain` stops taking requests (503) and gives running ones a deadline; a fault
@@ -29,6 +30,7 @@ from loraplex.engine.adapter_tiers.tiers import AdapterSpec
 from loraplex.engine.build import build_engine, freeze_startup_objects
 from loraplex.engine.errors import EngineUnavailableError
 from loraplex.engine.llm_engine import LLMEngine
+from loraplex.engine.output.state import ParentRequest
 from loraplex.engine.queue_limits import QueueLimits
 from loraplex.engine.request.outputs import RequestOutput
 from loraplex.engine.request.params import SamplingParams
@@ -59,9 +61,7 @@ class AsyncEngine:
         self._stop = threading.Event()
         sched = engine.config.scheduler
         self.queue_limits = QueueLimits(
-            sched.max_queued_requests,
-            sched.max_queued_requests_per_tenant,
-            on_reject=metrics.record_rate_limited,  # loraplex_rate_limited_requests_total
+            sched.max_queued_requests, sched.max_queued_requests_per_tenant
         )
         self.draining = False  # set by drain(): new requests get 503
         self.died: BaseException | None = None  # what killed the engine thread
@@ -162,16 +162,19 @@ class AsyncEngine:
         self._refuse_if_unavailable()
         self.queue_limits.enqueue(tenant)  # queued until its first output
         try:
-            # Checked and resolved once, off the event loop (a mix is combined here).
-            parent = await asyncio.to_thread(
-                self.engine.prepare,
-                request_id,
-                prompts,
-                params,
-                adapter,
-                n=n,
-                cache_salt=cache_salt,
-                tenant=tenant,
+            # Checked and resolved once, off the event loop (a mix is combined here); the
+            # adapter version it resolves is held, so a caller that leaves drops it.
+            parent = await self._prepare(
+                functools.partial(
+                    self.engine.prepare,
+                    request_id,
+                    prompts,
+                    params,
+                    adapter,
+                    n=n,
+                    cache_salt=cache_salt,
+                    tenant=tenant,
+                )
             )
         except BaseException:  # refused, or the caller went away: nothing was queued
             self.queue_limits.left(tenant)
@@ -196,6 +199,34 @@ class AsyncEngine:
         if unfinished:
             self._commands.put(("abort", request_id))
         self._streams.pop(request_id, None)
+
+    async def _prepare(self, prepare: Callable[[], ParentRequest]) -> ParentRequest:
+        """``LLMEngine.prepare`` on a worker thread. It holds the adapter version it resolved,
+        so a request abandoned meanwhile (the client left, the loop closed) must not keep it:
+        whichever of the worker and the cancelled caller comes second sends it to the engine
+        thread to be dropped."""
+        lock = threading.Lock()
+        done: list[ParentRequest] = []  # the worker's result, once the caller may miss it
+        abandoned = False
+
+        def work() -> ParentRequest:
+            parent = prepare()
+            with lock:
+                drop = abandoned
+                done.append(parent)
+            if drop:
+                self._commands.put(("drop", parent))
+            return parent
+
+        try:
+            return await asyncio.to_thread(work)
+        except asyncio.CancelledError:
+            with lock:
+                abandoned = True
+                left = list(done)
+            for parent in left:
+                self._commands.put(("drop", parent))
+            raise
 
     # ---- engine thread -------------------------------------------------------------------
 
@@ -232,6 +263,8 @@ class AsyncEngine:
         kind, *args = command
         if kind == "add":
             self.engine.submit(args[0])
+        elif kind == "drop":  # prepared, never submitted: let go of what it holds
+            self.engine.drop(args[0])
         elif kind == "abort":  # (request_id[, the error its client gets])
             self._deliver(self.engine.abort(*args))
         elif kind == "call":

@@ -1,11 +1,8 @@
-"""The synchronous engine. One step, in one direction:
-
-    schedule -> activate (adapter slots) -> execute (the runner's forward) -> sample
-      -> process (tokens, stops, outputs) -> finish (what stopped leaves)
-
-Each stage hands its result to the next and none calls back up. Single-threaded:
-``AsyncEngine`` runs it on its own thread; benchmarks and tests drive it directly.
-``build_engine`` (``engine/build.py``) constructs it.
+"""The synchronous engine. One step, in one direction: schedule -> activate (adapter slots) ->
+execute (the runner's forward) -> sample -> process (tokens, stops, outputs) -> finish (what
+stopped leaves); each stage hands its result to the next and none calls back up.
+Single-threaded: ``AsyncEngine`` runs it on its own thread; benchmarks and tests drive it
+directly. ``build_engine`` (``engine/build.py``) constructs it.
 """
 
 from __future__ import annotations
@@ -84,33 +81,47 @@ class LLMEngine:
         tenant: str = DEFAULT_TENANT,
     ) -> ParentRequest:
         """Check and build a request (any thread): every prompt is checked (``intake.py``) and
-        the adapter resolved (a mix is combined) once, here; nothing is queued or held until
-        ``submit``. ``cache_salt``: only requests with the same salt share prefix-cache blocks;
-        ``tenant``: who asked (the waiting queue is round-robin across tenants)."""
+        the adapter resolved (a mix is combined) once, here. The version resolved is held from
+        here on (a replace cannot take it away), so the request must then be ``submit``-ted or
+        ``drop``-ped; nothing else is held or queued until ``submit``. ``cache_salt``: only
+        requests with the same salt share prefix-cache blocks; ``tenant``: who asked (the
+        waiting queue is round-robin across tenants)."""
         self.intake.check_request(prompts, params, n)
         key, merged = self.tiers.resolve(adapter)
-        return make_request(
-            request_id,
-            prompts,
-            params,
-            key,
-            merged,
-            tokenizer=self.tokenizer,
-            device=self.runner.device,
-            n=n,
-            cache_salt=cache_salt,
-            tenant=tenant,
-        )
+        try:
+            parent = make_request(
+                request_id,
+                prompts,
+                params,
+                key,
+                merged,
+                tokenizer=self.tokenizer,
+                device=self.runner.device,
+                n=n,
+                cache_salt=cache_salt,
+                tenant=tenant,
+            )
+        except BaseException:
+            if key is not None:
+                self.registry.release(key)
+            raise
+        parent.holds_adapter = key is not None
+        return parent
 
     def submit(self, parent: ParentRequest) -> None:
-        """Queue a prepared request (engine thread); its children hold their adapter until
-        they finish (``AdapterTiers.hold``)."""
+        """Queue a prepared request (engine thread); its children hold their adapter version
+        until they finish (``AdapterTiers.hold``)."""
         self._parents[parent.request_id] = parent
         self.tiers.hold(parent)
         for state in parent.children:
             self._states[state.seq.seq_id] = state
             self.scheduler.add(state.seq)
         self._new_requests = True
+
+    def drop(self, parent: ParentRequest) -> None:
+        """Engine thread: a prepared request that will never be queued (its client left) lets
+        go of the adapter version ``prepare`` held (``AdapterTiers.drop``)."""
+        self.tiers.drop(parent)
 
     def add_request(
         self,
@@ -223,7 +234,11 @@ class LLMEngine:
     # ---- requests that cannot run --------------------------------------------------------
 
     def _end(self, state: RequestState, error: Exception | None) -> RequestOutput:
-        """End an unfinished child early ("abort", with ``error`` if it failed): its output."""
+        """End an unfinished child early ("abort", with ``error`` if it failed): its output.
+        A failure is logged with its reason (the client hears it too, but nobody else would)."""
+        if error is not None:
+            seq = state.seq
+            log.warning("request %s (adapter %s) failed: %s", seq.request_id, seq.adapter, error)
         self._finish(state, "abort")
         return self.outputs.output(state, "", (), "abort", error=error)
 
@@ -235,11 +250,9 @@ class LLMEngine:
     def _fail_non_finite(self, state: RequestState) -> RequestOutput:
         """End a child whose logits went inf/NaN: its blocks leave the prefix cache, and those
         it held alone are zeroed before the pool hands them out again."""
-        seq = state.seq
-        log.warning("request %s: non-finite logits (adapter %s)", seq.request_id, seq.adapter)
-        blocks = list(seq.block_table)
+        blocks = list(state.seq.block_table)
         self.block_manager.unpublish(blocks)
-        output = self._end(state, NonFiniteOutputError(seq.adapter))
+        output = self._end(state, NonFiniteOutputError(state.seq.adapter))
         self.runner.clear_blocks([b for b in blocks if self.block_manager.is_free(b)])
         return output
 

@@ -97,7 +97,10 @@ class AdapterService:
         description: str | None = None,
         pinned: bool = False,
     ) -> AdapterCard:
-        """Validate and store ``folder`` as ``name``; a replaced version leaves the device.
+        """Validate and store ``folder`` as ``name``. Replacing a resident adapter writes the
+        new version into a device slot before this returns (``EngineAdapters.swap``: in place
+        when no request holds the old one), so requests that arrive after it run on the new
+        weights at once; requests that resolved the old version finish on it.
 
         A pin is reserved before anything is stored, so past ``--max-pinned-loras`` the upload
         is refused (409) and leaves no trace, however many pinned uploads arrive at once.
@@ -106,9 +109,8 @@ class AdapterService:
         if pinned:
             adapters.pins.reserve(name)
         try:
-            old = registry.get(name) if registry.has(name) else None
-            card = await asyncio.to_thread(
-                registry.register,
+            card, old = await asyncio.to_thread(
+                registry.register_version,
                 name,
                 folder,
                 replace=replace,
@@ -117,8 +119,8 @@ class AdapterService:
             )
 
             def settle() -> None:
-                if old is not None and old.key != card.key:
-                    adapters.forget(old.key)
+                if old is not None:
+                    adapters.swap(old.key, card.key)
                 if pinned:
                     adapters.pin(card)
 

@@ -71,27 +71,46 @@ class AdapterTiers:
 
     def resolve(self, spec: AdapterSpec) -> tuple[str | None, bool]:
         """(adapter key, pre-merged?) for a request; a mix is built now, off the engine thread.
-        A card is used as is (the API looked it up once); a name is looked up here."""
+        A card is used as is (the API looked it up once), a name is looked up here; either way
+        the key comes held (``AdapterRegistry.hold``): its version stays servable through any
+        replace until the request lets go (``release``/``drop``, or ``registry.release`` if it
+        is never prepared)."""
         if spec is None:
             return None, False
         if not isinstance(spec, list):
-            key = self._card(spec).key
+            key = self._hold(spec).key
             return key, self.merges.serves(key)
-        parts = [(self._card(ref), weight) for ref, weight in spec]
-        key = mix_key([(card.key, weight) for card, weight in parts])
-        if self.registry.loaded(key) is None:
-            mix = combine([(self.load(card), weight) for card, weight in parts])
-            # Checked on the real tensors (per-module ranks add up, whatever each config's r
-            # says), so a mix that cannot fit a slot never reaches a step.
-            if mix.max_rank > self.config.max_lora_rank:
-                limit = self.config.max_lora_rank
-                message = f"the combination has rank {mix.max_rank} > --max-lora-rank {limit}"
-                raise ParameterError("adapters", message)
-            self.registry.add_ephemeral(mix)
+        parts: list[tuple[AdapterCard, float]] = []
+        try:  # the parts are held while they are combined, the mix for the request
+            for ref, weight in spec:
+                parts.append((self._hold(ref), weight))
+            key = mix_key([(card.key, weight) for card, weight in parts])
+            self.registry.hold_key(key)
+            try:
+                if self.registry.loaded(key) is None:
+                    self.registry.add_ephemeral(self._combine(parts))
+            except BaseException:
+                self.registry.release(key)
+                raise
+        finally:
+            for card, _ in parts:
+                self.registry.release(card.key)
         return key, False
 
-    def _card(self, ref: AdapterRef) -> AdapterCard:
-        return ref if isinstance(ref, AdapterCard) else self.registry.get(ref)
+    def _hold(self, ref: AdapterRef) -> AdapterCard:
+        if isinstance(ref, AdapterCard):
+            return self.registry.hold_card(ref)
+        return self.registry.hold(ref)
+
+    def _combine(self, parts: list[tuple[AdapterCard, float]]) -> LoRAAdapter:
+        mix = combine([(self.load(card), weight) for card, weight in parts])
+        # Checked on the real tensors (per-module ranks add up, whatever each config's r
+        # says), so a mix that cannot fit a slot never reaches a step.
+        if mix.max_rank > self.config.max_lora_rank:
+            limit = self.config.max_lora_rank
+            message = f"the combination has rank {mix.max_rank} > --max-lora-rank {limit}"
+            raise ParameterError("adapters", message)
+        return mix
 
     def load(self, card: AdapterCard) -> LoRAAdapter:
         """``card``'s weights: from host memory, else read from the store now (any thread)."""
@@ -107,10 +126,10 @@ class AdapterTiers:
     # ---- engine thread -----------------------------------------------------------------
 
     def hold(self, parent: ParentRequest) -> None:
-        """As ``parent`` is queued, each child holds its adapter in host memory, and a
-        pre-merged one its merged copy, until :meth:`release`. A copy unmerged and dropped
-        since the request was prepared is gone: the children run dynamically (the same
-        weights)."""
+        """As ``parent`` is queued, each child holds its adapter version, and a pre-merged one
+        its merged copy, until :meth:`release` (the request's own hold from ``resolve`` passes
+        to them). A copy unmerged and dropped since the request was prepared is gone: the
+        children run dynamically (the same weights)."""
         adapter = parent.adapter
         merged = parent.merged and self.merges.hold(adapter, len(parent.children))
         parent.merged = merged
@@ -120,14 +139,22 @@ class AdapterTiers:
         for state in parent.children:
             state.seq.merged = state.holds_merged = merged
             if adapter is not None:
-                self.registry.host.acquire(adapter)
+                self.registry.hold_key(adapter)
                 state.holds_adapter = True
+        self.drop(parent)
+
+    def drop(self, parent: ParentRequest) -> None:
+        """Let go of the version ``resolve`` held for ``parent`` (once): after ``hold`` its
+        children hold their own; a request prepared but never queued holds nothing after."""
+        if parent.holds_adapter and parent.adapter is not None:
+            parent.holds_adapter = False
+            self._release_key(parent.adapter)
 
     def release(self, state: RequestState) -> None:
-        """A child finished: what it held (host memory, a merged copy) is released, once."""
-        if state.holds_adapter:
+        """A child finished: what it held (its version, a merged copy) is released, once."""
+        if state.holds_adapter and state.seq.adapter is not None:
             state.holds_adapter = False
-            self.registry.host.release(state.seq.adapter)
+            self._release_key(state.seq.adapter)
         if state.holds_merged:
             state.holds_merged = False
             self.merges.release(state.seq.adapter)
@@ -245,6 +272,43 @@ class AdapterTiers:
         if failed:
             self.slots.unpin(card.key)
             raise failed[card.key]
+
+    def _release_key(self, key: str) -> None:
+        """Engine thread: a request lets go of ``key``; the last release of a replaced or
+        removed version frees its device slot too."""
+        self.registry.release(key)
+        if self.registry.is_retired(key):
+            self.forget(key)
+
+    def swap(self, old_key: str, new_key: str) -> None:
+        """Engine thread, between two steps: version ``new_key`` replaced ``old_key``; a slot
+        takes the new weights now, so the first request on the new version finds them there.
+
+        The old version's slot is overwritten in place only when no request holds it (none
+        is queued or running on it, and none can start: the name resolves to the new
+        version). Otherwise its requests finish on it untouched, and the new version gets a
+        slot of its own if one is free or holds an adapter no request needs; the old slot is
+        freed by its last ``release``. Never overwriting a slot under a running request is
+        what keeps every request on one version from its first token to its last.
+        """
+        self.merges.leave(old_key)
+        self.slots.unpin(old_key)  # a pin is per version: the upload says whether to keep it
+        slot = self.slots.lookup(old_key)
+        in_use = self.registry.host.held(old_key)
+        if slot is None or self.slots.lookup(new_key) is not None:
+            if not in_use:
+                self.forget(old_key)
+            return
+        if not in_use:
+            self.slots.rekey(old_key, new_key)
+            self._load([(new_key, slot)], self.slots.resident())
+            return
+        resident = self.slots.resident()
+        keep = {k for k in resident if self.registry.host.held(k) or self.slots.is_pinned(k)}
+        if len(keep) >= self.slots.num_slots:  # no room now: it loads when it is first used
+            return
+        _, loads = self.slots.acquire(keep | {new_key})
+        self._load(loads, resident)
 
     def forget(self, key: str) -> None:
         """Drop a removed or replaced version from the device tier; its merged copy (if any)

@@ -54,6 +54,7 @@ class ParentRequest:
     tenant: str = DEFAULT_TENANT  # who asked (its queue limit and the fair waiting queue)
     arrival_time: float = field(default_factory=time.monotonic)
     children: list[RequestState] = field(default_factory=list)
+    holds_adapter: bool = False  # prepare's reference on ``adapter``, until submit or drop
 
     @property
     def finished(self) -> bool:
