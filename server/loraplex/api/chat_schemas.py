@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from loraplex.api.logprobs import ChatLogprobs
 from loraplex.api.schema_docs import doc
 from loraplex.api.schemas import Logprobs, OpenAIChunk, OpenAIResponse, SamplingRequest
+from loraplex.api.tools.plan import template_arguments
+from loraplex.api.tools.schemas import NamedToolChoice, ToolCall, ToolDefinition
 from loraplex.engine.sampling_params import ParameterError, SamplingParams, check_logprobs
 
 
@@ -24,9 +26,11 @@ class TextPart(BaseModel):
 class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
-    role: Literal["system", "developer", "user", "assistant"]
+    role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[TextPart] | None = None
     name: str | None = None
+    tool_calls: list[ToolCall] | None = None  # an assistant's past calls
+    tool_call_id: str | None = None  # a tool message answers this call
 
 
 class ChatCompletionRequest(SamplingRequest):
@@ -44,9 +48,16 @@ class ChatCompletionRequest(SamplingRequest):
     max_completion_tokens: Annotated[int | None, doc(minimum=1)] = None
     logprobs: bool = False
     top_logprobs: Logprobs | None = Field(None, description="Needs logprobs=true.")
+    tools: list[ToolDefinition] | None = None
+    tool_choice: str | NamedToolChoice | None = Field(
+        None, description='"none", "auto", "required" or {"type": "function", "function": ...}'
+    )
+    parallel_tool_calls: bool | None = None
 
-    def conversation(self) -> list[dict[str, str]]:
-        """The messages as the chat template expects them: ``[{"role", "content": str}]``.
+    def conversation(self) -> list[dict[str, Any]]:
+        """The messages as the chat template expects them: ``[{"role", "content": str}]``,
+        with an assistant's ``tool_calls`` (arguments as objects) and a tool message's
+        ``tool_call_id``.
 
         Text parts are joined with newlines; ``developer`` (OpenAI's newer name) is ``system``.
         Raises :class:`ParameterError` (param ``messages``) for no messages or non-text parts.
@@ -66,7 +77,22 @@ class ChatCompletionRequest(SamplingRequest):
                         )
                 content = "\n".join(part.text or "" for part in content)
             role = "system" if message.role == "developer" else message.role
-            out.append({"role": role, "content": content or ""})
+            entry: dict[str, Any] = {"role": role, "content": content or ""}
+            if message.tool_calls:
+                entry["tool_calls"] = [
+                    {
+                        "id": call.id,
+                        "type": call.type,
+                        "function": {
+                            "name": call.function.name,
+                            "arguments": template_arguments(call.function.arguments),
+                        },
+                    }
+                    for call in message.tool_calls
+                ]
+            if message.tool_call_id is not None:
+                entry["tool_call_id"] = message.tool_call_id
+            out.append(entry)
         return out
 
     def sampling_params(self, prompt_tokens: int, max_model_len: int) -> SamplingParams:
@@ -84,8 +110,11 @@ class ChatCompletionRequest(SamplingRequest):
 
 
 class ChatResponseMessage(BaseModel):
+    """The reply: its text (None when it is only tool calls) and its tool calls."""
+
     role: Literal["assistant"] = "assistant"
-    content: str
+    content: str | None
+    tool_calls: list[ToolCall] | None = None
 
 
 class ChatChoice(BaseModel):
@@ -101,10 +130,10 @@ class ChatCompletionResponse(OpenAIResponse[ChatChoice]):
 
 class ChatStreamChoice(BaseModel):
     """A chunk's choice: ``delta`` is ``{"role": "assistant"}`` first, then ``{"content"}``
-    deltas, then ``{}`` with the ``finish_reason``."""
+    (or ``{"tool_calls"}``) deltas, then ``{}`` with the ``finish_reason``."""
 
     index: int
-    delta: dict[str, str]
+    delta: dict[str, Any]
     finish_reason: str | None = None
     logprobs: ChatLogprobs | None = None
 

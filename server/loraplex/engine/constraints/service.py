@@ -66,6 +66,8 @@ class GrammarService:
 
     async def compile(self, spec: ConstraintSpec) -> Grammar:
         """The compiled grammar of ``spec``; ConstraintError if it is refused or fails."""
+        self._check_caps(spec)
+        await asyncio.wrap_future(self._setup())  # once; not part of any grammar's time
         future = self.submit(spec)
         try:  # shielded: a caller that gives up must not cancel a compile others share
             await asyncio.wait_for(
@@ -79,6 +81,8 @@ class GrammarService:
 
     def compile_now(self, spec: ConstraintSpec) -> Grammar:
         """Blocking :meth:`compile` (tests, benchmarks; never on the engine thread)."""
+        self._check_caps(spec)
+        self._setup().result()
         future = self.submit(spec)
         try:
             future.result(self.config.compile_timeout_s)
@@ -91,8 +95,7 @@ class GrammarService:
     # ---- cache and pool ---------------------------------------------------------------
 
     def submit(self, spec: ConstraintSpec) -> Future:
-        """The (maybe shared, maybe finished) compile of ``spec``; caps are checked first."""
-        self._check_caps(spec)
+        """The (maybe shared, maybe finished) compile of ``spec``."""
         key = spec.key
         with self._lock:
             if key in self._refused:
@@ -152,30 +155,25 @@ class GrammarService:
 
     # ---- the workers ------------------------------------------------------------------
 
-    def _xgr_compiler(self) -> Any:
+    def _setup(self) -> Future:
+        """xgrammar imported and the vocabulary read, once, in the pool (seconds for a large
+        vocabulary): the future of xgrammar's ``GrammarCompiler``."""
         with self._lock:
             if self._compiler is None:
-                self._compiler = Future()
-                build = True
-            else:
-                build = False
-            future = self._compiler
-        if build:
-            try:
-                import xgrammar as xgr
+                self._compiler = self._pool.submit(self._new_compiler)
+            return self._compiler
 
-                info = xgr.TokenizerInfo.from_huggingface(
-                    self._tokenizer, vocab_size=self._vocab_size, stop_token_ids=self._eos
-                )
-                # Our cache is the one cache (keyed by text); xgrammar's would hold a second copy.
-                compiler = xgr.GrammarCompiler(info, max_threads=1, cache_enabled=False)
-                future.set_result(compiler)
-            except BaseException as exc:
-                future.set_exception(exc)
-        return future.result()
+    def _new_compiler(self) -> Any:
+        import xgrammar as xgr
+
+        info = xgr.TokenizerInfo.from_huggingface(
+            self._tokenizer, vocab_size=self._vocab_size, stop_token_ids=self._eos
+        )
+        # Our cache is the one cache (keyed by text); xgrammar's would keep a second copy.
+        return xgr.GrammarCompiler(info, max_threads=1, cache_enabled=False)
 
     def _compile(self, spec: ConstraintSpec) -> Grammar:
-        compiler = self._xgr_compiler()
+        compiler = self._setup().result()
         start = time.perf_counter()
         compiled = _compile_spec(compiler, spec, self.config.max_whitespace)
         metrics.record_grammar_compile(spec.kind, time.perf_counter() - start)
