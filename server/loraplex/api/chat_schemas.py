@@ -30,7 +30,7 @@ class ChatMessage(BaseModel):
     content: str | list[TextPart] | None = None
     name: str | None = None
     tool_calls: list[ToolCall] | None = None  # an assistant's past calls
-    tool_call_id: str | None = None  # a tool message answers this call
+    tool_call_id: str | None = Field(None, description="Needed by role tool: the call it answers.")
 
 
 class ChatCompletionRequest(SamplingRequest):
@@ -48,9 +48,15 @@ class ChatCompletionRequest(SamplingRequest):
     max_completion_tokens: Annotated[int | None, doc(minimum=1)] = None
     logprobs: bool = False
     top_logprobs: Logprobs | None = Field(None, description="Needs logprobs=true.")
-    tools: list[ToolDefinition] | None = None
-    tool_choice: str | NamedToolChoice | None = Field(
-        None, description='"none", "auto", "required" or {"type": "function", "function": ...}'
+    tools: list[ToolDefinition] | None = Field(
+        None, description='Without tool_choice, "auto" (which needs --enable-auto-tool-choice).'
+    )
+    tool_choice: Annotated[str, doc(enum=["none", "auto", "required"])] | NamedToolChoice | None = (
+        Field(
+            None,
+            description="Needs tools (a named function among them); required and named "
+            "constrain the output, so not with another constraint.",
+        )
     )
     parallel_tool_calls: bool | None = None
 
@@ -76,6 +82,10 @@ class ChatCompletionRequest(SamplingRequest):
                             f"got {part.type!r}",
                         )
                 content = "\n".join(part.text or "" for part in content)
+            if message.role == "tool" and not message.tool_call_id:
+                raise ParameterError(
+                    "messages", f"messages[{i}]: a tool message needs tool_call_id"
+                )
             role = "system" if message.role == "developer" else message.role
             entry: dict[str, Any] = {"role": role, "content": content or ""}
             if message.tool_calls:

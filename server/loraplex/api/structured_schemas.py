@@ -16,15 +16,19 @@ is queued).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from loraplex.api.schema_docs import doc
 from loraplex.engine.constraints import ConstraintSpec
 from loraplex.engine.constraints import spec as specs
 
 RESPONSE_FORMATS = ("text", "json_object", "json_schema")
 GRAMMAR_TYPES = ("json", "regex")
+Choices = Annotated[list[Annotated[str, doc(minLength=1)]], doc(minItems=1)]
+# A schema, a regex or a grammar must compile (a 400 with code "invalid_constraint" if not).
+COMPILED = "Must compile: otherwise a 400 (code invalid_constraint) naming this field."
 
 
 class JsonSchemaFormat(BaseModel):
@@ -44,19 +48,22 @@ class ResponseFormat(BaseModel):
 
     model_config = ConfigDict(extra="ignore")
 
-    type: str
-    json_schema: JsonSchemaFormat | None = None
+    type: Annotated[str, doc(enum=list(RESPONSE_FORMATS))]
+    json_schema: JsonSchemaFormat | None = Field(
+        None, description=f'Needed (with its schema) by type "json_schema". {COMPILED}'
+    )
 
 
 class StructuredOutputs(BaseModel):
-    """vLLM's ``structured_outputs``: exactly one of its fields."""
+    """vLLM's ``structured_outputs``: exactly one of its fields (each must compile: otherwise
+    a 400 with code invalid_constraint)."""
 
     model_config = ConfigDict(extra="ignore", populate_by_name=True)
 
     json_: dict[str, Any] | bool | str | None = Field(None, alias="json")
     regex: str | None = None
-    choice: list[str] | None = None
-    grammar: str | None = None
+    choice: Choices | None = None
+    grammar: str | None = Field(None, description="EBNF (GBNF-style ::= rules) or Lark.")
     json_object: bool | None = None
 
 
@@ -65,19 +72,23 @@ class GrammarParameter(BaseModel):
 
     model_config = ConfigDict(extra="ignore")
 
-    type: str
-    value: dict[str, Any] | bool | str
+    type: Annotated[str, doc(enum=list(GRAMMAR_TYPES))]
+    value: dict[str, Any] | bool | str = Field(
+        description=f"A JSON schema (object or text) for json, a string for regex. {COMPILED}"
+    )
 
 
 class StructuredFields(BaseModel):
     """The constraint fields the OpenAI routes share (chat and completions)."""
 
-    response_format: ResponseFormat | None = None
+    response_format: ResponseFormat | None = Field(
+        None, description="At most one constraint per request (this or another field)."
+    )
     structured_outputs: StructuredOutputs | None = None
-    guided_json: dict[str, Any] | bool | str | None = None
-    guided_regex: str | None = None
-    guided_choice: list[str] | None = None
-    guided_grammar: str | None = None
+    guided_json: dict[str, Any] | bool | str | None = Field(None, description=COMPILED)
+    guided_regex: str | None = Field(None, description=COMPILED)
+    guided_choice: Choices | None = None
+    guided_grammar: str | None = Field(None, description=COMPILED)
 
     def constraint(self) -> ConstraintSpec | None:
         """The request's one constraint, or None; ParameterError (400) naming the field for

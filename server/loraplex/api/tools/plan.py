@@ -20,13 +20,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from loraplex.api.tools.parsers import PARSERS, NamedParser, RequiredParser, ToolCallParser
-from loraplex.api.tools.schemas import NamedToolChoice, ToolDefinition
+from loraplex.api.tools.schemas import FUNCTION_NAME, NamedToolChoice, ToolDefinition
 from loraplex.config import StructuredConfig
 from loraplex.engine.constraints import ConstraintSpec
 from loraplex.engine.constraints import spec as specs
 from loraplex.engine.sampling_params import ParameterError
 
-FUNCTION_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")  # OpenAI's rule for function names
+NAME = re.compile(FUNCTION_NAME)
 CHOICES = ("none", "auto", "required")
 NO_ARGUMENTS = {"type": "object", "properties": {}}
 
@@ -63,10 +63,8 @@ def check_tools(tools: list[ToolDefinition]) -> dict[str, dict[str, Any]]:
         if tool.type != "function":
             raise ParameterError("tools", f"{where}.type must be 'function', got {tool.type!r}")
         name, params = tool.function.name, tool.function.parameters
-        if not FUNCTION_NAME.match(name):
-            raise ParameterError(
-                "tools", f"{where}.function.name must match {FUNCTION_NAME.pattern}"
-            )
+        if not NAME.match(name):
+            raise ParameterError("tools", f"{where}.function.name must match {FUNCTION_NAME}")
         if name in found:
             raise ParameterError("tools", f"{where}: two tools are named {name!r}")
         if params is None:

@@ -3,9 +3,13 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
+
+from loraplex.api.schema_docs import doc
+
+FUNCTION_NAME = r"^[A-Za-z0-9_-]{1,64}$"  # OpenAI's rule for function names
 
 
 class FunctionDefinition(BaseModel):
@@ -13,16 +17,23 @@ class FunctionDefinition(BaseModel):
 
     model_config = ConfigDict(extra="ignore")
 
-    name: str
+    name: Annotated[str, doc(pattern=FUNCTION_NAME)] = Field(
+        description="Unique among the request's tools."
+    )
     description: str | None = None
-    parameters: Any = None  # checked by plan.check_tools, so a bad one is a 400 naming tools
+    # Checked by plan.check_tools, so a bad one is a 400 naming tools.
+    parameters: Annotated[Any, doc(type="object")] = Field(
+        None,
+        description='A JSON schema of an object ("type" absent or "object"); with tool_choice '
+        "required or named it must compile (else a 400, code invalid_constraint).",
+    )
     strict: bool | None = None
 
 
 class ToolDefinition(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
-    type: str = "function"
+    type: Annotated[str, doc(enum=["function"])] = "function"
     function: FunctionDefinition
 
 
@@ -37,7 +48,7 @@ class NamedToolChoice(BaseModel):
 
     model_config = ConfigDict(extra="ignore")
 
-    type: str = "function"
+    type: Annotated[str, doc(enum=["function"])] = "function"
     function: FunctionName
 
 
