@@ -305,7 +305,7 @@ class StructuredConfig:
     max_grammar_bytes: int = 65536
     max_schema_depth: int = 32
     cache_size: int = 256
-    max_whitespace: int = 16
+    max_whitespace: int = 0
     enable_auto_tool_choice: bool = False
     tool_call_parser: str | None = None
 
