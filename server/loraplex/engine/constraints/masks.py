@@ -19,7 +19,7 @@ import torch
 class ConstraintMasks:
     """The engine's mask buffer for logits of width ``vocab_size`` on ``device``."""
 
-    def __init__(self, vocab_size: int, device: torch.device, threads: int = 2) -> None:
+    def __init__(self, vocab_size: int, device: torch.device, threads: int | str = "auto") -> None:
         self.vocab_size = vocab_size
         self.device = device
         self._threads = threads
