@@ -14,6 +14,7 @@ from collections.abc import Sequence
 
 from loraplex.api_keys import ApiKeyEntry, load_api_keys_file
 from loraplex.cli_options import KEYS_FILE_ENV, build_parser
+from loraplex.cli_structured_options import structured_config
 from loraplex.config import (
     CacheConfig,
     Config,
@@ -140,6 +141,7 @@ def build_config(args: argparse.Namespace) -> Config:
             shutdown_timeout=args.shutdown_timeout,
             ui=args.ui,
         ),
+        structured=structured_config(args),
     )
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 
 from loraplex.cli_lora_options import add_lora_options
+from loraplex.cli_structured_options import add_structured_options
 from loraplex.config import (
     ATTENTION_BACKENDS,
     BATCH_DEFAULTS,
@@ -50,6 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_cache_options(serve)
     _add_sched_options(serve)
     add_lora_options(serve)
+    add_structured_options(serve)
     _add_server_options(serve)
     return parser
 

@@ -20,6 +20,8 @@ Who updates what:
 * the engine loop: step duration, batch size, preemptions (:func:`record_step`); adapter tiers:
   loads, evictions, hits and misses (:func:`record_adapter_load`, ...);
 * the admission control: 429s by tenant (:func:`record_rate_limited`);
+* the grammar service: compile time and cache lookups of constraints
+  (:func:`record_grammar_compile`, :func:`record_grammar_cache`);
 * ``/metrics`` copies the engine's gauges from ``engine.stats()`` on every scrape
   (``metrics_scrape.scrape``), so the engine thread never has to touch them.
 
@@ -250,6 +252,19 @@ MERGED_ADAPTER_BYTES = Gauge(
     "Bytes held by pre-merged copies of base weights (capped by --max-merged-adapters).",
     registry=REGISTRY,
 )
+GRAMMAR_COMPILE_SECONDS = Histogram(
+    "loraplex_grammar_compile_seconds",
+    "Time to compile one constraint (JSON schema, regex, choice, grammar), by kind.",
+    ["kind"],
+    buckets=_STEP_BUCKETS,
+    registry=REGISTRY,
+)
+GRAMMAR_CACHE = Counter(
+    "loraplex_grammar_cache_lookups",
+    "Compiled-grammar cache lookups of constrained requests, by result (hit, miss).",
+    ["result"],
+    registry=REGISTRY,
+)
 
 for _tier in TIERS:  # every tier's series exist from the start (rates need a zero)
     for _family in (ADAPTER_LOADS, ADAPTER_EVICTIONS, ADAPTER_HITS, ADAPTER_MISSES):
@@ -326,6 +341,14 @@ def record_adapter_lookups(tier: str, hits: int, misses: int) -> None:
 def record_adapter_evictions(tier: str, count: int = 1) -> None:
     if count:
         ADAPTER_EVICTIONS.labels(tier=tier).inc(count)
+
+
+def record_grammar_compile(kind: str, seconds: float) -> None:
+    GRAMMAR_COMPILE_SECONDS.labels(kind=kind).observe(seconds)
+
+
+def record_grammar_cache(hit: bool) -> None:
+    GRAMMAR_CACHE.labels(result="hit" if hit else "miss").inc()
 
 
 # ---- exposition ------------------------------------------------------------------------

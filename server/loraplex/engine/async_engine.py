@@ -32,6 +32,7 @@ from loraplex.engine.admission import (
     EngineUnavailableError,
 )
 from loraplex.engine.build import build_engine, freeze_startup_objects
+from loraplex.engine.constraints import GrammarService
 from loraplex.engine.llm_engine import LLMEngine
 from loraplex.engine.outputs import RequestOutput
 from loraplex.engine.request import ParentRequest
@@ -66,6 +67,10 @@ class AsyncEngine:
         self.check_fanout = engine.check_fanout  # host-side: safe from the event loop
         self.created = int(time.time())
         self.adapters = AdapterService(engine.adapters, self.on_engine)
+        # Constraints compile here, in its worker pool: never on the engine thread.
+        self.grammars = GrammarService(
+            engine.tokenizer, engine.vocab_size, engine.eos_token_ids, engine.config.structured
+        )
         self._commands: queue.SimpleQueue[tuple] = commands or queue.SimpleQueue()
         self._streams: dict[str, _Stream] = {}
         self._thread: threading.Thread | None = None
@@ -101,6 +106,7 @@ class AsyncEngine:
         self._commands.put(("wake",))
         if self._thread is not None:
             self._thread.join(timeout=30)
+        self.grammars.close()
         self.engine.registry.close()  # stop the adapter loader threads
 
     def is_healthy(self) -> bool:
@@ -169,6 +175,10 @@ class AsyncEngine:
         ``tenant``: whose queue share it takes (``QueueFullError`` when full: a 429).
         """
         self._refuse_if_unavailable()
+        # Compiled before it is admitted (a refused grammar is a 400 that takes no queue place).
+        grammar = None
+        if params.constraint is not None:
+            grammar = await self.grammars.compile(params.constraint)
         self.admission.admit(tenant)  # queued until its first output
         queued, unfinished = True, 0
         try:
@@ -184,6 +194,7 @@ class AsyncEngine:
                     n=n,
                     cache_salt=cache_salt,
                     tenant=tenant,
+                    grammar=grammar,
                 )
             )
             stream = _Stream(asyncio.get_running_loop(), asyncio.Queue())

@@ -14,6 +14,7 @@ from loraplex.config import Config
 from loraplex.engine.adapters import AdapterSpec, EngineAdapters
 from loraplex.engine.admission import DEFAULT_TENANT
 from loraplex.engine.batch import build_batch
+from loraplex.engine.constraints import ConstraintMasks, Grammar
 from loraplex.engine.decode_runner import decode_runner_for
 from loraplex.engine.engine_stats import engine_stats
 from loraplex.engine.errors import NonFiniteOutputError
@@ -56,6 +57,7 @@ class LLMEngine:
         self.vocab_size = runner.model.config.get_text_config().vocab_size
         self.eos_token_ids = runner.eos_token_ids()
         self.sampler = Sampler()
+        self.masks = ConstraintMasks(self.vocab_size, runner.device)  # constrained rows' masks
         self.outputs = OutputProcessor(self.eos_token_ids, max_model_len, self._finish)
         # Pure-decode steps: persistent buffers, CUDA graphs where they can be captured.
         self.decode = decode_runner_for(
@@ -103,13 +105,15 @@ class LLMEngine:
         n: int = 1,
         cache_salt: str | None = None,
         tenant: str = DEFAULT_TENANT,
+        grammar: Grammar | None = None,
     ) -> ParentRequest:
         """Check and build a request (any thread): every prompt is checked and the adapter
         resolved (a mix is combined) once, here. The version resolved is held from here on
         (a replace cannot take it away), so the request must then be ``submit``-ted or
         ``drop``-ped; nothing else is held or queued until ``submit``.
         ``cache_salt``: only requests with the same salt share prefix-cache blocks;
-        ``tenant``: who asked (the waiting queue is round-robin across tenants)."""
+        ``tenant``: who asked (the waiting queue is round-robin across tenants);
+        ``grammar``: ``params.constraint`` compiled (``GrammarService``), never here."""
         self.check_fanout(len(prompts), n)
         for prompt in prompts:
             self.check_prompt(prompt, params)
@@ -126,6 +130,7 @@ class LLMEngine:
                 n=n,
                 cache_salt=cache_salt,
                 tenant=tenant,
+                grammar=grammar,
             )
         except BaseException:
             if key is not None:
@@ -336,6 +341,7 @@ class LLMEngine:
         """Tokens and logprob entries of the sampled rows, in one device->host copy
         (``NON_FINITE`` for a row whose logits went inf/NaN)."""
         finite = guard_non_finite(logits)
+        self.masks.apply(logits, [s.matcher for s in states])  # one call for every grammar row
         tokens = self.sampler.sample(
             logits,
             [s.params for s in states],

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from loraplex.engine.admission import DEFAULT_TENANT
+from loraplex.engine.constraints.grammar import Grammar
 from loraplex.engine.detokenizer import IncrementalDetokenizer
 from loraplex.engine.sampling_params import SamplingParams
 from loraplex.engine.sequence import Sequence
@@ -36,6 +37,9 @@ class RequestState:
     first_token_time: float | None = None  # monotonic time of its first output
     last_token_time: float | None = None  # of its latest output token (inter-token latency)
     sent_prompt_logprobs: bool = False  # they go out once, with the first output
+    # Its grammar's state (engine/constraints), None when unconstrained: masks its logits each
+    # step and accepts each sampled token. Preemption keeps the tokens, so it stays right.
+    matcher: Any = None
     finished: bool = False
 
     @property
@@ -79,9 +83,11 @@ def make_request(
     n: int = 1,
     cache_salt: str | None = None,
     tenant: str = DEFAULT_TENANT,
+    grammar: Grammar | None = None,
 ) -> ParentRequest:
     """Build the parent and its children; nothing is acquired or queued yet, so a failure here
-    (a seed torch refuses, say) leaves no trace."""
+    (a seed torch refuses, say) leaves no trace. ``grammar``: the compiled constraint of
+    ``params.constraint``; every child gets its own matcher."""
     parent = ParentRequest(request_id, adapter, merged, tenant)
     for i, prompt in enumerate(prompts):
         for j in range(n):
@@ -101,5 +107,7 @@ def make_request(
             if child_params.seed is not None:
                 generator = torch.Generator(device).manual_seed(child_params.seed)
             detokenizer = IncrementalDetokenizer(tokenizer, seq.prompt_token_ids, child_params)
-            parent.children.append(RequestState(parent, index, seq, detokenizer, generator))
+            state = RequestState(parent, index, seq, detokenizer, generator)
+            state.matcher = None if grammar is None else grammar.matcher()
+            parent.children.append(state)
     return parent

@@ -25,6 +25,7 @@ from loraplex.engine.sampling_params import SamplingParams
 _MIN_NOISE = 1e-20
 # What ``read_sampled`` returns for a row whose logits were not finite (no token id is < 0).
 NON_FINITE = -1
+LOGPROB_FLOOR = -9999.0  # the least logprob reported (a token a grammar rules out)
 
 
 def on_device(values: list, device: torch.device, dtype: torch.dtype = torch.int64) -> torch.Tensor:
@@ -162,7 +163,9 @@ def logprob_table(logits: torch.Tensor, tokens: torch.Tensor, k: int) -> torch.T
     logp = logits.float().log_softmax(dim=-1)
     chosen = logp.gather(1, tokens.view(-1, 1))
     values, ids = logp.topk(k, dim=-1)
-    return torch.cat([chosen.double(), values.double(), ids.double()], dim=1)
+    # A grammar's masked tokens are -inf: reported as LOGPROB_FLOOR (vLLM's), as JSON has no inf.
+    values = torch.cat([chosen, values], dim=1).clamp_min(LOGPROB_FLOOR)
+    return torch.cat([values.double(), ids.double()], dim=1)
 
 
 def _entries(table: list[float], tokens: list[int], top_k: list[int], k: int) -> list:
