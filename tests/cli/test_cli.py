@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from loraplex import cli
-from loraplex.config import BATCH_DEFAULTS, Config, LoRAConfig, batch_defaults
+from loraplex.config import BATCH_DEFAULTS, Config, LoRAConfig, StructuredConfig, batch_defaults
 
 SERVE_OPTIONS = [
     "--model",
@@ -101,6 +101,14 @@ def test_every_option_reaches_the_config(tmp_path) -> None:
         "--body-timeout", "4",
         "--body-min-rate", "1000",
         "--no-ui",
+        "--structured-outputs-threads", "3",
+        "--structured-outputs-timeout", "1.5",
+        "--structured-outputs-max-bytes", "1000",
+        "--structured-outputs-max-depth", "5",
+        "--structured-outputs-cache-size", "7",
+        "--structured-outputs-max-whitespace", "0",
+        "--enable-auto-tool-choice",
+        "--tool-call-parser", "mistral",
     )  # fmt: skip
     assert config.model.model == str(tmp_path)
     assert config.model.served_model_name == "tiny"
@@ -139,6 +147,7 @@ def test_every_option_reaches_the_config(tmp_path) -> None:
     assert (config.server.timeout_keep_alive, config.server.header_timeout) == (2.5, 3.0)
     assert (config.server.body_timeout, config.server.body_min_rate) == (4.0, 1000)
     assert config.server.ui is False
+    assert config.structured == StructuredConfig(3, 1.5, 1000, 5, 7, 0, True, "mistral")
 
 
 def test_lora_dtype_auto_is_the_models() -> None:
@@ -238,6 +247,10 @@ def test_top_level_help_lists_serve(capsys) -> None:
         (["--lora-modules", "no-equals-sign"], "expected name=path"),
         (["--lora-modules", "=path"], "expected name=path"),
         (["--log-level", "loud"], "invalid choice"),
+        (["--enable-auto-tool-choice"], "--enable-auto-tool-choice needs --tool-call-parser"),
+        (["--tool-call-parser", "xml"], "invalid choice"),
+        (["--structured-outputs-timeout", "0"], "--structured-outputs-timeout must be positive"),
+        (["--structured-outputs-max-whitespace", "-2"], "must be >= -1"),
         (["--no-such-flag"], "unrecognized arguments"),
     ],
 )

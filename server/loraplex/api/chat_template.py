@@ -22,13 +22,18 @@ import jinja2
 from loraplex.api.errors import APIError
 from loraplex.engine import AsyncEngine, ParameterError
 
-Conversation = list[dict[str, str]]
+Conversation = list[dict[str, Any]]  # role, content (+ tool_calls / tool_call_id)
 
 
-def _render(tokenizer: Any, messages: Conversation, generation_prompt: bool = True) -> str:
+def _render(
+    tokenizer: Any,
+    messages: Conversation,
+    generation_prompt: bool = True,
+    tools: list[dict[str, Any]] | None = None,
+) -> str:
     return str(
         tokenizer.apply_chat_template(
-            messages, add_generation_prompt=generation_prompt, tokenize=False
+            messages, tools=tools, add_generation_prompt=generation_prompt, tokenize=False
         )
     )
 
@@ -61,7 +66,7 @@ def check_rendered_length(engine: AsyncEngine, conversation: Conversation) -> No
     """400 (``messages``) when the least ``conversation`` can render is already longer than the
     context, in characters; nothing is rendered to find out."""
     overheads = message_overheads(engine.tokenizer)
-    least = sum(len(m["content"]) + overheads.get(m["role"], 0) for m in conversation)
+    least = sum(len(m.get("content") or "") + overheads.get(m["role"], 0) for m in conversation)
     limit = engine.intake.max_prompt_chars
     if least > limit:
         raise ParameterError(
@@ -72,8 +77,11 @@ def check_rendered_length(engine: AsyncEngine, conversation: Conversation) -> No
         )
 
 
-def render_chat(engine: AsyncEngine, messages: Conversation) -> str:
-    """The prompt text of ``messages`` with the assistant's turn opened; 400 when the model has
+def render_chat(
+    engine: AsyncEngine, messages: Conversation, tools: list[dict[str, Any]] | None = None
+) -> str:
+    """The prompt text of ``messages`` (and ``tools``, for templates that know them) with the
+    assistant's turn opened; 400 when the model has
     no chat template, when the messages cannot fit the context (:func:`check_rendered_length`)
     or when its template refuses the conversation (e.g. roles that don't alternate). Runs in
     the text pool (the probes of the first call included), never on the event loop.
@@ -89,7 +97,7 @@ def render_chat(engine: AsyncEngine, messages: Conversation) -> str:
         )
     check_rendered_length(engine, messages)
     try:
-        text = _render(tokenizer, messages)
+        text = _render(tokenizer, messages, tools=tools)
     except jinja2.TemplateError as exc:
         message = f"The chat template refused the messages: {exc}"
         raise APIError(400, message, param="messages", code="invalid_value") from exc

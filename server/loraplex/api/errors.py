@@ -33,6 +33,7 @@ from loraplex.adapters.errors import (
 from loraplex.adapters.tenancy import DEFAULT_TENANT
 from loraplex.engine import (
     CapacityError,
+    ConstraintError,
     EngineUnavailableError,
     NonFiniteOutputError,
     ParameterError,
@@ -128,6 +129,8 @@ def to_api_error(exc: Exception, request: Request | None = None) -> APIError:
         return APIError(500, str(exc), SERVER_ERROR, code="non_finite_output")
     if isinstance(exc, CapacityError):  # a server-wide cap, named in the message
         return APIError(409, str(exc), param=exc.param, code="limit_reached")
+    if isinstance(exc, ConstraintError):  # a schema/regex/grammar that cannot be compiled
+        return APIError(400, str(exc), param=exc.param, code="invalid_constraint")
     if isinstance(exc, ParameterError):
         return APIError(400, str(exc), param=exc.param, code="invalid_value")
     if isinstance(exc, AdapterNotFoundError):

@@ -1,6 +1,7 @@
 """``loraplex serve [options]``: command line -> one frozen :class:`Config` -> uvicorn.
 
-One module per config section (``model``, ``cache``, ``scheduler``, ``lora``, ``server``) holds
+One module per config section (``model``, ``cache``, ``scheduler``, ``lora``, ``structured``,
+``server``) holds
 its flags and its arguments -> config mapping side by side, so adding an option touches one
 module (and its check in ``config.py``). Defaults come from the config dataclasses, so the two
 never disagree. Nothing heavy (torch, transformers, the app) is imported until ``serve`` runs,
@@ -14,13 +15,13 @@ import ipaddress
 import logging
 from collections.abc import Sequence
 
-from loraplex.cli import cache, lora, model, scheduler, server
+from loraplex.cli import cache, lora, model, scheduler, server, structured
 from loraplex.cli.server import KEYS_FILE_ENV
 from loraplex.config import Config, ServerConfig
 
 __all__ = ["KEYS_FILE_ENV", "build_config", "build_parser", "main", "serve"]
 log = logging.getLogger("loraplex")
-SECTIONS = (model, cache, scheduler, lora, server)
+SECTIONS = (model, cache, scheduler, lora, structured, server)
 
 
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -58,6 +59,7 @@ def build_config(args: argparse.Namespace) -> Config:
         scheduler=scheduler.to_config(args),
         lora=lora.to_config(args),
         server=server.to_config(args),
+        structured=structured.to_config(args),
     )
 
 

@@ -28,6 +28,7 @@ from loraplex.config import Config
 from loraplex.engine.adapter_tiers.service import AdapterService
 from loraplex.engine.adapter_tiers.tiers import AdapterSpec
 from loraplex.engine.build import build_engine, freeze_startup_objects
+from loraplex.engine.constraints import GrammarService
 from loraplex.engine.errors import EngineUnavailableError
 from loraplex.engine.llm_engine import LLMEngine
 from loraplex.engine.output.state import ParentRequest
@@ -55,6 +56,10 @@ class AsyncEngine:
         self.intake = engine.intake  # host-side: safe from the event loop
         self.created = int(time.time())
         self.adapters = AdapterService(engine.tiers, self.on_engine)
+        # Constraints compile here, in its worker pool: never on the engine thread.
+        self.grammars = GrammarService(
+            engine.tokenizer, engine.vocab_size, engine.eos_token_ids, engine.config.structured
+        )
         self._commands: queue.SimpleQueue[tuple] = commands or queue.SimpleQueue()
         self._streams: dict[str, RequestStream] = {}
         self._thread: threading.Thread | None = None
@@ -90,6 +95,7 @@ class AsyncEngine:
         self._commands.put(("wake",))
         if self._thread is not None:
             self._thread.join(timeout=30)
+        self.grammars.close()
         self.engine.registry.close()  # stop the adapter loader threads
 
     def is_healthy(self) -> bool:
@@ -160,6 +166,10 @@ class AsyncEngine:
         queue share it takes.
         """
         self._refuse_if_unavailable()
+        # Compiled before it is queued (a refused grammar is a 400 that takes no queue place).
+        grammar = None
+        if params.constraint is not None:
+            grammar = await self.grammars.compile(params.constraint)
         self.queue_limits.enqueue(tenant)  # queued until its first output
         try:
             # Checked and resolved once, off the event loop (a mix is combined here); the
@@ -174,6 +184,7 @@ class AsyncEngine:
                     n=n,
                     cache_salt=cache_salt,
                     tenant=tenant,
+                    grammar=grammar,
                 )
             )
         except BaseException:  # refused, or the caller went away: nothing was queued

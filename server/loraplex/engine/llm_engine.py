@@ -10,27 +10,24 @@ from __future__ import annotations
 import logging
 import threading
 
-import torch
-
 from loraplex import metrics
 from loraplex.adapters.tenancy import DEFAULT_TENANT
 from loraplex.config import Config
 from loraplex.engine.adapter_tiers.tiers import AdapterSpec, AdapterTiers
+from loraplex.engine.constraints import Grammar
 from loraplex.engine.errors import NonFiniteOutputError
 from loraplex.engine.intake import Intake
 from loraplex.engine.output.processor import OutputProcessor
 from loraplex.engine.output.state import ParentRequest, RequestState, make_request
-from loraplex.engine.request.outputs import RequestOutput, TokenLogprob
+from loraplex.engine.request.outputs import RequestOutput
 from loraplex.engine.request.params import SamplingParams
 from loraplex.engine.runner.model_runner import Executed, ModelRunner
-from loraplex.engine.sample.logprobs import read_sampled
-from loraplex.engine.sample.sampler import NON_FINITE, Sampler, guard_non_finite
+from loraplex.engine.sample.sampler import NON_FINITE
+from loraplex.engine.sample.step import Sampled, StepSampler
 from loraplex.engine.sched.scheduler import ScheduledSeq, Scheduler, SchedulerOutput
 from loraplex.engine.stats import engine_stats
 
 log = logging.getLogger(__name__)
-# One step's sampled tokens and their logprob entries (None where not asked for).
-Sampled = tuple[list[int], list[TokenLogprob | None]]
 
 
 class LLMEngine:
@@ -59,7 +56,7 @@ class LLMEngine:
         self.eos_token_ids = runner.eos_token_ids()
         limit = config.scheduler.max_seqs_per_request
         self.intake = Intake(self.tokenizer, self.vocab_size, max_model_len, limit)
-        self.sampler = Sampler()
+        self.sampler = StepSampler(self.vocab_size, runner.device)  # and the grammar masks
         self.outputs = OutputProcessor(self.eos_token_ids, max_model_len)
         self.idle = True  # the last step scheduled nothing
         self._adapter_loaded = adapter_loaded or threading.Event()
@@ -79,13 +76,15 @@ class LLMEngine:
         n: int = 1,
         cache_salt: str | None = None,
         tenant: str = DEFAULT_TENANT,
+        grammar: Grammar | None = None,
     ) -> ParentRequest:
         """Check and build a request (any thread): every prompt is checked (``intake.py``) and
         the adapter resolved (a mix is combined) once, here. The version resolved is held from
         here on (a replace cannot take it away), so the request must then be ``submit``-ted or
         ``drop``-ped; nothing else is held or queued until ``submit``. ``cache_salt``: only
         requests with the same salt share prefix-cache blocks; ``tenant``: who asked (the
-        waiting queue is round-robin across tenants)."""
+        waiting queue is round-robin across tenants); ``grammar``: ``params.constraint`` compiled
+        (``GrammarService``), never here."""
         self.intake.check_request(prompts, params, n)
         key, merged = self.tiers.resolve(adapter)
         try:
@@ -100,6 +99,7 @@ class LLMEngine:
                 n=n,
                 cache_salt=cache_salt,
                 tenant=tenant,
+                grammar=grammar,
             )
         except BaseException:
             if key is not None:
@@ -180,7 +180,7 @@ class LLMEngine:
         retried (the retry rewrites the same KV rows)."""
         executed = self.runner.execute(out.scheduled, slot_of)
         states = [self._states[seq.seq_id] for seq in executed.seqs]
-        return executed, states, self._sample(states, executed.logits[: len(states)])
+        return executed, states, self.sampler.sample(states, executed.logits[: len(states)])
 
     def _process(
         self,
@@ -208,19 +208,6 @@ class LLMEngine:
         for state in finished:
             self._finish(state, state.finish_reason or "stop")
         return failed + outputs
-
-    def _sample(self, states: list[RequestState], logits: torch.Tensor) -> Sampled:
-        """Tokens and logprob entries of the sampled rows, in one device->host copy
-        (``NON_FINITE`` for a row whose logits went inf/NaN)."""
-        finite = guard_non_finite(logits)
-        tokens = self.sampler.sample(
-            logits,
-            [s.params for s in states],
-            [s.seq.prompt_token_ids for s in states],
-            [s.seq.output_token_ids for s in states],
-            [s.generator for s in states],
-        )
-        return read_sampled(tokens, logits, [s.params.logprobs for s in states], finite)
 
     def _finish(self, state: RequestState, reason: str) -> None:
         """The one way a child ends: blocks freed, adapter released, state dropped."""

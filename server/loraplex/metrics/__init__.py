@@ -22,7 +22,9 @@ Who updates what:
   latency (:func:`record_first_token`, :func:`record_token_gap`, :func:`record_finished`);
 * the engine loop: step duration, batch size, preemptions (:func:`record_step`); adapter tiers:
   loads, evictions, hits and misses (:func:`record_adapter_load`, ...);
-* the queue limits: 429s by tenant (:func:`record_rate_limited`);
+* the API's error handlers: every 429, by tenant (:func:`record_rate_limited`);
+* the grammar service: compile time and cache lookups of constraints
+  (:func:`record_grammar_compile`, :func:`record_grammar_cache`);
 * ``/metrics`` copies the engine's gauges from ``engine.stats()`` on every scrape
   (``scrape.py``), so the engine thread never has to touch them.
 

@@ -33,6 +33,8 @@ __all__ = [
     "GATEWAY_RUNNING",
     "GATEWAY_WAITING",
     "GENERATION_TOKENS",
+    "GRAMMAR_CACHE",
+    "GRAMMAR_COMPILE_SECONDS",
     "INTER_TOKEN_LATENCY",
     "KV_CACHE_USAGE",
     "MERGED_ADAPTERS",
@@ -252,6 +254,19 @@ MERGED_ADAPTERS = Gauge(
 MERGED_ADAPTER_BYTES = Gauge(
     "loraplex_merged_adapter_bytes",
     "Bytes held by pre-merged copies of base weights (capped by --max-merged-adapters).",
+    registry=REGISTRY,
+)
+GRAMMAR_COMPILE_SECONDS = Histogram(
+    "loraplex_grammar_compile_seconds",
+    "Time to compile one constraint (JSON schema, regex, choice, grammar), by kind.",
+    ["kind"],
+    buckets=_STEP_BUCKETS,
+    registry=REGISTRY,
+)
+GRAMMAR_CACHE = Counter(
+    "loraplex_grammar_cache_lookups",
+    "Compiled-grammar cache lookups of constrained requests, by result (hit, miss).",
+    ["result"],
     registry=REGISTRY,
 )
 

@@ -16,6 +16,8 @@ from loraplex.metrics.definitions import (
     BATCH_TOKENS,
     E2E_LATENCY,
     GENERATION_TOKENS,
+    GRAMMAR_CACHE,
+    GRAMMAR_COMPILE_SECONDS,
     INTER_TOKEN_LATENCY,
     PREEMPTIONS,
     PREFIX_CACHE_HITS,
@@ -36,6 +38,8 @@ __all__ = [
     "record_finished",
     "record_first_token",
     "record_generated_tokens",
+    "record_grammar_cache",
+    "record_grammar_compile",
     "record_queue_time",
     "record_rate_limited",
     "record_step",
@@ -111,6 +115,14 @@ def record_adapter_lookups(tier: str, hits: int, misses: int) -> None:
 def record_adapter_evictions(tier: str, count: int = 1) -> None:
     if count:
         ADAPTER_EVICTIONS.labels(tier=tier).inc(count)
+
+
+def record_grammar_compile(kind: str, seconds: float) -> None:
+    GRAMMAR_COMPILE_SECONDS.labels(kind=kind).observe(seconds)
+
+
+def record_grammar_cache(hit: bool) -> None:
+    GRAMMAR_CACHE.labels(result="hit" if hit else "miss").inc()
 
 
 # ---- exposition ------------------------------------------------------------------------
