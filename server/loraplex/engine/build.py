@@ -125,7 +125,7 @@ def build_engine(config: Config, on_adapter_loaded: Callable[[], None] = lambda:
         block_manager,
         config.lora.max_loras,
         max_model_len,
-        is_ready=tiers.is_ready,
+        is_ready=tiers.device.is_ready,
         pinned=lambda: tiers.slots.pinned,
         is_resident=lambda key: tiers.slots.lookup(key) is not None,
     )

@@ -264,7 +264,7 @@ class LLMEngine:
     def _activate(self, out: SchedulerOutput, outputs: list[RequestOutput]) -> dict[str, int]:
         """Slots for the step's adapters; sequences whose adapter cannot be loaded leave the
         step (their requests fail, with the reason appended to ``outputs``)."""
-        slot_of, failed = self.tiers.activate(out.adapter_keys())
+        slot_of, failed = self.tiers.device.activate(out.adapter_keys())
         for key, error in failed.items():
             outputs += self._fail([s for s in out.scheduled if s.seq.adapter == key], error)
         out.scheduled = [s for s in out.scheduled if s.seq.adapter not in failed]
@@ -278,7 +278,7 @@ class LLMEngine:
         self._adapter_loaded.clear()
         self._new_requests = False
         # Iterates a snapshot; running sequences' adapters keep their slots.
-        failed = self.tiers.poll_waiting(self.scheduler.waiting, self.scheduler.running)
+        failed = self.tiers.device.poll_waiting(self.scheduler.waiting, self.scheduler.running)
         return [self._end(self._states[seq.seq_id], error) for seq, error in failed]
 
     def stats(self) -> dict[str, object]:
