@@ -1,9 +1,9 @@
-"""The engine loop in its own thread, bridged to asyncio: the event loop never runs model work.
+"""The engine's thread bridged to asyncio: the event loop never runs model work.
 
-Commands (add, drop, abort, call) go to the engine thread through one queue; each request's
-outputs come back through its own :class:`RequestStream`. That is all this module does:
-requests are built and checked by :meth:`LLMEngine.prepare`, adapters are managed by
-:class:`AdapterService`.
+Commands (add, drop, abort, call) go to the engine's thread (``loop.py``) through one queue;
+each request's outputs come back through its own :class:`RequestStream`. That is all this
+module does: requests are built and checked by :meth:`LLMEngine.prepare`, adapters are managed
+by :class:`AdapterService`.
 
 Its life: requests count against the :class:`QueueLimits` until they start (429 when the queue
 is full); :meth:`drain` stops taking requests (503) and gives running ones a deadline; a fault
@@ -22,7 +22,6 @@ import time
 from collections.abc import Callable
 from typing import TypeVar
 
-from loraplex import metrics
 from loraplex.adapters.tenancy import DEFAULT_TENANT
 from loraplex.config import Config
 from loraplex.engine.adapter_tiers.service import AdapterService
@@ -31,9 +30,9 @@ from loraplex.engine.build import build_engine, freeze_startup_objects
 from loraplex.engine.constraints import GrammarService
 from loraplex.engine.errors import EngineUnavailableError
 from loraplex.engine.llm_engine import LLMEngine
+from loraplex.engine.loop import EngineLoop
 from loraplex.engine.output.state import ParentRequest
 from loraplex.engine.queue_limits import QueueLimits
-from loraplex.engine.request.outputs import RequestOutput
 from loraplex.engine.request.params import SamplingParams
 from loraplex.engine.request.stream import RequestStream
 
@@ -62,15 +61,12 @@ class AsyncEngine:
         )
         self._commands: queue.SimpleQueue[tuple] = commands or queue.SimpleQueue()
         self._streams: dict[str, RequestStream] = {}
-        self._thread: threading.Thread | None = None
-        self._stop = threading.Event()
+        self.engine_loop = EngineLoop(engine, self._commands, self._streams)  # the engine's thread
         sched = engine.config.scheduler
         self.queue_limits = QueueLimits(
             sched.max_queued_requests, sched.max_queued_requests_per_tenant
         )
         self.draining = False  # set by drain(): new requests get 503
-        self.died: BaseException | None = None  # what killed the engine thread
-        self._heartbeat = time.monotonic()  # the engine loop's last round
         self.stall_s = STALL_S
 
     @classmethod
@@ -87,22 +83,19 @@ class AsyncEngine:
         return await future
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="loraplex-engine", daemon=True)
-        self._thread.start()
+        self.engine_loop.start()
 
     def shutdown(self) -> None:
-        self._stop.set()
-        self._commands.put(("wake",))
-        if self._thread is not None:
-            self._thread.join(timeout=30)
+        self.engine_loop.stop()
         self.grammars.close()
         self.engine.registry.close()  # stop the adapter loader threads
 
     def is_healthy(self) -> bool:
         """Liveness: the engine thread runs and came round its loop within ``stall_s``
         (``STALL_S``; an idle loop comes round every half second)."""
-        alive = self._thread is not None and self._thread.is_alive() and not self._stop.is_set()
-        return alive and time.monotonic() - self._heartbeat < self.stall_s
+        return (
+            self.engine_loop.alive and time.monotonic() - self.engine_loop.heartbeat < self.stall_s
+        )
 
     def is_ready(self) -> bool:
         """Readiness: alive and not draining (a load balancer sends nothing new)."""
@@ -199,7 +192,7 @@ class AsyncEngine:
         )
         self._streams[request_id] = stream
         self._commands.put(("add", parent))
-        if self.died is not None:  # died before it could see the request
+        if self.engine_loop.died is not None:  # died before it could see the request
             stream.close()
             raise EngineUnavailableError("The engine is not running; see the server log.")
         return stream
@@ -238,91 +231,3 @@ class AsyncEngine:
             for parent in left:
                 self._commands.put(("drop", parent))
             raise
-
-    # ---- engine thread -------------------------------------------------------------------
-
-    def _run(self) -> None:
-        try:
-            busy = False
-            while not self._stop.is_set():
-                self._heartbeat = time.monotonic()
-                # Block only when no step can progress: nothing queued, or every queued request
-                # waits for its adapter to load (the loader posts "wake" when it is done).
-                self._drain_commands(block=not busy)
-                busy = self.engine.has_unfinished() and self._step()
-            self._deliver(self.engine.abort_all())
-        except BaseException as exc:  # a bug outside the step: nothing will ever step again
-            log.exception("the engine thread died; failing every open request")
-            self.died = exc
-            error = EngineUnavailableError("The engine failed; see the server log.")
-            for stream in list(self._streams.values()):
-                stream.put(error)
-
-    def _drain_commands(self, block: bool) -> None:
-        try:
-            command = self._commands.get(timeout=0.5) if block else self._commands.get_nowait()
-        except queue.Empty:
-            return
-        while True:
-            self._apply(command)
-            try:
-                command = self._commands.get_nowait()
-            except queue.Empty:
-                return
-
-    def _apply(self, command: tuple) -> None:
-        kind, *args = command
-        if kind == "add":
-            self.engine.submit(args[0])
-        elif kind == "drop":  # prepared, never submitted: let go of what it holds
-            self.engine.drop(args[0])
-        elif kind == "abort":  # (request_id[, the error its client gets])
-            self._deliver(self.engine.abort(*args))
-        elif kind == "call":
-            fn, future = args
-            try:
-                result = fn()
-            except Exception as exc:
-                future.get_loop().call_soon_threadsafe(_settle, future, None, exc)
-            else:
-                future.get_loop().call_soon_threadsafe(_settle, future, result, None)
-
-    def _step(self) -> bool:
-        """One engine step; False when nothing could be scheduled."""
-        start = time.perf_counter()
-        try:
-            outputs = self.engine.step()
-        except Exception as exc:  # outside the forward (which fails only its own requests)
-            log.exception("engine step failed")
-            self._deliver(self.engine.abort_all(RuntimeError(f"engine step failed: {exc}")))
-            return False
-        self._deliver(outputs)
-        if self.engine.idle:
-            return False
-        metrics.STEP_DURATION.observe(time.perf_counter() - start)
-        return True
-
-    def _deliver(self, outputs: list[RequestOutput]) -> None:
-        """Hand a step's outputs to their streams with one wake-up of each event loop (not one
-        per output: each wake-up is a syscall and a GIL hand-over the engine thread waits on)."""
-        batches: dict[asyncio.AbstractEventLoop, list[tuple[RequestStream, RequestOutput]]] = {}
-        for output in outputs:
-            stream = self._streams.get(output.request_id)
-            if stream is not None:
-                batches.setdefault(stream.loop, []).append((stream, output))
-        for loop, batch in batches.items():
-            loop.call_soon_threadsafe(_put_all, batch)
-
-
-def _put_all(batch: list[tuple[RequestStream, RequestOutput]]) -> None:
-    for stream, output in batch:
-        stream.put_nowait(output)
-
-
-def _settle(future: asyncio.Future, result: object, error: Exception | None) -> None:
-    if future.cancelled():
-        return
-    if error is not None:
-        future.set_exception(error)
-    else:
-        future.set_result(result)
