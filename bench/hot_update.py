@@ -114,7 +114,7 @@ def main() -> None:
     parser.add_argument("--dtype", default="float32")
     args = parser.parse_args()
     from loraplex.config import Config, LoRAConfig, ModelConfig
-    from loraplex.engine.default_model import ensure_default_model
+    from loraplex.engine.model.default import ensure_default_model
 
     model = Path(args.model) if args.model else ensure_default_model()
     with tempfile.TemporaryDirectory(prefix="hot-update-") as tmp:

@@ -99,12 +99,12 @@ def run_once(
     engine: Any, grammar: Any, spec: Any, prompts: list, names: list, args, run: str, tag: str
 ) -> dict:
     """One run: its decode steps' and mask calls' times (ms), each request's tokens."""
-    from loraplex.engine.sampling_params import SamplingParams
+    from loraplex.engine.request.params import SamplingParams
 
     free = SamplingParams(max_tokens=args.max_tokens, temperature=0, ignore_eos=True)
     constrained = SamplingParams(max_tokens=args.max_tokens, temperature=0, constraint=spec)
     masks: list[float] = []
-    inner = engine.masks.apply
+    inner = engine.sampler.masks.apply
 
     def timed(logits: Any, matchers: list) -> None:
         began = time.perf_counter()
@@ -116,7 +116,7 @@ def run_once(
                 torch.cuda.synchronize()
             masks.append((time.perf_counter() - began) * 1e3)
 
-    engine.masks.apply = timed
+    engine.sampler.masks.apply = timed
     tokens: dict[str, list[int]] = {}
     for i, prompt in enumerate(prompts):
         on = run == "all" or (run == "mixed" and i % 2 == 1)
@@ -138,7 +138,7 @@ def run_once(
             for out in outputs:
                 tokens[out.request_id] += out.token_ids
     finally:
-        engine.masks.apply = inner
+        engine.sampler.masks.apply = inner
     return {
         "steps": steps,
         "masks": masks,

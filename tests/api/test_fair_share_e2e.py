@@ -27,7 +27,7 @@ from tenant_world import GREEDY, World, client, put, start_world, tenant_config
 
 from loraplex.config import Config
 from loraplex.engine.async_engine import AsyncEngine
-from loraplex.engine.sequence import Sequence
+from loraplex.engine.request.sequence import Sequence
 
 MAX_LORAS = 4
 NUM_BLOCKS = 48  # of 16 tokens: 768 tokens, three of the flood's streams

@@ -199,5 +199,5 @@ def assert_nothing_left(race: Race) -> None:
     assert current in keys
     assert not any(registry.host.held(key) for key in keys)
     assert all(registry.is_retired(key) for key in keys if key != current)
-    device = engine.engine.adapters.slots.resident()
+    device = engine.engine.tiers.slots.resident()
     assert [key for key in keys if key in device] in ([], [current])

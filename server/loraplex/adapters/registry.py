@@ -1,18 +1,10 @@
-"""The adapter catalog over three tiers: store (durable) -> host memory (LRU) -> device slots.
+"""The adapter registry: the catalog of versions (``catalog.py``) and the host tier
+(``host_tier.py``) over one store, joined here, where they meet: scanning and refreshing the
+store, registering and removing adapters, and retiring a version once nothing needs it.
 
-The registry owns the first two; the engine's slot cache owns the third. Loading from the store
-runs on a small thread pool, off the engine's critical path: a request whose adapter is not in
-host memory waits in the queue (``is_loaded``) while the running batch keeps stepping.
-
-Registering reads the weights file once: the folder check returns the tensors it checked and
-their hash, and the adapter is built from those. A replaced or removed version stays known
-(``_by_key``) only while a request still holds it; its last release retires it.
-
-A request holds its version from the moment it resolves the name (:meth:`AdapterRegistry.hold`,
-under the same lock a replace publishes under), so a replace can never retire a version that a
-request has resolved but not yet queued. A replaced version that a request holds keeps its weights
-in host memory until that request ends: a replace reads it back from the store first if host
-memory had evicted it, before the store takes the new version (a held entry is never evicted).
+Three tiers: store (durable) -> host memory (LRU) -> device slots; the registry owns the first
+two, the engine's slot cache the third. Registering reads the weights file once: the folder
+check returns the tensors it checked and their hash, and the adapter is built from those.
 """
 
 from __future__ import annotations
@@ -28,29 +20,28 @@ import torch
 
 from loraplex import metrics
 from loraplex.adapters.card import AdapterCard
+from loraplex.adapters.catalog import AdapterCatalog
 from loraplex.adapters.errors import (
     AdapterError,
     AdapterExistsError,
     AdapterNotFoundError,
-    AdapterRefusedError,
 )
 from loraplex.adapters.folder_check import VALUE_CHECKS, CheckedFolder
 from loraplex.adapters.host_cache import HostCache
+from loraplex.adapters.host_tier import HostTier
 from loraplex.adapters.quota import TenantQuota
 from loraplex.adapters.store import AdapterStore
 from loraplex.adapters.stored import describe, read_stored
 from loraplex.adapters.tenancy import AdapterId
-from loraplex.adapters.weights import LoRAAdapter, build_adapter, pinned
+from loraplex.adapters.weights import LoRAAdapter, build_adapter
 
 log = logging.getLogger(__name__)
 
 
-class AdapterRegistry:
-    """(owner, name) -> current :class:`AdapterCard`; key -> :class:`LoRAAdapter` in host memory.
-
-    Names are qualified (``name`` public, ``tenant/name`` a tenant's own): who may see which is
-    the API's business (``api/auth.py``); here two tenants' ``support`` are simply two entries.
-    The owner is written into the store's metadata too and checked at ``scan``.
+class AdapterRegistry(AdapterCatalog, HostTier):
+    """(owner, name) -> current :class:`AdapterCard` (:class:`AdapterCatalog`); key ->
+    :class:`LoRAAdapter` in host memory (:class:`HostTier`); one lock over both. The owner of
+    a qualified name is written into the store's metadata too and checked at ``scan``.
 
     ``check_folder`` validates an adapter's files (config rules, safetensors header, shapes
     against the base model's LoRA layers) and returns what it read, so they are not read again.
@@ -96,8 +87,6 @@ class AdapterRegistry:
         self._write_lock = threading.Lock()
         self._pool = ThreadPoolExecutor(2, thread_name_prefix="loraplex-adapter-load")
 
-    # ---- catalog -----------------------------------------------------------------------
-
     def scan(self) -> list[str]:
         """Register every adapter already in the store; a broken one is refused (listed with
         its reason, and named in the error of a request for it), not dropped."""
@@ -111,30 +100,6 @@ class AdapterRegistry:
 
     def _read(self, name: str) -> AdapterCard:
         return read_stored(self.store, name, self.check_folder)
-
-    def refuse(self, name: str, reason: str) -> None:
-        """Record that ``name`` could not be taken at start, and why (it stays unservable until
-        an adapter of that name is registered)."""
-        log.warning("adapter %s refused: %s", name, reason)
-        with self._lock:
-            self._refused[name] = reason
-
-    def refused(self) -> dict[str, str]:
-        """name -> reason, for every adapter refused at start and not registered since."""
-        with self._lock:
-            return dict(sorted(self._refused.items()))
-
-    def refusal(self, name: str, shown: str | None = None) -> AdapterRefusedError | None:
-        """The error for qualified ``name`` if it was refused at start (naming it ``shown``,
-        the name the caller used), else None."""
-        with self._lock:
-            reason = self._refused.get(name)
-        return None if reason is None else AdapterRefusedError(shown or name, reason)
-
-    def known(self, name: str) -> bool:
-        """Whether qualified ``name`` is servable or was refused at start."""
-        with self._lock:
-            return name in self._refused or self._find(name) is not None
 
     def refresh(self) -> list[AdapterCard]:
         """Adopt what other processes sharing the store wrote since the last look: a new or
@@ -260,23 +225,6 @@ class AdapterRegistry:
             self._retire(replaced.key)  # as in remove(): requests using it keep it until done
         return card, replaced
 
-    def _needs_reload(self, key: str) -> bool:
-        """Whether a request holds ``key`` while host memory has not got its weights."""
-        return self.host.held(key) and key not in self.host
-
-    def _keep_for_holders(self, card: AdapterCard) -> None:
-        """Read ``card``'s version back into host memory for the requests that hold it (the
-        store still has it; they keep it there until they end). A failed read is left to
-        their own load, which reports it."""
-        try:
-            adapter = self.load(card)
-        except Exception as exc:
-            log.warning("reading replaced adapter %s back failed: %s", card.key, exc)
-            return
-        with self._lock:
-            if self.host.held(card.key):  # else its last holder ended meanwhile
-                self.keep(card.key, adapter)
-
     def remove(self, name: str) -> AdapterCard:
         """New requests get 404 at once; running ones keep the weights they hold."""
         with self._write_lock:
@@ -305,128 +253,3 @@ class AdapterRegistry:
             if self._by_key.pop(key, None) is None:
                 return
         self.host.discard(key)
-
-    def _publish(self, card: AdapterCard) -> None:
-        with self._lock:
-            self._refused.pop(card.name, None)
-            self._cards[card.id] = card
-            self._by_key[card.key] = card
-            self._failed.pop(card.key, None)
-
-    def hold(self, name: str) -> AdapterCard:
-        """The current card of ``name`` with a reference on its version, taken under the lock a
-        replace or delete publishes under: through any replace, that version stays servable
-        (card and weights) until :meth:`release`; a delete keeps its card, and its weights if
-        host memory has them."""
-        with self._lock:
-            card = self.get(name)
-            self.host.acquire(card.key)
-        return card
-
-    def hold_key(self, key: str) -> None:
-        """One more reference on a key already held (a request's children, a mix)."""
-        self.host.acquire(key)
-
-    def release(self, key: str) -> None:
-        """Drop one reference; the last one on a replaced or removed version retires it."""
-        self.host.release(key)
-
-    def is_retired(self, key: str) -> bool:
-        """Whether ``key`` is a version (``name@sha``) the catalog no longer knows: replaced or
-        removed, and no request holds it. A per-request mix is never retired (never carded)."""
-        with self._lock:
-            return "@" in key and key not in self._by_key
-
-    def get(self, name: str) -> AdapterCard:
-        """The card of a qualified name; an invalid name is as unknown as a missing one."""
-        card = self._find(name)
-        if card is None:
-            raise self.refusal(name) or AdapterNotFoundError(name)
-        return card
-
-    def has(self, name: str) -> bool:
-        return self._find(name) is not None
-
-    def _find(self, name: str) -> AdapterCard | None:
-        try:
-            ident = AdapterId.parse(name)
-        except AdapterError:
-            return None
-        with self._lock:
-            return self._cards.get(ident)
-
-    def names(self) -> list[str]:
-        """Qualified names, sorted."""
-        with self._lock:
-            return sorted(card.name for card in self._cards.values())
-
-    def cards(self) -> list[AdapterCard]:
-        with self._lock:
-            return sorted(self._cards.values(), key=lambda card: card.name)
-
-    # ---- host tier ---------------------------------------------------------------------
-
-    def loaded(self, key: str) -> LoRAAdapter | None:
-        return self.host.get(key)
-
-    def failure(self, key: str) -> Exception | None:
-        with self._lock:
-            return self._failed.get(key)
-
-    def prefetch(self, key: str) -> None:
-        """Start loading ``key`` into host memory unless it is there or on its way."""
-        with self._lock:
-            if key in self._loading or key in self._failed or key in self.host:
-                return
-            card = self._by_key.get(key)
-            if card is None:
-                self._failed[key] = AdapterNotFoundError(key.split("@")[0])
-                return
-            self._loading.add(key)
-        self._pool.submit(self._load, card)
-
-    def load(self, card: AdapterCard) -> LoRAAdapter:
-        """Read ``card``'s version from the store (checked as at registration) into memory.
-
-        A read that finds another version, or the store midway through swapping one in, is
-        answered from host memory when a replace kept this version there for its holders
-        (it does so before the store changes)."""
-        start = time.perf_counter()
-        try:
-            checked = self.check_folder(self.store.fetch(card.name))
-            if checked.version != card.version:  # replaced since the card was taken
-                raise AdapterNotFoundError(f"{card.name} (version {card.version[:16]})")
-        except (AdapterError, OSError):
-            kept = self.host.get(card.key)
-            if kept is not None:
-                return kept
-            raise
-        adapter = build_adapter(card.name, checked, self.dtype)
-        metrics.record_adapter_load("host", time.perf_counter() - start)
-        return adapter
-
-    def _load(self, card: AdapterCard) -> None:
-        try:
-            self.keep(card.key, self.load(card))
-        except Exception as exc:  # reported to the requests that wait for it
-            log.warning("loading adapter %s failed: %s", card.key, exc)
-            with self._lock:
-                self._failed[card.key] = exc
-        finally:
-            with self._lock:
-                self._loading.discard(card.key)
-            self._retire(card.key)  # replaced or removed while loading, and no longer held
-            self.on_loaded()
-
-    def add_ephemeral(self, adapter: LoRAAdapter) -> None:
-        """A derived adapter (a per-request combination): host memory only, never stored."""
-        self.keep(adapter.key, adapter)
-
-    def keep(self, key: str, adapter: LoRAAdapter) -> None:
-        """Put ``adapter`` in host memory, in pinned memory with ``pin_memory`` (a GPU copies
-        from there into a slot without the host waiting); pinned here, on the caller's thread,
-        so the engine thread never pays for it."""
-        self.host.put(key, pinned(adapter) if self.pin_memory else adapter)
-
-    def close(self) -> None:
-        self._pool.shutdown(wait=False, cancel_futures=True)

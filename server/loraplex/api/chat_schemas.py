@@ -14,7 +14,7 @@ from loraplex.api.schemas import Logprobs, OpenAIChunk, OpenAIResponse, Sampling
 from loraplex.api.tools.plan import template_arguments
 from loraplex.api.tools.schemas import NamedToolChoice, ToolCall, ToolDefinition
 from loraplex.config import ServerConfig
-from loraplex.engine.sampling_params import ParameterError, SamplingParams, check_logprobs
+from loraplex.engine import ParameterError, SamplingParams, check_logprobs
 
 # The serving app's --max-chat-messages, set for each chat request by the chat router's
 # dependency (which FastAPI runs before it validates the body); its default elsewhere.

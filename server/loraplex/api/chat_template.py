@@ -6,7 +6,7 @@ turn tokens). Before rendering, a conversation is refused when the least it can 
     ``Σ_i len(content_i) + Σ_i overhead(role_i)``,
 
 already exceeds the context in characters (``max_model_len × max_chars_per_token``, as
-:func:`~loraplex.api.generation.check_prompt_length`). ``overhead(role)`` is what one more
+:meth:`~loraplex.engine.intake.Intake.check_length`). ``overhead(role)`` is what one more
 empty message of that role adds to a short conversation, measured once per tokenizer with a
 few tiny renders (0 for a role the probe cannot measure, or whose messages add nothing), so
 the estimate stays below what the template renders and refuses nothing that could fit.
@@ -20,9 +20,7 @@ from typing import Any
 import jinja2
 
 from loraplex.api.errors import APIError
-from loraplex.api.generation import check_text, max_prompt_chars
-from loraplex.engine.async_engine import AsyncEngine
-from loraplex.engine.sampling_params import ParameterError
+from loraplex.engine import AsyncEngine, ParameterError
 
 Conversation = list[dict[str, Any]]  # role, content (+ tool_calls / tool_call_id)
 
@@ -69,7 +67,7 @@ def check_rendered_length(engine: AsyncEngine, conversation: Conversation) -> No
     context, in characters; nothing is rendered to find out."""
     overheads = message_overheads(engine.tokenizer)
     least = sum(len(m.get("content") or "") + overheads.get(m["role"], 0) for m in conversation)
-    limit = max_prompt_chars(engine)
+    limit = engine.intake.max_prompt_chars
     if least > limit:
         raise ParameterError(
             "messages",
@@ -103,5 +101,5 @@ def render_chat(
     except jinja2.TemplateError as exc:
         message = f"The chat template refused the messages: {exc}"
         raise APIError(400, message, param="messages", code="invalid_value") from exc
-    check_text(text, "messages")
+    engine.intake.check_encodable(text, "messages")
     return text

@@ -30,11 +30,15 @@ from loraplex.adapters.errors import (
     AdapterRefusedError,
     AdapterValidationError,
 )
-from loraplex.engine.admission import DEFAULT_TENANT, EngineUnavailableError, QueueFullError
-from loraplex.engine.capacity import CapacityError
-from loraplex.engine.constraints import ConstraintError
-from loraplex.engine.errors import NonFiniteOutputError
-from loraplex.engine.sampling_params import ParameterError
+from loraplex.adapters.tenancy import DEFAULT_TENANT
+from loraplex.engine import (
+    CapacityError,
+    ConstraintError,
+    EngineUnavailableError,
+    NonFiniteOutputError,
+    ParameterError,
+    QueueFullError,
+)
 
 log = logging.getLogger(__name__)
 
@@ -166,9 +170,10 @@ def to_api_error(exc: Exception, request: Request | None = None) -> APIError:
 
 
 def request_tenant(request: Request) -> str:
-    """The tenant a request counts against (``request.state.tenant``, set by authentication;
-    one shared tenant until keys name tenants)."""
-    return getattr(request.state, "tenant", None) or DEFAULT_TENANT
+    """The tenant of the caller: the principal its key authenticated (``KeyGate`` leaves it in
+    ``request.state`` before the body is read), else the one tenant of a server without keys."""
+    principal = getattr(request.state, "principal", None)
+    return getattr(principal, "tenant", None) or DEFAULT_TENANT
 
 
 def report(error: APIError, request: Request) -> APIError:
@@ -193,6 +198,7 @@ def register_error_handlers(app: FastAPI) -> None:
     for exc_type in (
         APIError,
         ParameterError,
+        CapacityError,
         AdapterError,
         AdapterNotFoundError,
         AdapterValidationError,

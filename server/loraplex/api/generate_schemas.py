@@ -24,7 +24,7 @@ from loraplex.api.schemas import (
     check_mix,
 )
 from loraplex.api.structured_schemas import GrammarParameter, grammar_parameter_spec
-from loraplex.engine.sampling_params import (
+from loraplex.engine import (
     MAX_STOP_STRINGS,
     MAX_TOP_K,
     SEED_RANGE,

@@ -21,8 +21,8 @@ from typing import Annotated, Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from loraplex.api.schema_docs import doc
-from loraplex.engine.constraints import ConstraintSpec
-from loraplex.engine.constraints import spec as specs
+from loraplex.engine import ConstraintSpec
+from loraplex.engine import constraint_specs as specs
 
 RESPONSE_FORMATS = ("text", "json_object", "json_schema")
 GRAMMAR_TYPES = ("json", "regex")

@@ -12,7 +12,7 @@ from loraplex.engine.build import build_engine
 from loraplex.engine.constraints import ConstraintSpec, GrammarService
 from loraplex.engine.constraints import spec as specs
 from loraplex.engine.llm_engine import LLMEngine
-from loraplex.engine.sampling_params import SamplingParams
+from loraplex.engine.request.params import SamplingParams
 
 # Bounded everywhere, so a random model finishes it well within max_tokens. (A pattern, not
 # maxLength: xgrammar 0.2.9 lets a length-bounded string hold raw control characters.)

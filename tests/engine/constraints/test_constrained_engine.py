@@ -18,7 +18,7 @@ from constrained_helpers import (
 )
 
 from loraplex import metrics
-from loraplex.engine.sampler import LOGPROB_FLOOR
+from loraplex.engine.sample.logprobs import LOGPROB_FLOOR
 
 GREEDY = {"max_tokens": 120, "temperature": 0.0}  # constrained rows end at ~60 (EOS)
 FREE = {"max_tokens": 12, "temperature": 0.0}

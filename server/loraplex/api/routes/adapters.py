@@ -31,7 +31,7 @@ from loraplex.api.deps import AuthDep, EngineDep, LimitsDep
 from loraplex.api.errors import APIError
 from loraplex.api.generation import visible_adapter
 from loraplex.api.upload import staged_upload
-from loraplex.engine.async_engine import AsyncEngine
+from loraplex.engine import AsyncEngine
 
 router = APIRouter(prefix="/v1", tags=["adapters"], dependencies=[AuthDep])
 
@@ -62,10 +62,10 @@ def _flag(fields: dict[str, str], key: str) -> bool:
 def _visible(engine: AsyncEngine, principal: Principal, name: str) -> str:
     """The qualified name of an adapter the caller sees; another tenant's is this same 404, its
     own refused at start a 400 saying why."""
-    qualified = visible_adapter(engine, principal, name)
-    if qualified is None:
+    card = visible_adapter(engine, principal, name)
+    if card is None:
         raise AdapterNotFoundError(name)
-    return qualified
+    return card.name
 
 
 def _new(engine: AsyncEngine, principal: Principal, name: str, public: bool, replace: bool) -> str:
@@ -174,7 +174,7 @@ async def delete_adapter(name: str, engine: EngineDep, principal: PrincipalDep) 
 async def merge_adapter(
     name: str, engine: EngineDep, principal: PrincipalDep
 ) -> AdapterCardResponse:
-    """Merge the adapter into the base weights: a dedicated tenant without per-token cost."""
+    """Merge the adapter into the base weights: a pre-merged copy, without per-token cost."""
     card = await engine.adapters.merge(_visible(engine, principal, name))
     return card_response(engine, card, principal.display_name(card))
 

@@ -21,22 +21,13 @@ from loraplex.api.chat_schemas import (
 )
 from loraplex.api.chat_template import render_chat
 from loraplex.api.deps import AuthDep, EngineDep
-from loraplex.api.errors import request_tenant
-from loraplex.api.generation import (
-    Choice,
-    Run,
-    check_prompt_length,
-    request_adapter,
-    run_to_end,
-    tokenize,
-)
+from loraplex.api.generation import Choice, request_adapter, run_to_end, start
 from loraplex.api.logprobs import ChatLogprobs, chat_logprobs
 from loraplex.api.streaming import Chunks, stream_response
 from loraplex.api.text_pool import text_pool
 from loraplex.api.tools.output import ToolStream, tool_message
 from loraplex.api.tools.plan import ToolPlan, plan_tools
-from loraplex.engine.async_engine import AsyncEngine
-from loraplex.engine.outputs import RequestOutput, TokenLogprob
+from loraplex.engine import AsyncEngine, RequestOutput, SamplingParams, TokenLogprob
 
 
 async def chat_limits(request: Request) -> None:
@@ -62,21 +53,36 @@ async def create_chat_completion(
     Extension: ``adapters`` (a weighted combination, with ``model`` the base model id).
     """
     adapter = request_adapter(engine, principal, body)
-    tenant = request_tenant(request)
-    engine.check_admission(tenant)  # a full queue answers 429 before any rendering
-    conversation = body.conversation()
-    plan = _plan(request, engine, body)
-    check_prompt_length(engine, "".join(m.get("content") or "" for m in conversation), "messages")
-    text = await text_pool(request).run(render_chat, engine, conversation, plan.template_tools)
-    # The template writes the special tokens (BOS, turn markers) itself: don't add them again.
-    prompt = await tokenize(request, engine, text, special=False, param="messages")
-    params = body.sampling_params(len(prompt), engine.max_model_len)
-    if plan.constraint is not None or plan.special_tokens:
-        constraint = plan.constraint or params.constraint
-        skip = not plan.special_tokens
-        params = dataclasses.replace(params, constraint=constraint, skip_special_tokens=skip)
-    salt = principal.cache_salt(body.cache_salt)  # prefix blocks are shared within a tenant only
-    run = Run(engine, [prompt], params, adapter, "chatcmpl", body.n, salt, tenant)
+    plan = ToolPlan("none")  # the request's tools: planned once it passed the queue check
+
+    async def render() -> str:  # after the queue check: a full queue answers 429 first
+        nonlocal plan
+        conversation = body.conversation()
+        plan = _plan(request, engine, body)
+        content = "".join(m.get("content") or "" for m in conversation)
+        engine.intake.check_length(content, "messages")
+        return await text_pool(request).run(render_chat, engine, conversation, plan.template_tools)
+
+    def sampling_params(prompt: list[int]) -> SamplingParams:  # max_tokens: what is left
+        params = body.sampling_params(len(prompt), engine.max_model_len)
+        if plan.constraint is not None or plan.special_tokens:
+            constraint = plan.constraint or params.constraint
+            skip = not plan.special_tokens
+            params = dataclasses.replace(params, constraint=constraint, skip_special_tokens=skip)
+        return params
+
+    run = await start(
+        request,
+        engine,
+        principal,
+        adapter,
+        render,
+        sampling_params,
+        n=body.n,
+        cache_salt=body.cache_salt,
+        id_prefix="chatcmpl",
+    )
+    params = run.params
     tokenizer = engine.tokenizer
     as_ids = body.return_tokens_as_token_ids
 

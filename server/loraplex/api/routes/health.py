@@ -6,10 +6,10 @@ from __future__ import annotations
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 
-from loraplex import metrics_scrape
 from loraplex.api.auth import full_metrics
 from loraplex.api.deps import EngineDep
 from loraplex.api.schemas import HealthResponse
+from loraplex.metrics import scrape as metrics_scrape
 
 router = APIRouter(tags=["health"])
 

@@ -22,9 +22,8 @@ from typing import Any
 from loraplex.api.tools.parsers import PARSERS, NamedParser, RequiredParser, ToolCallParser
 from loraplex.api.tools.schemas import FUNCTION_NAME, NamedToolChoice, ToolDefinition
 from loraplex.config import StructuredConfig
-from loraplex.engine.constraints import ConstraintSpec
-from loraplex.engine.constraints import spec as specs
-from loraplex.engine.sampling_params import ParameterError
+from loraplex.engine import ConstraintSpec, ParameterError
+from loraplex.engine import constraint_specs as specs
 
 NAME = re.compile(FUNCTION_NAME)
 CHOICES = ("none", "auto", "required")

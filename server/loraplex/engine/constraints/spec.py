@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 
-from loraplex.engine.sampling_params import ParameterError
+from loraplex.engine.request.params import ParameterError
 
 # json_schema: a JSON schema; json_object: any JSON object (text unused); regex; choice: one of
 # a list of strings (text: the JSON list); grammar: EBNF (GBNF-style "::=" rules) or Lark.
