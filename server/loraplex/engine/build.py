@@ -26,6 +26,7 @@ from loraplex.engine.capacity import CapacityError
 from loraplex.engine.default_model import DEFAULT_MODEL_NAME, ensure_default_model
 from loraplex.engine.dummy_weights import builtin_dummy_folder
 from loraplex.engine.llm_engine import LLMEngine
+from loraplex.engine.model_check import check_model
 from loraplex.engine.model_runner import ModelRunner
 from loraplex.engine.scheduler import Scheduler
 from loraplex.lora.slot_cache import SlotCache
@@ -100,6 +101,7 @@ def build_engine(config: Config, on_adapter_loaded: Callable[[], None] = lambda:
         config.lora,
         step_tokens=config.scheduler.max_num_batched_tokens,
     )
+    check_model(runner, model_name)  # refuse now what would fail every request later
     layout = runner.layout
     max_model_len = min(
         config.model.max_model_len,

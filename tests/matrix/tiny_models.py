@@ -1,0 +1,164 @@
+"""Tiny random decoders of many architectures, built from transformers' own config classes
+(``AutoConfig.for_model``, shrunk; no download), their PEFT adapters, and the HF / PEFT oracle.
+
+Every family gets 2 layers, hidden 64, 4 query heads over 2 KV heads of 16, vocabulary 96 (the
+word tokenizer of ``builders.py``); window families a sliding window of ``WINDOW`` tokens and,
+where the config has ``layer_types``, one sliding and one full layer; MoE families 4 experts, 2
+per token. ``FAMILIES`` lists what differs per family.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from builders import VOCAB, word_tokenizer
+from peft import LoraConfig, PeftModel, get_peft_model
+from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as PEFT_TARGETS
+from transformers import AutoConfig, AutoModelForCausalLM, PretrainedConfig
+
+WINDOW = 8  # the sliding window of the window families; prompts are longer
+SIZES = {
+    "hidden_size": 64,
+    "intermediate_size": 128,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "head_dim": 16,
+    "vocab_size": VOCAB,
+    "max_position_embeddings": 256,
+    "pad_token_id": 0,
+    "bos_token_id": 1,
+    "eos_token_id": 1,
+}
+MOE = {
+    "moe_intermediate_size": 32,
+    "num_experts": 4,
+    "num_local_experts": 4,
+    "num_experts_per_tok": 2,
+    "shared_expert_intermediate_size": 64,
+}
+MIXED = ["sliding_attention", "full_attention"]
+
+
+@dataclass(frozen=True)
+class Family:
+    """What a family's tiny config sets beyond ``SIZES``; ``window``: it attends through a
+    sliding window (or softcaps), so the Triton backend runs it too; ``moe``: it has experts."""
+
+    overrides: dict = field(default_factory=dict)
+    window: bool = False
+    moe: bool = False
+
+
+FAMILIES: dict[str, Family] = {
+    "llama": Family(),
+    "qwen2": Family(),
+    "qwen3": Family(),
+    "gemma": Family(),
+    "phi": Family(),
+    "gpt2": Family({"n_positions": 256}),
+    "gpt_neox": Family(),
+    "falcon": Family({"new_decoder_architecture": True}),
+    "olmo": Family(),
+    "olmo2": Family(),
+    "granite": Family(),
+    "cohere": Family(),
+    "stablelm": Family(),
+    "gptj": Family({"rotary_dim": 8}),
+    "opt": Family({"word_embed_proj_dim": 64, "ffn_dim": 128}),
+    "smollm3": Family(),
+    "glm": Family(),
+    "qwen2_moe": Family(moe=True),
+    "mistral": Family({"sliding_window": WINDOW}, window=True),
+    "gemma2": Family({"sliding_window": WINDOW, "layer_types": MIXED}, window=True),
+    "gemma3_text": Family({"sliding_window": WINDOW, "layer_types": MIXED}, window=True),
+    "phi3": Family({"sliding_window": WINDOW}, window=True),
+    "starcoder2": Family({"sliding_window": WINDOW}, window=True),
+    "cohere2": Family({"sliding_window": WINDOW, "layer_types": MIXED}, window=True),
+    "mixtral": Family({"sliding_window": WINDOW}, window=True, moe=True),
+    "qwen3_moe": Family(moe=True),
+}
+
+
+def tiny_config(model_type: str) -> PretrainedConfig:
+    family = FAMILIES[model_type]
+    extra = MOE if family.moe else {}
+    return AutoConfig.for_model(model_type, **{**SIZES, **extra, **family.overrides})
+
+
+def save_tiny_model(folder: Path, model_type: str, seed: int = 0) -> Path:
+    """A random tiny ``model_type`` decoder (float32) and the word tokenizer, in ``folder``."""
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(tiny_config(model_type))
+    model.save_pretrained(folder)
+    word_tokenizer().save_pretrained(folder)
+    return folder
+
+
+def attention_targets(model_type: str) -> list[str]:
+    """PEFT's default targets for the family (its attention projections)."""
+    targets = PEFT_TARGETS.get(model_type) or PEFT_TARGETS.get(model_type.removesuffix("_text"))
+    return list(targets or ["q_proj", "v_proj"])
+
+
+def save_adapters(model_dir: Path, out: Path, model_type: str) -> dict[str, Path]:
+    """Two PEFT adapters with random A and B: ``all`` (r 8, every linear layer, and on a MoE
+    model its experts and router, as PEFT's ``all-linear`` conversion makes them) and ``attn``
+    (r 4, rsLoRA, the family's attention projections)."""
+    configs = {
+        "all": LoraConfig(r=8, lora_alpha=16, target_modules="all-linear"),
+        "attn": LoraConfig(
+            r=4, lora_alpha=8, use_rslora=True, target_modules=attention_targets(model_type)
+        ),
+    }
+    if FAMILIES[model_type].moe and model_type != "mixtral":  # mixtral: PEFT converts
+        configs["all"].target_parameters = [
+            "experts.gate_up_proj",
+            "experts.down_proj",
+            "gate.weight",
+        ]
+    paths = {}
+    for seed, (name, config) in enumerate(configs.items(), start=1):
+        torch.manual_seed(seed)
+        base = AutoModelForCausalLM.from_pretrained(model_dir)
+        config.init_lora_weights = False
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            model = get_peft_model(base, config)
+        _spread(model)
+        model.save_pretrained(out / name)
+        paths[name] = out / name
+    return paths
+
+
+def _spread(model: torch.nn.Module) -> None:
+    """PEFT's random B is N(0, 1) scaled by alpha/r: on hidden 64 that drowns the base model.
+    Shrink every LoRA factor so each update changes the output without saturating it."""
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_" in name:
+                param.mul_(0.3)
+
+
+def hf_generate(
+    model_dir: Path, adapter: Path | None, prompt: list[int], max_new_tokens: int
+) -> list[int]:
+    """Greedy tokens from HF ``generate`` (PEFT with ``adapter``), float32, EOS ignored."""
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    if adapter is not None:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            model = PeftModel.from_pretrained(model, adapter)
+    model.eval()
+    model.generation_config.eos_token_id = None
+    out = model.generate(
+        torch.tensor([prompt]),
+        attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
+        max_new_tokens=max_new_tokens,
+        do_sample=False,
+        pad_token_id=0,
+    )
+    return out[0, len(prompt) :].tolist()
