@@ -17,6 +17,8 @@ from loraplex.engine.build import build_engine
 from loraplex.engine.llm_engine import LLMEngine
 from loraplex.engine.sampling_params import SamplingParams
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # many tiny forwards
+
 PROMPT = [(7 * i + 3) % 90 + 2 for i in range(3 * WINDOW - 2)]  # 22 tokens, no EOS (1)
 NEW_TOKENS = 6
 ADAPTERS = [None, "all", "attn"]

@@ -9,6 +9,7 @@ per token. ``FAMILIES`` lists what differs per family.
 
 from __future__ import annotations
 
+import re
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,8 +17,8 @@ from pathlib import Path
 import torch
 from builders import VOCAB, word_tokenizer
 from peft import LoraConfig, PeftModel, get_peft_model
-from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as PEFT_TARGETS
 from transformers import AutoConfig, AutoModelForCausalLM, PretrainedConfig
+from transformers.pytorch_utils import Conv1D
 
 WINDOW = 8  # the sliding window of the window families; prompts are longer
 SIZES = {
@@ -32,6 +33,9 @@ SIZES = {
     "pad_token_id": 0,
     "bos_token_id": 1,
     "eos_token_id": 1,
+    # Wider than transformers' 0.02: at hidden 64 that init answers one token forever, which
+    # no comparison can tell apart from a wrong model.
+    "initializer_range": 0.3,
 }
 MOE = {
     "moe_intermediate_size": 32,
@@ -61,7 +65,7 @@ FAMILIES: dict[str, Family] = {
     "phi": Family(),
     "gpt2": Family({"n_positions": 256}),
     "gpt_neox": Family(),
-    "falcon": Family({"new_decoder_architecture": True}),
+    "falcon": Family({"new_decoder_architecture": True, "num_kv_heads": 2}),
     "olmo": Family(),
     "olmo2": Family(),
     "granite": Family(),
@@ -83,10 +87,18 @@ FAMILIES: dict[str, Family] = {
 }
 
 
-def tiny_config(model_type: str) -> PretrainedConfig:
-    family = FAMILIES[model_type]
-    extra = MOE if family.moe else {}
-    return AutoConfig.for_model(model_type, **{**SIZES, **extra, **family.overrides})
+def tiny_config(model_type: str, family: Family | None = None) -> PretrainedConfig:
+    """The family's default config with every size of ``SIZES`` (and ``MOE``) it has set:
+    a field the config lacks is left out, so it never holds a value its model ignores."""
+    family = family or FAMILIES[model_type]
+    default = AutoConfig.for_model(model_type)
+    sizes = {**SIZES, **(MOE if family.moe else {})}
+    kept = {
+        key: value
+        for key, value in sizes.items()
+        if hasattr(default, key) and not isinstance(getattr(type(default), key, None), property)
+    }
+    return AutoConfig.for_model(model_type, **{**kept, **family.overrides})
 
 
 def save_tiny_model(folder: Path, model_type: str, seed: int = 0) -> Path:
@@ -98,21 +110,25 @@ def save_tiny_model(folder: Path, model_type: str, seed: int = 0) -> Path:
     return folder
 
 
-def attention_targets(model_type: str) -> list[str]:
-    """PEFT's default targets for the family (its attention projections)."""
-    targets = PEFT_TARGETS.get(model_type) or PEFT_TARGETS.get(model_type.removesuffix("_text"))
-    return list(targets or ["q_proj", "v_proj"])
+def attention_targets(model: torch.nn.Module) -> list[str]:
+    """The last names of the model's linear layers inside its attention modules."""
+    return sorted(
+        {
+            name.rpartition(".")[2]
+            for name, module in model.named_modules()
+            if isinstance(module, torch.nn.Linear | Conv1D) and re.search(r"attn|attention", name)
+        }
+    )
 
 
 def save_adapters(model_dir: Path, out: Path, model_type: str) -> dict[str, Path]:
     """Two PEFT adapters with random A and B: ``all`` (r 8, every linear layer, and on a MoE
     model its experts and router, as PEFT's ``all-linear`` conversion makes them) and ``attn``
     (r 4, rsLoRA, the family's attention projections)."""
+    attention = attention_targets(AutoModelForCausalLM.from_pretrained(model_dir))
     configs = {
         "all": LoraConfig(r=8, lora_alpha=16, target_modules="all-linear"),
-        "attn": LoraConfig(
-            r=4, lora_alpha=8, use_rslora=True, target_modules=attention_targets(model_type)
-        ),
+        "attn": LoraConfig(r=4, lora_alpha=8, use_rslora=True, target_modules=attention),
     }
     if FAMILIES[model_type].moe and model_type != "mixtral":  # mixtral: PEFT converts
         configs["all"].target_parameters = [
