@@ -10,7 +10,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from common import markdown_table
-from scenarios import PEERS, TARGETS, Plan, Target
+from scenarios import PEERS, TARGETS, VLLM_ROWS, Plan, Target, vllm_key
 from stats import RunStats, median_ratio, median_run
 
 Results = Mapping[str, Sequence[RunStats]]  # system key -> one run per round, in round order
@@ -64,7 +64,39 @@ def systems_table(plan: Plan, results: Results) -> str:
             adapters = f"as {plan.peer_scenario}" if key.startswith("peft") else "-"
             same = same_texts(results, key, same_as.get(key))
             rows.append(_row(key, PEERS[key], adapters, results[key], same))
+    for row in VLLM_ROWS:
+        key = vllm_key(row)
+        if key in results:
+            scenario = next(s for s in plan.scenarios if s.key == row)
+            label = f"vLLM {scenario.label.removeprefix('loraplex ')}"
+            same = same_texts(results, key, row)
+            rows.append(_row(key, label, scenario.adapters, results[key], same))
     return markdown_table(SYSTEM_HEADER, rows)
+
+
+def vllm_table(results: Results) -> str:
+    """loraplex and vLLM side by side per row: throughput ratio (median of the per-round
+    ratios) and latency percentiles of each median round."""
+    rows = []
+    for row in VLLM_ROWS:
+        key = vllm_key(row)
+        if key not in results or row not in results:
+            continue
+        ours, theirs = median_run(results[row]), median_run(results[key])
+        a, b = ours.latency_ms(), theirs.latency_ms()
+
+        def pair(lat: dict[str, float], what: str) -> str:
+            return f"{ms(lat[what + '_p50'])} / {ms(lat[what + '_p99'])}"
+
+        rows.append([
+            row, f"{ours.tokens_per_s:.1f}", f"{theirs.tokens_per_s:.1f}",
+            f"{median_ratio(results[row], results[key]):.2f}",
+            pair(a, "ttft"), pair(b, "ttft"), pair(a, "itl"), pair(b, "itl"),
+            same_texts(results, row, key),
+        ])  # fmt: skip
+    header = ["row", "loraplex tok/s", "vLLM tok/s", "ratio", "TTFT p50/p99 ms loraplex",
+              "vLLM", "ITL p50/p99 ms loraplex", "vLLM", "same text"]  # fmt: skip
+    return markdown_table(header, rows)
 
 
 def evaluate(target: Target, results: Results) -> tuple[float, str]:
@@ -110,6 +142,8 @@ def full_report(
     header: str, plan: Plan, results: Results, sweep: Sequence[tuple[float, RunStats]]
 ) -> str:
     parts = [header, "", systems_table(plan, results), "", targets_table(results)]
+    if any(vllm_key(row) in results for row in VLLM_ROWS):
+        parts += ["", "loraplex vs vLLM (same requests, same run):", "", vllm_table(results)]
     if sweep:
         parts += ["", f"Latency vs load ({plan.peer_scenario}, Poisson arrivals):", ""]
         parts.append(sweep_table(sweep))

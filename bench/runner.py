@@ -17,7 +17,7 @@ from typing import Any
 
 import loadgen
 import peers
-from scenarios import PEERS, Plan, Scenario
+from scenarios import PEERS, VLLM_ROWS, Plan, Scenario, vllm_key
 from stats import RunStats, median_run
 from workload import Request, build_requests, with_poisson_arrivals
 
@@ -84,6 +84,24 @@ class Bench:
             )  # fmt: skip
 
         return System(s.key, s.label, s, measure)
+
+    def add_vllm(self, url: str) -> None:
+        """vLLM's server as a peer of the :data:`VLLM_ROWS` rows: the same requests over HTTP,
+        rows ``vllm-<row>``."""
+        base_model = loadgen.base_model_name(url)
+        for row in VLLM_ROWS:
+            if not any(s.key == row for s in self.plan.scenarios):
+                continue
+            scenario, key = self.scenario(row), vllm_key(row)
+
+            def measure(requests, tick, tag, key=key) -> RunStats:
+                return loadgen.run_load(
+                    url, requests, key, concurrency=self.concurrency, base_model=base_model,
+                    cache_salt=f"{key}-{tag}", tick=tick,
+                )  # fmt: skip
+
+            self.systems.append(System(key, f"vLLM {scenario.label[len('loraplex ') :]}",
+                                       scenario, measure))  # fmt: skip
 
     def add_peers(self, model_dir: Path, store: Path, dtype: str) -> None:
         """Load the peers' models: one HF model for ``hf`` and ``bare``, one PEFT model holding

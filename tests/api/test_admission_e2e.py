@@ -3,8 +3,7 @@
 tenant next to one that keeps being served, and an engine fault.
 
 The engine is the real one, slowed by a delay per step (so a queue forms on a fast model).
-Tenants: until API keys name them, ``request.state.tenant`` is set from an ``x-tenant`` header
-by a two-line ASGI wrapper (what the authentication middleware will do from the key).
+Tenants come from real API keys: ``key-<tenant>`` acts for ``<tenant>``.
 """
 
 from __future__ import annotations
@@ -12,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
@@ -21,32 +20,28 @@ import pytest
 from completion_helpers import PROMPT
 from controlled_engine import controlled_engine
 
+from loraplex.api_keys import ApiKeyEntry, key_digest
 from loraplex.config import Config, SchedulerConfig
 
 RUNNING, QUEUED = 2, 4  # --max-num-seqs, --max-queued-requests
 STEP_DELAY = 0.02
 MAX_TOKENS = 6
+TENANTS = ("default", "t0", "t1", "t2", "t3", "flood", "quiet")
 
 
-def with_tenant_header(app: Callable) -> Callable:
-    async def wrapped(scope: dict, receive: Callable, send: Callable) -> None:
-        if scope["type"] == "http":
-            tenant = dict(scope["headers"]).get(b"x-tenant")
-            if tenant:
-                scope.setdefault("state", {})["tenant"] = tenant.decode()
-        await app(scope, receive, send)
-
-    wrapped.state = app.state  # type: ignore[attr-defined]  # ThreadedServer reads the config
-    return wrapped
+def key(tenant: str) -> str:
+    return f"key-{tenant}"
 
 
 def slowed_server(config: Config, servers: list) -> tuple[str, dict]:
     from loraplex.api.app import create_app
     from loraplex.api.threaded_server import ThreadedServer
 
+    keys = tuple(ApiKeyEntry(key_digest(key(t)), t, "inference") for t in TENANTS)
+    config = dataclasses.replace(config, server=dataclasses.replace(config.server, api_keys=keys))
     engine, knobs = controlled_engine(config, STEP_DELAY)
     knobs["engine"] = engine
-    server = ThreadedServer(with_tenant_header(create_app(config, engine)))
+    server = ThreadedServer(create_app(config, engine))
     servers.append(server)
     return server.start(), knobs
 
@@ -72,7 +67,7 @@ def queued_server(servers: list, tiny_config: Config) -> tuple[str, dict]:
 
 def post(url: str, tenant: str = "default", max_tokens: int = MAX_TOKENS) -> httpx.Response:
     body = {"model": "tiny-llama", "prompt": PROMPT, "max_tokens": max_tokens, "ignore_eos": True}
-    headers = {"x-tenant": tenant}
+    headers = {"Authorization": f"Bearer {key(tenant)}"}
     return httpx.post(f"{url}/v1/completions", json=body, headers=headers, timeout=60)
 
 
@@ -101,25 +96,27 @@ def test_twice_the_admissible_load_gets_429s_and_loses_nothing(
             assert usage["completion_tokens"] == MAX_TOKENS
             assert r.json()["choices"][0]["finish_reason"] == "length"
     engine = queued_server[1]["engine"]
-    assert engine.admission.queued == 0 and engine.num_in_flight == 0
+    assert engine.queue_limits.queued == 0 and engine.num_in_flight == 0
 
 
 def test_the_openai_client_retries_429s_until_served(queued_server: tuple[str, dict]) -> None:
     url = queued_server[0]
-    client = openai.OpenAI(base_url=f"{url}/v1", api_key="x", max_retries=8, timeout=60)
+    clients = [
+        openai.OpenAI(base_url=f"{url}/v1", api_key=key(f"t{i}"), max_retries=8, timeout=60)
+        for i in range(4)
+    ]
     load = 2 * (RUNNING + QUEUED)
 
     def one(i: int) -> openai.types.Completion:
-        return client.completions.create(
+        return clients[i % 4].completions.create(
             model="tiny-llama",
             prompt=PROMPT,
             max_tokens=MAX_TOKENS,
             extra_body={"ignore_eos": True},
-            extra_headers={"x-tenant": f"t{i % 4}"},
         )
 
     start = time.monotonic()
-    rejected = queued_server[1]["engine"].admission.rejected
+    rejected = queued_server[1]["engine"].queue_limits.rejected
     before = sum(rejected.values())
     with ThreadPoolExecutor(load) as pool:
         completions = list(pool.map(one, range(load)))

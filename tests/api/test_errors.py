@@ -14,7 +14,7 @@ from loraplex.adapters.errors import (
     AdapterValidationError,
 )
 from loraplex.api.errors import APIError, BodyTooLargeError, error_body, register_error_handlers
-from loraplex.engine.sampling_params import ParameterError
+from loraplex.engine.request.params import ParameterError
 
 INVALID = "invalid_request_error"
 

@@ -42,6 +42,7 @@ def test_targets_are_met_missed_reference_or_not_run() -> None:
 def test_every_issue_target_names_rows_the_full_profile_runs() -> None:
     plan = scenarios.plan(PROFILES["full"])
     keys = {s.key for s in plan.scenarios} | set(plan.peers)
+    keys |= {scenarios.vllm_key(row) for row in scenarios.VLLM_ROWS}  # with --vllm-python
     for target in scenarios.TARGETS:
         assert {target.numerator, target.denominator} <= keys, target.label
 
@@ -68,3 +69,21 @@ def test_the_merged_tenant_and_stores_of_a_plan() -> None:
     assert len(zipf.names) == 1000 and zipf.zipf == 1.0
     with pytest.raises(ValueError, match="positive"):
         scenarios.with_overrides(PROFILES["quick"], rounds=0)
+
+
+def test_vllm_rows_get_a_side_by_side_table_and_their_targets() -> None:
+    plan = scenarios.plan(PROFILES["vllm"])
+    assert [s.key for s in plan.scenarios if s.key in scenarios.VLLM_ROWS] == ["base", "u16", "u64"]
+    results = {
+        "base": _runs(120, 130, 125), "vllm-base": _runs(100, 100, 100),
+        "u16": _runs(200, 210, 190), "vllm-u16": _runs(100, 100, 100),
+    }  # fmt: skip
+    lines = report.vllm_table(results).splitlines()
+    assert lines[0].startswith("| row | loraplex tok/s | vLLM tok/s | ratio |")
+    assert lines[2].startswith("| base | 125.0 | 100.0 | 1.25 |") and lines[2].endswith("2/2 |")
+    assert lines[3].startswith("| u16 | 200.0 | 100.0 | 2.00 |") and len(lines) == 4
+    assert "| vllm-u16 | vLLM 16 adapters, round-robin |" in report.systems_table(plan, results)
+    status = {t.label: report.evaluate(t, results)[1] for t in scenarios.TARGETS}
+    assert status["7a. base vs vLLM base"] == "met" and status["7b. 16 adapters vs vLLM"] == "met"
+    assert status["7c. 64 adapters vs vLLM"] == "not run"
+    assert "loraplex vs vLLM" in report.full_report("# x", plan, results, [])

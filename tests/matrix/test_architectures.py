@@ -15,7 +15,7 @@ from tiny_models import FAMILIES, WINDOW, hf_generate, save_adapters, save_tiny_
 from loraplex.config import CacheConfig, Config, LoRAConfig, ModelConfig, SchedulerConfig
 from loraplex.engine.build import build_engine
 from loraplex.engine.llm_engine import LLMEngine
-from loraplex.engine.sampling_params import SamplingParams
+from loraplex.engine.request.params import SamplingParams
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # many tiny forwards
 

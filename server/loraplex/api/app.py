@@ -18,7 +18,7 @@ from loraplex.api.routes import adapters, chat, completions, generate, health, m
 from loraplex.api.text_pool import TextPool
 from loraplex.api.timeouts import BodyDeadline
 from loraplex.config import Config
-from loraplex.engine.async_engine import AsyncEngine
+from loraplex.engine import AsyncEngine
 
 
 def _version() -> str:

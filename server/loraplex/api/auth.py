@@ -9,12 +9,12 @@ Roles: ``admin`` everything, every tenant (server-side loads, merge/unmerge, pin
 adapters); ``user`` generates and uploads, replaces and deletes its own tenant's adapters;
 ``inference`` only generates (the key an application ships with).
 
-Namespaces: a tenant's adapter ``support`` is ``<tenant>/support`` in the registry; a tenant names
-it ``support``. Public adapters (present at start, or an admin's upload with ``public=true``) are
-seen by everyone under their bare name. Another tenant's adapter resolves to nothing, so every
-route answers it with the same 404 as a name that does not exist. An admin reaches any tenant's
-adapter as ``tenant/name`` (in ``model``, in the ``/v1/adapters/{name}`` path, as an upload's
-``name``).
+Namespaces (the rules are ``adapters/tenancy.py``'s): a tenant's adapter ``support`` is
+``<tenant>/support`` in the registry; a tenant names it ``support``. Public adapters (present at
+start, or an admin's upload with ``public=true``) are seen by everyone under their bare name.
+Another tenant's adapter resolves to nothing, so every route answers it with the same 404 as a
+name that does not exist. An admin reaches any tenant's adapter as ``tenant/name`` (in
+``model``, in the ``/v1/adapters/{name}`` path, as an upload's ``name``).
 """
 
 from __future__ import annotations
@@ -24,15 +24,15 @@ import hmac
 import json
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 from fastapi import Depends, Request
 
+from loraplex.adapters import tenancy
 from loraplex.adapters.card import AdapterCard
-from loraplex.adapters.errors import AdapterError, AdapterExistsError
-from loraplex.adapters.tenancy import AdapterId
+from loraplex.adapters.tenancy import DEFAULT_TENANT, AdapterId
 from loraplex.api.errors import PERMISSION_ERROR, APIError
-from loraplex.api_keys import DEFAULT_TENANT, ApiKeyEntry
+from loraplex.api_keys import ApiKeyEntry
 from loraplex.config import ServerConfig
 
 GENERATE = "generate"  # completions, chat, /generate, the model list
@@ -43,6 +43,7 @@ MERGE = "merge or unmerge adapters"
 PIN = "pin adapters"
 PUBLISH = "create, replace or delete public adapters"
 
+T = TypeVar("T")
 PERMISSIONS: dict[str, frozenset[str]] = {
     "admin": frozenset({GENERATE, MANAGE, ANY_TENANT, LOAD_PATH, MERGE, PIN, PUBLISH}),
     "user": frozenset({GENERATE, MANAGE}),
@@ -74,37 +75,26 @@ class Principal:
         return json.dumps([self.tenant, explicit])
 
     def sees(self, card: AdapterCard) -> bool:
-        return card.owner is None or card.owner == self.tenant or self.may(ANY_TENANT)
+        return tenancy.sees(card.owner, self.tenant, self.may(ANY_TENANT))
 
     def display_name(self, card: AdapterCard) -> str:
         """``name`` for its own and public adapters, ``tenant/name`` for another tenant's."""
-        return card.id.name if card.owner in (None, self.tenant) else card.name
+        return tenancy.display_name(card.id, self.tenant)
 
     def visible(self, cards: Iterable[AdapterCard]) -> list[tuple[str, AdapterCard]]:
         """(display name, card) of every adapter this caller sees, as :meth:`resolve` finds
         them: a public adapter that the tenant's own namesake shadows is left out."""
-        seen = [card for card in cards if self.sees(card)]
-        own = {card.id.name for card in seen if card.owner == self.tenant}
-        return [
-            (self.display_name(card), card)
-            for card in seen
-            if not (card.owner is None and card.id.name in own)
-        ]
+        return tenancy.visible(cards, self.tenant, self.may(ANY_TENANT))
+
+    def lookup(self, name: str, find: Callable[[str], T | None]) -> T | None:
+        """What ``name`` means to this caller, found by ``find`` (a lookup by qualified name):
+        its own first, then a public one; None when unknown, invalid, or another tenant's
+        (which this caller may not know of)."""
+        return tenancy.resolve(name, self.tenant, find, self.may(ANY_TENANT))
 
     def resolve(self, name: str, has: Callable[[str], bool]) -> str | None:
-        """The qualified name ``name`` means to this caller (its own first, then a public one),
-        or None: unknown, invalid, or another tenant's (which this caller may not know of)."""
-        try:
-            ident = AdapterId.parse(name)
-        except AdapterError:
-            return None
-        if ident.owner is not None:  # spelled tenant/name
-            mine = ident.owner == self.tenant or self.may(ANY_TENANT)
-            return ident.qualified if mine and has(ident.qualified) else None
-        own = AdapterId(self.tenant, ident.name).qualified
-        if has(own):
-            return own
-        return ident.name if has(ident.name) else None
+        """The qualified name ``name`` means to this caller (:meth:`lookup`), or None."""
+        return self.lookup(name, lambda qualified: qualified if has(qualified) else None)
 
     def new_adapter(self, name: str, public: bool, has: Callable[[str], bool]) -> str:
         """The qualified name an upload of ``name`` creates or replaces (``public``: admins
@@ -113,17 +103,13 @@ class Principal:
             self.require(PUBLISH)
         ident = AdapterId.parse(name)  # an invalid name: 400
         public = public or (self.open and ident.owner is None)
-        if ident.owner is not None:
-            if public:
-                raise APIError(400, "a public adapter's name has no tenant/ part", param="name")
-            if ident.owner != self.tenant:
-                self.require(ANY_TENANT)
-            return ident.qualified
+        if ident.owner is None:
+            return tenancy.upload_id(ident.name, self.tenant, public, has).qualified
         if public:
-            return ident.name
-        if has(ident.name):
-            raise AdapterExistsError(f"a public adapter is named {ident.name!r}; pick another name")
-        return AdapterId(self.tenant, ident.name).qualified
+            raise APIError(400, "a public adapter's name has no tenant/ part", param="name")
+        if ident.owner != self.tenant:
+            self.require(ANY_TENANT)
+        return ident.qualified
 
     def check_writable(self, qualified: str) -> None:
         """Replacing or deleting a public adapter is an admin's (403 for anyone else)."""
@@ -180,7 +166,6 @@ def authenticate(request: Request) -> Principal:
             code="invalid_api_key",
             headers={"WWW-Authenticate": "Bearer"},
         )
-    request.state.tenant = principal.tenant  # what admission counts the request against
     return principal
 
 

@@ -9,7 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from loraplex.api.logprobs import ChatLogprobs
 from loraplex.api.schema_docs import doc
 from loraplex.api.schemas import Logprobs, OpenAIChunk, OpenAIResponse, SamplingRequest
-from loraplex.engine.sampling_params import ParameterError, SamplingParams, check_logprobs
+from loraplex.engine import ParameterError, SamplingParams, check_logprobs
 
 
 class TextPart(BaseModel):

@@ -24,10 +24,13 @@ from loraplex.adapters.errors import (
     AdapterRefusedError,
     AdapterValidationError,
 )
-from loraplex.engine.admission import EngineUnavailableError, QueueFullError
-from loraplex.engine.capacity import CapacityError
-from loraplex.engine.errors import NonFiniteOutputError
-from loraplex.engine.sampling_params import ParameterError
+from loraplex.engine import (
+    CapacityError,
+    EngineUnavailableError,
+    NonFiniteOutputError,
+    ParameterError,
+    QueueFullError,
+)
 
 log = logging.getLogger(__name__)
 
@@ -165,6 +168,7 @@ def register_error_handlers(app: FastAPI) -> None:
     for exc_type in (
         APIError,
         ParameterError,
+        CapacityError,
         AdapterError,
         AdapterNotFoundError,
         AdapterValidationError,

@@ -15,7 +15,7 @@ from pydantic import BaseModel, Field
 
 from loraplex.api.schema_docs import doc
 from loraplex.api.schemas import MAX_MIX, LenientBody, Logprobs, StopText, Text, check_mix
-from loraplex.engine.sampling_params import (
+from loraplex.engine import (
     MAX_STOP_STRINGS,
     MAX_TOP_K,
     SEED_RANGE,

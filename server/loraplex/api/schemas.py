@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from loraplex.api.logprobs import CompletionLogprobs
 from loraplex.api.schema_docs import doc
-from loraplex.engine.sampling_params import (
+from loraplex.engine import (
     MAX_LOGPROBS,
     MAX_STOP_CHARS,
     MAX_STOP_STRINGS,

@@ -19,7 +19,7 @@ from starlette.background import BackgroundTask
 from loraplex.api.errors import to_api_error
 from loraplex.api.generation import Choice, Run, unless_hung_up
 from loraplex.api.schemas import OpenAIChunk, SamplingRequest
-from loraplex.engine.outputs import RequestOutput
+from loraplex.engine import RequestOutput
 
 
 class Chunks:

@@ -1,58 +1,47 @@
 """The engine loop in its own thread, bridged to asyncio: the event loop never runs model work.
 
 Commands (add, abort, call) go to the engine thread through one queue; each request's outputs
-come back through its own asyncio queue. That is all this module does: requests are built and
-checked by :meth:`LLMEngine.prepare`, adapters are managed by :class:`AdapterService`.
+come back through its own :class:`RequestStream`. That is all this module does: requests are
+built and checked by :meth:`LLMEngine.prepare`, adapters are managed by :class:`AdapterService`.
 
-Its life: requests are admitted by an :class:`AdmissionController` (429 when the queue is
-full); :meth:`drain` stops admitting (503) and gives running requests a deadline; a fault that
-kills the engine thread fails every open stream, and :meth:`is_healthy` turns False once the
-thread is dead or has not come round its loop for ``STALL_S``.
+Its life: requests count against the :class:`QueueLimits` until they start (429 when the queue
+is full); :meth:`drain` stops taking requests (503) and gives running ones a deadline; a fault
+that kills the engine thread fails every open stream, and :meth:`is_healthy` turns False once
+the thread is dead or has not come round its loop for ``STALL_S``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import queue
 import threading
 import time
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from collections.abc import Callable
 from typing import TypeVar
 
 from loraplex import metrics
+from loraplex.adapters.tenancy import DEFAULT_TENANT
 from loraplex.config import Config
-from loraplex.engine.adapter_service import AdapterService
-from loraplex.engine.adapters import AdapterSpec
-from loraplex.engine.admission import (
-    DEFAULT_TENANT,
-    AdmissionController,
-    EngineUnavailableError,
-)
+from loraplex.engine.adapter_tiers.service import AdapterService
+from loraplex.engine.adapter_tiers.tiers import AdapterSpec
 from loraplex.engine.build import build_engine
+from loraplex.engine.errors import EngineUnavailableError
 from loraplex.engine.llm_engine import LLMEngine
-from loraplex.engine.outputs import RequestOutput
-from loraplex.engine.sampling_params import SamplingParams
+from loraplex.engine.queue_limits import QueueLimits
+from loraplex.engine.request.outputs import RequestOutput
+from loraplex.engine.request.params import SamplingParams
+from loraplex.engine.request.stream import RequestStream
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 STALL_S = 60.0  # a loop iteration (one step, or an idle wait) longer than this is a hang
 
 
-@dataclass
-class _Stream:
-    """Where one request's outputs go: an asyncio queue fed from the engine thread."""
-
-    loop: asyncio.AbstractEventLoop
-    queue: asyncio.Queue[RequestOutput | Exception]  # an Exception: the engine thread died
-
-    def put(self, item: RequestOutput | Exception) -> None:
-        self.loop.call_soon_threadsafe(self.queue.put_nowait, item)
-
-
 class AsyncEngine:
-    """Thread-owned :class:`LLMEngine`; ``adapters`` is the adapter service for the API."""
+    """Thread-owned :class:`LLMEngine`; ``adapters`` is the adapter service for the API,
+    ``intake`` the request checks it may run on the event loop (host-side)."""
 
     def __init__(self, engine: LLMEngine, commands: queue.SimpleQueue[tuple] | None = None) -> None:
         self.engine = engine
@@ -61,15 +50,15 @@ class AsyncEngine:
         self.max_model_len = engine.max_model_len
         self.vocab_size = engine.vocab_size
         self.eos_token_ids = engine.eos_token_ids
-        self.check_fanout = engine.check_fanout  # host-side: safe from the event loop
+        self.intake = engine.intake  # host-side: safe from the event loop
         self.created = int(time.time())
-        self.adapters = AdapterService(engine.adapters, self.on_engine)
+        self.adapters = AdapterService(engine.tiers, self.on_engine)
         self._commands: queue.SimpleQueue[tuple] = commands or queue.SimpleQueue()
-        self._streams: dict[str, _Stream] = {}
+        self._streams: dict[str, RequestStream] = {}
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
         sched = engine.config.scheduler
-        self.admission = AdmissionController(
+        self.queue_limits = QueueLimits(
             sched.max_queued_requests,
             sched.max_queued_requests_per_tenant,
             on_reject=metrics.record_rate_limited,  # loraplex_rate_limited_requests_total
@@ -135,10 +124,10 @@ class AsyncEngine:
             await asyncio.sleep(0.01)
         return len(left)
 
-    def check_admission(self, tenant: str = DEFAULT_TENANT) -> None:
-        """Raise what :meth:`generate` would refuse with (503, 429) before any work is done."""
+    def check_queue(self, tenant: str = DEFAULT_TENANT) -> None:
+        """Raise what :meth:`submit` would refuse with (503, 429) before any work is done."""
         self._refuse_if_unavailable()
-        self.admission.check(tenant)
+        self.queue_limits.check(tenant)
 
     def _refuse_if_unavailable(self) -> None:
         if self.draining:
@@ -149,7 +138,7 @@ class AsyncEngine:
     def stats(self) -> dict[str, object]:
         return self.engine.stats()
 
-    async def generate(
+    async def submit(
         self,
         request_id: str,
         prompts: list[list[int]],
@@ -159,20 +148,20 @@ class AsyncEngine:
         n: int = 1,
         cache_salt: str | None = None,
         tenant: str = DEFAULT_TENANT,
-    ) -> AsyncIterator[RequestOutput]:
-        """Yield the output deltas of every child (``index`` tells which) until all finished;
-        abort what is left if iteration stops early. A child's error is raised.
+    ) -> RequestStream:
+        """Check, build and queue one request: ``n`` samples of each prompt. Its outputs come
+        through the returned stream (``close()`` aborts what is left). Refusals are raised here,
+        before any byte is sent: 503 (draining, no engine), ``QueueFullError`` (429, the
+        tenant's share of the queue is full), a bad prompt (400), an unknown adapter (404).
 
-        ``adapter``: a name, a weighted mix ``[(name, weight), ...]`` or None (base model).
-        ``n`` samples per prompt; ``cache_salt``: only the same salt shares prefix blocks;
-        ``tenant``: whose queue share it takes (``QueueFullError`` when full: a 429).
+        ``adapter``: a card or name, a weighted mix ``[(adapter, weight), ...]`` or None (base
+        model). ``cache_salt``: only the same salt shares prefix blocks; ``tenant``: whose
+        queue share it takes.
         """
         self._refuse_if_unavailable()
-        self.admission.admit(tenant)  # queued until its first output
-        queued, unfinished = True, 0
+        self.queue_limits.enqueue(tenant)  # queued until its first output
         try:
-            # Checked and resolved once, off the event loop (a mix is combined here): unknown
-            # names and impossible prompts fail now, before any byte is sent.
+            # Checked and resolved once, off the event loop (a mix is combined here).
             parent = await asyncio.to_thread(
                 self.engine.prepare,
                 request_id,
@@ -183,29 +172,29 @@ class AsyncEngine:
                 cache_salt=cache_salt,
                 tenant=tenant,
             )
-            stream = _Stream(asyncio.get_running_loop(), asyncio.Queue())
-            self._streams[request_id] = stream
-            self._commands.put(("add", parent))
-            unfinished = len(parent.children)
-            if self.died is not None:  # died before it could see the request
-                raise EngineUnavailableError("The engine is not running; see the server log.")
-            while unfinished:
-                item = await stream.queue.get()
-                if isinstance(item, Exception):
-                    raise item
-                if queued and item.error is None:
-                    queued = False
-                    self.admission.started(tenant)
-                if item.error is not None:
-                    raise item.error
-                unfinished -= item.finished
-                yield item
-        finally:
-            if queued:
-                self.admission.left(tenant)
-            if unfinished:
-                self._commands.put(("abort", request_id))
-            self._streams.pop(request_id, None)
+        except BaseException:  # refused, or the caller went away: nothing was queued
+            self.queue_limits.left(tenant)
+            raise
+        stream = RequestStream(
+            request_id,
+            len(parent.children),
+            asyncio.get_running_loop(),
+            on_start=functools.partial(self.queue_limits.started, tenant),
+            on_close=functools.partial(self._stream_closed, request_id, tenant),
+        )
+        self._streams[request_id] = stream
+        self._commands.put(("add", parent))
+        if self.died is not None:  # died before it could see the request
+            stream.close()
+            raise EngineUnavailableError("The engine is not running; see the server log.")
+        return stream
+
+    def _stream_closed(self, request_id: str, tenant: str, queued: bool, unfinished: bool) -> None:
+        if queued:
+            self.queue_limits.left(tenant)
+        if unfinished:
+            self._commands.put(("abort", request_id))
+        self._streams.pop(request_id, None)
 
     # ---- engine thread -------------------------------------------------------------------
 

@@ -20,15 +20,16 @@ from loraplex.adapters.registry import AdapterRegistry
 from loraplex.adapters.rules import Limits
 from loraplex.adapters.store import open_store
 from loraplex.config import Config, LoRAConfig
-from loraplex.engine.adapters import EngineAdapters
-from loraplex.engine.block_manager import BlockManager
-from loraplex.engine.capacity import CapacityError
-from loraplex.engine.default_model import DEFAULT_MODEL_NAME, ensure_default_model
-from loraplex.engine.dummy_weights import builtin_dummy_folder
+from loraplex.engine.adapter_tiers.tiers import AdapterTiers
+from loraplex.engine.errors import CapacityError
 from loraplex.engine.llm_engine import LLMEngine
-from loraplex.engine.model_check import check_model
-from loraplex.engine.model_runner import ModelRunner
-from loraplex.engine.scheduler import Scheduler
+from loraplex.engine.model.check import check_model
+from loraplex.engine.model.default import DEFAULT_MODEL_NAME, ensure_default_model
+from loraplex.engine.model.dummy import builtin_dummy_folder
+from loraplex.engine.runner.decode_runner import decode_runner_for
+from loraplex.engine.runner.model_runner import ModelRunner
+from loraplex.engine.sched.block_manager import BlockManager
+from loraplex.engine.sched.scheduler import Scheduler
 from loraplex.lora.slot_cache import SlotCache
 from loraplex.paths import cache_root
 
@@ -47,7 +48,7 @@ def adapter_limits(config: LoRAConfig) -> Limits:
 
 def build_adapters(
     config: LoRAConfig, runner: ModelRunner, base_model: str, on_loaded: Callable[[], None]
-) -> EngineAdapters:
+) -> AdapterTiers:
     """The registry over the store (checked against the model's projections) and the slots."""
     limits = adapter_limits(config)
     shapes = runner.lora.module_shapes()
@@ -63,26 +64,26 @@ def build_adapters(
         on_loaded,
         pin_memory=runner.device.type == "cuda",
     )
-    return EngineAdapters(config, runner, registry, SlotCache(config.max_loras), limits)
+    return AdapterTiers(config, runner, registry, SlotCache(config.max_loras), limits)
 
 
-def register_startup_adapters(config: LoRAConfig, adapters: EngineAdapters) -> None:
+def register_startup_adapters(config: LoRAConfig, tiers: AdapterTiers) -> None:
     """The store's adapters, then ``--lora-modules``; pinned ones get their slot, and
-    ``--merged-adapters`` are merged into the weights (dedicated tenants)."""
-    adapters.registry.scan()
+    ``--merged-adapters`` are merged into the weights (pre-merged copies)."""
+    tiers.registry.scan()
     for name, folder in config.lora_modules:
         try:
-            adapters.registry.register(name, Path(folder), replace=True)
+            tiers.registry.register(name, Path(folder), replace=True)
         except (AdapterError, OSError) as exc:  # listed as refused; the server still starts
-            adapters.registry.refuse(name, f"{exc}; fix --lora-modules {name}={folder}")
-    for card in adapters.registry.cards():
+            tiers.registry.refuse(name, f"{exc}; fix --lora-modules {name}={folder}")
+    for card in tiers.registry.cards():
         if card.pinned:
             try:
-                adapters.pin(card)
+                tiers.pin(card)
             except CapacityError as exc:  # pinned under a larger --max-pinned-loras
                 log.warning("adapter %s stays unpinned: %s", card.name, exc)
     for name in config.merged_adapters:
-        adapters.merge_now(name)
+        tiers.merge_now(name)
 
 
 def build_engine(config: Config, on_adapter_loaded: Callable[[], None] = lambda: None) -> LLMEngine:
@@ -117,16 +118,21 @@ def build_engine(config: Config, on_adapter_loaded: Callable[[], None] = lambda:
         loaded.set()
         on_adapter_loaded()
 
-    adapters = build_adapters(config.lora, runner, Path(path).name, adapter_loaded)
+    tiers = build_adapters(config.lora, runner, Path(path).name, adapter_loaded)
     scheduler = Scheduler(
         config.scheduler,
         block_manager,
         config.lora.max_loras,
         max_model_len,
-        is_ready=adapters.is_ready,
-        pinned=lambda: adapters.slots.pinned,
-        is_resident=lambda key: adapters.slots.lookup(key) is not None,
+        is_ready=tiers.is_ready,
+        pinned=lambda: tiers.slots.pinned,
+        is_resident=lambda key: tiers.slots.lookup(key) is not None,
     )
-    engine = LLMEngine(config, model_name, runner, scheduler, adapters, max_model_len, loaded)
-    register_startup_adapters(config.lora, adapters)
+    # Pure-decode steps: persistent buffers, CUDA graphs where they can be captured.
+    sched = config.scheduler
+    runner.decode = decode_runner_for(
+        runner, sched.max_num_seqs, max_model_len, config.model.enforce_eager
+    )
+    engine = LLMEngine(config, model_name, runner, scheduler, tiers, max_model_len, loaded)
+    register_startup_adapters(config.lora, tiers)
     return engine

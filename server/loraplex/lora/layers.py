@@ -74,7 +74,7 @@ class LoRALinear(nn.Module):
         )
         # Slots holding weights for this module; when none does, the layer costs nothing extra.
         self.occupied: set[int] = set()
-        # key -> merged weight [out, in] of a dedicated tenant (only modules it targets).
+        # key -> merged weight [out, in] of a pre-merged adapter (only modules it targets).
         self.merged_weights: dict[str, torch.Tensor] = {}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -30,7 +30,7 @@ from loraplex.api.auth import LOAD_PATH, MANAGE, MERGE, PIN, Principal, Principa
 from loraplex.api.deps import AuthDep, EngineDep, LimitsDep
 from loraplex.api.errors import APIError
 from loraplex.api.upload import staged_upload
-from loraplex.engine.async_engine import AsyncEngine
+from loraplex.engine import AsyncEngine
 
 router = APIRouter(prefix="/v1", tags=["adapters"], dependencies=[AuthDep])
 
@@ -171,7 +171,7 @@ async def delete_adapter(name: str, engine: EngineDep, principal: PrincipalDep) 
 async def merge_adapter(
     name: str, engine: EngineDep, principal: PrincipalDep
 ) -> AdapterCardResponse:
-    """Merge the adapter into the base weights: a dedicated tenant without per-token cost."""
+    """Merge the adapter into the base weights: a pre-merged copy, without per-token cost."""
     card = await engine.adapters.merge(_visible(engine, principal, name))
     return card_response(engine, card, principal.display_name(card))
 

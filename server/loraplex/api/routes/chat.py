@@ -19,21 +19,11 @@ from loraplex.api.chat_schemas import (
 )
 from loraplex.api.deps import AuthDep, EngineDep
 from loraplex.api.errors import APIError
-from loraplex.api.generation import (
-    Choice,
-    Run,
-    check_prompt_length,
-    check_text,
-    request_adapter,
-    request_tenant,
-    run_to_end,
-    tokenize,
-)
+from loraplex.api.generation import Choice, request_adapter, run_to_end, start
 from loraplex.api.logprobs import ChatLogprobs, chat_logprobs
 from loraplex.api.streaming import Chunks, stream_response
 from loraplex.api.text_pool import text_pool
-from loraplex.engine.async_engine import AsyncEngine
-from loraplex.engine.outputs import RequestOutput, TokenLogprob
+from loraplex.engine import AsyncEngine, RequestOutput, SamplingParams, TokenLogprob
 
 router = APIRouter(prefix="/v1", tags=["chat"], dependencies=[AuthDep])
 
@@ -56,7 +46,7 @@ def render_chat(engine: AsyncEngine, messages: list[dict[str, str]]) -> str:
     except jinja2.TemplateError as exc:
         message = f"The chat template refused the messages: {exc}"
         raise APIError(400, message, param="messages", code="invalid_value") from exc
-    check_text(str(text), "messages")
+    engine.intake.check_encodable(str(text), "messages")
     return str(text)
 
 
@@ -69,16 +59,27 @@ async def create_chat_completion(
     Extension: ``adapters`` (a weighted combination, with ``model`` the base model id).
     """
     adapter = request_adapter(engine, principal, body)
-    tenant = request_tenant(request)
-    engine.check_admission(tenant)  # a full queue answers 429 before any rendering
-    conversation = body.conversation()
-    check_prompt_length(engine, "".join(m["content"] for m in conversation), "messages")
-    text = await text_pool(request).run(render_chat, engine, conversation)
-    # The template writes the special tokens (BOS, turn markers) itself: don't add them again.
-    prompt = await tokenize(request, engine, text, special=False)
-    params = body.sampling_params(len(prompt), engine.max_model_len)
-    salt = principal.cache_salt(body.cache_salt)  # prefix blocks are shared within a tenant only
-    run = Run(engine, [prompt], params, adapter, "chatcmpl", body.n, salt, tenant)
+
+    async def render() -> str:  # after the queue check: a full queue answers 429 first
+        conversation = body.conversation()
+        engine.intake.check_length("".join(m["content"] for m in conversation), "messages")
+        return await text_pool(request).run(render_chat, engine, conversation)
+
+    def sampling_params(prompt: list[int]) -> SamplingParams:  # max_tokens: what is left
+        return body.sampling_params(len(prompt), engine.max_model_len)
+
+    run = await start(
+        request,
+        engine,
+        principal,
+        adapter,
+        render,
+        sampling_params,
+        n=body.n,
+        cache_salt=body.cache_salt,
+        id_prefix="chatcmpl",
+    )
+    params = run.params
     tokenizer = engine.tokenizer
     as_ids = body.return_tokens_as_token_ids
 

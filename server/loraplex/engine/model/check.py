@@ -1,0 +1,143 @@
+"""Refuse at start what the engine cannot run: a model never starts and then fails requests.
+
+Two checks, both generic (the config's layer structure and what the model does, never its name):
+
+1. the layer structure transformers itself derives for caching (``get_layer_types_and_kwargs``):
+   every layer is full attention, sliding-window attention, or has no attention (an MLP/MoE-only
+   layer); recurrent, convolutional, linear-attention, chunked or KV-sharing layers are refused;
+2. a probe forward of a few tokens through the real backends, at start: every attention layer
+   must attend through the registered paged-attention function (a model that computes its own
+   attention, e.g. with ALiBi, would mix the packed sequences and ignore the KV cache), and
+   nothing it asks of attention may be missing (the attention function raises naming it).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+from transformers import PretrainedConfig
+from transformers.cache_utils import get_layer_types_and_kwargs
+
+from loraplex.engine.attention.block_tables import build_sequence_tables
+from loraplex.engine.attention.metadata import Attend, AttentionMetadata, PrefillChunk
+from loraplex.engine.attention.paged import FORWARD
+
+if TYPE_CHECKING:
+    from loraplex.engine.runner.model_runner import ModelRunner
+
+ATTENTION_LAYERS = frozenset({"full_attention", "sliding_attention"})
+NO_ATTENTION_LAYERS = frozenset({"moe", "mlp"})  # layers of an MLP or MoE block only
+
+__all__ = ["UnsupportedModelError", "check_model", "layer_types"]
+
+
+class UnsupportedModelError(ValueError):
+    """The model needs something the engine does not implement; ``serve`` stops with this."""
+
+    def __init__(self, model: str, feature: str) -> None:
+        super().__init__(f"model {model!r} cannot be served: {feature}")
+        self.model, self.feature = model, feature
+
+
+def layer_types(config: PretrainedConfig) -> list[str]:
+    """Each decoder layer's type as transformers derives it for its caches (``layer_types`` of
+    the config, else from ``sliding_window`` / ``attention_chunk_size``); MLP/MoE-only layers
+    keep their own name here (transformers calls them ``dummy``)."""
+    text = config.get_text_config(decoder=True)
+    declared = getattr(text, "layer_types", None)
+    derived, _ = get_layer_types_and_kwargs(text)
+    if declared is not None and len(declared) == len(derived):
+        return [
+            d if d in NO_ATTENTION_LAYERS else t for d, t in zip(declared, derived, strict=True)
+        ]
+    return list(derived)
+
+
+def check_config(config: PretrainedConfig, model: str) -> list[int]:
+    """The indices of the attention layers; refuses what the paged cache cannot hold."""
+    if getattr(config, "is_encoder_decoder", False):
+        raise UnsupportedModelError(model, "encoder-decoder models are not supported")
+    text = config.get_text_config(decoder=True)
+    modes = getattr(text, "kv_sharing_modes", None) or []
+    if "reuse" in modes:
+        raise UnsupportedModelError(
+            model, "layers that reuse another layer's keys and values (kv_sharing_modes)"
+        )
+    attending = []
+    for index, kind in enumerate(layer_types(config)):
+        if kind in ATTENTION_LAYERS:
+            attending.append(index)
+        elif kind not in NO_ATTENTION_LAYERS and kind != "dummy":
+            raise UnsupportedModelError(
+                model, f"layer {index} is a {kind!r} layer (supported: full and sliding-window "
+                "attention, and layers without attention)"
+            )  # fmt: skip
+    return attending
+
+
+def probe(
+    model: torch.nn.Module,
+    kv_caches: list[tuple[torch.Tensor, torch.Tensor]],
+    attend: Attend,
+    scratch_block: int,
+    block_size: int,
+) -> set[int]:
+    """Run a forward of ``min(2, block_size)`` tokens whose keys land in the scratch block;
+    returns the indices of the layers that attended through the registered function."""
+    tokens = min(2, block_size)
+    rows = torch.arange(tokens) + scratch_block * block_size
+    device = kv_caches[0][0].device
+    tables = build_sequence_tables([(tokens, tokens, [scratch_block])], block_size, device)
+    meta = AttentionMetadata(
+        slot_mapping=rows.to(device),
+        decode_rows=None,
+        decode_cache_rows=None,
+        decode_mask=None,
+        prefills=[PrefillChunk(0, tokens, tokens, None)],
+        sequences=tables,
+    )
+    layer_of = {id(k): i for i, (k, _) in enumerate(kv_caches)}
+    seen: set[int] = set()
+
+    def recording(q, k, v, key_cache, value_cache, metadata, scaling):
+        seen.add(layer_of[id(key_cache)])
+        return attend(q, k, v, key_cache, value_cache, metadata, scaling)
+
+    FORWARD.kv_caches, FORWARD.metadata, FORWARD.attend = kv_caches, meta, recording
+    ids = torch.ones(1, tokens, dtype=torch.long, device=device)
+    positions = torch.arange(tokens, device=device)[None, :]
+    try:
+        with torch.inference_mode():
+            model(input_ids=ids, position_ids=positions, use_cache=False, logits_to_keep=1)
+    finally:
+        FORWARD.metadata, FORWARD.attend = None, attend
+    return seen
+
+
+def check_model(runner: ModelRunner, model: str) -> None:
+    """Refuse ``runner``'s model unless every part of it runs here (at start, before any
+    request; ``serve`` stops with the :class:`UnsupportedModelError`)."""
+    attending = check_config(runner.model.config, model)
+    try:
+        seen = probe(
+            runner.model,
+            runner.kv_caches,
+            runner.attend,
+            runner.scratch_block,
+            runner.layout.block_size,
+        )
+    except NotImplementedError as exc:
+        raise UnsupportedModelError(model, str(exc)) from exc
+    except Exception as exc:
+        raise UnsupportedModelError(
+            model, f"its forward fails on loraplex's paged attention ({type(exc).__name__}: {exc})"
+        ) from exc
+    missing = sorted(set(attending) - seen)
+    if missing:
+        raise UnsupportedModelError(
+            model,
+            f"layer {missing[0]} ({type(runner.model).__name__}) computes its attention itself "
+            "instead of through transformers' attention interface (e.g. ALiBi), so it would "
+            "ignore the paged KV cache and mix the sequences of a batch",
+        )
