@@ -55,6 +55,7 @@ class Family:
     overrides: dict = field(default_factory=dict)
     window: bool = False
     moe: bool = False
+    lora_scale: float = 0.3  # factor on PEFT's random A and B (see ``_spread``)
 
 
 FAMILIES: dict[str, Family] = {
@@ -77,8 +78,11 @@ FAMILIES: dict[str, Family] = {
     "glm": Family(),
     "qwen2_moe": Family(moe=True),
     "mistral": Family({"sliding_window": WINDOW}, window=True),
-    "gemma2": Family({"sliding_window": WINDOW, "layer_types": MIXED}, window=True),
-    "gemma3_text": Family({"sliding_window": WINDOW, "layer_types": MIXED}, window=True),
+    "gemma2": Family({"sliding_window": WINDOW, "layer_types": MIXED}, window=True, lora_scale=1.0),
+    # Gemma's random tiny models are saturated (p ~ 1 on one token): full-size LoRA factors.
+    "gemma3_text": Family(
+        {"sliding_window": WINDOW, "layer_types": MIXED}, window=True, lora_scale=1.0
+    ),
     "phi3": Family({"sliding_window": WINDOW}, window=True),
     "starcoder2": Family({"sliding_window": WINDOW}, window=True),
     "cohere2": Family({"sliding_window": WINDOW, "layer_types": MIXED}, window=True),
@@ -144,25 +148,26 @@ def save_adapters(model_dir: Path, out: Path, model_type: str) -> dict[str, Path
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             model = get_peft_model(base, config)
-        _spread(model)
+        _spread(model, FAMILIES[model_type].lora_scale)
         model.save_pretrained(out / name)
         paths[name] = out / name
     return paths
 
 
-def _spread(model: torch.nn.Module) -> None:
+def _spread(model: torch.nn.Module, factor: float) -> None:
     """PEFT's random B is N(0, 1) scaled by alpha/r: on hidden 64 that drowns the base model.
     Shrink every LoRA factor so each update changes the output without saturating it."""
     with torch.no_grad():
         for name, param in model.named_parameters():
             if "lora_" in name:
-                param.mul_(0.3)
+                param.mul_(factor)
 
 
 def hf_generate(
     model_dir: Path, adapter: Path | None, prompt: list[int], max_new_tokens: int
-) -> list[int]:
-    """Greedy tokens from HF ``generate`` (PEFT with ``adapter``), float32, EOS ignored."""
+) -> tuple[list[int], list[float]]:
+    """Greedy tokens from HF ``generate`` (PEFT with ``adapter``), float32, EOS ignored, and
+    each token's log-probability under the model."""
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
     if adapter is not None:
         with warnings.catch_warnings():
@@ -176,5 +181,12 @@ def hf_generate(
         max_new_tokens=max_new_tokens,
         do_sample=False,
         pad_token_id=0,
+        output_logits=True,
+        return_dict_in_generate=True,
     )
-    return out[0, len(prompt) :].tolist()
+    tokens = out.sequences[0, len(prompt) :].tolist()
+    logprobs = [
+        torch.log_softmax(step[0].float(), -1)[token].item()
+        for step, token in zip(out.logits, tokens, strict=True)
+    ]
+    return tokens, logprobs

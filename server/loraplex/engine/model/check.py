@@ -100,9 +100,9 @@ def probe(
     layer_of = {id(k): i for i, (k, _) in enumerate(kv_caches)}
     seen: set[int] = set()
 
-    def recording(q, k, v, key_cache, value_cache, metadata, scaling):
+    def recording(q, k, v, key_cache, value_cache, metadata, scaling, variant):
         seen.add(layer_of[id(key_cache)])
-        return attend(q, k, v, key_cache, value_cache, metadata, scaling)
+        return attend(q, k, v, key_cache, value_cache, metadata, scaling, variant)
 
     FORWARD.kv_caches, FORWARD.metadata, FORWARD.attend = kv_caches, meta, recording
     ids = torch.ones(1, tokens, dtype=torch.long, device=device)
