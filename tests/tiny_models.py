@@ -56,6 +56,7 @@ class Family:
     window: bool = False
     moe: bool = False
     lora_scale: float = 0.3  # factor on PEFT's random A and B (see ``_spread``)
+    exclude: tuple[str, ...] = ()  # modules ``all-linear`` must leave out (PEFT cannot wrap)
 
 
 FAMILIES: dict[str, Family] = {
@@ -134,12 +135,13 @@ def save_adapters(model_dir: Path, out: Path, model_type: str) -> dict[str, Path
         "all": LoraConfig(r=8, lora_alpha=16, target_modules="all-linear"),
         "attn": LoraConfig(r=4, lora_alpha=8, use_rslora=True, target_modules=attention),
     }
-    if FAMILIES[model_type].moe and model_type != "mixtral":  # mixtral: PEFT converts
+    family = FAMILIES[model_type]
+    if family.moe and model_type != "mixtral":  # mixtral: PEFT's all-linear converts
         configs["all"].target_parameters = [
-            "experts.gate_up_proj",
-            "experts.down_proj",
-            "gate.weight",
-        ]
+            "experts.gate_up_proj", "experts.down_proj", "gate.weight", "router.weight"
+        ]  # fmt: skip
+    if family.exclude:
+        configs["all"].exclude_modules = list(family.exclude)
     paths = {}
     for seed, (name, config) in enumerate(configs.items(), start=1):
         torch.manual_seed(seed)
@@ -148,7 +150,7 @@ def save_adapters(model_dir: Path, out: Path, model_type: str) -> dict[str, Path
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             model = get_peft_model(base, config)
-        _spread(model, FAMILIES[model_type].lora_scale)
+        _spread(model, family.lora_scale)
         model.save_pretrained(out / name)
         paths[name] = out / name
     return paths

@@ -26,6 +26,7 @@ from loraplex.engine.llm_engine import LLMEngine
 from loraplex.engine.model.check import check_model
 from loraplex.engine.model.default import DEFAULT_MODEL_NAME, ensure_default_model
 from loraplex.engine.model.dummy import builtin_dummy_folder
+from loraplex.engine.model.layers import uniform_window
 from loraplex.engine.runner.decode_runner import decode_runner_for
 from loraplex.engine.runner.model_runner import ModelRunner
 from loraplex.engine.sched.block_manager import BlockManager
@@ -109,9 +110,13 @@ def build_engine(config: Config, on_adapter_loaded: Callable[[], None] = lambda:
         runner.max_position_embeddings or config.model.max_model_len,
         layout.num_blocks * layout.block_size,
     )
+    # All layers sliding through one window: blocks that leave it go back to the pool.
+    window = uniform_window(runner.model.config)
     block_manager = BlockManager(
-        layout.num_blocks, layout.block_size, config.cache.enable_prefix_caching
+        layout.num_blocks, layout.block_size, config.cache.enable_prefix_caching, window
     )
+    if window is not None:
+        log.info("sliding window of %d tokens on every layer: older KV blocks are freed", window)
     loaded = threading.Event()  # set by a loader thread; the engine waits on it when stalled
 
     def adapter_loaded() -> None:

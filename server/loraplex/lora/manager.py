@@ -10,7 +10,7 @@ from torch import nn
 
 from loraplex.adapters.weights import LoRAAdapter
 from loraplex.lora.layers import LORA_BASE_TYPES, LoRAContext, LoRALinear, in_out_features
-from loraplex.lora.moe import ParamLoRA, install_moe_lora
+from loraplex.lora.moe import ParamLoRA, install_moe_lora, routers
 from loraplex.lora.ops import AddLoRA, LoRAMeta, add_lora
 from loraplex.lora.slot_copier import slot_copier
 
@@ -45,10 +45,13 @@ class LoRAModelManager:
         self.max_rank = max_rank
         self.context = LoRAContext(op)
         output = model.get_output_embeddings()
+        skip = routers(model)  # MoE routers get their own tables below
         targets = [
             (name, module)
             for name, module in model.named_modules()
-            if isinstance(module, LORA_BASE_TYPES) and module is not output
+            if isinstance(module, LORA_BASE_TYPES)
+            and module is not output
+            and id(module) not in skip
         ]
         self.layers: dict[str, LoRALinear] = {}
         for name, module in targets:

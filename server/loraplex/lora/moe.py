@@ -155,14 +155,27 @@ def _is_fused_experts(module: nn.Module) -> bool:
 
 
 def _router_of(parent: nn.Module, experts: int) -> tuple[str, nn.Module] | None:
-    """The experts' sibling that routes: not a Linear (those are LoRA layers already), with
-    a 2-D ``weight`` [E, H]."""
+    """The experts' sibling that routes, with a 2-D ``weight`` [E, H] of its own and not a
+    plain ``nn.Linear`` (that one is a projection: a LoRA layer wraps it)."""
     for name, child in parent.named_children():
         weight = child._parameters.get("weight")
-        linear = isinstance(child, nn.Linear)
-        if not linear and weight is not None and weight.dim() == 2 and weight.shape[0] == experts:
+        if type(child) is nn.Linear or weight is None or weight.dim() != 2:
+            continue
+        if weight.shape[0] == experts:
             return name, child
     return None
+
+
+def routers(model: nn.Module) -> set[int]:
+    """``id`` of every router :func:`install_moe_lora` wraps: the LoRA layers leave them alone
+    (a router subclassing ``nn.Linear`` may return a tuple, as Phi-MoE's does)."""
+    found = set()
+    for name, module in model.named_modules():
+        if _is_fused_experts(module):
+            router = _router_of(model.get_submodule(name.rpartition(".")[0]), module.num_experts)
+            if router is not None:
+                found.add(id(router[1]))
+    return found
 
 
 def install_moe_lora(

@@ -110,6 +110,9 @@ def test_the_variant_comes_from_transformers_arguments() -> None:
     assert variant_of({"sliding_window": None, "softcap": None}) is PLAIN
     assert variant_of({"sliding_window": 4096, "softcap": 50}) == Variant(4096, 50.0)
     assert variant_of({"s_aux": sinks}).sinks is sinks
+    # A window only in the config (the model puts it into its mask, not its arguments).
+    assert variant_of({}, config_window=8) == Variant(window=8)
+    assert variant_of({"sliding_window": 4}, config_window=8) == Variant(window=4)
     for kwargs, feature in [
         ({"is_causal": False}, "bidirectional"),
         ({"encoder_hidden_states": torch.zeros(1)}, "cross-attention"),

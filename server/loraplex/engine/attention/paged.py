@@ -38,13 +38,16 @@ class ForwardContext(threading.local):
     Thread-local, so two engines in one process (tests) never see each other's step.
 
     ``kv_caches[layer_idx]`` is ``(key_cache, value_cache)``, each [num_blocks*block_size, H_kv, D].
-    ``attend`` is the model's attention backend.
+    ``attend`` is the model's attention backend. ``windows[layer_idx]``: the layer's sliding
+    window by its config (``model/check.py``), for models that put the window only into the
+    mask transformers builds (which this function never gets) and not into its arguments.
     """
 
     def __init__(self) -> None:
         self.kv_caches: list[tuple[torch.Tensor, torch.Tensor]] = []
         self.metadata: AttentionMetadata | None = None
         self.attend: Attend = sdpa_attend
+        self.windows: list[int | None] = []
 
 
 def paged_attention(
@@ -61,8 +64,9 @@ def paged_attention(
     meta = FORWARD.metadata
     if meta is None:
         raise RuntimeError("paged_attention called outside a loraplex forward")
-    variant = variant_of(kwargs)
-    key_cache, value_cache = FORWARD.kv_caches[module.layer_idx]
+    layer = module.layer_idx
+    variant = variant_of(kwargs, FORWARD.windows[layer] if layer < len(FORWARD.windows) else None)
+    key_cache, value_cache = FORWARD.kv_caches[layer]
     q, k, v = query[0], key[0].transpose(0, 1), value[0].transpose(0, 1)  # q [H,T,D]; k,v [T,Hkv,D]
     key_cache.index_copy_(0, meta.slot_mapping, k)
     value_cache.index_copy_(0, meta.slot_mapping, v)
@@ -70,9 +74,10 @@ def paged_attention(
     return out.unsqueeze(0), None
 
 
-def variant_of(kwargs: dict[str, object]) -> Variant:
-    """The layer's attention variant from transformers' arguments; anything else that would
-    change the result is refused (``NotImplementedError`` naming it)."""
+def variant_of(kwargs: dict[str, object], config_window: int | None = None) -> Variant:
+    """The layer's attention variant from transformers' arguments (a ``sliding_window`` they
+    lack comes from the config: ``config_window``); anything else that would change the result
+    is refused (``NotImplementedError`` naming it)."""
     if kwargs.get("is_causal") is False:
         raise NotImplementedError("bidirectional attention (is_causal=False) is not supported")
     if kwargs.get("encoder_hidden_states") is not None:
@@ -83,11 +88,9 @@ def variant_of(kwargs: dict[str, object]) -> Variant:
             raise NotImplementedError(
                 f"the attention argument {name!r} ({type(value).__name__}) is not supported"
             )
-    window, softcap, sinks = (
-        kwargs.get("sliding_window"),
-        kwargs.get("softcap"),
-        kwargs.get("s_aux"),
-    )
+    softcap, sinks = kwargs.get("softcap"), kwargs.get("s_aux")
+    window = kwargs.get("sliding_window")
+    window = config_window if window is None else window
     if window is None and softcap is None and sinks is None:
         return PLAIN
     if window is not None and (not isinstance(window, int) or window < 1):

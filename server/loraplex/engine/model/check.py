@@ -17,19 +17,21 @@ from typing import TYPE_CHECKING
 
 import torch
 from transformers import PretrainedConfig
-from transformers.cache_utils import get_layer_types_and_kwargs
 
 from loraplex.engine.attention.block_tables import build_sequence_tables
 from loraplex.engine.attention.metadata import Attend, AttentionMetadata, PrefillChunk
 from loraplex.engine.attention.paged import FORWARD
+from loraplex.engine.model.layers import (
+    ATTENTION_LAYERS,
+    NO_ATTENTION_LAYERS,
+    layer_types,
+    layer_windows,
+)
 
 if TYPE_CHECKING:
     from loraplex.engine.runner.model_runner import ModelRunner
 
-ATTENTION_LAYERS = frozenset({"full_attention", "sliding_attention"})
-NO_ATTENTION_LAYERS = frozenset({"moe", "mlp"})  # layers of an MLP or MoE block only
-
-__all__ = ["UnsupportedModelError", "check_model", "layer_types"]
+__all__ = ["UnsupportedModelError", "check_config", "check_model"]
 
 
 class UnsupportedModelError(ValueError):
@@ -38,20 +40,6 @@ class UnsupportedModelError(ValueError):
     def __init__(self, model: str, feature: str) -> None:
         super().__init__(f"model {model!r} cannot be served: {feature}")
         self.model, self.feature = model, feature
-
-
-def layer_types(config: PretrainedConfig) -> list[str]:
-    """Each decoder layer's type as transformers derives it for its caches (``layer_types`` of
-    the config, else from ``sliding_window`` / ``attention_chunk_size``); MLP/MoE-only layers
-    keep their own name here (transformers calls them ``dummy``)."""
-    text = config.get_text_config(decoder=True)
-    declared = getattr(text, "layer_types", None)
-    derived, _ = get_layer_types_and_kwargs(text)
-    if declared is not None and len(declared) == len(derived):
-        return [
-            d if d in NO_ATTENTION_LAYERS else t for d, t in zip(declared, derived, strict=True)
-        ]
-    return list(derived)
 
 
 def check_config(config: PretrainedConfig, model: str) -> list[int]:
@@ -105,6 +93,7 @@ def probe(
         return attend(q, k, v, key_cache, value_cache, metadata, scaling, variant)
 
     FORWARD.kv_caches, FORWARD.metadata, FORWARD.attend = kv_caches, meta, recording
+    FORWARD.windows = layer_windows(model.config)
     ids = torch.ones(1, tokens, dtype=torch.long, device=device)
     positions = torch.arange(tokens, device=device)[None, :]
     try:
