@@ -31,15 +31,51 @@ def bloom(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return folder
 
 
-def test_attention_computed_inside_the_model_is_refused(bloom: Path, tmp_path: Path) -> None:
-    config = Config(
-        model=ModelConfig(model=str(bloom), served_model_name="tiny-bloom"),
-        cache=CacheConfig(block_size=4, num_blocks=8),
-        lora=LoRAConfig(adapters_dir=str(tmp_path)),
+def serve(folder: Path, tmp_path: Path) -> None:
+    build_engine(
+        Config(
+            model=ModelConfig(model=str(folder), served_model_name="tiny"),
+            cache=CacheConfig(block_size=4, num_blocks=8),
+            lora=LoRAConfig(adapters_dir=str(tmp_path)),
+        )
     )
-    with pytest.raises(UnsupportedModelError, match=r"'tiny-bloom'.*layer 0.*ALiBi") as caught:
-        build_engine(config)
-    assert caught.value.model == "tiny-bloom"
+
+
+def save(folder: Path, model_type: str, **fields: object) -> Path:
+    torch.manual_seed(0)
+    config = AutoConfig.for_model(model_type, vocab_size=96, **fields)
+    AutoModelForCausalLM.from_config(config).save_pretrained(folder)
+    word_tokenizer().save_pretrained(folder)
+    return folder
+
+
+def test_attention_computed_inside_the_model_is_refused(bloom: Path, tmp_path: Path) -> None:
+    with pytest.raises(UnsupportedModelError, match=r"'tiny'.*layer 0.*ALiBi") as caught:
+        serve(bloom, tmp_path)
+    assert caught.value.model == "tiny"
+
+
+SMALL = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2}
+REFUSED_BY_PROBE = {
+    # Differential attention: two calls per layer over two halves of the values.
+    "diffllama": ({**SMALL, "num_attention_heads": 4, "num_key_value_heads": 2}, "2 times"),
+    # Multi-head latent attention: keys and values of different sizes.
+    "deepseek_v3": (
+        {**SMALL, "num_attention_heads": 4, "num_key_value_heads": 4, "kv_lora_rank": 16,
+         "q_lora_rank": 16, "qk_rope_head_dim": 8, "qk_nope_head_dim": 8, "v_head_dim": 8,
+         "n_routed_experts": 4, "num_experts_per_tok": 2, "moe_intermediate_size": 32,
+         "n_group": 1, "topk_group": 1},
+        r"keys \[4, 16\] and values \[4, 8\]",
+    ),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("model_type", list(REFUSED_BY_PROBE))
+def test_what_the_probe_finds_is_refused(model_type: str, tmp_path: Path) -> None:
+    fields, feature = REFUSED_BY_PROBE[model_type]
+    folder = save(tmp_path / model_type, model_type, **fields)
+    with pytest.raises(UnsupportedModelError, match=rf"'tiny' cannot be served: .*{feature}"):
+        serve(folder, tmp_path)
 
 
 @pytest.mark.parametrize(

@@ -68,6 +68,12 @@ def paged_attention(
     variant = variant_of(kwargs, FORWARD.windows[layer] if layer < len(FORWARD.windows) else None)
     key_cache, value_cache = FORWARD.kv_caches[layer]
     q, k, v = query[0], key[0].transpose(0, 1), value[0].transpose(0, 1)  # q [H,T,D]; k,v [T,Hkv,D]
+    if k.shape[1:] != key_cache.shape[1:] or v.shape[1:] != key_cache.shape[1:]:
+        raise NotImplementedError(
+            f"attention with keys {list(k.shape[1:])} and values {list(v.shape[1:])} per token "
+            f"(heads, dim) where the paged cache, sized from the config, holds "
+            f"{list(key_cache.shape[1:])} for both (e.g. multi-head latent attention)"
+        )
     key_cache.index_copy_(0, meta.slot_mapping, k)
     value_cache.index_copy_(0, meta.slot_mapping, v)
     out = FORWARD.attend(q, k, v, key_cache, value_cache, meta, scaling, variant)

@@ -70,9 +70,9 @@ def probe(
     attend: Attend,
     scratch_block: int,
     block_size: int,
-) -> set[int]:
+) -> dict[int, int]:
     """Run a forward of ``min(2, block_size)`` tokens whose keys land in the scratch block;
-    returns the indices of the layers that attended through the registered function."""
+    returns how many times each layer (by index) attended through the registered function."""
     tokens = min(2, block_size)
     rows = torch.arange(tokens) + scratch_block * block_size
     device = kv_caches[0][0].device
@@ -86,10 +86,11 @@ def probe(
         sequences=tables,
     )
     layer_of = {id(k): i for i, (k, _) in enumerate(kv_caches)}
-    seen: set[int] = set()
+    seen: dict[int, int] = {}
 
     def recording(q, k, v, key_cache, value_cache, metadata, scaling, variant):
-        seen.add(layer_of[id(key_cache)])
+        layer = layer_of[id(key_cache)]
+        seen[layer] = seen.get(layer, 0) + 1
         return attend(q, k, v, key_cache, value_cache, metadata, scaling, variant)
 
     FORWARD.kv_caches, FORWARD.metadata, FORWARD.attend = kv_caches, meta, recording
@@ -122,7 +123,15 @@ def check_model(runner: ModelRunner, model: str) -> None:
         raise UnsupportedModelError(
             model, f"its forward fails on loraplex's paged attention ({type(exc).__name__}: {exc})"
         ) from exc
-    missing = sorted(set(attending) - seen)
+    twice = sorted(layer for layer, calls in seen.items() if calls > 1)
+    if twice:
+        raise UnsupportedModelError(
+            model,
+            f"layer {twice[0]} ({type(runner.model).__name__}) attends {seen[twice[0]]} times "
+            "per forward (e.g. differential attention over two halves of the values): its "
+            "layer's KV cache can hold only one set of values",
+        )
+    missing = sorted(set(attending) - set(seen))
     if missing:
         raise UnsupportedModelError(
             model,
