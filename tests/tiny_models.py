@@ -49,16 +49,29 @@ MIXED = ["sliding_attention", "full_attention"]
 
 @dataclass(frozen=True)
 class Family:
-    """What a family's tiny config sets beyond ``SIZES``; ``window``: it attends through a
-    sliding window (or softcaps), so the Triton backend runs it too; ``moe``: it has experts."""
+    """What a family's tiny config sets beyond ``SIZES``.
+
+    ``window``: give it a window of ``WINDOW`` where its config has ``sliding_window``, and one
+    sliding and one full layer where it has sliding ``layer_types``; ``triton``: run it through
+    the Triton backend too (window, softcap and sinks families); ``moe``: it has experts.
+    """
 
     overrides: dict = field(default_factory=dict)
     window: bool = False
     moe: bool = False
+    triton: bool | None = None  # None: as ``window``
     lora_scale: float = 0.3  # factor on PEFT's random A and B (see ``_spread``)
     exclude: tuple[str, ...] = ()  # modules ``all-linear`` must leave out (PEFT cannot wrap)
 
+    @property
+    def runs_triton(self) -> bool:
+        return self.window if self.triton is None else self.triton
 
+
+WINDOWED = Family(window=True)
+# Gemma's random tiny models are saturated (p ~ 1 on one token): full-size LoRA factors.
+GEMMA = Family(window=True, lora_scale=1.0)
+# The issue's 26 families: sliding-window and softcap ones also run through Triton.
 FAMILIES: dict[str, Family] = {
     "llama": Family(),
     "qwen2": Family(),
@@ -78,18 +91,33 @@ FAMILIES: dict[str, Family] = {
     "smollm3": Family(),
     "glm": Family(),
     "qwen2_moe": Family(moe=True),
-    "mistral": Family({"sliding_window": WINDOW}, window=True),
-    "gemma2": Family({"sliding_window": WINDOW, "layer_types": MIXED}, window=True, lora_scale=1.0),
-    # Gemma's random tiny models are saturated (p ~ 1 on one token): full-size LoRA factors.
-    "gemma3_text": Family(
-        {"sliding_window": WINDOW, "layer_types": MIXED}, window=True, lora_scale=1.0
-    ),
-    "phi3": Family({"sliding_window": WINDOW}, window=True),
-    "starcoder2": Family({"sliding_window": WINDOW}, window=True),
-    "cohere2": Family({"sliding_window": WINDOW, "layer_types": MIXED}, window=True),
-    "mixtral": Family({"sliding_window": WINDOW}, window=True, moe=True),
+    "mistral": WINDOWED,
+    "gemma2": GEMMA,
+    "gemma3_text": GEMMA,
+    "phi3": WINDOWED,
+    "starcoder2": WINDOWED,
+    "cohere2": WINDOWED,
+    "mixtral": Family(window=True, moe=True),
     "qwen3_moe": Family(moe=True),
 }
+# Others transformers lists for causal LM that build small from their config class; their
+# windows run through the reference only, but for gpt-oss (sinks).
+OTHER = Family(window=True, triton=False)
+OTHER_MOE = Family(window=True, triton=False, moe=True)
+FAMILIES |= {t: OTHER for t in (
+    "apertus", "arcee", "bitnet", "biogpt", "ctrl", "cwm", "doge", "ernie4_5", "exaone4",
+    "glm4", "granite_swa", "helium", "hunyuan_v1_dense", "hyperclovax", "internlm3",
+    "iquestcoder", "jais2", "ministral", "ministral3", "nanochat", "nemotron", "olmo3",
+    "persimmon", "seed_oss", "vaultgemma",
+)}  # fmt: skip
+FAMILIES |= {t: OTHER_MOE for t in (
+    "aria_text", "cohere2_moe", "ernie4_5_moe", "exaone_moe", "flex_olmo", "glm4_moe",
+    "granitemoe", "granitemoe_swa", "granitemoeshared", "hunyuan_v1_moe", "kolibri1",
+    "lara_mini", "mellum", "olmoe", "param2moe", "sarvam_moe", "solar_open",
+)}  # fmt: skip
+FAMILIES["gpt_oss"] = Family(window=True, moe=True)  # sinks, biased experts: Triton too
+# Phi-MoE's router subclasses nn.Linear: all-linear would wrap it, which PEFT cannot run.
+FAMILIES["phimoe"] = Family(window=True, triton=False, moe=True, exclude=("router",))
 
 
 def tiny_config(model_type: str, family: Family | None = None) -> PretrainedConfig:
@@ -98,11 +126,16 @@ def tiny_config(model_type: str, family: Family | None = None) -> PretrainedConf
     family = family or FAMILIES[model_type]
     default = AutoConfig.for_model(model_type)
     sizes = {**SIZES, **(MOE if family.moe else {})}
+    if family.window and hasattr(default, "sliding_window"):
+        sizes["sliding_window"] = WINDOW
+        if "sliding_attention" in (getattr(default, "layer_types", None) or ()):
+            sizes["layer_types"] = MIXED
     kept = {
         key: value
         for key, value in sizes.items()
         if hasattr(default, key) and not isinstance(getattr(type(default), key, None), property)
     }
+    kept |= {key: sizes[key] for key in ("sliding_window", "layer_types") if key in sizes}
     return AutoConfig.for_model(model_type, **{**kept, **family.overrides})
 
 
