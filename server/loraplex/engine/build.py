@@ -14,6 +14,8 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
+from transformers import AutoConfig
+
 from loraplex.adapters.errors import AdapterError
 from loraplex.adapters.folder_check import check_folder
 from loraplex.adapters.registry import AdapterRegistry
@@ -23,7 +25,7 @@ from loraplex.config import Config, LoRAConfig
 from loraplex.engine.adapter_tiers.tiers import AdapterTiers
 from loraplex.engine.errors import CapacityError
 from loraplex.engine.llm_engine import LLMEngine
-from loraplex.engine.model.check import check_model
+from loraplex.engine.model.check import check_config, check_model
 from loraplex.engine.model.default import DEFAULT_MODEL_NAME, ensure_default_model
 from loraplex.engine.model.dummy import builtin_dummy_folder
 from loraplex.engine.model.layers import uniform_window
@@ -96,6 +98,8 @@ def build_engine(config: Config, on_adapter_loaded: Callable[[], None] = lambda:
     model_name = config.model.served_model_name or (
         DEFAULT_MODEL_NAME if config.model.model is None and not dummy else Path(path).name
     )
+    # What the config alone rules out stops the start before any weight is read.
+    check_config(AutoConfig.from_pretrained(path), model_name)
     runner = ModelRunner(
         path,
         config.model,

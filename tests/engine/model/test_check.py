@@ -86,6 +86,9 @@ def test_what_the_probe_finds_is_refused(model_type: str, tmp_path: Path) -> Non
         ("jamba", {"num_hidden_layers": 2}, "'linear_attention' layer"),
         ("falcon_h1", {"num_hidden_layers": 2}, "layer 0 is a 'hybrid' layer"),
         ("t5", {}, "encoder-decoder"),
+        ("lfm2", {"num_hidden_layers": 3, "full_attn_idxs": [1]}, "layer 0 is a 'conv' layer"),
+        ("rwkv", {}, "no attention heads"),
+        ("gemma4_text", {}, "attention shapes of their own"),
     ],
 )
 def test_layers_the_paged_cache_cannot_hold_are_refused(

@@ -47,6 +47,18 @@ def check_config(config: PretrainedConfig, model: str) -> list[int]:
     if getattr(config, "is_encoder_decoder", False):
         raise UnsupportedModelError(model, "encoder-decoder models are not supported")
     text = config.get_text_config(decoder=True)
+    try:  # the paged cache has one shape for every layer
+        heads = getattr(text, "num_attention_heads", None)
+        getattr(text, "num_key_value_heads", None), getattr(text, "head_dim", None)
+    except Exception as exc:  # transformers refuses a global value for per-layer shapes
+        raise UnsupportedModelError(
+            model, f"layers with attention shapes of their own ({type(exc).__name__})"
+        ) from exc
+    if heads is None:
+        raise UnsupportedModelError(
+            model, "its config declares no attention heads (num_attention_heads): a recurrent "
+            "model, not an attention decoder"
+        )  # fmt: skip
     modes = getattr(text, "kv_sharing_modes", None) or []
     if "reuse" in modes:
         raise UnsupportedModelError(
