@@ -75,7 +75,7 @@ def instrument(engine: Any, timer: PhaseTimer) -> None:
     timer.wrap(engine.runner, "run_model", "forward")
     timer.wrap(engine.runner.decode, "run", "decode run")
     timer.wrap(engine.runner.lora.context, "add_lora", "add_lora")
-    timer.wrap(engine, "_sample", "sample")
+    timer.wrap(engine.sampler, "sample", "sample")
     timer.wrap(engine, "_process", "process")
 
 

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from loraplex.adapters.tenancy import TENANT_PATTERN
 
-ROLES = ("admin", "user", "inference")
+ROLES = ("admin", "user", "inference", "metrics")
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 _TENANT = re.compile(TENANT_PATTERN)
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import pytest
 
 from loraplex.adapters.errors import AdapterExistsError
-from loraplex.adapters.tenancy import AdapterId, display_name, resolve, upload_id, visible
+from loraplex.adapters.tenancy import AdapterId, display_name, resolve, shown, upload_id
 
 NAMES = {"support", "acme/support", "acme/private", "globex/notes"}
 
@@ -50,13 +50,13 @@ def test_resolve_finds_the_card_once(tenant, any_tenant, name, found) -> None:
     assert len(lookups) <= 2  # its own, then the public one
 
 
-def test_visible_leaves_out_the_shadowed_public_namesake() -> None:
-    cards = list(CARDS.values())
-    assert sorted(n for n, _ in visible(cards, "acme")) == ["private", "support"]
-    assert [c.name for n, c in visible(cards, "acme") if n == "support"] == ["acme/support"]
-    assert sorted(n for n, _ in visible(cards, "globex")) == ["notes", "support"]
-    shown = sorted(n for n, _ in visible(cards, "ops", any_tenant=True))
-    assert shown == ["acme/private", "acme/support", "globex/notes", "support"]
+def test_shown_leaves_out_the_shadowed_public_namesake() -> None:
+    idents = [AdapterId.parse(name) for name in NAMES]
+    assert sorted(n for _, n in shown(idents, "acme")) == ["private", "support"]
+    assert [i.qualified for i, n in shown(idents, "acme") if n == "support"] == ["acme/support"]
+    assert sorted(n for _, n in shown(idents, "globex")) == ["notes", "support"]
+    everything = sorted(n for _, n in shown(idents, "ops", any_tenant=True))
+    assert everything == ["acme/private", "acme/support", "globex/notes", "support"]
     assert display_name(AdapterId.parse("acme/x"), "acme") == "x"
 
 

@@ -4,6 +4,7 @@ requests get a 503 in the OpenAI shape, requests in flight finish (or, past
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -138,4 +139,52 @@ def test_past_the_shutdown_timeout_streams_end_with_an_error_event(
     error = events[-2]
     assert isinstance(error, dict) and error["error"]["code"] == "service_unavailable"
     assert "--shutdown-timeout" in error["error"]["message"]
+    assert proc.wait(timeout=30) == 0
+
+
+@pytest.mark.parametrize("server_proc", [0.5], indirect=True)
+def test_an_upload_cut_short_by_sigterm_gets_a_503(
+    server_proc: tuple[subprocess.Popen, str], tiny_adapters_dir: Path
+) -> None:
+    """A client still sending an upload when the server stops: after the close grace, a 503 in
+    the OpenAI shape (the server is going away), never a bare 500."""
+    proc, url = server_proc
+    boundary = "b0undary"
+    config = (tiny_adapters_dir / "tiny-a" / "adapter_config.json").read_bytes()
+    part = (
+        (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="config"; '
+            f'filename="adapter_config.json"\r\n\r\n'
+        ).encode()
+        + config
+        + b"\r\n"
+    )
+    head = (
+        f"POST /v1/adapters HTTP/1.1\r\nHost: x\r\nContent-Length: {len(part) + 100_000}\r\n"
+        f"Content-Type: multipart/form-data; boundary={boundary}\r\n\r\n"
+    ).encode()
+    host, port = url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=30) as sock:
+        sock.sendall(head + part)  # then a trickle, well above nothing, until the answer
+        time.sleep(0.3)
+        proc.send_signal(signal.SIGTERM)
+        answer = b""
+        sock.settimeout(0.2)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            with contextlib.suppress(OSError):
+                sock.sendall(b"x")
+            try:
+                chunk = sock.recv(65536)
+            except TimeoutError:
+                continue
+            except OSError:
+                break
+            if not chunk:
+                break
+            answer += chunk
+    status, _, rest = answer.partition(b"\r\n")
+    assert status == b"HTTP/1.1 503 Service Unavailable", answer[:300]
+    error = json.loads(rest.partition(b"\r\n\r\n")[2])["error"]
+    assert error["code"] == "service_unavailable" and error["type"] == "server_error"
     assert proc.wait(timeout=30) == 0

@@ -24,7 +24,19 @@ from loraplex.adapters.param_targets import Shape, expected_shapes, is_parameter
 from loraplex.adapters.peft_config import PeftConfig
 from loraplex.adapters.rules import MAX_LORA_VALUE, Limits, strict_json
 
-__all__ = ["DTYPE_BYTES", "WeightsFile", "check_safetensors", "split_key"]
+__all__ = [
+    "DTYPE_BYTES",
+    "VALUE_CHECKS",
+    "WeightsFile",
+    "check_header",
+    "check_safetensors",
+    "split_key",
+]
+
+# The checks of tensor values (below the header): today, every value finite. The store records
+# this with an adapter's hash when it passed them; bump it when those checks change, so start-up
+# stops trusting records written under the old ones (folder_check.check_folder).
+VALUE_CHECKS = 1
 
 DTYPE_BYTES = {"F16": 2, "BF16": 2, "F32": 4, "F64": 8}
 # PEFT's keys: ``base_model.model.<module>.lora_A.weight`` ([r, in]) and ``...lora_B.weight``
@@ -182,18 +194,18 @@ def _target(
     return module
 
 
-def check_safetensors(
+def check_header(
     path: Path, config: PeftConfig, module_shapes: Mapping[str, Shape], limits: Limits
-) -> WeightsFile:
-    """Check ``adapter_model.safetensors`` against the config and the base model.
-
-    ``module_shapes`` maps each base projection to ``(in_features, out_features)`` and each
-    parameter LoRA may adapt to ``(E, in, out)`` (``param_targets.py``). The header is
-    checked before any tensor is read: limits, dtypes, offsets (contiguous, inside the file),
-    keys ``<module>.lora_A/B.weight`` for targeted projections, ``A: [r_m, in]``,
-    ``B: [out, r_m]`` with ``r_m`` from ``rank_pattern`` or ``r``. Then values must be finite.
-    Returns the weights read (tensors and sha256), for the caller to load without reading again.
-    """
+) -> tuple[bytes, int, dict[str, tuple[str, int]]]:
+    """Every check of ``adapter_model.safetensors`` that its header answers, reading only the
+    header: limits, dtypes, offsets (contiguous, inside the file), keys
+    ``<module>.lora_A/B.weight`` for targeted projections and parameters, ``A: [r_m, in]``,
+    ``B: [out, r_m]`` (``[r_m·E, in]`` / ``[out, r_m·E]`` for a parameter of E experts) with
+    ``r_m`` from ``rank_pattern`` or ``r`` and the rest from ``module_shapes`` (a projection ->
+    ``(in_features, out_features)``, a parameter -> ``(E, in, out)``: ``param_targets.py``).
+    Returns the file's first bytes (its length prefix and header), its total size, and which of
+    its module names adapt parameters (``WeightsFile.parameters``), for
+    :func:`check_safetensors`."""
     header, data_len, head = _read_header(path, limits)
     if len(header) > limits.max_tensors:
         raise AdapterValidationError(
@@ -220,14 +232,25 @@ def check_safetensors(
     if not found:
         raise AdapterValidationError(f"{path.name} holds no LoRA weights")
     _check_shapes(found, config, module_shapes)
-    weights = _read_weights(path, head, len(head) + data_len)
+    used = {split_key(key)[0] for key in header} & set(params)
+    parameters = {m: (params[m], module_shapes[params[m]][0]) for m in sorted(used)}
+    return head, len(head) + data_len, parameters
+
+
+def check_safetensors(
+    path: Path, config: PeftConfig, module_shapes: Mapping[str, Shape], limits: Limits
+) -> WeightsFile:
+    """Check ``adapter_model.safetensors`` against the config and the base model: its header
+    first (:func:`check_header`), before any tensor is read; then the whole file is read once
+    and its values must be finite (:data:`VALUE_CHECKS`). Returns the weights read (tensors and
+    sha256), for the caller to load without reading again."""
+    head, size, parameters = check_header(path, config, module_shapes, limits)
+    weights = _read_weights(path, head, size)
     for key, tensor in weights.tensors.items():
         module, ab = split_key(key)
-        check_values(key, tensor, config.scale_of(params.get(module, module)) if ab == "B" else 1.0)
-    used = {module for module in (split_key(key)[0] for key in header) if module in params}
-    return replace(
-        weights, parameters={m: (params[m], module_shapes[params[m]][0]) for m in sorted(used)}
-    )
+        target = parameters[module][0] if module in parameters else module
+        check_values(key, tensor, config.scale_of(target) if ab == "B" else 1.0)
+    return replace(weights, parameters=parameters)
 
 
 def check_values(what: str, tensor: torch.Tensor, scale: float) -> None:

@@ -19,7 +19,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Protocol, TypeVar
+from typing import TypeVar
 
 from loraplex.adapters.errors import AdapterError, AdapterExistsError, AdapterValidationError
 from loraplex.adapters.rules import validate_name
@@ -32,15 +32,16 @@ STORED_SEP = "@"
 
 __all__ = [
     "DEFAULT_TENANT",
+    "STORED_SEP",
     "TENANT_PATTERN",
     "AdapterId",
     "display_name",
     "is_stored_name",
     "resolve",
     "sees",
+    "shown",
     "upload_id",
     "validate_tenant",
-    "visible",
 ]
 
 
@@ -122,14 +123,6 @@ def is_stored_name(entry: str) -> bool:
 T = TypeVar("T")
 
 
-class HasId(Protocol):
-    @property
-    def id(self) -> AdapterId: ...
-
-
-C = TypeVar("C", bound=HasId)
-
-
 def sees(owner: str | None, tenant: str, any_tenant: bool = False) -> bool:
     """Whether ``tenant`` sees an adapter of ``owner`` (None: public)."""
     return owner is None or owner == tenant or any_tenant
@@ -140,15 +133,17 @@ def display_name(ident: AdapterId, tenant: str) -> str:
     return ident.name if ident.owner in (None, tenant) else ident.qualified
 
 
-def visible(items: Iterable[C], tenant: str, any_tenant: bool = False) -> list[tuple[str, C]]:
-    """(display name, item) of every item (a card) ``tenant`` sees, as :func:`resolve` finds
-    them: a public adapter that the tenant's own namesake shadows is left out."""
-    seen = [item for item in items if sees(item.id.owner, tenant, any_tenant)]
-    own = {item.id.name for item in seen if item.id.owner == tenant}
+def shown(
+    idents: Iterable[AdapterId], tenant: str, any_tenant: bool = False
+) -> list[tuple[AdapterId, str]]:
+    """(id, display name) of every id ``tenant`` sees, as :func:`resolve` finds them: a public
+    adapter that the tenant's own namesake shadows is left out."""
+    seen = [ident for ident in idents if sees(ident.owner, tenant, any_tenant)]
+    own = {ident.name for ident in seen if ident.owner == tenant}
     return [
-        (display_name(item.id, tenant), item)
-        for item in seen
-        if not (item.id.owner is None and item.id.name in own)
+        (ident, display_name(ident, tenant))
+        for ident in seen
+        if not (ident.owner is None and ident.name in own)
     ]
 
 

@@ -99,6 +99,8 @@ def build_adapter(
     """Pair the checked tensors into per-module ``(A, B, scale)``; registration passes the
     weights its checks already read, so the file is not read again."""
     pairs: dict[str, dict[str, torch.Tensor]] = {}
+    if checked.weights is None:
+        raise ValueError(f"adapter {name!r}: its weights were checked by header only, not read")
     experts: dict[str, int] = {}
     for key, tensor in checked.weights.tensors.items():
         module, ab = split_key(key)
@@ -112,7 +114,7 @@ def build_adapter(
         if module in experts:
             a, b = to_expert_weights(a, b, experts[module])
         modules[module] = LoRAWeights(a, b, checked.config.scale_of(module))
-    return LoRAAdapter(name=name, version=checked.weights.version, modules=modules)
+    return LoRAAdapter(name=name, version=checked.version, modules=modules)
 
 
 def load_adapter(

@@ -14,11 +14,14 @@ from loraplex.api import openapi_limits
 from loraplex.api.auth import KeyTable
 from loraplex.api.body_limit import BodySizeLimit
 from loraplex.api.errors import register_error_handlers
+from loraplex.api.key_gate import KeyGate
+from loraplex.api.lifecycle import ShutdownAnswer
 from loraplex.api.routes import adapters, chat, completions, generate, health, models, ui
 from loraplex.api.text_pool import TextPool
 from loraplex.api.timeouts import BodyDeadline
 from loraplex.config import Config
 from loraplex.engine import AsyncEngine
+from loraplex.metrics.labels import PrivateLabels, label_secret
 
 
 def _version() -> str:
@@ -67,13 +70,19 @@ def create_app(config: Config, engine: AsyncEngine | None = None) -> FastAPI:
     )
     app.state.config = config
     app.state.keys = KeyTable.from_config(config.server)  # api/auth.py: keys -> principals
+    # What a scrape without a key sees of tenants and their adapters (metrics/labels.py).
+    digests = [entry.sha256 for entry in config.server.key_entries]
+    app.state.private_labels = PrivateLabels(label_secret(digests))
     metrics.ADAPTER_LABELS.set_limit(config.server.metrics_adapter_labels)
     app.add_middleware(BodyDeadline, server=config.server)  # slow bodies: a 408
     app.add_middleware(BodySizeLimit, max_bytes=config.server.max_request_mb << 20)  # a 413
+    routers = [module.router for module in (models, completions, chat, generate, adapters, health)]
+    app.add_middleware(KeyGate, routers=routers, keys=app.state.keys)  # a 401 before the body
+    app.add_middleware(ShutdownAnswer)  # cut short by the server's shutdown: a 503, not a 500
     register_error_handlers(app)
-    for module in (models, completions, chat, generate, adapters, health):
-        app.include_router(module.router)
-    if config.server.ui:  # the playground page at / (--no-ui: the API alone)
+    for router in routers:
+        app.include_router(router)
+    if config.server.ui:  # the playground page at / (--no-ui: the API alone; no key needed)
         app.include_router(ui.build_router())
     openapi_limits.install(app)  # the model's vocabulary and context, once it is loaded
     return app

@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 from fastapi import Request
 
 from loraplex.adapters.card import AdapterCard
+from loraplex.adapters.errors import AdapterRefusedError
 from loraplex.api.auth import Principal
 from loraplex.api.errors import APIError
 from loraplex.api.schemas import PromptTokensDetails, SamplingRequest, UsageInfo
@@ -46,19 +47,25 @@ def resolve_adapter(
     included, is the same 404. Returns the adapter's card: the engine looks nothing up again."""
     if model == engine.model_name:
         return None
-    card = principal.lookup(model, engine.adapters.find)
+    card = visible_adapter(engine, principal, model, param)
     if card is None:
-        refusal(engine, model, param)  # refused at start: say why, not "does not exist"
         message = f"The model `{model}` does not exist."
         raise APIError(404, message, param=param, code="model_not_found")
     return card
 
 
-def refusal(engine: AsyncEngine, name: str, param: str) -> None:
-    """An adapter refused at start is a 400 that says why, and which option to change."""
-    refused = engine.adapters.refusal(name)
-    if refused is not None:
+def visible_adapter(
+    engine: AsyncEngine, principal: Principal, name: str, param: str = "model"
+) -> AdapterCard | None:
+    """The card of the adapter ``name`` means to this caller, or None (unknown, or another
+    tenant's), found with one lookup per name the rules try. One refused at start resolves by
+    the same rules (its owner's, or public) and is a 400 that says why and which option to
+    change, not "does not exist"; another tenant's refusal is as unknown as its adapters are."""
+    found = principal.lookup(name, engine.adapters.find)
+    if isinstance(found, AdapterRefusedError):  # named as the caller spelled it
+        refused = AdapterRefusedError(name, found.reason)
         raise APIError(400, str(refused), param=param, code="adapter_refused")
+    return found
 
 
 def resolve_mix(
@@ -70,9 +77,8 @@ def resolve_mix(
     """A weighted combination ``[(name, weight), ...]``; every name must resolve (else 404)."""
     resolved: list[tuple[str | AdapterCard, float]] = []
     for name, weight in mix:
-        card = principal.lookup(name, engine.adapters.find)
+        card = visible_adapter(engine, principal, name, param)
         if card is None:
-            refusal(engine, name, param)
             message = f"The adapter `{name}` does not exist."
             raise APIError(404, message, param=param, code="model_not_found")
         resolved.append((card, weight))
@@ -92,14 +98,18 @@ def request_adapter(
 
 
 async def tokenize(
-    request: Request, engine: AsyncEngine, prompt: str | list[int], special: bool = True
+    request: Request,
+    engine: AsyncEngine,
+    prompt: str | list[int],
+    special: bool = True,
+    param: str = "prompt",
 ) -> list[int]:
     """Token ids of one prompt, computed in the app's text pool (never on the event loop);
     ``special``: add the special tokens the tokenizer adds by default (off for text a chat
-    template rendered, which has them already). Token-id prompts pass through; the engine
-    checks them against the model's vocabulary."""
+    template rendered, which has them already); ``param``: the request field it came from, for
+    errors. Token-id prompts pass through; the engine checks them against the vocabulary."""
     if isinstance(prompt, str):
-        engine.intake.check_text(prompt, "prompt")
+        engine.intake.check_text(prompt, param)
         encoded = await text_pool(request).run(engine.tokenizer, prompt, add_special_tokens=special)
         return list(encoded.input_ids)
     return prompt
@@ -123,14 +133,16 @@ async def start(
     caller's tenant (its queue share; prefix blocks shared within it only, plus ``cache_salt``).
 
     ``adapter``: resolved already (:func:`request_adapter`). ``prompts``: texts or token ids,
-    or a coroutine function rendering one text (a chat template: it writes its own special
-    tokens). ``params``: or a function of the first prompt's token ids.
+    or a coroutine function rendering one text from ``messages`` (a chat template: it writes
+    its own special tokens). ``params``: or a function of the first prompt's token ids.
     """
     rendered = callable(prompts)
     engine.intake.check_fanout(1 if rendered else len(prompts), n)
     engine.check_queue(principal.tenant)
     texts = [await prompts()] if rendered else prompts
-    ids = [await tokenize(request, engine, text, special=not rendered) for text in texts]
+    # A rendered template wrote its special tokens (BOS, turn markers): don't add them again.
+    param = "messages" if rendered else "prompt"
+    ids = [await tokenize(request, engine, text, not rendered, param) for text in texts]
     if callable(params):
         params = params(ids[0])
     run_id = f"{id_prefix}-{uuid.uuid4().hex}"

@@ -6,6 +6,10 @@ signal: ``/ready`` turns 503 and new generation requests get a 503 in the OpenAI
 (``AsyncEngine.drain``), running requests get ``--shutdown-timeout`` seconds to finish (past it
 they end with a 503 / an error event), and only then does uvicorn shut down, without
 re-raising, so the process exits 0. A second signal stops at once, as uvicorn's would.
+
+uvicorn then gives connections ``CLOSE_CONNECTIONS_S`` to finish and cancels the requests still
+running (an upload still arriving, say), answering those that had not responded with a bare
+text 500; :class:`ShutdownAnswer` answers them with a 503 in the OpenAI shape instead.
 """
 
 from __future__ import annotations
@@ -17,6 +21,9 @@ from types import FrameType
 from typing import Any
 
 import uvicorn
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from loraplex.api.errors import SERVER_ERROR, APIError
 
 log = logging.getLogger(__name__)
 CLOSE_CONNECTIONS_S = 5.0  # after the drain, responses still being written get this long
@@ -70,3 +77,33 @@ def serve_until_signalled(app: Any, shutdown_timeout: float, **uvicorn_config: A
     server.run()
     if not server.started:
         raise SystemExit(STARTUP_FAILURE)
+
+
+class ShutdownAnswer:
+    """ASGI middleware: a request cancelled before it responded (uvicorn cancels what still
+    runs when its shutdown grace ends) gets a 503 ``service_unavailable``, then the
+    cancellation goes on."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def tracked_send(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracked_send)
+        except asyncio.CancelledError:
+            if not started:
+                message = "The server is shutting down; retry the request on another replica."
+                code, headers = "service_unavailable", {"Connection": "close"}
+                error = APIError(503, message, SERVER_ERROR, code=code, headers=headers)
+                await error.response()(scope, receive, send)
+            raise

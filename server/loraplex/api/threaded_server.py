@@ -25,7 +25,7 @@ class ThreadedServer:
         config (``create_app`` keeps it in ``app.state.config``), else the defaults."""
         import uvicorn
 
-        from loraplex.api.timeouts import uvicorn_options
+        from loraplex.api.http_protocol import uvicorn_options
 
         if server is None:
             config = getattr(getattr(app, "state", None), "config", None)

@@ -20,6 +20,7 @@ from typing import Any
 _HOMES = {
     "loraplex.engine.async_engine": ["AsyncEngine"],
     "loraplex.engine.adapter_tiers.tiers": ["AdapterSpec"],
+    "loraplex.engine.constraints.spec": ["ConstraintError", "ConstraintSpec"],
     "loraplex.engine.errors": [
         "CapacityError",
         "EngineUnavailableError",
@@ -40,11 +41,17 @@ _HOMES = {
     ],
     "loraplex.engine.request.stream": ["RequestStream"],
 }
+# Modules of plain functions callers build requests with, under the name they are known by.
+_MODULES = {"constraint_specs": "loraplex.engine.constraints.spec"}
 _HOME_OF = {name: module for module, names in _HOMES.items() for name in names}
-__all__ = sorted(_HOME_OF)
+__all__ = sorted([*_HOME_OF, *_MODULES])
 
 
 def __getattr__(name: str) -> Any:
+    if name in _MODULES:
+        value = importlib.import_module(_MODULES[name])
+        globals()[name] = value
+        return value
     module = _HOME_OF.get(name)
     if module is None:
         raise AttributeError(f"module 'loraplex.engine' has no attribute {name!r}")

@@ -9,6 +9,7 @@ start (the store's, ``--lora-modules``, pinned ones and ``--merged-adapters``).
 from __future__ import annotations
 
 import functools
+import gc
 import logging
 import threading
 from collections.abc import Callable
@@ -18,6 +19,7 @@ from transformers import AutoConfig
 
 from loraplex.adapters.errors import AdapterError
 from loraplex.adapters.folder_check import check_folder
+from loraplex.adapters.quota import TenantQuota
 from loraplex.adapters.registry import AdapterRegistry
 from loraplex.adapters.rules import Limits
 from loraplex.adapters.store import open_store
@@ -66,6 +68,7 @@ def build_adapters(
         config.max_cpu_loras,
         on_loaded,
         pin_memory=runner.device.type == "cuda",
+        quota=TenantQuota(config.max_adapters_per_tenant, config.max_adapter_bytes_per_tenant),
     )
     return AdapterTiers(config, runner, registry, SlotCache(config.max_loras), limits)
 
@@ -133,7 +136,7 @@ def build_engine(config: Config, on_adapter_loaded: Callable[[], None] = lambda:
         block_manager,
         config.lora.max_loras,
         max_model_len,
-        is_ready=tiers.is_ready,
+        is_ready=tiers.device.is_ready,
         pinned=lambda: tiers.slots.pinned,
         is_resident=lambda key: tiers.slots.lookup(key) is not None,
     )
@@ -145,3 +148,12 @@ def build_engine(config: Config, on_adapter_loaded: Callable[[], None] = lambda:
     engine = LLMEngine(config, model_name, runner, scheduler, tiers, max_model_len, loaded)
     register_startup_adapters(config.lora, tiers)
     return engine
+
+
+def freeze_startup_objects() -> None:
+    """Move everything start-up allocated (the model's modules, the tokenizer, the adapters:
+    ~400k tracked objects for the default model) out of the garbage collector's reach, as vLLM
+    does. A full collection walks every tracked object with the GIL held: measured here at
+    0.3-1.3 s, a stall of every stream and of the engine thread whenever one comes round."""
+    gc.collect()
+    gc.freeze()

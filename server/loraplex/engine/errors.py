@@ -52,3 +52,11 @@ class NonFiniteOutputError(Exception):
             f"the model's output became non-finite (inf/NaN) under {source}; the request was "
             "stopped and its cached keys and values discarded"
         )
+
+
+class ConstraintViolationError(Exception):
+    """The grammar refused a sampled token although its mask was applied: a server fault (a
+    500); the request ends, the others go on."""
+
+    def __init__(self, token: int) -> None:
+        super().__init__(f"the sampled token {token} is outside the request's grammar")

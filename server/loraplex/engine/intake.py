@@ -48,9 +48,9 @@ class Intake:
             raise ParameterError(param, f"{param} holds a lone surrogate at {exc.start}") from None
 
     def check_length(self, text: str, param: str = "prompt") -> None:
-        """Refuse, from its length alone, text that must be longer than the context: it has at
-        least ``len(text) / max_chars_per_token`` tokens, so nothing is tokenized to find out."""
-        if len(text) > self.max_model_len * self.max_chars_per_token:
+        """Refuse, from its length alone, text that must be longer than the context
+        (:attr:`max_prompt_chars`), so nothing is tokenized to find out."""
+        if len(text) > self.max_prompt_chars:
             raise ParameterError(
                 param,
                 f"{param} has {len(text)} characters, so more tokens than the model's context "
@@ -61,6 +61,12 @@ class Intake:
         """A text prompt, before it is tokenized: encodable, and not longer than any context."""
         self.check_encodable(text, param)
         self.check_length(text, param)
+
+    @property
+    def max_prompt_chars(self) -> int:
+        """The most characters a prompt that fits the context can have: text of ``L``
+        characters has at least ``L / max_chars_per_token`` tokens."""
+        return self.max_model_len * self.max_chars_per_token
 
     @functools.cached_property
     def max_chars_per_token(self) -> int:

@@ -1,11 +1,8 @@
-"""The synchronous engine. One step, in one direction:
-
-    schedule -> activate (adapter slots) -> execute (the runner's forward) -> sample
-      -> process (tokens, stops, outputs) -> finish (what stopped leaves)
-
-Each stage hands its result to the next and none calls back up. Single-threaded:
-``AsyncEngine`` runs it on its own thread; benchmarks and tests drive it directly.
-``build_engine`` (``engine/build.py``) constructs it.
+"""The synchronous engine. One step, in one direction: schedule -> activate (adapter slots) ->
+execute (the runner's forward) -> sample -> process (tokens, stops, outputs) -> finish (what
+stopped leaves); each stage hands its result to the next and none calls back up.
+Single-threaded: ``AsyncEngine`` runs it on its own thread; benchmarks and tests drive it
+directly. ``build_engine`` (``engine/build.py``) constructs it.
 """
 
 from __future__ import annotations
@@ -13,27 +10,24 @@ from __future__ import annotations
 import logging
 import threading
 
-import torch
-
 from loraplex import metrics
 from loraplex.adapters.tenancy import DEFAULT_TENANT
 from loraplex.config import Config
 from loraplex.engine.adapter_tiers.tiers import AdapterSpec, AdapterTiers
+from loraplex.engine.constraints import Grammar
 from loraplex.engine.errors import NonFiniteOutputError
 from loraplex.engine.intake import Intake
 from loraplex.engine.output.processor import OutputProcessor
 from loraplex.engine.output.state import ParentRequest, RequestState, make_request
-from loraplex.engine.request.outputs import RequestOutput, TokenLogprob
+from loraplex.engine.request.outputs import RequestOutput
 from loraplex.engine.request.params import SamplingParams
 from loraplex.engine.runner.model_runner import Executed, ModelRunner
-from loraplex.engine.sample.logprobs import read_sampled
-from loraplex.engine.sample.sampler import NON_FINITE, Sampler, guard_non_finite
+from loraplex.engine.sample.sampler import NON_FINITE
+from loraplex.engine.sample.step import Sampled, StepSampler
 from loraplex.engine.sched.scheduler import ScheduledSeq, Scheduler, SchedulerOutput
 from loraplex.engine.stats import engine_stats
 
 log = logging.getLogger(__name__)
-# One step's sampled tokens and their logprob entries (None where not asked for).
-Sampled = tuple[list[int], list[TokenLogprob | None]]
 
 
 class LLMEngine:
@@ -62,7 +56,7 @@ class LLMEngine:
         self.eos_token_ids = runner.eos_token_ids()
         limit = config.scheduler.max_seqs_per_request
         self.intake = Intake(self.tokenizer, self.vocab_size, max_model_len, limit)
-        self.sampler = Sampler()
+        self.sampler = StepSampler(self.vocab_size, runner.device)  # and the grammar masks
         self.outputs = OutputProcessor(self.eos_token_ids, max_model_len)
         self.idle = True  # the last step scheduled nothing
         self._adapter_loaded = adapter_loaded or threading.Event()
@@ -82,35 +76,52 @@ class LLMEngine:
         n: int = 1,
         cache_salt: str | None = None,
         tenant: str = DEFAULT_TENANT,
+        grammar: Grammar | None = None,
     ) -> ParentRequest:
         """Check and build a request (any thread): every prompt is checked (``intake.py``) and
-        the adapter resolved (a mix is combined) once, here; nothing is queued or held until
-        ``submit``. ``cache_salt``: only requests with the same salt share prefix-cache blocks;
-        ``tenant``: who asked (the waiting queue is round-robin across tenants)."""
+        the adapter resolved (a mix is combined) once, here. The version resolved is held from
+        here on (a replace cannot take it away), so the request must then be ``submit``-ted or
+        ``drop``-ped; nothing else is held or queued until ``submit``. ``cache_salt``: only
+        requests with the same salt share prefix-cache blocks; ``tenant``: who asked (the
+        waiting queue is round-robin across tenants); ``grammar``: ``params.constraint`` compiled
+        (``GrammarService``), never here."""
         self.intake.check_request(prompts, params, n)
         key, merged = self.tiers.resolve(adapter)
-        return make_request(
-            request_id,
-            prompts,
-            params,
-            key,
-            merged,
-            tokenizer=self.tokenizer,
-            device=self.runner.device,
-            n=n,
-            cache_salt=cache_salt,
-            tenant=tenant,
-        )
+        try:
+            parent = make_request(
+                request_id,
+                prompts,
+                params,
+                key,
+                merged,
+                tokenizer=self.tokenizer,
+                device=self.runner.device,
+                n=n,
+                cache_salt=cache_salt,
+                tenant=tenant,
+                grammar=grammar,
+            )
+        except BaseException:
+            if key is not None:
+                self.registry.release(key)
+            raise
+        parent.holds_adapter = key is not None
+        return parent
 
     def submit(self, parent: ParentRequest) -> None:
-        """Queue a prepared request (engine thread); its children hold their adapter until
-        they finish (``AdapterTiers.hold``)."""
+        """Queue a prepared request (engine thread); its children hold their adapter version
+        until they finish (``AdapterTiers.hold``)."""
         self._parents[parent.request_id] = parent
         self.tiers.hold(parent)
         for state in parent.children:
             self._states[state.seq.seq_id] = state
             self.scheduler.add(state.seq)
         self._new_requests = True
+
+    def drop(self, parent: ParentRequest) -> None:
+        """Engine thread: a prepared request that will never be queued (its client left) lets
+        go of the adapter version ``prepare`` held (``AdapterTiers.drop``)."""
+        self.tiers.drop(parent)
 
     def add_request(
         self,
@@ -169,7 +180,7 @@ class LLMEngine:
         retried (the retry rewrites the same KV rows)."""
         executed = self.runner.execute(out.scheduled, slot_of)
         states = [self._states[seq.seq_id] for seq in executed.seqs]
-        return executed, states, self._sample(states, executed.logits[: len(states)])
+        return executed, states, self.sampler.sample(states, executed.logits[: len(states)])
 
     def _process(
         self,
@@ -198,19 +209,6 @@ class LLMEngine:
             self._finish(state, state.finish_reason or "stop")
         return failed + outputs
 
-    def _sample(self, states: list[RequestState], logits: torch.Tensor) -> Sampled:
-        """Tokens and logprob entries of the sampled rows, in one device->host copy
-        (``NON_FINITE`` for a row whose logits went inf/NaN)."""
-        finite = guard_non_finite(logits)
-        tokens = self.sampler.sample(
-            logits,
-            [s.params for s in states],
-            [s.seq.prompt_token_ids for s in states],
-            [s.seq.output_token_ids for s in states],
-            [s.generator for s in states],
-        )
-        return read_sampled(tokens, logits, [s.params.logprobs for s in states], finite)
-
     def _finish(self, state: RequestState, reason: str) -> None:
         """The one way a child ends: blocks freed, adapter released, state dropped."""
         state.finished = True
@@ -223,7 +221,11 @@ class LLMEngine:
     # ---- requests that cannot run --------------------------------------------------------
 
     def _end(self, state: RequestState, error: Exception | None) -> RequestOutput:
-        """End an unfinished child early ("abort", with ``error`` if it failed): its output."""
+        """End an unfinished child early ("abort", with ``error`` if it failed): its output.
+        A failure is logged with its reason (the client hears it too, but nobody else would)."""
+        if error is not None:
+            seq = state.seq
+            log.warning("request %s (adapter %s) failed: %s", seq.request_id, seq.adapter, error)
         self._finish(state, "abort")
         return self.outputs.output(state, "", (), "abort", error=error)
 
@@ -235,11 +237,9 @@ class LLMEngine:
     def _fail_non_finite(self, state: RequestState) -> RequestOutput:
         """End a child whose logits went inf/NaN: its blocks leave the prefix cache, and those
         it held alone are zeroed before the pool hands them out again."""
-        seq = state.seq
-        log.warning("request %s: non-finite logits (adapter %s)", seq.request_id, seq.adapter)
-        blocks = list(seq.block_table)
+        blocks = list(state.seq.block_table)
         self.block_manager.unpublish(blocks)
-        output = self._end(state, NonFiniteOutputError(seq.adapter))
+        output = self._end(state, NonFiniteOutputError(state.seq.adapter))
         self.runner.clear_blocks([b for b in blocks if self.block_manager.is_free(b)])
         return output
 
@@ -264,7 +264,7 @@ class LLMEngine:
     def _activate(self, out: SchedulerOutput, outputs: list[RequestOutput]) -> dict[str, int]:
         """Slots for the step's adapters; sequences whose adapter cannot be loaded leave the
         step (their requests fail, with the reason appended to ``outputs``)."""
-        slot_of, failed = self.tiers.activate(out.adapter_keys())
+        slot_of, failed = self.tiers.device.activate(out.adapter_keys())
         for key, error in failed.items():
             outputs += self._fail([s for s in out.scheduled if s.seq.adapter == key], error)
         out.scheduled = [s for s in out.scheduled if s.seq.adapter not in failed]
@@ -278,7 +278,7 @@ class LLMEngine:
         self._adapter_loaded.clear()
         self._new_requests = False
         # Iterates a snapshot; running sequences' adapters keep their slots.
-        failed = self.tiers.poll_waiting(self.scheduler.waiting, self.scheduler.running)
+        failed = self.tiers.device.poll_waiting(self.scheduler.waiting, self.scheduler.running)
         return [self._end(self._states[seq.seq_id], error) for seq, error in failed]
 
     def stats(self) -> dict[str, object]:

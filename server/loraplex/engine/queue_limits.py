@@ -36,9 +36,7 @@ class QueueLimits:
         max_queued: int | None,
         max_queued_per_tenant: int | None = None,
         clock: Callable[[], float] = time.monotonic,
-        on_reject: Callable[[str], None] | None = None,
     ) -> None:
-        """``on_reject(tenant)`` runs for every refusal (the server counts 429s per tenant)."""
         if max_queued is not None and max_queued <= 0:
             raise ValueError("max_queued must be positive or None")
         if max_queued_per_tenant is not None and max_queued_per_tenant <= 0:
@@ -46,11 +44,11 @@ class QueueLimits:
         self.max_queued = max_queued
         self.max_queued_per_tenant = max_queued_per_tenant
         self._clock = clock
-        self.on_reject = on_reject
         self._lock = threading.Lock()
         self._queued: Counter[str] = Counter()
         self._starts: deque[float] = deque(maxlen=_MAX_STARTS)
-        self.rejected: Counter[str] = Counter()  # 429s by tenant, for metrics
+        # Refusals by tenant (the server's 429 counter is api/errors.py's: it sees every 429).
+        self.rejected: Counter[str] = Counter()
 
     @property
     def queued(self) -> int:
@@ -111,8 +109,6 @@ class QueueLimits:
 
     def _reject(self, tenant: str) -> None:
         self.rejected[tenant] += 1
-        if self.on_reject is not None:
-            self.on_reject(tenant)
 
     def _refuse_if_full(self, tenant: str) -> None:
         total, mine = self._queued.total(), self._queued[tenant]

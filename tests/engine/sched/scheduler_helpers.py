@@ -6,6 +6,7 @@ and the block bookkeeping invariants.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable
 
 from loraplex.config import SchedulerConfig
@@ -21,10 +22,13 @@ def make_seq(
     adapter: str | None = None,
     max_tokens: int = 16,
     arrival_time: float | None = None,
+    tenant: str | None = None,
 ) -> Sequence:
     seq = Sequence(request_id, list(range(prompt_len)), SamplingParams(max_tokens), adapter)
     if arrival_time is not None:
         seq.arrival_time = arrival_time
+    if tenant is not None:
+        seq.tenant = tenant
     return seq
 
 
@@ -78,8 +82,20 @@ def check_invariants(sched: Scheduler, out: SchedulerOutput) -> None:
         assert len(seq.block_table) * bm.block_size >= seq.num_computed_tokens
 
 
+def check_shares(sched: Scheduler) -> None:
+    """The blocks per tenant that fair_share.BlockShares kept through the step (if it counted
+    them) are those in the running sequences' tables."""
+    usage = sched._shares._usage
+    if usage is not None:
+        held = Counter[str]()
+        for seq in sched.running:
+            held[seq.tenant] += len(seq.block_table)
+        assert +usage == +held
+
+
 def run_step(sched: Scheduler) -> SchedulerOutput:
     out = sched.schedule()
+    check_shares(sched)
     sched.after_step(out)
     for s in out.scheduled:
         if s.sample:

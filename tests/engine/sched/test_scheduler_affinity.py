@@ -142,9 +142,12 @@ def test_waiting_queue_affinity_order_keeps_each_tenants_turns() -> None:
     assert [s.request_id for s in sched.waiting] == ["x0", "y0", "x1", "y1", "x2"]
 
 
-def random_workload(affinity: bool, seed: int) -> tuple[Scheduler, list[list[str]], list[str]]:
+def random_workload(
+    affinity: bool, seed: int
+) -> tuple[Scheduler, list[tuple[list[str], list[str]]], list[str]]:
     """Three tenants, Zipf-ish adapters, arrivals over 40 steps, run to the end. Returns the
-    scheduler, each step's waiting order (before it) and admissions, and every request id."""
+    scheduler, each step's waiting order (before it) and admissions, and every request id
+    admitted for the first time or again after a preemption."""
     rng = random.Random(seed)
     sched = make_scheduler(
         max_loras=3, seqs=6, tokens=32, num_blocks=96, max_model_len=48, starvation_steps=4,
@@ -161,7 +164,9 @@ def random_workload(affinity: bool, seed: int) -> tuple[Scheduler, list[list[str
                 sched.add(seq)
                 ids.append(rid)
         before = [s.request_id for s in sched.waiting]
-        steps.append((before, admitted(sched)))
+        out = run_step(sched)
+        steps.append((before, [s.seq.request_id for s in out.scheduled if s.start == 0]))
+        ids += [seq.request_id for seq in out.preempted]  # admitted again later
         if step >= 40 and not sched.has_unfinished():
             break
     return sched, steps, ids

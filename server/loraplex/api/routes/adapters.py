@@ -29,6 +29,7 @@ from loraplex.api.adapter_schemas import (
 from loraplex.api.auth import LOAD_PATH, MANAGE, MERGE, PIN, Principal, PrincipalDep, allow
 from loraplex.api.deps import AuthDep, EngineDep, LimitsDep
 from loraplex.api.errors import APIError
+from loraplex.api.generation import visible_adapter
 from loraplex.api.upload import staged_upload
 from loraplex.engine import AsyncEngine
 
@@ -59,11 +60,12 @@ def _flag(fields: dict[str, str], key: str) -> bool:
 
 
 def _visible(engine: AsyncEngine, principal: Principal, name: str) -> str:
-    """The qualified name of an adapter the caller sees; another tenant's is this same 404."""
-    qualified = principal.resolve(name, engine.adapters.has)
-    if qualified is None:
-        raise engine.adapters.refusal(name) or AdapterNotFoundError(name)
-    return qualified
+    """The qualified name of an adapter the caller sees; another tenant's is this same 404, its
+    own refused at start a 400 saying why."""
+    card = visible_adapter(engine, principal, name)
+    if card is None:
+        raise AdapterNotFoundError(name)
+    return card.name
 
 
 def _new(engine: AsyncEngine, principal: Principal, name: str, public: bool, replace: bool) -> str:
@@ -79,7 +81,8 @@ async def list_adapters(engine: EngineDep, principal: PrincipalDep) -> AdapterLi
     """The adapters the caller sees: its tenant's and the public ones (an admin: all, another
     tenant's as ``tenant/name``)."""
     visible = principal.visible(engine.adapters.cards())
-    refused = [RefusedAdapter(id=n, reason=r) for n, r in engine.adapters.refused().items()]
+    shown = principal.visible_refused(engine.adapters.refused())
+    refused = [RefusedAdapter(id=name, reason=reason) for name, reason in shown]
     cards = [card_response(engine, card, shown) for shown, card in visible]
     return AdapterList(data=cards, refused=refused)
 

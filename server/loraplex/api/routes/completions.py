@@ -11,7 +11,7 @@ from typing import Any
 
 from fastapi import APIRouter, Request, Response
 
-from loraplex.api.auth import PrincipalDep
+from loraplex.api.auth import GENERATE, PrincipalDep, allow
 from loraplex.api.deps import AuthDep, EngineDep
 from loraplex.api.generation import Choice, Run, request_adapter, run_to_end, start
 from loraplex.api.logprobs import CompletionLogprobs, completion_logprobs
@@ -25,7 +25,7 @@ from loraplex.api.streaming import Chunks, stream_response
 from loraplex.api.text_pool import text_pool
 from loraplex.engine import RequestOutput
 
-router = APIRouter(prefix="/v1", tags=["completions"], dependencies=[AuthDep])
+router = APIRouter(prefix="/v1", tags=["completions"], dependencies=[AuthDep, allow(GENERATE)])
 
 
 class Echo:

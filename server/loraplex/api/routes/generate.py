@@ -12,7 +12,7 @@ from collections.abc import Iterable, Iterator
 
 from fastapi import APIRouter, Request, Response
 
-from loraplex.api.auth import Principal, PrincipalDep
+from loraplex.api.auth import GENERATE, Principal, PrincipalDep, allow
 from loraplex.api.deps import AuthDep, EngineDep
 from loraplex.api.errors import APIError
 from loraplex.api.generate_schemas import (
@@ -28,7 +28,7 @@ from loraplex.api.generation import Choice, Run, resolve_adapter, resolve_mix, r
 from loraplex.api.streaming import stream_response
 from loraplex.engine import AdapterSpec, AsyncEngine, RequestOutput, TokenLogprob
 
-router = APIRouter(tags=["generate"], dependencies=[AuthDep])
+router = APIRouter(tags=["generate"], dependencies=[AuthDep, allow(GENERATE)])
 
 
 def _adapter(

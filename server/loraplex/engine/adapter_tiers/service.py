@@ -50,10 +50,13 @@ class AdapterService:
     def has(self, name: str) -> bool:
         return self._registry.has(name)
 
-    def find(self, name: str) -> AdapterCard | None:
-        """The card of a qualified name, or None (one lookup: requests pass the card on)."""
+    def find(self, name: str) -> AdapterCard | AdapterRefusedError | None:
+        """What a qualified name is, in one lookup: its card (requests pass it on, so nothing
+        looks the name up again), why it was refused at start, or None (unknown)."""
         try:
             return self._registry.get(name)
+        except AdapterRefusedError as refused:
+            return refused
         except AdapterError:
             return None
 
@@ -61,12 +64,19 @@ class AdapterService:
         return self._registry.cards()
 
     def refused(self) -> dict[str, str]:
-        """name -> why it could not be taken at start (rank, base model, a bad file)."""
+        """Qualified name -> why it could not be taken at start (rank, base model, a bad file);
+        every tenant's: the API shows each caller only its own and the public ones."""
         return self._registry.refused()
 
-    def refusal(self, name: str) -> AdapterRefusedError | None:
-        """The error for a request naming an adapter refused at start, else None."""
-        return self._registry.refusal(name)
+    def refusal(self, name: str, shown: str | None = None) -> AdapterRefusedError | None:
+        """The error for qualified ``name`` if it was refused at start, else None; its message
+        names the adapter ``shown`` (what the caller sent)."""
+        return self._registry.refusal(name, shown)
+
+    def known(self, name: str) -> bool:
+        """Whether qualified ``name`` is servable or was refused at start (``Principal.resolve``
+        finds refusals by the same namespace rules as adapters)."""
+        return self._registry.known(name)
 
     def card(self, name: str) -> tuple[AdapterCard, dict[str, object]]:
         """The card and where the adapter is now (device slot, host memory, store)."""
@@ -87,7 +97,10 @@ class AdapterService:
         description: str | None = None,
         pinned: bool = False,
     ) -> AdapterCard:
-        """Validate and store ``folder`` as ``name``; a replaced version leaves the device.
+        """Validate and store ``folder`` as ``name``. Replacing a resident adapter writes the
+        new version into a device slot before this returns (``EngineAdapters.swap``: in place
+        when no request holds the old one), so requests that arrive after it run on the new
+        weights at once; requests that resolved the old version finish on it.
 
         A pin is reserved before anything is stored, so past ``--max-pinned-loras`` the upload
         is refused (409) and leaves no trace, however many pinned uploads arrive at once.
@@ -96,9 +109,8 @@ class AdapterService:
         if pinned:
             adapters.pins.reserve(name)
         try:
-            old = registry.get(name) if registry.has(name) else None
-            card = await asyncio.to_thread(
-                registry.register,
+            card, old = await asyncio.to_thread(
+                registry.register_version,
                 name,
                 folder,
                 replace=replace,
@@ -107,8 +119,8 @@ class AdapterService:
             )
 
             def settle() -> None:
-                if old is not None and old.key != card.key:
-                    adapters.forget(old.key)
+                if old is not None:
+                    adapters.swap(old.key, card.key)
                 if pinned:
                     adapters.pin(card)
 

@@ -38,6 +38,7 @@ class IncrementalDetokenizer:
 
     def __init__(self, tokenizer: Any, prompt_token_ids: list[int], params: SamplingParams) -> None:
         self._tokenizer = tokenizer
+        self._skip_special = params.skip_special_tokens
         self._stops = StopMatcher(params.stop)
         self._include_stop = params.include_stop_str_in_output
         # Only the prompt's tail is ever decoded, so only the tail is kept.
@@ -76,7 +77,7 @@ class IncrementalDetokenizer:
         # No space clean-up: it rewrites text depending on its neighbours, so window decodes
         # would stop being prefixes of one another.
         return self._tokenizer.decode(
-            ids, skip_special_tokens=True, clean_up_tokenization_spaces=False
+            ids, skip_special_tokens=self._skip_special, clean_up_tokenization_spaces=False
         )
 
     def _decode_new(self, *, force: bool) -> str:

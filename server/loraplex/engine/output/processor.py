@@ -16,6 +16,8 @@ import torch
 
 from loraplex import metrics
 from loraplex.adapters.card import adapter_name
+from loraplex.engine.constraints import accept
+from loraplex.engine.errors import ConstraintViolationError
 from loraplex.engine.output.state import RequestState
 from loraplex.engine.request.outputs import RequestOutput, TokenLogprob
 from loraplex.engine.request.sequence import Sequence
@@ -60,8 +62,13 @@ class OutputProcessor:
             return self.output(state, "", (), "length")
         seq.append_token(token)
         reason, text = None, ""
-        if token in params.stop_token_set or (
-            token in self.eos_token_ids and not params.ignore_eos
+        if state.matcher is not None and not accept(state.matcher, token):
+            state.finish_reason = "abort"  # a server fault: this request ends, the others go on
+            return self.output(state, "", (), "abort", error=ConstraintViolationError(token))
+        if (
+            token in params.stop_token_set
+            or (token in self.eos_token_ids and not params.ignore_eos)
+            or (state.matcher is not None and state.matcher.is_terminated())  # grammar's EOS
         ):
             reason = "stop"
         else:

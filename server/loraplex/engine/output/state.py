@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from loraplex.adapters.tenancy import DEFAULT_TENANT
+from loraplex.engine.constraints.grammar import Grammar
 from loraplex.engine.output.detokenizer import IncrementalDetokenizer
 from loraplex.engine.request.params import SamplingParams
 from loraplex.engine.request.sequence import Sequence
@@ -37,6 +38,9 @@ class RequestState:
     last_token_time: float | None = None  # of its latest output token (inter-token latency)
     sent_prompt_logprobs: bool = False  # they go out once, with the first output
     finish_reason: str | None = None  # why it stopped (the output processor decides)
+    # Its grammar's state (engine/constraints), None when unconstrained: masks its logits each
+    # step and accepts each sampled token. Preemption keeps the tokens, so it stays right.
+    matcher: Any = None
     finished: bool = False  # the engine finished it: blocks freed, adapter released
 
     @property
@@ -54,6 +58,7 @@ class ParentRequest:
     tenant: str = DEFAULT_TENANT  # who asked (its queue limit and the fair waiting queue)
     arrival_time: float = field(default_factory=time.monotonic)
     children: list[RequestState] = field(default_factory=list)
+    holds_adapter: bool = False  # prepare's reference on ``adapter``, until submit or drop
 
     @property
     def finished(self) -> bool:
@@ -79,9 +84,11 @@ def make_request(
     n: int = 1,
     cache_salt: str | None = None,
     tenant: str = DEFAULT_TENANT,
+    grammar: Grammar | None = None,
 ) -> ParentRequest:
     """Build the parent and its children; nothing is acquired or queued yet, so a failure here
-    (a seed torch refuses, say) leaves no trace."""
+    (a seed torch refuses, say) leaves no trace. ``grammar``: the compiled constraint of
+    ``params.constraint``; every child gets its own matcher."""
     parent = ParentRequest(request_id, adapter, merged, tenant)
     for i, prompt in enumerate(prompts):
         for j in range(n):
@@ -101,5 +108,7 @@ def make_request(
             if child_params.seed is not None:
                 generator = torch.Generator(device).manual_seed(child_params.seed)
             detokenizer = IncrementalDetokenizer(tokenizer, seq.prompt_token_ids, child_params)
-            parent.children.append(RequestState(parent, index, seq, detokenizer, generator))
+            state = RequestState(parent, index, seq, detokenizer, generator)
+            state.matcher = None if grammar is None else grammar.matcher()
+            parent.children.append(state)
     return parent

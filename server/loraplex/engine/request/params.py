@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from loraplex.engine.constraints.spec import ConstraintSpec
 
 from loraplex.engine.errors import ParameterError
 
@@ -62,6 +66,12 @@ class SamplingParams:
     # none) and the k most likely there. Such a request computes its whole prompt: no prefix
     # cache hits (cached tokens have no logits).
     prompt_logprobs: int | None = None
+    # What the output must match (engine/constraints): compiled before the request is queued;
+    # each sample gets its own matcher, and tokens the grammar refuses are masked.
+    constraint: ConstraintSpec | None = None
+    # Special tokens in the text (off for most requests; tool parsers whose markers are
+    # special tokens need them).
+    skip_special_tokens: bool = True
     stop_token_set: frozenset[int] = field(
         default=frozenset(), init=False, repr=False, compare=False
     )

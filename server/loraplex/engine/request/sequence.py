@@ -65,6 +65,11 @@ class Sequence:
             self.prompt_logprobs = [None]
 
     @property
+    def arrival_key(self) -> tuple[float, int]:
+        """Arrival order; ``seq_id`` breaks ties between requests created within one clock tick."""
+        return (self.arrival_time, self.seq_id)
+
+    @property
     def num_tokens(self) -> int:
         return len(self.token_ids)
 

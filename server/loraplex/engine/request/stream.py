@@ -32,7 +32,7 @@ class RequestStream:
         on_close: Callable[[bool, bool], None],
     ) -> None:
         self.request_id = request_id
-        self._loop = loop
+        self.loop = loop
         # An Exception: the engine thread died (every open stream gets one).
         self._queue: asyncio.Queue[RequestOutput | Exception] = asyncio.Queue()
         self._unfinished = children
@@ -42,8 +42,12 @@ class RequestStream:
         self._on_close = on_close
 
     def put(self, item: RequestOutput | Exception) -> None:
-        """From the engine thread."""
-        self._loop.call_soon_threadsafe(self._queue.put_nowait, item)
+        """From any thread (the engine thread: its death)."""
+        self.loop.call_soon_threadsafe(self._queue.put_nowait, item)
+
+    def put_nowait(self, item: RequestOutput) -> None:
+        """From the event loop (the engine thread hands over a step's outputs in one batch)."""
+        self._queue.put_nowait(item)
 
     async def next(self) -> RequestOutput | None:
         """The next output of any child; None once all finished (or after :meth:`close`). An

@@ -12,6 +12,8 @@ import torch
 from loraplex.engine.request.outputs import TokenLogprob
 from loraplex.engine.sample.sampler import NON_FINITE, on_device
 
+LOGPROB_FLOOR = -9999.0  # the least logprob reported (a token a grammar rules out)
+
 
 def logprob_table(logits: torch.Tensor, tokens: torch.Tensor, k: int) -> torch.Tensor:
     """[W, 1 + 2k] float64 on the device: row i holds ``log_softmax(logits[i])`` at
@@ -20,7 +22,9 @@ def logprob_table(logits: torch.Tensor, tokens: torch.Tensor, k: int) -> torch.T
     logp = logits.float().log_softmax(dim=-1)
     chosen = logp.gather(1, tokens.view(-1, 1))
     values, ids = logp.topk(k, dim=-1)
-    return torch.cat([chosen.double(), values.double(), ids.double()], dim=1)
+    # A grammar's masked tokens are -inf: reported as LOGPROB_FLOOR (vLLM's), as JSON has no inf.
+    values = torch.cat([chosen, values], dim=1).clamp_min(LOGPROB_FLOOR)
+    return torch.cat([values.double(), ids.double()], dim=1)
 
 
 def _entries(table: list[float], tokens: list[int], top_k: list[int], k: int) -> list:

@@ -24,8 +24,8 @@ is, was passed over by affinity and counts one ``adapter_skips``, as one whose a
 fit does (at most one a step). After ``max_skips`` skips (``--adapter-affinity-max-skips``,
 capped by the scheduler's ``starvation_steps``) it is STARVED: first in its tenant's order, so
 no later request of its tenant overtakes it again; and once its adapter has not fitted in more
-than ``starvation_steps`` steps, the scheduler's starvation guard admits nobody behind it until
-running sequences drain and free a slot (as without affinity). So affinity passes a request
+than ``starvation_steps`` steps, the scheduler's starvation guard gets it a slot (as without
+affinity; ``engine/sched/fair_share.py``). So affinity passes a request
 over in at most ``max_skips`` steps (later ones still pass a request whose adapter does not
 fit, as without affinity, until the guard trips); ``max_skips=0`` gives the fair order. The
 larger the bound, the fewer adapter loads and distinct adapters a step, and the longer the cold
@@ -35,7 +35,9 @@ tail's time to first token (``bench/NOTES.md``).
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from functools import partial
 
+from loraplex.config import SchedulerConfig
 from loraplex.engine.request.sequence import Sequence
 from loraplex.engine.sched.step_budget import StepBudget
 
@@ -53,6 +55,21 @@ def admission_tier(
     if not seq.merged and seq.adapter is not None and is_resident(seq.adapter):
         return RESIDENT
     return COLD
+
+
+def step_order(
+    config: SchedulerConfig,
+    budget: StepBudget,
+    is_resident: Callable[[str], bool],
+    starvation_steps: int,
+) -> Callable[[Sequence], int] | None:
+    """The key ordering each tenant's waiting requests in this step: ``admission_tier`` with
+    affinity on, None (arrival order) with it off."""
+    if not config.adapter_affinity:
+        return None
+    # At most the guard's bound: one more skip would trip the guard.
+    max_skips = min(config.adapter_affinity_max_skips, starvation_steps)
+    return partial(admission_tier, budget=budget, is_resident=is_resident, max_skips=max_skips)
 
 
 def overtaken(

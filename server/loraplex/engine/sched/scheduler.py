@@ -14,60 +14,18 @@ from __future__ import annotations
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from functools import partial
 
 from loraplex.config import SchedulerConfig
 from loraplex.engine.request.sequence import Sequence, SequenceStatus
 from loraplex.engine.sched.adapter_counts import AdapterCounts
-from loraplex.engine.sched.affinity import admission_tier, overtaken
+from loraplex.engine.sched.affinity import overtaken, step_order
 from loraplex.engine.sched.block_manager import BlockManager
+from loraplex.engine.sched.fair_share import BlockShares, SlotHolders
+from loraplex.engine.sched.scheduler_output import ScheduledSeq, SchedulerOutput
 from loraplex.engine.sched.step_budget import StepBudget
 from loraplex.engine.sched.waiting_queue import WaitingQueue
 
-
-def _arrival(seq: Sequence) -> tuple[float, int]:
-    # seq_id breaks ties between requests created within one clock tick.
-    return (seq.arrival_time, seq.seq_id)
-
-
-@dataclass
-class ScheduledSeq:
-    """Feed ``seq.token_ids[start : start + num_new_tokens]`` this step.
-
-    ``start`` and ``sample`` are snapshots taken when scheduled, so they stay valid after
-    ``after_step`` advances ``num_computed_tokens`` and the engine appends the sampled token.
-    """
-
-    seq: Sequence
-    num_new_tokens: int
-    start: int = field(init=False)
-    _sample: bool = field(init=False, repr=False)
-
-    def __post_init__(self) -> None:
-        self.start = self.seq.num_computed_tokens
-        self._sample = self.start + self.num_new_tokens == self.seq.num_tokens
-
-    @property
-    def sample(self) -> bool:
-        """True when this chunk reaches the last token, so the step samples one for ``seq``."""
-        return self._sample
-
-
-@dataclass
-class SchedulerOutput:
-    """One step's work, plus the sequences preempted (moved back to waiting) to make room."""
-
-    scheduled: list[ScheduledSeq] = field(default_factory=list)
-    preempted: list[Sequence] = field(default_factory=list)
-
-    @property
-    def is_empty(self) -> bool:
-        return not self.scheduled
-
-    def adapter_keys(self) -> set[str]:
-        """The step's adapters that need a device slot (pre-merged ones need none)."""
-        return {s.seq.adapter for s in self.scheduled if s.seq.adapter and not s.seq.merged}
+__all__ = ["ScheduledSeq", "Scheduler", "SchedulerOutput"]
 
 
 class Scheduler:
@@ -109,6 +67,10 @@ class Scheduler:
         self.waiting = WaitingQueue()
         self.running: list[Sequence] = []
         self.adapter_counts = AdapterCounts()  # sequences per adapter and status, for metrics
+        # Per step (engine/sched/fair_share.py): blocks per tenant, and who holds the step's slots.
+        self._shares = BlockShares(self.running, frozenset, block_manager.num_blocks)
+        self._holders: SlotHolders | None = None
+        self._barred: set[str] = set()  # tenants preempted for blocks in this step
 
     @property
     def num_waiting(self) -> int:
@@ -147,22 +109,26 @@ class Scheduler:
         """Pick this step's work.
 
         Running sequences first: decodes, then prefill chunks, each group in arrival order; one
-        whose chunk lacks blocks preempts the latest arrival not yet scheduled (maybe itself).
-        Then, unless something was preempted, waiting ones in the queue's fair order (with
-        ``adapter_affinity``, each tenant's cheapest first: see ``engine/sched/affinity.py``) with
-        prefills chunked to the token budget. A request whose adapter does not fit the step is
-        skipped, but once skipped more than ``starvation_steps`` times it blocks everyone
-        behind it until it gets in.
+        whose chunk lacks blocks preempts a sequence (maybe itself). Then waiting ones, in the
+        queue's fair order (with ``adapter_affinity``, each tenant's cheapest first: see
+        ``engine/sched/affinity.py``), with prefills chunked to the token budget. Where blocks or
+        adapter slots are short, tenants get fair shares of them (``engine/sched/fair_share.py``):
+        with one tenant, the victim is the latest arrival not yet scheduled, nothing is admitted
+        after a preemption, a request that does not fit stops admission behind it, and one
+        whose adapter has not fitted in more than ``starvation_steps`` steps holds back those
+        behind it that would take or keep a slot.
         """
         cfg = self.config
         budget = StepBudget(
             cfg.max_num_batched_tokens, cfg.max_num_seqs, self.max_loras, pinned=self.pinned()
         )
+        self._shares = BlockShares(
+            self.running, self.waiting.active_tenants, self.block_manager.num_blocks
+        )
+        self._barred = set()
         out = SchedulerOutput()
         self._schedule_running(budget, out)
-        # Admitting now would hand the blocks just freed by preemption straight back out.
-        if not out.preempted:
-            self._schedule_waiting(budget, out)
+        self._schedule_waiting(budget, out)
         return out
 
     def after_step(self, out: SchedulerOutput) -> None:
@@ -176,77 +142,110 @@ class Scheduler:
 
     def _schedule_running(self, budget: StepBudget, out: SchedulerOutput) -> None:
         # Decodes (one token each) go before prefill chunks so a long prompt cannot stall them.
-        order = sorted(self.running, key=lambda s: (s.num_uncomputed_tokens > 1, _arrival(s)))
+        order = sorted(self.running, key=lambda s: (s.num_uncomputed_tokens > 1, s.arrival_key))
         queue = deque(order)
         while queue and not budget.exhausted():
             seq = queue.popleft()
             num_new = min(seq.num_uncomputed_tokens, budget.tokens)
             if num_new == 0 or not budget.admits(seq):
                 continue
-            if self._make_room(seq, num_new, queue, out):
-                self._take(seq, num_new, budget, out)
+            if self._make_room(seq, num_new, queue, budget, out):
+                blocks = len(seq.block_table)
+                self.block_manager.allocate(seq, num_new)
+                if len(seq.block_table) > blocks:  # most decodes take no new block
+                    self._shares.charge(seq.tenant, len(seq.block_table) - blocks)
+                self._record(seq, num_new, budget, out)
 
     def _make_room(
-        self, seq: Sequence, num_new: int, queue: deque[Sequence], out: SchedulerOutput
+        self,
+        seq: Sequence,
+        num_new: int,
+        queue: deque[Sequence],
+        budget: StepBudget,
+        out: SchedulerOutput,
     ) -> bool:
-        """Preempt the latest arrivals among ``seq`` and the not-yet-scheduled ``queue`` until
-        ``seq``'s chunk fits. Returns False when ``seq`` itself had to go."""
+        """Preempt until ``seq``'s chunk fits: among ``seq``, the not-yet-scheduled ``queue``
+        and, if its tenant is under its share, the scheduled sequences of tenants over theirs,
+        the furthest over first, latest arrival first. False when ``seq`` itself had to go."""
         while not self.block_manager.can_allocate(seq, num_new):
-            victim = max([*queue, seq], key=_arrival)
-            if victim is not seq:
+            scheduled = (s.seq for s in out.scheduled)
+            victim = self._shares.victim(seq, [*queue, *self._shares.over_for(seq, scheduled)])
+            if victim is not seq and victim in queue:
                 queue.remove(victim)
-            self._preempt(victim)
-            out.preempted.append(victim)
+            self._evict(victim, budget, out)
             if victim is seq:
                 return False
         return True
 
+    def _evict(
+        self, seq: Sequence, budget: StepBudget, out: SchedulerOutput, for_blocks: bool = True
+    ) -> None:
+        """Preempt the running ``seq``, withdrawing its chunk if the step scheduled one; if
+        ``for_blocks``, its tenant is admitted no more in this step."""
+        if for_blocks:
+            self._barred.add(seq.tenant)
+        withdrawn = out.withdraw(seq)
+        if withdrawn is not None:
+            budget.give_back(seq, withdrawn.num_new_tokens, (s.seq for s in out.scheduled))
+        self._preempt(seq)
+        out.preempted.append(seq)
+        self._holders = None  # the step's slots changed
+
     def _preempt(self, seq: Sequence) -> None:
         """Preemption by recompute: drop the KV cache, requeue at the front of waiting."""
         self.running.remove(seq)
+        self._shares.charge(seq.tenant, -len(seq.block_table))
         self.block_manager.free(seq)
         seq.reset_for_recompute()
         self.waiting.appendleft(seq)
         self.adapter_counts.move(seq, SequenceStatus.RUNNING, SequenceStatus.WAITING)
 
     def _schedule_waiting(self, budget: StepBudget, out: SchedulerOutput) -> None:
-        tier = None
-        if self.config.adapter_affinity:
-            tier = partial(
-                admission_tier,
-                budget=budget,
-                is_resident=self.is_resident,
-                # At most the guard's bound: one more skip would trip the guard.
-                max_skips=min(self.config.adapter_affinity_max_skips, self.starvation_steps),
-            )
+        tier = step_order(self.config, budget, self.is_resident, self.starvation_steps)
         order = self.waiting.ordered(tier)
         admitted: list[Sequence] = []
         skipped: set[int] = set()
+        shares, self._holders = self._shares, None
+        under_only = False
+        draining: set[str] = set()  # the tenants of the guard's requests (fair_share.py)
         for seq in order:
             if budget.exhausted():
                 break
-            if not self.is_ready(seq):
+            # Blocks just taken from a tenant must not go straight back to it.
+            if not self.is_ready(seq) or seq.tenant in self._barred:
                 continue
-            if not budget.admits(seq):
-                seq.adapter_skips += 1
-                skipped.add(seq.seq_id)
-                # Starvation guard: once a request has waited too long for an adapter slot,
-                # nobody behind it gets in, so running sequences drain and free a slot for it.
-                if seq.adapter_skips > self.starvation_steps:
-                    break
+            # Blocks short (one did not fit, or some were taken back): under-share tenants only.
+            if (under_only or self._barred) and not shares.under(seq.tenant):
                 continue
+            if not budget.costs_nothing(seq):
+                # While the guard drains a slot, others get one only by taking it (balance).
+                if (draining or not budget.admits(seq)) and not self._claim_slot(seq, budget, out):
+                    seq.adapter_skips += 1
+                    skipped.add(seq.seq_id)
+                    if seq.adapter_skips > self.starvation_steps:
+                        draining.add(seq.tenant)
+                    continue
+                self._holders = None
+            elif seq.tenant in draining and budget.uses_slot(seq):
+                continue  # its tenant's slots drain for the guard's request
             # Leading blocks already in the prefix cache are shared, not recomputed.
             cached = self.block_manager.cached_prefix(seq)
             uncomputed = seq.num_tokens - len(cached) * self.block_manager.block_size
             num_new = min(uncomputed, budget.tokens)
-            # FCFS on memory: later (maybe smaller) requests don't overtake one that can't fit.
             if not self.block_manager.can_admit(seq, cached, num_new):
-                break
+                if not shares.under(seq.tenant):  # at or over its share: it holds nobody back
+                    under_only = True
+                    continue
+                # FCFS on memory: later (maybe smaller) requests don't overtake one that can't
+                # fit, unless preempting tenants over their share makes room for it.
+                if not self._reclaim(seq, cached, num_new, budget, out):
+                    break
             admitted.append(seq)
             seq.status = SequenceStatus.RUNNING
             if seq.first_scheduled_time is None:
                 seq.first_scheduled_time = time.monotonic()
             self.block_manager.admit(seq, cached, num_new)
+            shares.admit(seq)
             self._record(seq, num_new, budget, out)
         if self.config.adapter_affinity:  # the bound: passing over counts as a skip too
             for seq in overtaken(order, admitted, self.is_ready):
@@ -258,9 +257,42 @@ class Scheduler:
             self.adapter_counts.move(seq, SequenceStatus.WAITING, SequenceStatus.RUNNING)
             seq.adapter_skips = 0
 
-    def _take(self, seq: Sequence, num_new: int, budget: StepBudget, out: SchedulerOutput) -> None:
-        self.block_manager.allocate(seq, num_new)
-        self._record(seq, num_new, budget, out)
+    def _claim_slot(self, seq: Sequence, budget: StepBudget, out: SchedulerOutput) -> bool:
+        """Preempt the running sequences of one adapter so that ``seq`` gets a slot, where
+        the balance rule or the starvation guard allows (``engine/sched/fair_share.py``)."""
+        if self._holders is None:
+            running = {s.seq_id for s in self.running}
+            self._holders = SlotHolders(
+                (s.seq for s in out.scheduled),
+                budget.pinned,
+                lambda s: s.seq_id in running,
+                self.starvation_steps,
+            )
+        victims = self._holders.victims(seq)
+        for victim in victims:
+            self._evict(victim, budget, out, for_blocks=False)
+        return bool(victims) and budget.admits(seq)
+
+    def _reclaim(
+        self,
+        seq: Sequence,
+        cached: list[int],
+        num_new: int,
+        budget: StepBudget,
+        out: SchedulerOutput,
+    ) -> bool:
+        """Preempt running sequences of tenants over their share until the waiting ``seq``
+        fits, if its tenant may reclaim (``engine/sched/fair_share.py``); whether it fits now."""
+        size = self.block_manager.block_size
+        blocks = -(-seq.num_tokens // size)  # its whole prompt (and output, if preempted)
+        if not self._shares.may_reclaim(seq.tenant, blocks):
+            return False
+        while not self.block_manager.can_admit(seq, cached, num_new):
+            victim = self._shares.reclaim_victim(seq)
+            if victim is None:
+                return False
+            self._evict(victim, budget, out)
+        return True
 
     @staticmethod
     def _record(seq: Sequence, num_new: int, budget: StepBudget, out: SchedulerOutput) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from loraplex.engine.request.sequence import Sequence
@@ -38,6 +39,10 @@ class StepBudget:
             return True
         return not seq.merged and len(self.adapters) < self.max_loras - len(self.pinned)
 
+    def uses_slot(self, seq: Sequence) -> bool:
+        """``seq``'s adapter takes a slot of its own (not the base model, pre-merged or pinned)."""
+        return seq.adapter is not None and not seq.merged and seq.adapter not in self.pinned
+
     def take(self, seq: Sequence, num_new_tokens: int) -> None:
         self.tokens -= num_new_tokens
         self.seqs -= 1
@@ -45,3 +50,17 @@ class StepBudget:
             self.merged = seq.adapter
         elif seq.adapter is not None and seq.adapter not in self.pinned:
             self.adapters.add(seq.adapter)
+
+    def give_back(self, seq: Sequence, num_new_tokens: int, others: Iterable[Sequence]) -> None:
+        """Undo ``take`` for ``seq`` (preempted after it was scheduled); ``others``: the
+        sequences still in the step, which may keep its adapter's slot (or merged weights)."""
+        self.tokens += num_new_tokens
+        self.seqs += 1
+        if seq.adapter is None or any(
+            o.adapter == seq.adapter and o.merged == seq.merged for o in others
+        ):
+            return
+        if seq.merged:
+            self.merged = None
+        else:
+            self.adapters.discard(seq.adapter)

@@ -53,6 +53,10 @@ class WaitingQueue:
         """Sequences waiting per tenant (preempted ones not counted)."""
         return {tenant: len(queue) for tenant, queue in self._tenants.items()}
 
+    def active_tenants(self) -> set[str]:
+        """The tenants with a sequence waiting, preempted ones included."""
+        return {*self._tenants, *(seq.tenant for seq in self._front.values())}
+
     def append(self, seq: Sequence) -> None:
         queue = self._tenants.setdefault(seq.tenant, OrderedDict())
         queue[seq.seq_id] = seq

@@ -5,17 +5,20 @@ length or one copy of a small dict, see ``LLMEngine.stats``) and sets them here.
 gauges (``vllm:cache_config_info``, ``vllm:lora_requests_info``) and the residency gauge carry
 their state in labels, so each scrape clears them and sets the one current label set: a
 gateway sees the latest state only, never a stale list (vLLM keeps every old label set and
-the picker must find the newest by its value).
+the picker must find the newest by its value). A scrape without a key renders the
+:class:`Relabelled` view: tenants and their adapters as opaque labels (``metrics/labels.py``).
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
-from loraplex.metrics import (
+from prometheus_client.metrics_core import Metric
+
+from loraplex.metrics.definitions import (
     ADAPTER_RESIDENT,
     ADAPTERS_RESIDENT,
     GATEWAY_CACHE_CONFIG,
@@ -27,8 +30,10 @@ from loraplex.metrics import (
     NUM_CLIENT_REQUESTS,
     NUM_RUNNING,
     NUM_WAITING,
-    render,
+    REGISTRY,
 )
+from loraplex.metrics.labels import PrivateLabels
+from loraplex.metrics.record import render
 
 _SCRAPE_LOCK = threading.Lock()  # info gauges are cleared and set again: one scrape at a time
 
@@ -69,9 +74,27 @@ def _set_residency(tiers: Mapping[str, Iterable[str]]) -> None:
             ADAPTER_RESIDENT.labels(adapter=name, tier=tier).set(1)
 
 
-def scrape(stats: Mapping[str, Any]) -> tuple[bytes, str]:
-    """``update_engine_gauges(stats)`` then ``render()``, atomically: a concurrent scrape never
-    sees an info gauge between its clear and its set."""
+class Relabelled:
+    """:data:`REGISTRY` with every sample's labels passed through ``private``: the anonymous
+    view (``collect`` is all ``generate_latest`` calls)."""
+
+    def __init__(self, private: PrivateLabels) -> None:
+        self._private = private
+
+    def collect(self) -> Iterator[Metric]:
+        for family in REGISTRY.collect():
+            copy = Metric(family.name, family.documentation, family.type)
+            copy.samples = [
+                sample._replace(labels=self._private.relabel(sample.labels))
+                for sample in family.samples
+            ]
+            yield copy
+
+
+def scrape(stats: Mapping[str, Any], private: PrivateLabels | None = None) -> tuple[bytes, str]:
+    """``update_engine_gauges(stats)`` then ``render(private)``, atomically: a concurrent scrape
+    never sees an info gauge between its clear and its set. ``private``: the anonymous view
+    (tenants and their adapters as opaque labels); None: every name plain."""
     with _SCRAPE_LOCK:
         update_engine_gauges(stats)
-        return render()
+        return render(None if private is None else Relabelled(private))

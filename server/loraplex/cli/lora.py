@@ -1,4 +1,5 @@
-"""The ``LoRA adapters`` options of ``loraplex serve`` (the largest help group)."""
+"""The ``LoRA adapters`` options of ``loraplex serve`` (the largest help group): the flags and
+the :class:`LoRAConfig` they make."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ def _lora_module(spec: str) -> tuple[str, str]:
     return name.strip(), path.strip()
 
 
-def add_lora_options(serve: argparse.ArgumentParser) -> None:
+def add_options(serve: argparse.ArgumentParser) -> None:
     """Slots, ranks, kernels, the store and the adapters present at start."""
     lora = serve.add_argument_group("LoRA adapters")
     lora.add_argument(
@@ -114,10 +115,49 @@ def add_lora_options(serve: argparse.ArgumentParser) -> None:
         help="largest adapter upload (request body and each file), in MiB",
     )
     lora.add_argument(
+        "--max-adapters-per-tenant",
+        type=int,
+        default=LoRAConfig.max_adapters_per_tenant,
+        metavar="N",
+        help="most adapters one tenant keeps in the store; past it an upload is a 409 "
+        "(quota_exceeded), a replace is not; public adapters do not count; 0: no limit",
+    )
+    lora.add_argument(
+        "--max-adapter-mb-per-tenant",
+        type=int,
+        default=LoRAConfig.max_adapter_bytes_per_tenant >> 20,
+        metavar="MIB",
+        help="most MiB of adapter files (config and weights) one tenant keeps in the store; "
+        "past it an upload is a 409 (quota_exceeded); 0: no limit",
+    )
+    lora.add_argument(
         "--lora-modules",
         nargs="+",
         type=_lora_module,
         default=[],
         metavar="NAME=PATH",
         help="extra adapters to register at start, as name=path pairs (vLLM style)",
+    )
+
+
+def to_config(args: argparse.Namespace) -> LoRAConfig:
+    """The :class:`LoRAConfig` of parsed ``serve`` arguments (validated there)."""
+    return LoRAConfig(
+        max_loras=args.max_loras,
+        max_lora_rank=args.max_lora_rank,
+        max_cpu_loras=args.max_cpu_loras,
+        max_pinned_loras=args.max_pinned_loras,
+        adapters_dir=args.adapters_dir or None,
+        adapter_store=args.adapter_store or None,
+        lora_modules=tuple(args.lora_modules),
+        adapter_roots=tuple(args.adapter_roots),
+        merged_adapters=tuple(args.merged_adapters),
+        max_merged_adapters=args.max_merged_adapters,
+        allow_base_mismatch=args.allow_base_mismatch,
+        max_upload_mb=args.max_upload_mb,
+        kernel=args.lora_kernel,
+        lora_dtype=args.lora_dtype,
+        store_poll_s=args.store_poll_s,
+        max_adapters_per_tenant=args.max_adapters_per_tenant,
+        max_adapter_bytes_per_tenant=args.max_adapter_mb_per_tenant << 20,
     )

@@ -1,43 +1,66 @@
-"""Every Prometheus metric loraplex exports, defined once, in one dedicated registry.
-
-A dedicated ``CollectorRegistry`` (not prometheus_client's global one) means that tests which
-build several apps in one process never hit "Duplicated timeseries", and that ``/metrics`` shows
-only what we define here plus the process collectors.
-
-Two families live here:
-
-* the Gateway API Inference Extension's model-server protocol, under the names its endpoint
-  picker reads for vLLM (``vllm:*``), so a loraplex pod routes with no gateway configuration;
-  ``vllm:num_requests_*`` count sequences (one prompt x one sample), which is what vLLM counts
-  too (its engine fans ``n > 1`` and prompt lists out into one engine request each) and what
-  takes batch slots and KV blocks, the load the picker balances;
-* loraplex's own (``loraplex_*``).
-
-Who updates what:
-
-* the engine's output processor: outcomes, tokens, TTFT, inter-token, queue and end-to-end
-  latency (:func:`record_first_token`, :func:`record_token_gap`, :func:`record_finished`);
-* the engine loop: step duration, batch size, preemptions (:func:`record_step`); adapter tiers:
-  loads, evictions, hits and misses (:func:`record_adapter_load`, ...);
-* the queue limits: 429s by tenant (:func:`record_rate_limited`);
-* ``/metrics`` copies the engine's gauges from ``engine.stats()`` on every scrape
-  (``metrics_scrape.scrape``), so the engine thread never has to touch them.
+"""Every Prometheus metric loraplex exports, defined once, in one dedicated registry
+(:data:`REGISTRY`): the gateway's ``vllm:*`` family and loraplex's own ``loraplex_*``. What
+updates each, and who reads them plain, is in the package's docstring (``metrics/__init__.py``).
 """
 
 from __future__ import annotations
 
-from prometheus_client import (
-    CONTENT_TYPE_LATEST,
-    CollectorRegistry,
-    Counter,
-    Gauge,
-    Histogram,
-    generate_latest,
-)
+from collections.abc import Iterable
+from typing import Protocol
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.gc_collector import GCCollector
+from prometheus_client.metrics_core import Metric
 from prometheus_client.process_collector import ProcessCollector
 
-from loraplex.metric_labels import BASE_LABEL, AdapterLabels
+from loraplex.metrics.labels import AdapterLabels
+
+__all__ = [
+    "ADAPTERS_RESIDENT",
+    "ADAPTER_EVICTIONS",
+    "ADAPTER_HITS",
+    "ADAPTER_LABELS",
+    "ADAPTER_LOADS",
+    "ADAPTER_LOAD_SECONDS",
+    "ADAPTER_MISSES",
+    "ADAPTER_REQUESTS",
+    "ADAPTER_RESIDENT",
+    "BATCH_SIZE",
+    "BATCH_TOKENS",
+    "GATEWAY_CACHE_CONFIG",
+    "GATEWAY_KV_USAGE",
+    "GATEWAY_LORA_INFO",
+    "GATEWAY_RUNNING",
+    "GATEWAY_WAITING",
+    "GENERATION_TOKENS",
+    "GRAMMAR_CACHE",
+    "GRAMMAR_COMPILE_SECONDS",
+    "INTER_TOKEN_LATENCY",
+    "KV_CACHE_USAGE",
+    "MERGED_ADAPTERS",
+    "MERGED_ADAPTER_BYTES",
+    "NUM_CLIENT_REQUESTS",
+    "NUM_RUNNING",
+    "NUM_WAITING",
+    "PREEMPTIONS",
+    "PREFIX_CACHE_HITS",
+    "PROMPT_TOKENS",
+    "QUEUE_TIME",
+    "RATE_LIMITED",
+    "REGISTRY",
+    "REQUESTS",
+    "STEP_DURATION",
+    "TIERS",
+    "TIME_TO_FIRST_TOKEN",
+    "Collecting",
+]
+
+
+class Collecting(Protocol):
+    """What ``generate_latest`` reads: a registry, or a view of one."""
+
+    def collect(self) -> Iterable[Metric]: ...
+
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 ProcessCollector(registry=REGISTRY)
@@ -233,87 +256,21 @@ MERGED_ADAPTER_BYTES = Gauge(
     "Bytes held by pre-merged copies of base weights (capped by --max-merged-adapters).",
     registry=REGISTRY,
 )
+GRAMMAR_COMPILE_SECONDS = Histogram(
+    "loraplex_grammar_compile_seconds",
+    "Time to compile one constraint (JSON schema, regex, choice, grammar), by kind.",
+    ["kind"],
+    buckets=_STEP_BUCKETS,
+    registry=REGISTRY,
+)
+GRAMMAR_CACHE = Counter(
+    "loraplex_grammar_cache_lookups",
+    "Compiled-grammar cache lookups of constrained requests, by result (hit, miss).",
+    ["result"],
+    registry=REGISTRY,
+)
 
 for _tier in TIERS:  # every tier's series exist from the start (rates need a zero)
     for _family in (ADAPTER_LOADS, ADAPTER_EVICTIONS, ADAPTER_HITS, ADAPTER_MISSES):
         _family.labels(tier=_tier)
     ADAPTER_LOAD_SECONDS.labels(tier=_tier)
-
-# ---- recorders -------------------------------------------------------------------------
-
-
-def record_first_token(seconds: float, prompt_tokens: int, cached_tokens: int = 0) -> None:
-    """Called once per sequence when its first output arrives (prefill is done by then)."""
-    TIME_TO_FIRST_TOKEN.observe(seconds)
-    PROMPT_TOKENS.inc(prompt_tokens)
-    PREFIX_CACHE_HITS.inc(cached_tokens)
-
-
-def record_queue_time(seconds: float) -> None:
-    QUEUE_TIME.observe(seconds)
-
-
-def record_token_gap(seconds: float) -> None:
-    """Time since the same sequence's previous output token."""
-    INTER_TOKEN_LATENCY.observe(seconds)
-
-
-def record_generated_tokens(n: int) -> None:
-    """Called per delta, so that aborted sequences still count what they generated."""
-    if n > 0:
-        GENERATION_TOKENS.inc(n)
-
-
-def record_finished(
-    finish_reason: str,
-    seconds: float | None,
-    adapter: str | None = None,
-    failed: bool = False,
-) -> None:
-    """Called once per sequence when it ends (``finish_reason="abort"`` when aborted, with
-    ``failed`` when the server failed it). ``seconds`` is None for one that never produced a
-    token (no end-to-end latency to report). ``adapter``: its name, None for the base model."""
-    REQUESTS.labels(finish_reason=finish_reason).inc()
-    label = BASE_LABEL if adapter is None else ADAPTER_LABELS.label(adapter)
-    ADAPTER_REQUESTS.labels(adapter=label, outcome="error" if failed else finish_reason).inc()
-    if seconds is not None:
-        E2E_LATENCY.observe(seconds)
-
-
-def record_rate_limited(tenant: str | None) -> None:
-    """One 429; ``tenant`` None (no keys configured) counts as ``anonymous``. Tenants come from
-    the keys file, so the label's values are bounded by it."""
-    RATE_LIMITED.labels(tenant=tenant or "anonymous").inc()
-
-
-def record_step(num_seqs: int, num_tokens: int, num_preempted: int) -> None:
-    """One engine step that ran the model."""
-    BATCH_SIZE.observe(num_seqs)
-    BATCH_TOKENS.observe(num_tokens)
-    if num_preempted:
-        PREEMPTIONS.inc(num_preempted)
-
-
-def record_adapter_load(tier: str, seconds: float) -> None:
-    ADAPTER_LOADS.labels(tier=tier).inc()
-    ADAPTER_LOAD_SECONDS.labels(tier=tier).observe(seconds)
-
-
-def record_adapter_lookups(tier: str, hits: int, misses: int) -> None:
-    if hits:
-        ADAPTER_HITS.labels(tier=tier).inc(hits)
-    if misses:
-        ADAPTER_MISSES.labels(tier=tier).inc(misses)
-
-
-def record_adapter_evictions(tier: str, count: int = 1) -> None:
-    if count:
-        ADAPTER_EVICTIONS.labels(tier=tier).inc(count)
-
-
-# ---- exposition ------------------------------------------------------------------------
-
-
-def render() -> tuple[bytes, str]:
-    """The Prometheus text exposition of :data:`REGISTRY` and its content type."""
-    return generate_latest(REGISTRY), CONTENT_TYPE_LATEST

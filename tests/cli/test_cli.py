@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from loraplex import cli
-from loraplex.config import BATCH_DEFAULTS, Config, LoRAConfig, batch_defaults
+from loraplex.config import BATCH_DEFAULTS, Config, LoRAConfig, StructuredConfig, batch_defaults
 
 SERVE_OPTIONS = [
     "--model",
@@ -33,6 +33,9 @@ SERVE_OPTIONS = [
     "--max-merged-adapters",
     "--allow-base-mismatch",
     "--max-upload-mb",
+    "--max-adapters-per-tenant",
+    "--max-adapter-mb-per-tenant",
+    "--metrics-require-key",
     "--host",
     "--port",
     "--api-key",
@@ -86,6 +89,9 @@ def test_every_option_reaches_the_config(tmp_path) -> None:
         "--max-merged-adapters", "2",
         "--allow-base-mismatch",
         "--max-upload-mb", "64",
+        "--max-adapters-per-tenant", "7",
+        "--max-adapter-mb-per-tenant", "10",
+        "--metrics-require-key",
         "--host", "0.0.0.0",
         "--port", "9000",
         "--api-key", "sekret",
@@ -95,6 +101,14 @@ def test_every_option_reaches_the_config(tmp_path) -> None:
         "--body-timeout", "4",
         "--body-min-rate", "1000",
         "--no-ui",
+        "--structured-outputs-threads", "3",
+        "--structured-outputs-timeout", "1.5",
+        "--structured-outputs-max-bytes", "1000",
+        "--structured-outputs-max-depth", "5",
+        "--structured-outputs-cache-size", "7",
+        "--structured-outputs-max-whitespace", "0",
+        "--enable-auto-tool-choice",
+        "--tool-call-parser", "mistral",
     )  # fmt: skip
     assert config.model.model == str(tmp_path)
     assert config.model.served_model_name == "tiny"
@@ -124,12 +138,16 @@ def test_every_option_reaches_the_config(tmp_path) -> None:
     assert config.lora.max_merged_adapters == 2
     assert config.lora.allow_base_mismatch is True
     assert config.lora.max_upload_mb == 64
+    assert config.lora.max_adapters_per_tenant == 7
+    assert config.lora.max_adapter_bytes_per_tenant == 10 * 2**20
+    assert config.server.metrics_require_key is True
     assert (config.server.host, config.server.port) == ("0.0.0.0", 9000)
     assert config.server.api_key == "sekret"
     assert config.server.log_level == "debug"
     assert (config.server.timeout_keep_alive, config.server.header_timeout) == (2.5, 3.0)
     assert (config.server.body_timeout, config.server.body_min_rate) == (4.0, 1000)
     assert config.server.ui is False
+    assert config.structured == StructuredConfig(3, 1.5, 1000, 5, 7, 0, True, "mistral")
 
 
 def test_lora_dtype_auto_is_the_models() -> None:
@@ -229,6 +247,10 @@ def test_top_level_help_lists_serve(capsys) -> None:
         (["--lora-modules", "no-equals-sign"], "expected name=path"),
         (["--lora-modules", "=path"], "expected name=path"),
         (["--log-level", "loud"], "invalid choice"),
+        (["--enable-auto-tool-choice"], "--enable-auto-tool-choice needs --tool-call-parser"),
+        (["--tool-call-parser", "xml"], "invalid choice"),
+        (["--structured-outputs-timeout", "0"], "--structured-outputs-timeout must be positive"),
+        (["--structured-outputs-max-whitespace", "-2"], "must be >= -1"),
         (["--no-such-flag"], "unrecognized arguments"),
     ],
 )

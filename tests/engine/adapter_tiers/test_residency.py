@@ -57,11 +57,11 @@ def test_activate_orders_the_step_after_its_loads_only(store: tuple[Path, Path])
         card = adapters.registry.get(name)
         adapters.registry.keep(card.key, adapters.load(card))
         keys[name] = card.key
-    adapters.activate({keys["attn"]})
+    adapters.device.activate({keys["attn"]})
     assert log == ["load 0", "wait 0"]  # issued, then the step that reads it waits
-    adapters.activate({keys["attn"]})
+    adapters.device.activate({keys["attn"]})
     assert log == ["load 0", "wait 0"]  # resident, and the compute stream is ordered already
-    adapters.activate({keys["all"]})
+    adapters.device.activate({keys["all"]})
     assert log[2:] == ["load 1", "wait 1"] and copier.fences[0].compute_waits == 1
 
 

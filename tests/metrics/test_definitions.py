@@ -13,8 +13,9 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from loraplex import metrics, metrics_scrape
-from loraplex.metric_labels import AdapterLabels
+from loraplex import metrics
+from loraplex.metrics import scrape as metrics_scrape
+from loraplex.metrics.labels import AdapterLabels
 
 GATEWAY = {  # the Gateway API Inference Extension's model-server protocol (vLLM's names)
     "vllm:num_requests_running": "gauge",
@@ -92,7 +93,7 @@ def test_every_metric_is_defined_with_its_type() -> None:
 
 
 def test_every_metric_the_dashboard_queries_exists() -> None:
-    dashboard = Path(__file__).parents[1] / "deploy" / "grafana" / "loraplex-dashboard.json"
+    dashboard = Path(__file__).parents[2] / "deploy" / "grafana" / "loraplex-dashboard.json"
     exprs = [t["expr"] for p in json.loads(dashboard.read_text())["panels"] for t in p["targets"]]
     names = {n for e in exprs for n in re.findall(r"(?:loraplex_|vllm:)[a-z0-9_]+", e)}
     families = _families()
