@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from loraplex.adapters.errors import AdapterValidationError
+from loraplex.adapters.param_targets import Shape
 from loraplex.adapters.peft_config import PeftConfig
 from loraplex.adapters.rules import CONFIG_FILE, WEIGHTS_FILE, Limits, refuse_pickles
 from loraplex.adapters.safetensors_check import (
@@ -48,12 +49,13 @@ def check_folder(
     folder: Path,
     limits: Limits,
     served_model: str,
-    module_shapes: Mapping[str, tuple[int, int]],
+    module_shapes: Mapping[str, Shape],
     trusted_version: str | None = None,
 ) -> CheckedFolder:
     """Check an adapter folder: both files present, no pickles or code, config and weights valid.
 
-    ``module_shapes`` maps each base projection to ``(in_features, out_features)``;
+    ``module_shapes`` maps each base projection to ``(in_features, out_features)`` and each
+    parameter LoRA may adapt to ``(experts, in, out)`` (``param_targets.py``);
     ``served_model`` empty: the config's base model is not compared. Other files (README.md ...)
     are ignored. Returns the config and the weights that were checked, so the caller builds the
     adapter from them (``weights.build_adapter``) instead of reading it again.

@@ -15,6 +15,8 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
+from transformers import AutoConfig
+
 from loraplex.adapters.errors import AdapterError
 from loraplex.adapters.folder_check import check_folder
 from loraplex.adapters.quota import TenantQuota
@@ -25,8 +27,10 @@ from loraplex.config import Config, LoRAConfig
 from loraplex.engine.adapter_tiers.tiers import AdapterTiers
 from loraplex.engine.errors import CapacityError
 from loraplex.engine.llm_engine import LLMEngine
+from loraplex.engine.model.check import check_config, check_model
 from loraplex.engine.model.default import DEFAULT_MODEL_NAME, ensure_default_model
 from loraplex.engine.model.dummy import builtin_dummy_folder
+from loraplex.engine.model.layers import uniform_window
 from loraplex.engine.runner.decode_runner import decode_runner_for
 from loraplex.engine.runner.model_runner import ModelRunner
 from loraplex.engine.sched.block_manager import BlockManager
@@ -97,6 +101,8 @@ def build_engine(config: Config, on_adapter_loaded: Callable[[], None] = lambda:
     model_name = config.model.served_model_name or (
         DEFAULT_MODEL_NAME if config.model.model is None and not dummy else Path(path).name
     )
+    # What the config alone rules out stops the start before any weight is read.
+    check_config(AutoConfig.from_pretrained(path), model_name)
     runner = ModelRunner(
         path,
         config.model,
@@ -104,15 +110,20 @@ def build_engine(config: Config, on_adapter_loaded: Callable[[], None] = lambda:
         config.lora,
         step_tokens=config.scheduler.max_num_batched_tokens,
     )
+    check_model(runner, model_name)  # refuse now what would fail every request later
     layout = runner.layout
     max_model_len = min(
         config.model.max_model_len,
         runner.max_position_embeddings or config.model.max_model_len,
         layout.num_blocks * layout.block_size,
     )
+    # All layers sliding through one window: blocks that leave it go back to the pool.
+    window = uniform_window(runner.model.config)
     block_manager = BlockManager(
-        layout.num_blocks, layout.block_size, config.cache.enable_prefix_caching
+        layout.num_blocks, layout.block_size, config.cache.enable_prefix_caching, window
     )
+    if window is not None:
+        log.info("sliding window of %d tokens on every layer: older KV blocks are freed", window)
     loaded = threading.Event()  # set by a loader thread; the engine waits on it when stalled
 
     def adapter_loaded() -> None:

@@ -77,6 +77,15 @@ class LoRALinear(nn.Module):
         # key -> merged weight [out, in] of a pre-merged adapter (only modules it targets).
         self.merged_weights: dict[str, torch.Tensor] = {}
 
+    def __getattr__(self, name: str) -> object:
+        """What the model reads of its projection (``weight``, ``bias`` ...) is the base's:
+        some models use a projection's weight directly (Hunyuan-MoE's router reads
+        ``gate.wg.weight``)."""
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            return getattr(self.base, name)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self._base_forward(x)
         meta = self.context.meta

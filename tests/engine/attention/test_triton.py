@@ -1,5 +1,6 @@
 """The Triton paged attention against the SDPA reference on random block tables, under the
-interpreter on the CPU: decode, chunked prefill with context, shared prefix blocks, GQA."""
+interpreter on the CPU: decode, chunked prefill with context, shared prefix blocks, GQA, and
+the attention variants (sliding window, softcap, sinks) with split keys."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import torch
 from triton_check import triton_tests
 
 from loraplex.engine.attention.block_tables import build_sequence_tables
-from loraplex.engine.attention.metadata import AttentionMetadata
+from loraplex.engine.attention.metadata import PLAIN, AttentionMetadata, Variant
 from loraplex.engine.attention.paged import FORWARD, paged_attention
 from loraplex.engine.attention.sdpa import sdpa_attend
 from loraplex.engine.attention.select import select_attention
@@ -51,23 +52,58 @@ def step(
     return build_batch(scheduled, {}, block_size, 1, CPU).attention
 
 
-def compare(backend, meta, heads, kv_heads, dim, dtype, splits=None, block_n=16) -> None:
+def compare(
+    backend, meta, heads, kv_heads, dim, dtype, splits=None, block_n=16, variant=PLAIN
+) -> None:
     rows = meta.slot_mapping.shape[0]
-    cache_rows = NUM_BLOCKS * meta.sequences.block_size
+    cache_rows = NUM_BLOCKS * meta.sequences.block_size + 1  # + the null row, zero
     key_cache = torch.randn(cache_rows, kv_heads, dim).to(dtype)
     value_cache = torch.randn(cache_rows, kv_heads, dim).to(dtype)
+    key_cache[-1], value_cache[-1] = 0, 0
     # q as the model hands it over: [H, T, D] rows of a [T, H, D] projection.
     q = torch.randn(rows, heads, dim).to(dtype).transpose(0, 1)
     k = torch.randn(rows, kv_heads, dim).to(dtype)
     v = torch.randn(rows, kv_heads, dim).to(dtype)
     key_cache.index_copy_(0, meta.slot_mapping, k)
     value_cache.index_copy_(0, meta.slot_mapping, v)
+    if variant.window is not None:  # keys that left every window: NaN, never to be read
+        poison_out_of_window(meta, key_cache, value_cache, variant.window)
     scale = dim**-0.5
-    expected = sdpa_attend(q, k, v, key_cache, value_cache, meta, scale)
+    expected = sdpa_attend(q, k, v, key_cache, value_cache, meta, scale, variant)
     attend = backend.make_triton_attend(num_splits=splits, block_n=block_n)
-    got = attend(q, k, v, key_cache, value_cache, meta, scale)
+    got = attend(q, k, v, key_cache, value_cache, meta, scale, variant)
     tol = TOLERANCE[dtype]
     torch.testing.assert_close(got.float(), expected.float(), rtol=tol, atol=tol)
+
+
+def poison_out_of_window(meta, key_cache, value_cache, window: int) -> None:
+    """NaN in every cache row a sequence's queries of this step all have out of their window."""
+    tables = meta.sequences
+    starts = tables.query_starts.tolist()
+    for b, seq_len in enumerate(tables.seq_lens.tolist()):
+        first_query = seq_len - (starts[b + 1] - starts[b])
+        for p in range(max(first_query - window + 1, 0)):
+            row = int(tables.block_tables[b, p // tables.block_size]) * tables.block_size
+            key_cache[row + p % tables.block_size] = float("nan")
+            value_cache[row + p % tables.block_size] = float("nan")
+
+
+VARIANTS = {
+    "window": Variant(window=7),
+    "softcap": Variant(softcap=1.5),
+    "sinks": Variant(sinks=torch.linspace(-2.0, 3.0, 6)),
+    "all": Variant(window=20, softcap=4.0, sinks=torch.linspace(1.0, -1.0, 6)),
+}
+
+
+@pytest.mark.parametrize("name", list(VARIANTS))
+def test_variants_match_sdpa_with_split_keys(backend, name: str) -> None:
+    """Decodes and chunks longer than the window, one and four key splits (merged with the
+    sinks by the combine kernel)."""
+    torch.manual_seed(7)
+    meta = step(random.Random(7), [(40, 1), (25, 9), (0, 12), (70, 1)], block_size=4)
+    compare(backend, meta, 6, 2, 16, torch.float32, splits=1, variant=VARIANTS[name])
+    compare(backend, meta, 6, 2, 16, torch.float32, splits=4, variant=VARIANTS[name])
 
 
 @pytest.mark.parametrize("heads,kv_heads", [(2, 2), (6, 2), (8, 2)], ids=["mha", "gqa3", "gqa4"])

@@ -200,3 +200,24 @@ def test_prefix_caching_off_never_shares() -> None:
     bm = BlockManager(num_blocks=8, block_size=2)
     run_prompt(bm, [1, 2, 3], "a")
     assert run_prompt(bm, [1, 2, 3], "b").num_cached_tokens == 0
+
+
+def test_sliding_window_frees_blocks_that_left_the_window() -> None:
+    """Window 6, blocks of 4: with the next token at p, blocks wholly before p - 5 go back
+    to the pool (the null block takes their place), shared ones only lose a reference."""
+    bm = BlockManager(num_blocks=8, block_size=4, enable_prefix_caching=True, sliding_window=6)
+    seq, other = make_seq(20), make_seq(20, "o")
+    bm.allocate(seq, 16)
+    seq.num_computed_tokens = 9  # next token 9 sees 4..9: block 0 (tokens 0..3) is out
+    bm.publish(seq, 0, 9)
+    assert bm.free_out_of_window(seq) == 1
+    assert seq.block_table == [bm.null_block, 1, 2, 3] and bm.is_free(0)
+    assert bm.cached_prefix(other) == [0, 1]  # freed, still findable (like any freed block)
+    assert bm.free_out_of_window(seq) == 0  # nothing new left the window
+    bm.admit(other, [0, 1], 4)  # shares blocks 0 and 1
+    seq.num_computed_tokens = 14  # sees 9..14: block 1 (4..7) is out, but `other` holds it
+    assert bm.free_out_of_window(seq) == 1 and not bm.is_free(1)
+    bm.free(seq)  # skips the null entries
+    bm.free(other)
+    assert bm.num_free_blocks == 8 and not bm.is_free(bm.null_block)
+    assert BlockManager(8, 4).free_out_of_window(make_seq(3)) == 0  # no window: never

@@ -27,7 +27,7 @@ import torch
 
 from loraplex import metrics
 from loraplex.adapters.weights import LoRAAdapter
-from loraplex.engine.errors import CapacityError
+from loraplex.engine.errors import CapacityError, ParameterError
 from loraplex.lora.manager import LoRAModelManager
 
 log = logging.getLogger(__name__)
@@ -101,7 +101,15 @@ class MergedCopies:
             return True
 
     def compute(self, adapter: LoRAAdapter) -> Future[dict[str, torch.Tensor]]:
-        """The merged weights of ``adapter``, computed on the merge worker thread."""
+        """The merged weights of ``adapter``, computed on the merge worker thread. An adapter
+        of MoE expert tensors or routers is refused (a 400): it is served unmerged."""
+        if unmergeable := self.manager.unmergeable(adapter):
+            raise ParameterError(
+                "name",
+                f"adapter {adapter.name!r} adapts MoE expert tensors or routers "
+                f"({', '.join(unmergeable[:2])}{' ...' if len(unmergeable) > 2 else ''}), which "
+                "cannot be merged; it is served unmerged",
+            )
         return self._worker.submit(self.manager.merged_weights, adapter)
 
     def wait_idle(self) -> None:

@@ -55,7 +55,29 @@ class AttentionMetadata:
     sequences: SequenceTables | None = None
 
 
-# (q [H, T, D], k [T, H_kv, D], v, key_cache, value_cache, metadata, scale) -> out [T, H, D]
+@dataclass(frozen=True)
+class Variant:
+    """What one layer asks of attention beyond ``softmax(scale·q·kᵀ + causal)·v``: the
+    arguments transformers passes the registered function (from the model's config, never
+    its name). Every backend implements all of them; the default is plain causal attention.
+
+    window: a sliding window of W keys: the query at position p sees keys ``p - W < j <= p``
+        (transformers' ``sliding_window_overlay``).
+    softcap: the scaled logits become ``softcap·tanh(logit / softcap)`` (Gemma 2's
+        ``attn_logit_softcapping``), before the mask.
+    sinks: [H] one logit per query head that joins every softmax's denominator and attends to
+        nothing (gpt-oss's ``s_aux``): ``p_j = exp(s_j) / (Σ_i exp(s_i) + exp(sink_h))``.
+    """
+
+    window: int | None = None
+    softcap: float | None = None
+    sinks: torch.Tensor | None = None
+
+
+PLAIN = Variant()
+
+# (q [H, T, D], k [T, H_kv, D], v, key_cache, value_cache, metadata, scale, variant)
+#   -> out [T, H, D]
 Attend = Callable[
     [
         torch.Tensor,
@@ -65,6 +87,7 @@ Attend = Callable[
         torch.Tensor,
         AttentionMetadata,
         float | None,
+        Variant,
     ],
     torch.Tensor,
 ]

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 
 from loraplex.engine.attention.block_tables import SequenceTables
-from loraplex.engine.attention.metadata import AttentionMetadata
+from loraplex.engine.attention.metadata import PLAIN, AttentionMetadata, Variant
 from loraplex.engine.attention.triton_kernels import (
     combine_splits_kernel,
     paged_attention_kernel,
@@ -26,6 +26,7 @@ TARGET_PROGRAMS = 1024
 MIN_KEYS_PER_SPLIT = 512
 MAX_SPLITS = 16
 MIN_DOT_DIM = 16  # every tl.dot dimension on real hardware
+NO_WINDOW = 1 << 30  # the window of a full-attention layer: longer than any sequence
 
 
 def choose_splits(programs: int, max_seq_len: int) -> int:
@@ -49,6 +50,7 @@ def kernel_constants(
     rows: int,
     num_splits: int | None,
     block_n: int,
+    variant: Variant = PLAIN,
 ) -> dict:
     """The compile-time arguments of the attention kernel for one step (``NUM_SPLITS`` chosen
     here unless forced)."""
@@ -71,6 +73,8 @@ def kernel_constants(
         "SEARCH_STEPS": num_seqs.bit_length(),
         "UPCAST": upcast,
         "PRECISION": "ieee" if dtype == torch.float32 or upcast else "tf32",
+        "SOFTCAP": variant.softcap is not None,
+        "HAS_SINKS": variant.sinks is not None,
     }
 
 
@@ -90,9 +94,11 @@ def make_triton_attend(num_splits: int | None = None, block_n: int = 64):
         value_cache: torch.Tensor,
         meta: AttentionMetadata,
         scaling: float | None,
+        variant: Variant = PLAIN,
     ) -> torch.Tensor:
         """q [H, T, D] (any strides, D dense); caches [rows, H_kv, D] -> out [T, H, D]:
-        ``softmax(q·Kᵀ·scale + causal) · V`` per sequence, keys at their cache rows."""
+        ``softmax(q·Kᵀ·scale + causal) · V`` per sequence, keys at their cache rows, with the
+        layer's variant (window, softcap, sinks)."""
         tables = meta.sequences
         if tables is None:
             raise ValueError("the triton attention backend needs the step's sequence tables")
@@ -102,7 +108,12 @@ def make_triton_attend(num_splits: int | None = None, block_n: int = 64):
             raise ValueError("attention (triton): q [H, T, D] with H a multiple of H_kv")
         if not value_cache.is_contiguous() or value_cache.shape != key_cache.shape:
             raise ValueError("attention (triton): keys and values must share one dense layout")
-        consts = kernel_constants(heads, kv_heads, dim, q.dtype, tables, rows, num_splits, block_n)
+        consts = kernel_constants(
+            heads, kv_heads, dim, q.dtype, tables, rows, num_splits, block_n, variant
+        )
+        sinks = variant.sinks if variant.sinks is not None else q  # unread without sinks
+        if variant.sinks is not None and (sinks.shape != (heads,) or not sinks.is_contiguous()):
+            raise ValueError(f"attention (triton): sinks must be [{heads}], got {sinks.shape}")
         splits, num_seqs = consts["NUM_SPLITS"], tables.seq_lens.shape[0]
         out = torch.empty(rows, heads, dim, dtype=q.dtype, device=q.device)
         part = stats = out  # unread with one split
@@ -119,8 +130,11 @@ def make_triton_attend(num_splits: int | None = None, block_n: int = 64):
             tables.query_starts,
             tables.seq_lens,
             tables.block_tables,
+            sinks,
             num_seqs,
             scaling if scaling is not None else dim**-0.5,
+            variant.softcap or 0.0,
+            variant.window or NO_WINDOW,
             q.stride(1),
             q.stride(0),
             key_cache.stride(0),
@@ -140,6 +154,7 @@ def make_triton_attend(num_splits: int | None = None, block_n: int = 64):
                 part,
                 stats,
                 out,
+                sinks,
                 part.stride(0),
                 part.stride(1),
                 part.stride(2),
@@ -150,6 +165,7 @@ def make_triton_attend(num_splits: int | None = None, block_n: int = 64):
                 HEAD_DIM=dim,
                 BLOCK_D=consts["BLOCK_D"],
                 NUM_SPLITS=splits,
+                HAS_SINKS=variant.sinks is not None,
             )
         return out
 

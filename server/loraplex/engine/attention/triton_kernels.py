@@ -7,6 +7,13 @@ values are read in place from the paged cache through the sequence's block table
 online (running max and sum, in base 2); with ``NUM_SPLITS > 1`` each split of the key range
 writes a partial result that :func:`combine_splits_kernel` merges.
 
+Variants (``metadata.Variant``): a sliding ``window`` (runtime; a huge value for none) both
+masks each query's keys (``p - window < j <= p``) and starts the tile's key range at the first
+key any of its queries sees, so keys that left the window are never loaded (their blocks may
+belong to someone else by now); ``SOFTCAP`` turns the scaled logits into
+``softcap·tanh(logit / softcap)``; ``HAS_SINKS`` adds each head's sink ``exp(sink_h)`` to the
+softmax denominator when the result is normalized.
+
 The query-tile grid is fixed from host bounds, ``T // BLOCK_Q + B`` tiles: sequence ``b``'s
 tiles start at ``query_starts[b] // BLOCK_Q + b`` (increasing in ``b``, and never short of its
 ``cdiv(q_len, BLOCK_Q)`` tiles), found by a branch-free binary search of ``SEARCH_STEPS``
@@ -17,6 +24,8 @@ from __future__ import annotations
 
 import triton
 import triton.language as tl
+
+LOG2E = tl.constexpr(1.4426950408889634)
 
 
 @triton.jit
@@ -43,8 +52,11 @@ def paged_attention_kernel(
     query_starts_ptr,
     seq_lens_ptr,
     block_tables_ptr,
+    sinks_ptr,
     num_seqs,
     scale,
+    softcap,
+    window,
     q_stride_t,
     q_stride_h,
     cache_stride_row,
@@ -68,6 +80,8 @@ def paged_attention_kernel(
     SEARCH_STEPS: tl.constexpr,
     UPCAST: tl.constexpr,
     PRECISION: tl.constexpr,
+    SOFTCAP: tl.constexpr,
+    HAS_SINKS: tl.constexpr,
 ):
     """Grid: (T // BLOCK_Q + B, kv heads, NUM_SPLITS). q: [T, H, D] rows (any strides);
     caches: [rows, H_kv, D]; out: [T, H, D]. With splits, ``part`` [S, T, H, D] gets the
@@ -97,10 +111,12 @@ def paged_attention_kernel(
     if UPCAST:
         q = q.to(tl.float32)
 
-    # Keys this tile may see end after its last query; this split takes one slice of them.
+    # Keys this tile may see end after its last query and start at its first query's window;
+    # this split takes one slice of them.
     kv_end = tl.minimum(seq_len, context + first_token + BLOCK_Q)
-    per_split = tl.cdiv(tl.cdiv(kv_end, NUM_SPLITS), BLOCK_N) * BLOCK_N
-    kv_start = split * per_split
+    kv_first = tl.maximum(context + first_token - window + 1, 0)
+    per_split = tl.cdiv(tl.cdiv(kv_end - kv_first, NUM_SPLITS), BLOCK_N) * BLOCK_N
+    kv_start = kv_first + split * per_split
     kv_stop = tl.minimum(kv_start + per_split, kv_end)
 
     m_i = tl.full([BLOCK_Q * GROUP_PAD], float("-inf"), dtype=tl.float32)
@@ -108,7 +124,7 @@ def paged_attention_kernel(
     acc = tl.zeros([BLOCK_Q * GROUP_PAD, BLOCK_D], dtype=tl.float32)
     table = block_tables_ptr + seq.to(tl.int64) * table_stride
     head_offset = kv_head * cache_stride_h
-    qk_scale = scale * 1.4426950408889634  # exp(x) = exp2(x * log2(e))
+    qk_scale = scale * LOG2E  # exp(x) = exp2(x * log2(e))
     for n0 in range(kv_start, kv_stop, BLOCK_N):
         pos = n0 + tl.arange(0, BLOCK_N)
         key_ok = pos < kv_stop
@@ -122,8 +138,13 @@ def paged_attention_kernel(
         v = tl.load(v_tile, mask=v_mask, other=0.0)
         if UPCAST:
             k, v = k.to(tl.float32), v.to(tl.float32)
-        s = tl.dot(q, k, input_precision=PRECISION) * qk_scale
+        s = tl.dot(q, k, input_precision=PRECISION)
+        if SOFTCAP:  # softcap·tanh(x / softcap), tanh(y) = 1 - 2 / (exp(2y) + 1)
+            s = (1.0 - 2.0 / (tl.exp(s * (2.0 * scale / softcap)) + 1.0)) * (softcap * LOG2E)
+        else:
+            s = s * qk_scale
         visible = key_ok[None, :] & (pos[None, :] <= query_pos[:, None])
+        visible = visible & (pos[None, :] > query_pos[:, None] - window)
         s = tl.where(visible, s, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, 1))
         m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # rows with no key seen yet
@@ -136,6 +157,12 @@ def paged_attention_kernel(
     rows_t = (q_start + token).to(tl.int64)
     mask = row_ok[:, None] & d_ok[None, :]
     if NUM_SPLITS == 1:
+        if HAS_SINKS:  # the sink joins the denominator: rescale to max(m, sink) first
+            sink = tl.load(sinks_ptr + head, mask=row_ok, other=0.0).to(tl.float32) * LOG2E
+            m_all = tl.maximum(m_i, sink)
+            rescale = tl.exp2(m_i - m_all)
+            l_i = l_i * rescale + tl.exp2(sink - m_all)
+            acc = acc * rescale[:, None]
         out = acc / tl.where(l_i > 0, l_i, 1.0)[:, None]
         dest = out_ptr + rows_t[:, None] * out_stride_t + head[:, None] * out_stride_h
         tl.store(dest + offs_d[None, :], out.to(out_ptr.dtype.element_ty), mask=mask)
@@ -152,6 +179,7 @@ def combine_splits_kernel(
     part_ptr,
     stats_ptr,
     out_ptr,
+    sinks_ptr,
     part_stride_split,
     part_stride_t,
     part_stride_h,
@@ -162,8 +190,10 @@ def combine_splits_kernel(
     HEAD_DIM: tl.constexpr,
     BLOCK_D: tl.constexpr,
     NUM_SPLITS: tl.constexpr,
+    HAS_SINKS: tl.constexpr,
 ):
-    """Grid: (T, H). ``out = Σ_s 2^(m_s - m) acc_s / Σ_s 2^(m_s - m) l_s`` with m = max_s m_s."""
+    """Grid: (T, H). ``out = Σ_s 2^(m_s - m) acc_s / (Σ_s 2^(m_s - m) l_s [+ 2^(sink - m)])``
+    with m = max_s m_s (and the head's sink, in base 2)."""
     t = tl.program_id(0).to(tl.int64)
     h = tl.program_id(1)
     offs_s = tl.arange(0, NUM_SPLITS)
@@ -172,10 +202,16 @@ def combine_splits_kernel(
     m = tl.load(stats)
     l_s = tl.load(stats + 1)
     m_max = tl.max(m, 0)
+    if HAS_SINKS:
+        sink = tl.load(sinks_ptr + h).to(tl.float32) * LOG2E
+        m_max = tl.maximum(m_max, sink)
     weight = tl.exp2(m - m_max)  # splits that saw no key have m = -inf: weight 0
     part = part_ptr + offs_s[:, None] * part_stride_split + t * part_stride_t + h * part_stride_h
     acc = tl.load(part + offs_d[None, :], mask=offs_d[None, :] < HEAD_DIM, other=0.0)
-    out = tl.sum(acc * weight[:, None], 0) / tl.sum(l_s * weight, 0)
+    denominator = tl.sum(l_s * weight, 0)
+    if HAS_SINKS:
+        denominator += tl.exp2(sink - m_max)
+    out = tl.sum(acc * weight[:, None], 0) / denominator
     dest = out_ptr + t * out_stride_t + h * out_stride_h + offs_d
     tl.store(dest, out.to(out_ptr.dtype.element_ty), mask=offs_d < HEAD_DIM)
 

@@ -107,7 +107,7 @@ def _targeted(module: str, targets: tuple[str, ...]) -> bool:
 
 def random_adapter(
     name: str,
-    module_shapes: dict[str, tuple[int, int]],
+    module_shapes: dict[str, tuple[int, ...]],
     rank: int,
     targets: tuple[str, ...] | list[str],
     seed: int,
@@ -115,7 +115,8 @@ def random_adapter(
     dtype: torch.dtype = torch.float32,
     device: torch.device | str = "cpu",
 ) -> LoRAAdapter:
-    """A LoRA of ``rank`` on every module (name -> (in, out)) that ``targets`` names.
+    """A LoRA of ``rank`` on every projection (name -> (in, out)) that ``targets`` names
+    (parameter targets, name -> (E, in, out), are left out).
 
     ``A ~ N(0, 1/in)`` and ``B ~ N(0, 1/(100 r))``, so each update is a small perturbation of a
     transformers-initialized base (bf16 stays finite) yet changes the output. Drawn on
@@ -124,9 +125,10 @@ def random_adapter(
     targets = tuple(targets)
     generator = torch.Generator(device).manual_seed(seed)
     modules: dict[str, LoRAWeights] = {}
-    for module, (fan_in, fan_out) in sorted(module_shapes.items()):
-        if not _targeted(module, targets):
+    for module, shape in sorted(module_shapes.items()):
+        if len(shape) != 2 or not _targeted(module, targets):
             continue
+        fan_in, fan_out = shape
         a = torch.randn(rank, fan_in, generator=generator, device=device) * fan_in**-0.5
         b = torch.randn(fan_out, rank, generator=generator, device=device) * (100 * rank) ** -0.5
         modules[module] = LoRAWeights(a.to(dtype), b.to(dtype), (alpha or rank) / rank)

@@ -15,6 +15,7 @@ from loraplex.engine.attention.metadata import AttentionMetadata
 from loraplex.engine.attention.paged import FORWARD, register_paged_attention
 from loraplex.engine.attention.select import select_attention
 from loraplex.engine.model.dummy import build_dummy_model, dummy_tokenizer
+from loraplex.engine.model.layers import layer_windows
 from loraplex.engine.model.loading import load_pretrained
 from loraplex.engine.request.sequence import Sequence
 from loraplex.engine.runner.batch import PackedBatch, build_batch
@@ -151,6 +152,8 @@ class ModelRunner:
         )
         log.info("add_lora backend: %s, slot tables in %s", kernel, table_dtype)
         backend, self.attend = select_attention(model.attention_backend, self.device)
+        # Each layer's sliding window by the config (transformers' arguments may lack it).
+        self.windows = layer_windows(self.model.config)
         log.info("attention backend: %s", backend)
         self.backends = (kernel, backend)  # (add_lora, attention): CUDA graphs need both triton
         self.lora = LoRAModelManager(
@@ -253,6 +256,7 @@ class ModelRunner:
         [K, vocab] at ``logits_to_keep`` (0: every row). No host sync and no branch on tensor
         data, so a pure-decode call over persistent buffers can be captured as a CUDA graph."""
         FORWARD.kv_caches = self.kv_caches
+        FORWARD.windows = self.windows
         FORWARD.metadata = attention
         FORWARD.attend = self.attend
         self.lora.set_step(lora, merged)

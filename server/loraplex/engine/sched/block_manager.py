@@ -11,6 +11,13 @@ before it and on the adapter weights that computed it, so equal hashes mean equa
 sequence whose leading full blocks hash the same shares those blocks (ref-counted) and skips
 their prefill. sha256, not Python's ``hash``: a crafted prompt must never collide with another
 tenant's cached prefix.
+
+Sliding window (vLLM's sliding-window manager): when every attention layer of the model sees
+only the last ``sliding_window`` keys, a block whose tokens all lie before the window of the
+sequence's next token is never read again; :meth:`free_out_of_window` returns it to the pool
+(its published prefix stays findable, like any freed block) and puts :attr:`null_block` in its
+place in the table, so positions keep their index. The null block is the runner's all-zero
+block past the pool: attention never reads a key outside the window anyway.
 """
 
 from __future__ import annotations
@@ -33,12 +40,22 @@ class BlockManager:
     tokens, so a shared block is never written.
     """
 
-    def __init__(self, num_blocks: int, block_size: int, enable_prefix_caching: bool = False):
+    def __init__(
+        self,
+        num_blocks: int,
+        block_size: int,
+        enable_prefix_caching: bool = False,
+        sliding_window: int | None = None,
+    ):
         if num_blocks <= 0 or block_size <= 0:
             raise ValueError("num_blocks and block_size must be positive")
+        if sliding_window is not None and sliding_window <= 0:
+            raise ValueError("sliding_window must be positive")
         self.num_blocks = num_blocks
         self.block_size = block_size
         self.enable_prefix_caching = enable_prefix_caching
+        self.sliding_window = sliding_window
+        self.null_block = num_blocks + 1  # past the pool and the scratch block: all zeros
         self._free: OrderedDict[int, None] = OrderedDict.fromkeys(range(num_blocks))
         self._refs = [0] * num_blocks
         self._hash_of: dict[int, bytes] = {}  # published block -> its prefix hash
@@ -87,7 +104,7 @@ class BlockManager:
         Raises ``RuntimeError`` (freeing nothing) if a block is unowned or repeated, which
         means a double free: a bookkeeping bug worth failing loudly on.
         """
-        table = seq.block_table
+        table = [b for b in seq.block_table if b != self.null_block]  # out of the window: freed
         # Validate everything first so a bad table leaves the allocator untouched.
         bad = [b for b in table if not 0 <= b < self.num_blocks or self._refs[b] <= 0]
         if bad or len(set(table)) != len(table):
@@ -101,7 +118,25 @@ class BlockManager:
         seq.block_table = []
 
     def is_free(self, block: int) -> bool:
-        return self._refs[block] == 0
+        return 0 <= block < self.num_blocks and self._refs[block] == 0
+
+    def free_out_of_window(self, seq: Sequence) -> int:
+        """Free ``seq``'s blocks that no later query can see: those whose tokens all lie before
+        ``p - sliding_window + 1``, p = its next token's position. Returns how many."""
+        if self.sliding_window is None:
+            return 0
+        first_seen = seq.num_computed_tokens - self.sliding_window + 1
+        table, freed = seq.block_table, 0
+        for index in range(min(max(first_seen, 0) // self.block_size, len(table))):
+            block = table[index]
+            if block == self.null_block:
+                continue
+            self._refs[block] -= 1
+            if self._refs[block] == 0:
+                self._free[block] = None
+            table[index] = self.null_block
+            freed += 1
+        return freed
 
     # ---- prefix caching ------------------------------------------------------------------
 

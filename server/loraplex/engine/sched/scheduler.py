@@ -132,11 +132,13 @@ class Scheduler:
         return out
 
     def after_step(self, out: SchedulerOutput) -> None:
-        """Record that the step's chunks are now in the KV cache (and publish full blocks)."""
+        """Record that the step's chunks are now in the KV cache (and publish full blocks);
+        under a sliding window, free the blocks that left it."""
         for s in out.scheduled:
             if not s.seq.is_finished:  # aborted while the step ran
                 s.seq.num_computed_tokens += s.num_new_tokens
                 self.block_manager.publish(s.seq, s.start, s.num_new_tokens)
+                self.block_manager.free_out_of_window(s.seq)
 
     def _schedule_running(self, budget: StepBudget, out: SchedulerOutput) -> None:
         # Decodes (one token each) go before prefill chunks so a long prompt cannot stall them.
