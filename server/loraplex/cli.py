@@ -23,6 +23,7 @@ from loraplex.config import (
     ServerConfig,
     batch_defaults,
 )
+from loraplex.engine.quantization import resolve_quantization
 
 log = logging.getLogger("loraplex")
 
@@ -86,6 +87,7 @@ def build_config(args: argparse.Namespace) -> Config:
             load_format=args.load_format,
             huge_pages=args.huge_pages,
             enforce_eager=args.enforce_eager,
+            quantization=args.quantization,
         ),
         cache=CacheConfig(
             block_size=args.block_size,
@@ -170,6 +172,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     try:
         config = build_config(args)
+        # The weight format is checked before the server starts (libraries, device, folder).
+        model = config.model
+        folder = None if model.load_format == "dummy" else model.model
+        resolve_quantization(model.quantization, folder, model.device.partition(":")[0])
     except ValueError as exc:
         args.parser.error(str(exc))  # usage + message on stderr, exit status 2
     serve(config)

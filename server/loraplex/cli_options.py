@@ -14,6 +14,7 @@ from loraplex.config import (
     BATCH_DEFAULTS,
     DTYPES,
     LOAD_FORMATS,
+    QUANTIZATIONS,
     CacheConfig,
     ModelConfig,
     SchedulerConfig,
@@ -86,6 +87,14 @@ def _add_model_options(serve: argparse.ArgumentParser) -> None:
         default=ModelConfig.load_format,
         help="auto: the weights in --model; dummy: random weights of --model's config (or of "
         "a built-in Llama-3-8B-shaped config without --model), for benchmarks",
+    )
+    model.add_argument(
+        "--quantization",
+        choices=QUANTIZATIONS,
+        default=None,
+        help="quantize the float weights at load, computing in --dtype: bitsandbytes (NF4, "
+        "4-bit) or bitsandbytes-8bit (LLM.int8); needs pip install 'loraplex[quant]'. A folder "
+        "saved quantized (config.json quantization_config) is detected without this flag",
     )
     model.add_argument(
         "--huge-pages",

@@ -233,6 +233,13 @@ MERGED_ADAPTER_BYTES = Gauge(
     "Bytes held by pre-merged copies of base weights (capped by --max-merged-adapters).",
     registry=REGISTRY,
 )
+MODEL_WEIGHT_BYTES = Gauge(
+    "loraplex_model_weight_bytes",
+    "Bytes of the base model's weights by storage format (nf4, fp4, int8, float32, ...), set "
+    "at start: a quantized base shows its projections' format beside the float embeddings.",
+    ["format"],
+    registry=REGISTRY,
+)
 
 for _tier in TIERS:  # every tier's series exist from the start (rates need a zero)
     for _family in (ADAPTER_LOADS, ADAPTER_EVICTIONS, ADAPTER_HITS, ADAPTER_MISSES):

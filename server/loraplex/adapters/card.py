@@ -35,6 +35,7 @@ class AdapterCard:
     created: int
     description: str | None = None
     pinned: bool = False
+    base_format: str | None = None  # the served base's weight format it was checked against
 
     @property
     def id(self) -> AdapterId:
@@ -74,4 +75,5 @@ class AdapterCard:
             "created": self.created,
             "description": self.description,
             "pinned": self.pinned,
+            "base_format": self.base_format,
         }

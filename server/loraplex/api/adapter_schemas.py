@@ -45,6 +45,9 @@ class AdapterCardResponse(BaseModel):
     created: int
     description: str | None = None
     pinned: bool = False
+    # The served base's weight format its shapes were checked against (bitsandbytes-nf4,
+    # float32 ...): a QLoRA adapter is exact on the format it was trained on.
+    base_format: str | None = None
     location: AdapterLocation | None = None
 
 

@@ -51,7 +51,11 @@ def build_adapters(
     limits = adapter_limits(config)
     shapes = runner.lora.module_shapes()
     checker = functools.partial(
-        check_folder, limits=limits, served_model=base_model, module_shapes=shapes
+        check_folder,
+        limits=limits,
+        served_model=base_model,
+        module_shapes=shapes,
+        base_format=runner.base_format,
     )
     location = config.store_location or str(cache_root() / "adapter-store")
     registry = AdapterRegistry(

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import torch
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
+from loraplex import metrics
 from loraplex.config import CacheConfig, LoRAConfig, ModelConfig
 from loraplex.engine.attention import (
     FORWARD,
@@ -20,6 +21,14 @@ from loraplex.engine.dummy_weights import build_dummy_model, dummy_tokenizer
 from loraplex.engine.huge_pages import huge_zeros, move_to_huge_pages
 from loraplex.engine.memory_sizing import activation_reserve_bytes, kv_cache_bytes
 from loraplex.engine.model_loading import load_pretrained
+from loraplex.engine.quantization import resolve_quantization
+from loraplex.engine.quantized_loading import (
+    describe_weights,
+    load_quantized,
+    quantize_in_place,
+    settle,
+    weight_bytes,
+)
 from loraplex.lora.manager import LoRAModelManager, padded_rank
 from loraplex.lora.ops import LoRAMeta, select_add_lora
 from loraplex.paths import kernel_cache
@@ -116,14 +125,28 @@ class ModelRunner:
         self.device = torch.device(model.device)
         self.dtype = getattr(torch, model.dtype)
         attn = register_paged_attention()
-        if model.load_format == "dummy":  # random weights of the folder's config, on the device
+        dummy = model.load_format == "dummy"
+        # The weight format: --quantization, or the folder's own (dummy: the flag alone).
+        self.quantization = resolve_quantization(
+            model.quantization, None if dummy else path, self.device.type
+        )
+        if dummy:  # random weights of the folder's config, on the device
             self.model = build_dummy_model(path, self.dtype, self.device, attn)
+            if self.quantization is not None:
+                quantize_in_place(self.model, self.quantization, self.dtype)
             vocab = self.model.config.get_text_config().vocab_size
             self.tokenizer: PreTrainedTokenizerBase = dummy_tokenizer(path, vocab)
         else:
             self.tokenizer = AutoTokenizer.from_pretrained(path)
-            self.model = load_pretrained(path, self.dtype, self.device, attn)
+            if self.quantization is None:
+                self.model = load_pretrained(path, self.dtype, self.device, attn)
+            else:
+                self.model = load_quantized(path, self.dtype, self.device, attn, self.quantization)
         self.model.eval().requires_grad_(False)
+        if self.quantization is not None:
+            settle(self.model, self.dtype, self.device)
+        self.weight_bytes = weight_bytes(self.model)
+        self._report_weights()
         prepack_output_projection(self.model)
         table_dtype = getattr(torch, lora.table_dtype(model.dtype))
         kernel, op = select_add_lora(
@@ -173,6 +196,21 @@ class ModelRunner:
             self.layout.block_size,
             2 * sum(k.numel() * k.element_size() for k, _ in self.kv_caches) / 2**20,
         )
+
+    @property
+    def base_format(self) -> str:
+        """How the base projections are stored: ``bitsandbytes-nf4``, ``gptq`` ..., or the
+        float dtype (what adapters are checked against, shown on their cards)."""
+        dtype = str(self.dtype).removeprefix("torch.")
+        return dtype if self.quantization is None else self.quantization.name
+
+    def _report_weights(self) -> None:
+        metrics.MODEL_WEIGHT_BYTES.clear()
+        for fmt, nbytes in self.weight_bytes.items():
+            metrics.MODEL_WEIGHT_BYTES.labels(format=fmt).set(nbytes)
+        how = "" if self.quantization is None else f"{self.quantization.describe()}, "
+        dtype = str(self.dtype).removeprefix("torch.")
+        log.info("base weights: %s (%scompute %s)", describe_weights(self.weight_bytes), how, dtype)
 
     def clear_blocks(self, blocks: list[int]) -> None:
         """Zero the keys and values of ``blocks`` in every layer (a failed sequence's blocks,

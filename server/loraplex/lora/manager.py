@@ -11,6 +11,7 @@ from torch import nn
 from loraplex.adapters.weights import LoRAAdapter
 from loraplex.lora.layers import LORA_BASE_TYPES, LoRAContext, LoRALinear, in_out_features
 from loraplex.lora.ops import AddLoRA, LoRAMeta, add_lora
+from loraplex.lora.quantized import is_quantized, merge_refusal
 from loraplex.lora.slot_copier import slot_copier
 
 # Slot tables pad ranks to a multiple of this, so 16-bit grouped matmuls get 16-byte strides.
@@ -28,7 +29,8 @@ class LoRAModelManager:
     Every Linear/Conv1D projection except the output embedding is wrapped, so any adapter that
     targets projections of the base model can be loaded later without touching the model again.
     Adapters arrive checked against :meth:`module_shapes` and a rank limit of ``max_rank``.
-    The slot tables are in ``table_dtype`` (None: each projection's weight dtype).
+    The slot tables are in ``table_dtype`` (None: each projection's compute dtype; a quantized
+    projection is wrapped as it is, ``lora/quantized.py``).
     """
 
     def __init__(
@@ -49,10 +51,16 @@ class LoRAModelManager:
             if isinstance(module, LORA_BASE_TYPES) and module is not output
         ]
         self.layers: dict[str, LoRALinear] = {}
+        # The model's float dtype: what a quantized projection that names no compute dtype
+        # computes in (the embeddings' and norms' dtype).
+        floats = (p.dtype for p in model.parameters() if not is_quantized(p))
+        fallback = next(floats, torch.float32)
         for name, module in targets:
             parent_name, _, child = name.rpartition(".")
             parent = model.get_submodule(parent_name)
-            layer = LoRALinear(module, num_slots, padded_rank(max_rank), self.context, table_dtype)
+            layer = LoRALinear(
+                module, num_slots, padded_rank(max_rank), self.context, table_dtype, fallback
+            )
             setattr(parent, child, layer)
             self.layers[name] = layer
         # The real rank of each slot's adapter (0: empty), handed to the kernels with every
@@ -98,6 +106,15 @@ class LoRAModelManager:
                 name: self.layers[name].merged_weight(weights)
                 for name, weights in adapter.modules.items()
             }
+
+    def merge_refusal(self) -> str | None:
+        """Why this base cannot serve pre-merged adapters (None: it can): a projection whose
+        quantized weight has no exact dequantization here (``lora/quantized.py``)."""
+        for name, layer in self.layers.items():
+            reason = merge_refusal(layer.base)
+            if reason is not None:
+                return f"{name}: {reason}"
+        return None
 
     def install_merged(self, key: str, weights: dict[str, torch.Tensor]) -> None:
         """Serve ``key`` pre-merged from now on (engine thread, between steps: dict stores)."""
