@@ -79,7 +79,9 @@ def quantize_in_place(model: nn.Module, fmt: QuantFormat, dtype: torch.dtype) ->
             layer = bnb.nn.Linear8bitLt(
                 *_in_out(linear), bias, has_fp16_weights=False, threshold=6.0, device="meta"
             )
-            layer.weight = bnb.nn.Int8Params(linear.weight.data.cpu(), has_fp16_weights=False)
+            layer.weight = bnb.nn.Int8Params(
+                linear.weight.data.cpu(), requires_grad=False, has_fp16_weights=False
+            )
         if bias:
             layer.bias = linear.bias
         parent, _, child = name.rpartition(".")
@@ -94,6 +96,27 @@ def _float_linears(model: nn.Module, output: nn.Module) -> list[tuple[str, nn.Li
 
 def _in_out(linear: nn.Linear) -> tuple[int, int]:
     return linear.in_features, linear.out_features
+
+
+class _OnceFilter(logging.Filter):
+    """Let a per-forward library warning through once per process, then drop it."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__()
+        self.text, self.seen = text, False
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if self.text not in record.getMessage():
+            return True
+        seen, self.seen = self.seen, True
+        return not seen
+
+
+# LLM.int8 casts activations to float16 to quantize them, and bitsandbytes says so at every
+# forward of every layer: once is enough.
+logging.getLogger("bitsandbytes.autograd._functions").addFilter(
+    _OnceFilter("inputs will be cast from")
+)
 
 
 def settle(model: nn.Module, dtype: torch.dtype, device: torch.device) -> None:
