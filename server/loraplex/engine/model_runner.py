@@ -96,15 +96,23 @@ class PrepackedLinear(torch.nn.Module):
 
 
 def device_kv_cache_bytes(
-    device: torch.device, model_config, utilization: float, tokens: int, dtype: torch.dtype
+    device: torch.device,
+    model_config,
+    utilization: float,
+    tokens: int,
+    dtype: torch.dtype,
+    dequantized: int = 0,
 ) -> int:
-    """The KV cache's share of a CUDA device, measured now (weights and slot tables loaded)."""
+    """The KV cache's share of a CUDA device, measured now (weights and slot tables loaded);
+    ``dequantized``: bytes of the largest quantized projection in ``dtype`` (0: float base)."""
     torch.cuda.empty_cache()  # the allocator's cached, unused blocks count as free
     free, total = torch.cuda.mem_get_info(device)
     text = model_config.get_text_config()
     width = text.hidden_size
     intermediate = getattr(text, "intermediate_size", None) or 4 * width
-    reserve = activation_reserve_bytes(tokens, width, intermediate, text.vocab_size, dtype.itemsize)
+    reserve = activation_reserve_bytes(
+        tokens, width, intermediate, text.vocab_size, dtype.itemsize, dequantized
+    )
     return kv_cache_bytes(total, free, utilization, reserve)
 
 
@@ -175,6 +183,7 @@ class ModelRunner:
                 cache.gpu_memory_utilization,
                 step_tokens or model.max_model_len,
                 self.dtype,
+                self._largest_dequantized(),
             )
         self.layout = kv_layout(self.model.config, cache, self.dtype, memory)
         # Two blocks past the pool, never handed out: padded decode rows write their keys to
@@ -203,6 +212,13 @@ class ModelRunner:
         float dtype (what adapters are checked against, shown on their cards)."""
         dtype = str(self.dtype).removeprefix("torch.")
         return dtype if self.quantization is None else self.quantization.name
+
+    def _largest_dequantized(self) -> int:
+        """Bytes of the largest projection dequantized in the compute dtype (float base: 0)."""
+        if self.quantization is None:
+            return 0
+        sizes = (i * o for i, o in self.lora.module_shapes().values())
+        return max(sizes, default=0) * self.dtype.itemsize
 
     def _report_weights(self) -> None:
         metrics.MODEL_WEIGHT_BYTES.clear()
