@@ -8,7 +8,6 @@ from dataclasses import dataclass
 import torch
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
-from loraplex import metrics
 from loraplex.config import CacheConfig, LoRAConfig, ModelConfig
 from loraplex.engine.attention import (
     FORWARD,
@@ -183,7 +182,7 @@ class ModelRunner:
                 cache.gpu_memory_utilization,
                 step_tokens or model.max_model_len,
                 self.dtype,
-                self._largest_dequantized(),
+                self.largest_dequantized(),
             )
         self.layout = kv_layout(self.model.config, cache, self.dtype, memory)
         # Two blocks past the pool, never handed out: padded decode rows write their keys to
@@ -213,7 +212,7 @@ class ModelRunner:
         dtype = str(self.dtype).removeprefix("torch.")
         return dtype if self.quantization is None else self.quantization.name
 
-    def _largest_dequantized(self) -> int:
+    def largest_dequantized(self) -> int:
         """Bytes of the largest projection dequantized in the compute dtype (float base: 0)."""
         if self.quantization is None:
             return 0
@@ -221,9 +220,6 @@ class ModelRunner:
         return max(sizes, default=0) * self.dtype.itemsize
 
     def _report_weights(self) -> None:
-        metrics.MODEL_WEIGHT_BYTES.clear()
-        for fmt, nbytes in self.weight_bytes.items():
-            metrics.MODEL_WEIGHT_BYTES.labels(format=fmt).set(nbytes)
         how = "" if self.quantization is None else f"{self.quantization.describe()}, "
         dtype = str(self.dtype).removeprefix("torch.")
         log.info("base weights: %s (%scompute %s)", describe_weights(self.weight_bytes), how, dtype)
