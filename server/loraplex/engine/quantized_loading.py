@@ -10,16 +10,17 @@ stops the start with its first bad tensor named instead of serving garbage or cr
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import torch
 from torch import nn
 from transformers import AutoModelForCausalLM, PreTrainedModel
 
 from loraplex.engine.quantization import QuantFormat, QuantizationError
-from loraplex.lora.quantized import tensor_format
+from loraplex.lora.quantized import is_quantized, tensor_format
 
 log = logging.getLogger(__name__)
 # bitsandbytes' CPU kernel layout (AVX-512 BF16) tiles the output rows by 32 and reshapes the
@@ -46,7 +47,19 @@ def load_quantized(
             f"the {fmt.describe()} weights in {path} could not be loaded: {exc}"
         ) from exc
     check_quantized(model, path)
+    if device.type == "cpu":
+        _own_float_tensors(model)
     return model
+
+
+def _own_float_tensors(model: nn.Module) -> None:
+    """Copies of the float tensors a load left as views of the checkpoint's memory map
+    (embeddings, norms): any one of them keeps the map alive, and with it every page of the
+    float checkpoint that quantizing read (its whole size, resident for nothing)."""
+    with torch.no_grad():
+        for tensor in {id(t): t for t in (*model.parameters(), *model.buffers())}.values():
+            if tensor.layout is torch.strided and not is_quantized(tensor):
+                tensor.data = tensor.data.clone()
 
 
 def _bnb_config(fmt: QuantFormat, dtype: torch.dtype):  # -> BitsAndBytesConfig
@@ -137,6 +150,19 @@ def settle(model: nn.Module, dtype: torch.dtype, device: torch.device) -> None:
             continue
         with torch.no_grad():
             layer(torch.zeros(1, layer.in_features, dtype=dtype))
+    if device.type == "cpu" and _MALLOC_TRIM is not None:
+        _MALLOC_TRIM(0)  # quantizing and repacking freed ~4x the weights in transients
+
+
+def _malloc_trim() -> Callable[[int], int] | None:
+    """glibc's malloc_trim (None elsewhere): gives freed heap pages back to the OS."""
+    try:
+        return ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError):
+        return None
+
+
+_MALLOC_TRIM = _malloc_trim()
 
 
 def _bnb_layers(model: nn.Module, kind: str) -> Iterator[nn.Module]:
