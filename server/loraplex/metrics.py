@@ -129,6 +129,13 @@ NUM_CLIENT_REQUESTS = Gauge(
 KV_CACHE_USAGE = Gauge(
     "loraplex_kv_cache_usage_ratio", "Fraction of KV-cache blocks in use (0..1).", registry=REGISTRY
 )
+MODEL_WEIGHT_BYTES = Gauge(
+    "loraplex_model_weight_bytes",
+    "Bytes of the base model's weights by storage format (nf4, fp4, int8, float32, ...), set "
+    "at start: a quantized base shows its projections' format beside the float embeddings.",
+    ["format"],
+    registry=REGISTRY,
+)
 TIME_TO_FIRST_TOKEN = Histogram(
     "loraplex_time_to_first_token_seconds",
     "Time from request arrival to its first output token.",
@@ -231,13 +238,6 @@ MERGED_ADAPTERS = Gauge(
 MERGED_ADAPTER_BYTES = Gauge(
     "loraplex_merged_adapter_bytes",
     "Bytes held by pre-merged copies of base weights (capped by --max-merged-adapters).",
-    registry=REGISTRY,
-)
-MODEL_WEIGHT_BYTES = Gauge(
-    "loraplex_model_weight_bytes",
-    "Bytes of the base model's weights by storage format (nf4, fp4, int8, float32, ...), set "
-    "at start: a quantized base shows its projections' format beside the float embeddings.",
-    ["format"],
     registry=REGISTRY,
 )
 

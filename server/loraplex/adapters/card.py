@@ -35,7 +35,6 @@ class AdapterCard:
     created: int
     description: str | None = None
     pinned: bool = False
-    base_format: str | None = None  # the served base's weight format it was checked against
 
     @property
     def id(self) -> AdapterId:
@@ -75,5 +74,4 @@ class AdapterCard:
             "created": self.created,
             "description": self.description,
             "pinned": self.pinned,
-            "base_format": self.base_format,
         }

@@ -27,12 +27,10 @@ __all__ = ["CheckedFolder", "check_folder"]
 
 @dataclass(frozen=True)
 class CheckedFolder:
-    """An adapter folder that passed every rule: its parsed config and its weights, read once;
-    ``base_format``: the served base's weight format its shapes were checked against."""
+    """An adapter folder that passed every rule: its parsed config and its weights, read once."""
 
     config: PeftConfig
     weights: WeightsFile
-    base_format: str | None = None
 
 
 def check_folder(
@@ -40,15 +38,13 @@ def check_folder(
     limits: Limits,
     served_model: str,
     module_shapes: Mapping[str, tuple[int, int]],
-    base_format: str | None = None,
 ) -> CheckedFolder:
     """Check an adapter folder: both files present, no pickles or code, config and weights valid.
 
     ``module_shapes`` maps each base projection to ``(in_features, out_features)``;
-    ``served_model`` empty: the config's base model is not compared. ``base_format`` (e.g.
-    ``bitsandbytes-nf4``, ``float32``) is recorded for the adapter's card. Other files
-    (README.md ...) are ignored. Returns the config and the weights that were checked, so the
-    caller builds the adapter from them (``weights.build_adapter``) instead of reading it again.
+    ``served_model`` empty: the config's base model is not compared. Other files (README.md ...)
+    are ignored. Returns the config and the weights that were checked, so the caller builds the
+    adapter from them (``weights.build_adapter``) instead of reading it again.
     """
     folder = Path(folder)
     if not folder.is_dir():
@@ -60,4 +56,4 @@ def check_folder(
             raise AdapterValidationError(f"{required} is missing")
     config = PeftConfig.read(folder / CONFIG_FILE, limits, served_model)
     weights = check_safetensors(folder / WEIGHTS_FILE, config, module_shapes, limits)
-    return CheckedFolder(config, weights, base_format)
+    return CheckedFolder(config, weights)

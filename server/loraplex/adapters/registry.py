@@ -50,7 +50,6 @@ def describe(name: str, folder: Path, checked: CheckedFolder, metadata: dict) ->
         created=int(metadata.get("created") or weights.stat().st_mtime),
         description=metadata.get("description"),
         pinned=bool(metadata.get("pinned", False)),
-        base_format=checked.base_format,
     )
 
 

@@ -46,7 +46,7 @@ class AdapterCardResponse(BaseModel):
     description: str | None = None
     pinned: bool = False
     # The served base's weight format its shapes were checked against (bitsandbytes-nf4,
-    # float32 ...): a QLoRA adapter is exact on the format it was trained on.
+    # float32 ...): every adapter of a server is checked against its one base.
     base_format: str | None = None
     location: AdapterLocation | None = None
 

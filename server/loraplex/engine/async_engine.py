@@ -62,6 +62,7 @@ class AsyncEngine:
         self.vocab_size = engine.vocab_size
         self.eos_token_ids = engine.eos_token_ids
         self.check_fanout = engine.check_fanout  # host-side: safe from the event loop
+        self.base_format = engine.runner.base_format  # what adapters are checked against
         self.created = int(time.time())
         self.adapters = AdapterService(engine.adapters, self.on_engine)
         self._commands: queue.SimpleQueue[tuple] = commands or queue.SimpleQueue()

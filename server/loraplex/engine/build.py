@@ -52,11 +52,7 @@ def build_adapters(
     limits = adapter_limits(config)
     shapes = runner.lora.module_shapes()
     checker = functools.partial(
-        check_folder,
-        limits=limits,
-        served_model=base_model,
-        module_shapes=shapes,
-        base_format=runner.base_format,
+        check_folder, limits=limits, served_model=base_model, module_shapes=shapes
     )
     location = config.store_location or str(cache_root() / "adapter-store")
     registry = AdapterRegistry(
