@@ -27,9 +27,7 @@ ATTENTION_BACKENDS = ("auto", "torch", "triton")
 # How weights are loaded (vLLM's names): "auto" from the model folder; "dummy" random weights
 # of the folder's config (or of a built-in Llama-3-8B-shaped config without --model).
 LOAD_FORMATS = ("auto", "dummy")
-# In-flight quantization of a float checkpoint at load (--quantization; vLLM's name for the
-# first): bitsandbytes NF4 (4-bit, QLoRA's format) and bitsandbytes LLM.int8 (8-bit). A folder
-# saved quantized is detected from its config.json with no flag (engine/quantization.py).
+# --quantization at load: bitsandbytes NF4 (vLLM's name) or LLM.int8 (engine/quantization.py).
 QUANTIZATIONS = ("bitsandbytes", "bitsandbytes-8bit")
 # Per-step batch limits (max_num_seqs, max_num_batched_tokens) when --max-num-seqs and
 # --max-num-batched-tokens are not given: a laptop CPU's, and a GPU's. The GPU's are vLLM's for
@@ -72,8 +70,7 @@ class ModelConfig:
     huge_pages: bool = True
     # vLLM's --enforce-eager: never capture CUDA graphs of decode steps (moot off CUDA).
     enforce_eager: bool = False
-    # One of QUANTIZATIONS: quantize the weights at load, computing in ``dtype`` (None: the
-    # checkpoint's own format, float or quantized).
+    # One of QUANTIZATIONS, computing in ``dtype`` (None: the checkpoint's own format).
     quantization: str | None = None
 
     def __post_init__(self) -> None:
@@ -88,10 +85,8 @@ class ModelConfig:
             f"--load-format must be one of {LOAD_FORMATS}, got {self.load_format!r}",
         )
         _require(self.max_model_len > 0, "--max-model-len must be positive")
-        _require(
-            self.quantization is None or self.quantization in QUANTIZATIONS,
-            f"--quantization must be one of {QUANTIZATIONS}, got {self.quantization!r}",
-        )
+        quantization = self.quantization in (None, *QUANTIZATIONS)
+        _require(quantization, f"--quantization must be one of {QUANTIZATIONS}")
         if self.model is not None:
             _require(Path(self.model).is_dir(), f"--model {self.model!r} is not a folder")
 

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from loraplex import cli
+from loraplex.config import ModelConfig
 from loraplex.engine.quantization import (
     QUANT_EXTRA,
     QuantFormat,
@@ -75,6 +76,8 @@ def test_unknown_and_damaged_quantization_configs_are_refused(tmp_path: Path) ->
         resolve_quantization(None, tmp_path, "cpu")
     with pytest.raises(QuantizationError, match="--quantization must be one of"):
         resolve_quantization("int3", None, "cpu")
+    with pytest.raises(ValueError, match="--quantization must be one of"):
+        ModelConfig(quantization="awq")  # the config refuses it before anything runs
 
 
 def test_a_missing_library_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
