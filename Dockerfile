@@ -89,8 +89,8 @@ USER ${APP_UID}:${APP_GID}
 # container starts offline in seconds. It lands in $LORAPLEX_CACHE/models/SmolLM2-135M-Instruct.
 # Do not mount a volume over /var/cache/loraplex unless it holds the model too. Then build the
 # CPU kernel for this build machine's CPU (a host with another CPU builds its own at start).
-RUN python -c "from loraplex.engine.default_model import ensure_default_model; ensure_default_model()" \
- && python -c "from loraplex.paths import kernel_cache; from loraplex.lora.ops.cpu_ops import build; build(kernel_cache())"
+RUN python -c "from loraplex.engine.model.default import ensure_default_model; ensure_default_model()" \
+ && python -c "from loraplex.paths import kernel_cache; from loraplex.lora.ops.cpu_build import build; build(kernel_cache())"
 
 # The adapter store default (--adapters-dir adapters, relative to WORKDIR /app): empty here; a
 # volume (a ReadWriteMany claim in Kubernetes) or --adapter-store s3://... supplies adapters.

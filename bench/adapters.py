@@ -24,7 +24,7 @@ from loraplex.adapters.weights import load_adapter
 from loraplex.config import CacheConfig, Config, LoRAConfig, ModelConfig, SchedulerConfig
 from loraplex.engine.build import build_engine
 from loraplex.engine.llm_engine import LLMEngine
-from loraplex.engine.sampling_params import SamplingParams
+from loraplex.engine.request.params import SamplingParams
 
 ATTENTION = ("q_proj", "v_proj")
 

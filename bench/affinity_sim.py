@@ -29,10 +29,10 @@ from stats import percentile
 from workload import zipf_weights
 
 from loraplex.config import SchedulerConfig
-from loraplex.engine.block_manager import BlockManager
-from loraplex.engine.sampling_params import SamplingParams
-from loraplex.engine.scheduler import Scheduler
-from loraplex.engine.sequence import Sequence
+from loraplex.engine.request.params import SamplingParams
+from loraplex.engine.request.sequence import Sequence
+from loraplex.engine.sched.block_manager import BlockManager
+from loraplex.engine.sched.scheduler import Scheduler
 from loraplex.lora.slot_cache import SlotCache
 
 

@@ -61,7 +61,7 @@ QUESTIONS = (
 
 def default_model_dir() -> Path:
     """The HF folder of the default model (converted from the GGUF wheel on first use)."""
-    from loraplex.engine.default_model import ensure_default_model
+    from loraplex.engine.model.default import ensure_default_model
 
     return ensure_default_model()
 

@@ -56,7 +56,7 @@ def _runner(
     """A runner with random weights (quantized at load with ``quantization``) and room in its
     cache for every sequence of a run."""
     from loraplex.config import CacheConfig, LoRAConfig, ModelConfig
-    from loraplex.engine.model_runner import ModelRunner
+    from loraplex.engine.runner.model_runner import ModelRunner
 
     blocks_per_seq = -(-(shape.prompt + shape.decode_steps + shape.warmup_steps + 1) // 16)
     return ModelRunner(
@@ -74,7 +74,7 @@ def _runner(
 
 
 def _model_folder(smoke: bool, scratch: Path) -> Path:
-    from loraplex.engine.dummy_weights import builtin_dummy_folder
+    from loraplex.engine.model.dummy import builtin_dummy_folder
 
     if not smoke:
         return builtin_dummy_folder()
@@ -93,10 +93,10 @@ def _model_folder(smoke: bool, scratch: Path) -> Path:
 
 
 def _run(runner, decode, blocks_per_seq: int, shape: Shape, adapters: int, label: str) -> Run:
-    from loraplex.engine.batch import build_batch
-    from loraplex.engine.sampling_params import SamplingParams
-    from loraplex.engine.scheduler import ScheduledSeq
-    from loraplex.engine.sequence import Sequence
+    from loraplex.engine.request.params import SamplingParams
+    from loraplex.engine.request.sequence import Sequence
+    from loraplex.engine.runner.batch import build_batch
+    from loraplex.engine.sched.scheduler import ScheduledSeq
 
     slots = runner.lora.num_slots
     slot_of = {f"a{i}": i for i in range(slots)}
@@ -137,9 +137,9 @@ def _run(runner, decode, blocks_per_seq: int, shape: Shape, adapters: int, label
 
 
 def e2e_runs(device: torch.device, dtype: str, smoke: bool) -> list[Run]:
-    from loraplex.engine.attention import select_attention
-    from loraplex.engine.decode_runner import DecodeRunner
-    from loraplex.engine.dummy_weights import random_adapter
+    from loraplex.engine.attention.select import select_attention
+    from loraplex.engine.model.dummy import random_adapter
+    from loraplex.engine.runner.decode_runner import DecodeRunner
     from loraplex.lora.ops import select_add_lora
 
     shape = SMOKE if smoke else FULL

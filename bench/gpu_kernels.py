@@ -111,10 +111,10 @@ def lora_cases(device, dtype, smoke: bool, iters: int, tolerance: float) -> list
 
 def _attention_step(shapes, block_size: int, device: torch.device):
     """AttentionMetadata for sequences given as (cached, new) tokens on shuffled blocks."""
-    from loraplex.engine.batch import build_batch
-    from loraplex.engine.sampling_params import SamplingParams
-    from loraplex.engine.scheduler import ScheduledSeq
-    from loraplex.engine.sequence import Sequence
+    from loraplex.engine.request.params import SamplingParams
+    from loraplex.engine.request.sequence import Sequence
+    from loraplex.engine.runner.batch import build_batch
+    from loraplex.engine.sched.scheduler import ScheduledSeq
 
     need = sum(-(-(c + n) // block_size) for c, n in shapes)
     free = list(range(need))
@@ -129,8 +129,8 @@ def _attention_step(shapes, block_size: int, device: torch.device):
 
 
 def attention_cases(device, dtype, smoke: bool, iters: int, tolerance: float) -> list[Case]:
-    from loraplex.engine.attention import sdpa_attend
-    from loraplex.engine.triton_attention import triton_attend
+    from loraplex.engine.attention.sdpa import sdpa_attend
+    from loraplex.engine.attention.triton import triton_attend
 
     heads, kv_heads, dim, block = (6, 2, 32, 4) if smoke else (32, 8, 128, 16)
     if smoke:

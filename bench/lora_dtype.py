@@ -26,7 +26,7 @@ import torch
 
 from loraplex.config import CacheConfig, Config, LoRAConfig, ModelConfig, SchedulerConfig
 from loraplex.engine.build import build_engine
-from loraplex.engine.sampling_params import SamplingParams
+from loraplex.engine.request.params import SamplingParams
 
 SHIPPED = Path(__file__).resolve().parents[1] / "adapters"
 

@@ -67,15 +67,15 @@ class PhaseTimer:
 
 
 def instrument(engine: Any, timer: PhaseTimer) -> None:
-    import loraplex.engine.llm_engine as llm_engine
+    import loraplex.engine.runner.model_runner as model_runner
 
     timer.wrap(engine.scheduler, "schedule", "schedule")
-    timer.wrap(llm_engine, "build_batch", "batch")
-    # Both paths: build_batch + runner.forward, or the decode buffers' run (fill + forward).
+    timer.wrap(model_runner, "build_batch", "batch")
+    # Both paths of runner.execute: build_batch + forward, or the decode buffers' run.
     timer.wrap(engine.runner, "run_model", "forward")
-    timer.wrap(engine.decode, "run", "decode run")
+    timer.wrap(engine.runner.decode, "run", "decode run")
     timer.wrap(engine.runner.lora.context, "add_lora", "add_lora")
-    timer.wrap(engine, "_sample", "sample")
+    timer.wrap(engine.sampler, "sample", "sample")
     timer.wrap(engine, "_process", "process")
 
 
@@ -106,7 +106,7 @@ def run_round(
     tag: str,
 ) -> dict[str, list[dict[str, float]]]:
     """Every step's phase times (ms), by kind: ``prefill`` or ``decode``."""
-    from loraplex.engine.sampling_params import SamplingParams
+    from loraplex.engine.request.params import SamplingParams
 
     params = SamplingParams(max_tokens=max_tokens, temperature=0, ignore_eos=True)
     for i, prompt in enumerate(prompts):

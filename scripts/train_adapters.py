@@ -48,10 +48,10 @@ from safetensors.torch import load_file, save_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 try:
-    from loraplex.engine.default_model import DEFAULT_MODEL_NAME, ensure_default_model
+    from loraplex.engine.model.default import DEFAULT_MODEL_NAME, ensure_default_model
 except ModuleNotFoundError:  # not installed: run from the source tree
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "server"))
-    from loraplex.engine.default_model import DEFAULT_MODEL_NAME, ensure_default_model
+    from loraplex.engine.model.default import DEFAULT_MODEL_NAME, ensure_default_model
 
 # Siblings in scripts/ (this file runs as a script, so its folder is on sys.path); imported after
 # the fallback above, since training_data imports loraplex too.

@@ -143,3 +143,13 @@ def server_factory() -> Iterator[Callable[..., str]]:
 def live_server(server_factory: Callable[..., str], tiny_config: Config) -> str:
     """Base URL (``http://127.0.0.1:PORT``, no ``/v1``) of a server for the tiny model."""
     return server_factory(tiny_config)
+
+
+@pytest.fixture(scope="module")
+def one_thread() -> Iterator[None]:
+    """One intra-op thread for a module of many tiny forwards: on a shared 2-core machine
+    OpenMP's spinning second thread makes a 64-wide matmul ~1000x slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

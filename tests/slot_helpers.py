@@ -2,7 +2,7 @@
 two-projection model to load slots of.
 
 A CUDA event cannot run here, so tests drive the real bookkeeping (``SlotWrites``,
-``SlotCopier.writing``, ``LoRAModelManager.load_slot``, ``EngineAdapters.activate``) with
+``SlotCopier.writing``, ``LoRAModelManager.load_slot``, ``AdapterTiers.activate``) with
 :class:`HeldFence`, a fence that completes when the test says so.
 """
 

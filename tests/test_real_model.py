@@ -16,9 +16,9 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from loraplex.config import CacheConfig, Config, LoRAConfig, ModelConfig, SchedulerConfig
 from loraplex.engine.build import build_engine
-from loraplex.engine.default_model import DEFAULT_MODEL_NAME, ensure_default_model
 from loraplex.engine.llm_engine import LLMEngine
-from loraplex.engine.sampling_params import SamplingParams
+from loraplex.engine.model.default import DEFAULT_MODEL_NAME, ensure_default_model
+from loraplex.engine.request.params import SamplingParams
 
 pytestmark = pytest.mark.slow
 ADAPTERS = Path(__file__).resolve().parents[1] / "adapters"

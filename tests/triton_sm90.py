@@ -17,9 +17,10 @@ import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
-from loraplex.engine.sequence_tables import SequenceTables
-from loraplex.engine.triton_attention import kernel_constants as attention_constants
-from loraplex.engine.triton_attention_kernels import combine_splits_kernel, paged_attention_kernel
+from loraplex.engine.attention.block_tables import SequenceTables
+from loraplex.engine.attention.metadata import PLAIN, Variant
+from loraplex.engine.attention.triton import kernel_constants as attention_constants
+from loraplex.engine.attention.triton_kernels import combine_splits_kernel, paged_attention_kernel
 from loraplex.lora.ops.triton_kernels import expand_kernel, shrink_kernel
 from loraplex.lora.ops.triton_ops import choose_tiles
 from loraplex.lora.ops.triton_ops import kernel_constants as lora_constants
@@ -49,7 +50,7 @@ def signature(kernel, dtype: torch.dtype, constants: dict) -> dict[str, str]:
         elif name.endswith("_ptr"):
             types[name] = POINTER[dtype]
         else:
-            types[name] = "fp32" if name == "scale" else "i32"
+            types[name] = "fp32" if name in ("scale", "softcap") else "i32"
     return types
 
 
@@ -66,11 +67,17 @@ def configurations(dtypes: tuple[torch.dtype, ...]):
             dummy = torch.zeros(len(shapes) + 1)
             tables = SequenceTables(dummy, lens, dummy, 16, longest, int(lens.max()))
             rows = sum(new for _, new in shapes)
-            consts = attention_constants(heads, kv_heads, 128, dtype, tables, rows, None, 64)
-            yield paged_attention_kernel, dtype, consts
-            if consts["NUM_SPLITS"] > 1:
-                combine = {"HEAD_DIM": 128, "BLOCK_D": 128, "NUM_SPLITS": consts["NUM_SPLITS"]}
-                yield combine_splits_kernel, dtype, combine
+            # Plain attention, and every variant at once (window, softcap, sinks).
+            every = Variant(window=512, softcap=50.0, sinks=torch.zeros(heads))
+            for variant in (PLAIN, every):
+                consts = attention_constants(
+                    heads, kv_heads, 128, dtype, tables, rows, None, 64, variant
+                )
+                yield paged_attention_kernel, dtype, consts
+                if consts["NUM_SPLITS"] > 1:
+                    combine = {"HEAD_DIM": 128, "BLOCK_D": 128, "NUM_SPLITS": consts["NUM_SPLITS"],
+                               "HAS_SINKS": consts["HAS_SINKS"]}  # fmt: skip
+                    yield combine_splits_kernel, dtype, combine
 
 
 def main() -> int:

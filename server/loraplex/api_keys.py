@@ -22,12 +22,11 @@ from pathlib import Path
 
 from loraplex.adapters.tenancy import TENANT_PATTERN
 
-ROLES = ("admin", "user", "inference")
-DEFAULT_TENANT = "default"  # the tenant of --api-key, and of every caller when no key is set
+ROLES = ("admin", "user", "inference", "metrics")
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 _TENANT = re.compile(TENANT_PATTERN)
 
-__all__ = ["DEFAULT_TENANT", "ROLES", "ApiKeyEntry", "key_digest", "load_api_keys_file"]
+__all__ = ["ROLES", "ApiKeyEntry", "key_digest", "load_api_keys_file"]
 
 
 def key_digest(key: str) -> str:

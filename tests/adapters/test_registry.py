@@ -150,24 +150,70 @@ def test_old_version_is_kept_while_held_and_forgotten_once_released(
     assert old.key not in registry.host
 
 
-def test_failed_load_of_a_replaced_version_is_forgotten_once_released(
+def test_held_version_evicted_from_host_memory_is_read_back_before_a_replace(
     make_registry, tmp_path: Path
 ) -> None:
-    """A request for version 1 waits, not in host memory, while version 2 replaces it: its load
-    fails (the store holds version 2); once the request lets go, nothing of version 1 is left."""
+    """A request holds version 1, which host memory evicted; version 2 replaces it: version 1
+    is read back from the store before the store takes version 2, and stays till released."""
+    registry = make_registry(capacity=1)
+    old = registry.register("a", write_adapter(tmp_path / "v1", seed=1))
+    registry.register("b", write_adapter(tmp_path / "b", seed=3))  # evicts a@v1 from host memory
+    held = registry.hold("a")
+    assert held == old and old.key not in registry.host
+    new = registry.register("a", write_adapter(tmp_path / "v2", seed=2), replace=True)
+    assert registry.get("a") == new
+    kept = registry.loaded(old.key)
+    assert kept is not None and kept.version == old.version  # version 1's weights, not 2's
+    assert registry.load(old) is kept  # a load racing the store's change finds the same
+    (registry.store.fetch("a") / CONFIG_FILE).unlink()  # as seen midway through a swap-in
+    assert registry.load(old) is kept
+    registry.register("c", write_adapter(tmp_path / "c", seed=4))  # pressure: held stays
+    assert old.key in registry.host
+    registry.release(old.key)
+    assert old.key not in registry.host and old.key not in registry._by_key
+    assert registry.is_retired(old.key) and not registry.is_retired(new.key)
+
+
+def test_failed_load_of_a_removed_version_is_forgotten_once_released(
+    make_registry, tmp_path: Path
+) -> None:
+    """A request for version 1 waits, not in host memory, while the adapter is deleted: its
+    load fails (a delete keeps nothing for queued requests); once the request lets go, nothing
+    of it is left."""
     loaded = threading.Event()
     registry = make_registry(capacity=1, on_loaded=loaded.set)
     old = registry.register("a", write_adapter(tmp_path / "v1", seed=1))
     registry.register("b", write_adapter(tmp_path / "b", seed=3))  # evicts a@v1 from host memory
-    registry.host.acquire(old.key)
-    new = registry.register("a", write_adapter(tmp_path / "v2", seed=2), replace=True)
+    registry.hold("a")
+    registry.remove("a")
     registry.prefetch(old.key)
     assert loaded.wait(10)
     assert isinstance(registry.failure(old.key), AdapterNotFoundError)
     assert old.key in registry._by_key  # still held: the request is told why it failed
-    registry.host.release(old.key)
+    registry.release(old.key)
     assert registry.failure(old.key) is None and old.key not in registry._by_key
-    assert new.key in registry._by_key
+
+
+def test_a_failed_store_write_puts_the_old_version_back(
+    make_registry, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The new card is published before the store write; if the write fails, the old card is
+    current again, and a request that resolved the new one keeps its weights till it ends."""
+    registry = make_registry()
+    old = registry.register("a", write_adapter(tmp_path / "v1", seed=1))
+    seen: list[str] = []
+
+    def failing_put(name: str, folder: Path, metadata: dict) -> None:
+        seen.append(registry.hold("a").key)  # a request resolving during the write
+        raise OSError("disk full")
+
+    monkeypatch.setattr(registry.store, "put", failing_put)
+    with pytest.raises(OSError, match="disk full"):
+        registry.register("a", write_adapter(tmp_path / "v2", seed=2), replace=True)
+    assert registry.get("a") == old and seen[0] != old.key
+    assert registry.loaded(seen[0]) is not None  # the request's version stays in memory
+    registry.release(seen[0])
+    assert seen[0] not in registry.host and registry.is_retired(seen[0])
 
 
 def test_current_versions_and_combinations_outlive_their_requests(

@@ -57,13 +57,24 @@ class AdapterFiles:
     def perturbed(self, seed: int) -> AdapterFiles:
         """Same shapes, new random values: another adapter (another version) of the same kind."""
         generator = torch.Generator().manual_seed(seed)
-        shapes = {k: v.shape for k, v in load(self.weights).items()}
+        # Sorted: the order load() returns tensors in varies, and with it what each one draws.
+        shapes = {k: v.shape for k, v in sorted(load(self.weights).items())}
         tensors = {k: torch.randn(shape, generator=generator) * 0.5 for k, shape in shapes.items()}
         return dataclasses.replace(self, weights=save(tensors))
 
     def members(self, folder: str = "") -> dict[str, bytes]:
         prefix = f"{folder}/" if folder else ""
         return {prefix + CONFIG_FILE: self.config, prefix + WEIGHTS_FILE: self.weights}
+
+
+def rank_16(tiny_model_dir: Path, folder: Path) -> Path:
+    """A real PEFT adapter of rank 16 (the tiny server's --max-lora-rank is 8)."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import LlamaForCausalLM
+
+    base = LlamaForCausalLM.from_pretrained(tiny_model_dir)
+    get_peft_model(base, LoraConfig(r=16, target_modules=["q_proj"])).save_pretrained(folder)
+    return folder
 
 
 def raw_safetensors(header: dict, length: int | None = None) -> bytes:

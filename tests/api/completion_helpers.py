@@ -11,10 +11,12 @@ PROMPT = "The capital of France is"
 GREEDY = {"temperature": 0.0, "max_tokens": 8, "extra_body": {"ignore_eos": True}}
 
 
-def metric(url: str, name: str, labels: str = "") -> float:
-    """One sample's value from /metrics (0 if absent); ``labels`` as in the text format."""
+def metric(url: str, name: str, labels: str = "", key: str | None = None) -> float:
+    """One sample's value from /metrics (0 if absent); ``labels`` as in the text format;
+    ``key``: a ``metrics`` (or admin) key, to read tenants' labels plain."""
     prefix = f"{name}{{{labels}}} " if labels else f"{name} "
-    for line in httpx.get(f"{url}/metrics").text.splitlines():
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    for line in httpx.get(f"{url}/metrics", headers=headers).text.splitlines():
         if line.startswith(prefix):
             return float(line.split()[-1])
     return 0.0

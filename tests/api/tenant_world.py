@@ -24,6 +24,7 @@ KEYS = {
     "acme": "sk-acme-user-0001",  # acme, role user
     "acme-app": "sk-acme-app-0001",  # acme, role inference; stored hashed
     "globex": "sk-globex-user-01",  # globex, role user; stored hashed
+    "scraper": "sk-ops-metrics-01",  # ops, role metrics (reads /metrics, nothing else)
     "unknown": "sk-nobody-000001",
 }
 GREEDY = {"temperature": 0.0, "max_tokens": 8, "extra_body": {"ignore_eos": True}}
@@ -75,26 +76,40 @@ def keys_file(folder: Path) -> Path:
         {"key": KEYS["acme"], "tenant": "acme", "role": "user"},
         {"sha256": key_digest(KEYS["acme-app"]), "tenant": "acme", "role": "inference"},
         {"sha256": key_digest(KEYS["globex"]).upper(), "tenant": "globex", "role": "user"},
+        {"key": KEYS["scraper"], "tenant": "ops", "role": "metrics"},
     ]
     path.write_text(json.dumps({"keys": entries}))
     return path
 
 
-def tenant_config(tiny_config: Config, root: Path, tiny_adapters_dir: Path) -> Config:
+def tenant_config(
+    tiny_config: Config,
+    root: Path,
+    tiny_adapters_dir: Path,
+    server_options: dict | None = None,
+    lora_options: dict | None = None,
+) -> Config:
+    """The tiny config with the keys above, a fresh store copy and an adapter root under
+    ``root``; ``server_options``/``lora_options`` replace further fields of those sections."""
     store = Path(shutil.copytree(tiny_adapters_dir, root / "store"))
     roots = root / "roots"
     shutil.copytree(store / "tiny-a", roots / "in-root")
-    server = dataclasses.replace(tiny_config.server, api_keys=load_api_keys_file(keys_file(root)))
+    keys = load_api_keys_file(keys_file(root))
+    server = dataclasses.replace(tiny_config.server, api_keys=keys, **(server_options or {}))
     lora = dataclasses.replace(
-        tiny_config.lora, adapters_dir=str(store), adapter_roots=(str(roots),)
+        tiny_config.lora,
+        adapters_dir=str(store),
+        adapter_roots=(str(roots),),
+        **(lora_options or {}),
     )
     return dataclasses.replace(tiny_config, server=server, lora=lora)
 
 
-def world_fixture(folder: str):
+def world_fixture(folder: str, **server_options: object):
     """A module-scoped ``world`` fixture: a keyed server on a fresh store copy in a temp folder
     named ``folder``; acme and globex each upload their own ``support`` (other weights), acme
-    also ``acme-only`` and ``acme-doomed``. Use as ``world = world_fixture(...)``."""
+    also ``acme-only`` and ``acme-doomed``. Use as ``world = world_fixture(...)``;
+    ``server_options`` replace fields of the server config."""
 
     @pytest.fixture(scope="module")
     def world(
@@ -103,20 +118,18 @@ def world_fixture(folder: str):
         tiny_adapters_dir: Path,
         tmp_path_factory: pytest.TempPathFactory,
     ) -> World:
-        return start_world(
-            server_factory, tiny_config, tiny_adapters_dir, tmp_path_factory.mktemp(folder)
-        )
+        root = tmp_path_factory.mktemp(folder)
+        config = tenant_config(tiny_config, root, tiny_adapters_dir, server_options)
+        return start_world(server_factory, config, tiny_adapters_dir)
 
     return world
 
 
 def start_world(
-    server_factory: Callable[[Config], str],
-    tiny_config: Config,
-    tiny_adapters_dir: Path,
-    root: Path,
+    server_factory: Callable[[Config], str], config: Config, tiny_adapters_dir: Path
 ) -> World:
-    config = tenant_config(tiny_config, root, tiny_adapters_dir)
+    """Serve ``config`` (see :func:`tenant_config`) and make the uploads :func:`world_fixture`
+    describes."""
     url = server_factory(config)
     files = AdapterFiles.read(tiny_adapters_dir / "tiny-a")
     world = World(url, config, Path(config.lora.adapters_dir or ""), files, {})

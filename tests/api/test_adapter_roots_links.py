@@ -14,7 +14,7 @@ from adapter_files import Env, assert_error, complete, env_fixture, post, text
 from attack_helpers import bystanders
 
 from loraplex.adapters.rules import CONFIG_FILE, WEIGHTS_FILE
-from loraplex.engine.adapter_service import STAGING_PREFIX
+from loraplex.engine.adapter_tiers.service import STAGING_PREFIX
 
 env = env_fixture("roots-links")
 

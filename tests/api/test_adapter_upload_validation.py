@@ -62,6 +62,10 @@ CONFIG_CASES: dict[str, tuple[Case, str]] = {
     "bias": (lambda f: f.with_config(bias="all"), "bias='all' is not supported"),
     "dora": (lambda f: f.with_config(use_dora=True), "use_dora=True is not supported"),
     "modules-to-save": (lambda f: f.with_config(modules_to_save=["lm_head"]), "modules_to_save"),
+    "target-parameters-string": (
+        lambda f: f.with_config(target_parameters="mlp.experts.down_proj"),
+        "target_parameters must be a list",
+    ),
     "base-mismatch": (
         lambda f: f.with_config(base_model_name_or_path="meta-llama/Llama-2-7b-hf"),
         "--allow-base-mismatch",
@@ -85,6 +89,13 @@ WEIGHT_CASES: dict[str, tuple[Case, str]] = {
     "unknown-module": (
         lambda f: f.with_tensors(foo_proj__lora_A__weight=torch.randn(4, 64)),
         "is not a projection of the base model",
+    ),
+    "unserved-parameter": (  # PEFT can wrap any parameter; experts and routers are served
+        lambda f: f.with_config(target_parameters=["rotary_emb.inv_freq"]).with_tensors(
+            rotary_emb__lora_A__weight=torch.randn(4, 64),
+            rotary_emb__lora_B__weight=torch.randn(8, 4),
+        ),
+        "nor a MoE expert tensor or router named by target_parameters",
     ),
     "nan-values": (
         lambda f: f.with_tensors(q_proj__lora_A__weight=torch.full((4, 64), float("nan"))),

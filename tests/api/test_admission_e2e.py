@@ -1,52 +1,55 @@
 """Admission through a real uvicorn server: 429s with Retry-After past --max-queued-requests
 (zero 5xx, no admitted request lost), the openai client's retries ending up served, a flooding
-tenant next to one that keeps being served, and an engine fault.
+tenant next to one that keeps being served, every 429 counted once by tenant (the tokenizer
+pool's too) and logged, and an engine fault.
 
 The engine is the real one, slowed by a delay per step (so a queue forms on a fast model).
-Tenants: until API keys name them, ``request.state.tenant`` is set from an ``x-tenant`` header
-by a two-line ASGI wrapper (what the authentication middleware will do from the key).
+Tenants come from real API keys: ``key-<tenant>`` acts for ``<tenant>``.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import logging
+import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import openai
 import pytest
-from completion_helpers import PROMPT
+from completion_helpers import PROMPT, metric
 from controlled_engine import controlled_engine
 
+from loraplex.api_keys import ApiKeyEntry, key_digest
 from loraplex.config import Config, SchedulerConfig
 
 RUNNING, QUEUED = 2, 4  # --max-num-seqs, --max-queued-requests
 STEP_DELAY = 0.02
 MAX_TOKENS = 6
+TENANTS = ("default", "t0", "t1", "t2", "t3", "flood", "quiet", "acme", "globex")
+SCRAPE_KEY = "key-prometheus"
 
 
-def with_tenant_header(app: Callable) -> Callable:
-    async def wrapped(scope: dict, receive: Callable, send: Callable) -> None:
-        if scope["type"] == "http":
-            tenant = dict(scope["headers"]).get(b"x-tenant")
-            if tenant:
-                scope.setdefault("state", {})["tenant"] = tenant.decode()
-        await app(scope, receive, send)
-
-    wrapped.state = app.state  # type: ignore[attr-defined]  # ThreadedServer reads the config
-    return wrapped
+def key(tenant: str) -> str:
+    return f"key-{tenant}"
 
 
 def slowed_server(config: Config, servers: list) -> tuple[str, dict]:
+    """A server on the real engine slowed by STEP_DELAY; ``knobs`` also holds the engine and
+    the app (``knobs["app"].state``: what its lifespan made)."""
     from loraplex.api.app import create_app
     from loraplex.api.threaded_server import ThreadedServer
 
+    keys = tuple(ApiKeyEntry(key_digest(key(t)), t, "inference") for t in TENANTS)
+    keys += (ApiKeyEntry(key_digest(SCRAPE_KEY), "ops", "metrics"),)  # reads tenants plain
+    config = dataclasses.replace(config, server=dataclasses.replace(config.server, api_keys=keys))
     engine, knobs = controlled_engine(config, STEP_DELAY)
     knobs["engine"] = engine
-    server = ThreadedServer(with_tenant_header(create_app(config, engine)))
+    knobs["app"] = create_app(config, engine)
+    server = ThreadedServer(knobs["app"])
     servers.append(server)
     return server.start(), knobs
 
@@ -72,7 +75,7 @@ def queued_server(servers: list, tiny_config: Config) -> tuple[str, dict]:
 
 def post(url: str, tenant: str = "default", max_tokens: int = MAX_TOKENS) -> httpx.Response:
     body = {"model": "tiny-llama", "prompt": PROMPT, "max_tokens": max_tokens, "ignore_eos": True}
-    headers = {"x-tenant": tenant}
+    headers = {"Authorization": f"Bearer {key(tenant)}"}
     return httpx.post(f"{url}/v1/completions", json=body, headers=headers, timeout=60)
 
 
@@ -101,25 +104,27 @@ def test_twice_the_admissible_load_gets_429s_and_loses_nothing(
             assert usage["completion_tokens"] == MAX_TOKENS
             assert r.json()["choices"][0]["finish_reason"] == "length"
     engine = queued_server[1]["engine"]
-    assert engine.admission.queued == 0 and engine.num_in_flight == 0
+    assert engine.queue_limits.queued == 0 and engine.num_in_flight == 0
 
 
 def test_the_openai_client_retries_429s_until_served(queued_server: tuple[str, dict]) -> None:
     url = queued_server[0]
-    client = openai.OpenAI(base_url=f"{url}/v1", api_key="x", max_retries=8, timeout=60)
+    clients = [
+        openai.OpenAI(base_url=f"{url}/v1", api_key=key(f"t{i}"), max_retries=8, timeout=60)
+        for i in range(4)
+    ]
     load = 2 * (RUNNING + QUEUED)
 
     def one(i: int) -> openai.types.Completion:
-        return client.completions.create(
+        return clients[i % 4].completions.create(
             model="tiny-llama",
             prompt=PROMPT,
             max_tokens=MAX_TOKENS,
             extra_body={"ignore_eos": True},
-            extra_headers={"x-tenant": f"t{i % 4}"},
         )
 
     start = time.monotonic()
-    rejected = queued_server[1]["engine"].admission.rejected
+    rejected = queued_server[1]["engine"].queue_limits.rejected
     before = sum(rejected.values())
     with ThreadPoolExecutor(load) as pool:
         completions = list(pool.map(one, range(load)))
@@ -146,6 +151,47 @@ def test_a_flooding_tenant_gets_429s_while_another_is_served(
     assert flooded[429] > 0 and set(flooded) <= {200, 429}
     refusal = next(f.result() for f in flood if f.result().status_code == 429)
     assert "--max-queued-requests-per-tenant 2" in refusal.json()["error"]["message"]
+
+
+def test_every_429_is_counted_once_by_tenant_and_logged(
+    servers: list, tiny_config: Config, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Both refusals, the tokenizer pool's (its cap of queued prompts) and the queue's, reach
+    loraplex_rate_limited_requests_total exactly as often as the clients saw them, per tenant."""
+    one_thread = dataclasses.replace(tiny_config.server, tokenizer_threads=1)
+    scheduler = dataclasses.replace(
+        tiny_config.scheduler, max_queued_requests=QUEUED, max_queued_requests_per_tenant=2
+    )
+    config = dataclasses.replace(tiny_config, server=one_thread, scheduler=scheduler)
+    url, knobs = slowed_server(config, servers)
+    pool = knobs["app"].state.text_pool
+    tenants = ["acme", "globex"]
+    name = "loraplex_rate_limited_requests_total"
+    before = {t: metric(url, name, f'tenant="{t}"', SCRAPE_KEY) for t in tenants}
+    load = pool.max_pending + 12
+    gate = threading.Event()
+    pool._executor.submit(gate.wait)  # its one thread is busy: prompts queue up in the pool
+    caplog.set_level(logging.INFO, logger="loraplex.api.errors")
+    with ThreadPoolExecutor(load) as clients:
+        futures = [clients.submit(post, url, tenants[i % 2]) for i in range(load)]
+        deadline = time.monotonic() + 20
+        while sum(f.done() for f in futures) < load - pool.max_pending:  # the pool's refusals
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        gate.set()  # the queued prompts go on to the engine's queue caps
+        responses = [f.result() for f in futures]
+    seen = Counter(tenants[i % 2] for i, r in enumerate(responses) if r.status_code == 429)
+    messages = [r.json()["error"]["message"] for r in responses if r.status_code == 429]
+    print(f"429s by tenant: {dict(seen)}; {len(messages)} in all")
+    assert {r.status_code for r in responses} <= {200, 429}
+    assert any("tokenizing" in m for m in messages) and any("retry later" in m for m in messages)
+    assert any("--max-queued-requests" in m for m in messages)
+    assert {t: metric(url, name, f'tenant="{t}"', SCRAPE_KEY) - before[t] for t in tenants} == {
+        t: float(seen[t]) for t in tenants
+    }
+    logged = [r.getMessage() for r in caplog.records if " failed: 429 " in r.getMessage()]
+    assert len(logged) == len(messages)  # one line each, with the reason
+    assert sorted(line.split(" failed: 429 ")[1] for line in logged) == sorted(messages)
 
 
 def test_a_failing_step_is_a_500_and_health_stays_true(queued_server: tuple[str, dict]) -> None:

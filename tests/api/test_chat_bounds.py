@@ -19,7 +19,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from tenant_world import KEYS, World, greedy, start_world
+from tenant_world import KEYS, World, greedy, start_world, tenant_config
 from victim_clock import measure
 
 from loraplex.config import Config
@@ -44,7 +44,9 @@ def world(
     model = dataclasses.replace(tiny_config.model, model=str(chat_model_dir))
     config = dataclasses.replace(tiny_config, model=model)
     root = tmp_path_factory.mktemp("chat-bounds")
-    return start_world(server_factory, config, tiny_adapters_dir, root)
+    return start_world(
+        server_factory, tenant_config(config, root, tiny_adapters_dir), tiny_adapters_dir
+    )
 
 
 def chat(world: World, messages: list | bytes, who: str = "acme-app") -> httpx.Response:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
@@ -14,7 +16,7 @@ from loraplex.adapters.errors import (
     AdapterValidationError,
 )
 from loraplex.api.errors import APIError, BodyTooLargeError, error_body, register_error_handlers
-from loraplex.engine.sampling_params import ParameterError
+from loraplex.engine.request.params import ParameterError
 
 INVALID = "invalid_request_error"
 
@@ -219,3 +221,16 @@ def test_api_error_headers_are_sent() -> None:
     assert response.status_code == 401
     assert response.headers["www-authenticate"] == "Bearer"
     assert response.json() == _error("no key", "invalid_request_error", None, "invalid_api_key")
+
+
+def test_every_failure_is_logged_once_with_its_reason(
+    client: TestClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="loraplex.api.errors")
+    client.get("/adapter-missing")
+    client.get("/boom")
+    lines = [(r.levelno, r.getMessage()) for r in caplog.records if " failed: " in r.getMessage()]
+    assert lines == [
+        (logging.INFO, "GET /adapter-missing failed: 404 adapter 'nope' does not exist"),
+        (logging.WARNING, "GET /boom failed: 500 Internal server error"),
+    ]

@@ -12,7 +12,7 @@ import httpx
 import pytest
 from adapter_files import LAYER, assert_error
 from safetensors.torch import load
-from tenant_world import World, call, greedy, put, start_world
+from tenant_world import World, call, greedy, put, start_world, tenant_config
 
 from loraplex.adapters.rules import CONFIG_FILE, WEIGHTS_FILE
 
@@ -24,7 +24,9 @@ def world(server_factory, tiny_config, tiny_adapters_dir, tmp_path_factory) -> W
     cache = dataclasses.replace(tiny_config.cache, num_blocks=32)
     config = dataclasses.replace(tiny_config, cache=cache)
     root = tmp_path_factory.mktemp("kv-poisoning")
-    return start_world(server_factory, config, tiny_adapters_dir, root)
+    return start_world(
+        server_factory, tenant_config(config, root, tiny_adapters_dir), tiny_adapters_dir
+    )
 
 
 LONG_PROMPT = " ".join(f"t{5 + i % 80}" for i in range(70))  # ~200 of the 256-token context

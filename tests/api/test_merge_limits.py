@@ -83,7 +83,7 @@ def unmerge(url: str, name: str) -> httpx.Response:
 
 def settled_rss(engine: AsyncEngine) -> float:
     """RSS once the merge worker has freed what was dropped (it frees asynchronously)."""
-    engine.engine.adapters.merges.wait_idle()
+    engine.engine.tiers.merges.wait_idle()
     return rss_mb()
 
 
@@ -120,7 +120,7 @@ def test_the_merge_is_computed_off_the_engine_thread(served: tuple[str, AsyncEng
     """A merge that takes as long as the test wants (the real computation, started late) while
     other requests come and go; a client that hangs up meanwhile frees nothing early."""
     url, engine = served
-    merges = engine.engine.adapters.merges
+    merges = engine.engine.tiers.merges
     real, gate, entered, threads = merges.manager.merged_weights, threading.Event(), [], []
 
     def slow_merged_weights(adapter):  # the real computation, once the test lets it run

@@ -33,6 +33,12 @@ CROSS_FIELD = (  # (message fragment of the 400, the rule its field descriptions
     ("give adapter_id or merged_adapters, not both", "one adapter choice"),
     ("weights; give one per id", "merged_adapters: one weight per id"),
     ("send either two file parts", "an upload: config and weights, or one archive"),
+    ("a tool message needs tool_call_id", "role tool with its tool_call_id"),
+    ("tool_choice needs tools", "tool_choice needs tools"),
+    ("not among tools", "a named tool_choice names one of tools"),
+    ("two tools are named", "tool names are unique"),
+    ("--enable-auto-tool-choice", 'tools without tool_choice are "auto", which needs the option'),
+    ("cannot be combined", "required/named tool_choice without another constraint"),
 )
 
 
@@ -44,6 +50,8 @@ def cross_field_rule(response) -> str | None:
     error = response.json()["error"]
     if error["code"] == "invalid_adapter":
         return "uploaded files are a PEFT LoRA of this base model"
+    if error["code"] == "invalid_constraint":  # the constraint fields' descriptions say so
+        return "a schema, regex or grammar that compiles, one per request, within the caps"
     return next((rule for fragment, rule in CROSS_FIELD if fragment in error["message"]), None)
 
 

@@ -31,7 +31,7 @@ from playground_world import (
 
 __all__ = ["browser", "playground_root", "playground_url"]  # fixtures, used by name
 
-TIMEOUT_MS = 20_000
+TIMEOUT_MS = 60_000  # generous: a loaded 2-core machine renders slowly
 
 
 class Page:

@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
-from adapter_files import AdapterFiles
+from adapter_files import AdapterFiles, rank_16
 
 from loraplex.adapters.rules import CONFIG_FILE, WEIGHTS_FILE
 from loraplex.config import Config
@@ -22,16 +22,6 @@ def write(folder: Path, files: AdapterFiles) -> Path:
     folder.mkdir(parents=True)
     (folder / CONFIG_FILE).write_bytes(files.config)
     (folder / WEIGHTS_FILE).write_bytes(files.weights)
-    return folder
-
-
-def rank_16(tiny_model_dir: Path, folder: Path) -> Path:
-    """A real PEFT adapter of rank 16 (the tiny server's --max-lora-rank is 8)."""
-    from peft import LoraConfig, get_peft_model
-    from transformers import LlamaForCausalLM
-
-    base = LlamaForCausalLM.from_pretrained(tiny_model_dir)
-    get_peft_model(base, LoraConfig(r=16, target_modules=["q_proj"])).save_pretrained(folder)
     return folder
 
 

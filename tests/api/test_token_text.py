@@ -12,7 +12,7 @@ from transformers import AutoTokenizer
 
 from loraplex.api.logprobs import chat_logprobs, completion_logprobs
 from loraplex.api.token_text import TokenText
-from loraplex.engine.outputs import TokenLogprob
+from loraplex.engine.request.outputs import TokenLogprob
 
 
 @pytest.fixture(scope="module")
@@ -83,7 +83,7 @@ def test_special_tokens_and_repeats(tokenizer) -> None:
 
 @pytest.mark.slow
 def test_default_model_multibyte_pieces() -> None:
-    from loraplex.engine.default_model import ensure_default_model
+    from loraplex.engine.model.default import ensure_default_model
 
     tokenizer = AutoTokenizer.from_pretrained(ensure_default_model())
     text = "日本語 🙂 the"

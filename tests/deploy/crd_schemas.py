@@ -10,7 +10,9 @@ misspelt or misplaced field fails):
 - HTTPRoute ``gateway.networking.k8s.io/v1`` (Gateway API standard channel): ``parentRefs``,
   ``rules[].matches[].path{type, value}``, ``rules[].backendRefs[]``, ``rules[].timeouts``.
 - ServiceMonitor ``monitoring.coreos.com/v1`` (Prometheus Operator): ``selector``,
-  ``endpoints[]{port, path, interval}``.
+  ``endpoints[]{port, path, interval, authorization{type, credentials{name, key}}}``
+  (``SafeAuthorization``: the credentials are a key of a Secret in the ServiceMonitor's
+  namespace; type ``Bearer`` by default, ``Basic`` refused).
 """
 
 from __future__ import annotations
@@ -149,6 +151,16 @@ SERVICE_MONITOR = resource(
                         "interval": DURATION,
                         "scrapeTimeout": DURATION,
                         "scheme": {"enum": ["http", "https"]},
+                        "authorization": closed(
+                            {
+                                "type": {"type": "string", "not": {"pattern": "(?i)^basic$"}},
+                                "credentials": closed(
+                                    {"name": NAME, "key": NAME, "optional": {"type": "boolean"}},
+                                    ("name", "key"),
+                                ),
+                            },
+                            ("credentials",),
+                        ),
                     }
                 ),
             },

@@ -14,7 +14,7 @@ from fnmatch import fnmatch
 from deploy_helpers import ROOT, find
 from packaging.requirements import Requirement
 
-from loraplex.engine.default_model import DEFAULT_MODEL_NAME
+from loraplex.engine.model.default import DEFAULT_MODEL_NAME
 
 DOCKERFILE = (ROOT / "Dockerfile").read_text()
 # Instructions, with continuation lines joined.

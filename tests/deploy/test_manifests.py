@@ -277,3 +277,38 @@ def test_gpu_overlay_requests_a_gpu_and_runs_on_cuda(rendered: dict[str, list[di
         option(resolved_args(rendered["base"]), "--max-num-seqs")
     )
     assert float(option(args, "--gpu-memory-utilization")) <= 0.95
+
+
+@pytest.mark.parametrize("name", RENDERS)
+def test_prometheus_scrapes_with_a_metrics_key_and_the_picker_without(
+    rendered: dict[str, list[dict]], name: str
+) -> None:
+    """Prometheus presents the Secret loraplex-metrics-key (a key of role ``metrics``: every
+    name plain); the gateway's picker cannot send a key, so no server it scrapes may require
+    one (--metrics-require-key), and it reads the anonymous view (tenants' adapters opaque)."""
+    from loraplex.api.auth import PERMISSIONS, SCRAPE
+
+    docs = rendered[name]
+    (endpoint,) = find(docs, "ServiceMonitor", "loraplex")["spec"]["endpoints"]
+    assert endpoint["path"] == "/metrics"
+    assert endpoint["authorization"] == {
+        "type": "Bearer",
+        "credentials": {"name": "loraplex-metrics-key", "key": "token"},
+    }
+    assert PERMISSIONS["metrics"] == {SCRAPE}  # what such a key may do: scrape, nothing else
+    if has(docs, "Deployment", "loraplex-epp"):
+        assert "--metrics-require-key" not in resolved_args(docs)
+
+
+def test_the_plain_prometheus_job_presents_the_metrics_key() -> None:
+    config = yaml.safe_load((ROOT / "deploy" / "prometheus" / "prometheus.yml").read_text())
+    (job,) = [j for j in config["scrape_configs"] if j["job_name"] == "loraplex"]
+    assert job["authorization"]["type"] == "Bearer"
+    assert job["authorization"]["credentials_file"].endswith("/loraplex-metrics-key/token")
+
+
+@pytest.mark.parametrize("name", RENDERS)
+def test_every_tenant_has_a_storage_quota(rendered: dict[str, list[dict]], name: str) -> None:
+    args = resolved_args(rendered[name])
+    assert 0 < int(option(args, "--max-adapters-per-tenant")) <= 1000
+    assert 0 < int(option(args, "--max-adapter-mb-per-tenant")) <= 64 * 1024

@@ -10,7 +10,7 @@ from builders import save_adapter, save_tiny_model
 from loraplex.config import CacheConfig, Config, LoRAConfig, ModelConfig, SchedulerConfig
 from loraplex.engine.build import build_engine
 from loraplex.engine.llm_engine import LLMEngine
-from loraplex.engine.sampling_params import SamplingParams
+from loraplex.engine.request.params import SamplingParams
 
 
 def make_engine(store: tuple[Path, Path], **cache: int | bool) -> LLMEngine:

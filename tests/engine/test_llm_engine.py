@@ -11,7 +11,7 @@ from peft import PeftModel
 from transformers import AutoModelForCausalLM
 
 from loraplex.adapters.errors import AdapterNotFoundError
-from loraplex.engine.sampling_params import ParameterError, SamplingParams
+from loraplex.engine.request.params import ParameterError, SamplingParams
 
 PROMPTS = [[5, 6, 7, 8, 9], [10, 11], list(range(20, 33)), [40, 41, 42], [50] * 9, [60, 61]]
 

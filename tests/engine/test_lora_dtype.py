@@ -13,11 +13,11 @@ from transformers import AutoModelForCausalLM
 from loraplex.adapters.rules import Limits
 from loraplex.adapters.weights import load_adapter
 from loraplex.config import CacheConfig, LoRAConfig, ModelConfig
-from loraplex.engine.batch import build_batch
-from loraplex.engine.model_runner import ModelRunner
-from loraplex.engine.sampling_params import SamplingParams
-from loraplex.engine.scheduler import ScheduledSeq
-from loraplex.engine.sequence import Sequence
+from loraplex.engine.request.params import SamplingParams
+from loraplex.engine.request.sequence import Sequence
+from loraplex.engine.runner.batch import build_batch
+from loraplex.engine.runner.model_runner import ModelRunner
+from loraplex.engine.sched.scheduler import ScheduledSeq
 
 ADAPTER = {"r": 8, "lora_alpha": 16, "target_modules": ALL_SEVEN, "rank_pattern": {"o_proj": 2}}
 PROMPTS = ([5, 6, 7, 8, 9], [3, 4, 5, 6])

@@ -19,7 +19,7 @@ from safetensors.torch import load_file, save_file
 from loraplex.adapters import safetensors_check
 from loraplex.engine.errors import NonFiniteOutputError
 from loraplex.engine.llm_engine import LLMEngine
-from loraplex.engine.sampling_params import SamplingParams
+from loraplex.engine.request.params import SamplingParams
 
 VICTIMS = [([5, 6, 7, 8, 9], None), ([10, 11, 12], "all"), (list(range(20, 31)), None)]
 ATTACK = (list(range(40, 58)), "poison")

@@ -1,4 +1,5 @@
-"""The C add_lora kernel against the per-row oracle, its build cache, and backend selection."""
+"""The C add_lora kernel against the per-row oracle, and backend selection (its build:
+test_cpu_build.py)."""
 
 from __future__ import annotations
 
@@ -13,15 +14,8 @@ import torch
 from builders import HAS_CC, naive_add_lora, needs_cc
 
 from loraplex.lora.ops import LoRAMeta, add_lora, build_lora_meta, select_add_lora
-from loraplex.lora.ops.cpu_ops import (
-    FLAG_SETS,
-    GEMM_ROWS,
-    KernelBuildError,
-    _split,
-    build,
-    f16_in_hardware,
-    load,
-)
+from loraplex.lora.ops.cpu_build import FLAG_SETS, KernelBuildError, build
+from loraplex.lora.ops.cpu_ops import GEMM_ROWS, _split, f16_in_hardware, load
 
 CPU = torch.device("cpu")
 TABLE_DTYPES = [torch.float32, torch.bfloat16, torch.float16]
@@ -214,14 +208,6 @@ def test_kernel_checks_every_new_table(cpu_add_lora) -> None:
             cpu_add_lora(y, x, lora_a, torch.randn(2, 3, 8), meta)
 
 
-@needs_cc
-def test_build_is_cached(tmp_path: Path) -> None:
-    first = build(tmp_path)
-    stamp = first.stat().st_mtime_ns
-    assert build(tmp_path) == first and first.stat().st_mtime_ns == stamp
-    assert [p.name for p in tmp_path.iterdir()] == [first.name]  # no partial files left
-
-
 def test_select_falls_back_or_refuses(tmp_path: Path, monkeypatch, caplog) -> None:
     assert select_add_lora("torch", CPU, torch.float32, tmp_path, 16) == ("torch", add_lora)
     assert select_add_lora("auto", CPU, torch.bfloat16, tmp_path, 16) == ("torch", add_lora)
@@ -244,25 +230,6 @@ def test_select_falls_back_or_refuses(tmp_path: Path, monkeypatch, caplog) -> No
     assert "no C compiler" in caplog.text
     with pytest.raises(KernelBuildError, match="no C compiler"):
         select_add_lora("cpu", CPU, torch.float32, tmp_path, 16)
-
-
-@needs_cc
-def test_an_unwritable_cache_falls_back_to_torch(tmp_path: Path) -> None:
-    (tmp_path / "file").write_text("")  # a file where the cache folder should be
-    cache = tmp_path / "file" / "kernels"
-    with pytest.raises(KernelBuildError, match="cannot write"):
-        build(cache)
-    assert select_add_lora("auto", CPU, torch.float32, cache, 16) == ("torch", add_lora)
-
-
-def test_a_failing_compile_is_reported(tmp_path: Path, monkeypatch) -> None:
-    fake = tmp_path / "cc"
-    fake.write_text("#!/bin/sh\necho 'cc (fake) 1.0'\n[ \"$1\" = --version ] || exit 1\n")
-    fake.chmod(0o755)
-    monkeypatch.setenv("CC", str(fake))
-    with pytest.raises(KernelBuildError, match="could not compile"):
-        build(tmp_path / "kernels")
-    assert list((tmp_path / "kernels").iterdir()) == []
 
 
 @needs_cc

@@ -11,7 +11,7 @@ from torch import nn
 from transformers.pytorch_utils import Conv1D
 
 from loraplex.adapters.weights import LoRAWeights
-from loraplex.engine.merged import MergedTenants, MergeRefusedError
+from loraplex.engine.adapter_tiers.merged import MergedCopies, MergeRefusedError
 from loraplex.lora.layers import LoRAContext, LoRALinear
 from loraplex.lora.manager import LoRAModelManager
 from loraplex.lora.quantized import (
@@ -100,9 +100,9 @@ def test_a_weight_with_no_exact_dequantization_refuses_merges() -> None:
     assert layer.lora_a.dtype == torch.float32  # the model's float dtype, not float8
     with pytest.raises(MergeUnsupportedError, match="float8_e4m3fn"):
         layer.merged_weight(LoRAWeights(torch.zeros(4, 64), torch.zeros(128, 4), 1.0))
-    tenants = MergedTenants(manager, limit=2)
+    copies = MergedCopies(manager, limit=2)
     with pytest.raises(MergeRefusedError, match=r"1: Linear stores its weight as .*float8"):
-        tenants.begin("some-adapter@abc")
+        copies.begin("some-adapter@abc")
 
 
 def test_lora_layer_on_nf4_adds_the_update_in_the_compute_dtype() -> None:

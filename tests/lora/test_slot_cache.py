@@ -101,3 +101,14 @@ def test_explicit_evict_frees_the_slot_and_the_pin() -> None:
 def test_rejects_non_positive_slot_count() -> None:
     with pytest.raises(ValueError):
         SlotCache(0)
+
+
+def test_rekey_hands_the_slot_to_the_new_version_most_recently_used() -> None:
+    cache = SlotCache(2)
+    cache.acquire(["a@1", "b@1"])
+    cache.pin("a@1")
+    assert cache.rekey("a@1", "a@2") == 0
+    assert cache.resident() == {"b@1": 1, "a@2": 0}  # a@2 most recently used
+    assert cache.lookup("a@1") is None and not cache.pinned  # the old version's pin went
+    _, loads = cache.acquire(["a@2", "c@1"])  # a@2 is resident: only c loads, over b
+    assert loads == [("c@1", 1)]

@@ -70,6 +70,7 @@ class AdapterCard:
             "rank": self.rank,
             "alpha": self.alpha,
             "target_modules": list(self.target_modules),
+            "target_parameters": list(self.config.target_parameters),
             "size_bytes": self.size_bytes,
             "created": self.created,
             "description": self.description,

@@ -38,3 +38,14 @@ class AdapterRefusedError(AdapterError):
         super().__init__(f"adapter {name!r} was refused when the server started: {reason}")
         self.name = name
         self.reason = reason
+
+
+class AdapterQuotaError(AdapterError):
+    """An upload that would take its tenant past a storage quota; the message names the option
+    (HTTP 409: the request conflicts with what the tenant already stores, and succeeds as is
+    once it deletes something; not 413, the body is not too large, nor 403, nothing is
+    forbidden to the role, nor 429, retrying the same request does not help)."""
+
+    def __init__(self, message: str, option: str) -> None:
+        super().__init__(message)
+        self.option = option

@@ -6,6 +6,11 @@ differently from PEFT is refused, never ignored). The parsed config answers PEFT
 questions: which modules it targets, and each module's rank ``r_m``, alpha ``alpha_m`` and
 scale ``s_m = alpha_m / r_m`` (``alpha_m / sqrt(r_m)`` with ``use_rslora``), where ``r_m`` and
 ``alpha_m`` come from the first ``rank_pattern`` / ``alpha_pattern`` key matching the module.
+
+``target_parameters`` (PEFT's ``lora.ParamWrapper``) names parameters rather than modules: the
+fused expert tensors of a MoE model (``experts.gate_up_proj``, ``experts.down_proj``) and its
+router (``gate.weight``). An entry matches a parameter path that equals it or ends with
+``.entry`` (PEFT's rule); rank and alpha come from the patterns matched against that path.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from pathlib import Path
 
 from loraplex.adapters.errors import AdapterValidationError
 from loraplex.adapters.module_patterns import (
+    MAX_PATTERN_CHARS,
     MAX_PATTERN_KEYS,
     Targets,
     check_key,
@@ -37,7 +43,6 @@ UNSUPPORTED = (
     "alora_invocation_tokens",
     "use_qalora",
     "use_bdlora",
-    "target_parameters",
     "trainable_token_indices",
     "arrow_config",
 )
@@ -103,6 +108,22 @@ def _targets(targets: object, field: str) -> Targets:
     return tuple(targets)
 
 
+def _parameters(value: object) -> tuple[str, ...]:
+    """``target_parameters``: absent, or a list of parameter names (PEFT refuses a string)."""
+    if value is None or value == []:
+        return ()
+    if (
+        not isinstance(value, list)
+        or len(value) > MAX_PATTERN_KEYS
+        or not all(isinstance(t, str) and 0 < len(t) <= MAX_PATTERN_CHARS for t in value)
+    ):
+        raise AdapterValidationError(
+            f"target_parameters must be a list of at most {MAX_PATTERN_KEYS} parameter names, "
+            f"got {value!r}"
+        )
+    return tuple(value)
+
+
 def _last_component(path: str) -> str:
     return path.replace("\\", "/").rstrip("/").rsplit("/", 1)[-1]
 
@@ -140,6 +161,7 @@ class PeftConfig:
     alpha_pattern: tuple[tuple[str, float], ...] = ()  # (regex key, alpha_m)
     use_rslora: bool = False
     base_model: str | None = None  # base_model_name_or_path
+    target_parameters: tuple[str, ...] = ()  # parameter names (MoE experts, routers)
 
     @classmethod
     def parse(cls, data: bytes, limits: Limits, served_model: str) -> PeftConfig:
@@ -173,7 +195,10 @@ class PeftConfig:
             raise AdapterValidationError(f"use_rslora must be true or false, got {use_rslora!r}")
         rank_pattern = _patterns("rank_pattern", config.get("rank_pattern"), limits)
         alpha_pattern = _patterns("alpha_pattern", config.get("alpha_pattern"), limits)
-        targets = _targets(config.get("target_modules"), "target_modules")
+        parameters = _parameters(config.get("target_parameters"))
+        modules = config.get("target_modules")
+        # PEFT allows no target_modules (or []) when target_parameters names the targets.
+        targets = () if parameters and not modules else _targets(modules, "target_modules")
         excluded = config.get("exclude_modules")
         base = config.get("base_model_name_or_path")
         _check_base(base, served_model, limits)
@@ -186,6 +211,7 @@ class PeftConfig:
             alpha_pattern=alpha_pattern,
             use_rslora=bool(use_rslora),
             base_model=base or None,
+            target_parameters=parameters,
         )
 
     @classmethod
@@ -209,6 +235,11 @@ class PeftConfig:
         """Whether PEFT would put a LoRA on ``module``: targeted and not excluded."""
         excluded = self.exclude_modules
         return matches(self.target_modules, module) and not (excluded and matches(excluded, module))
+
+    def targets_parameter(self, path: str) -> bool:
+        """Whether PEFT would wrap the parameter at ``path`` (``module.name``): an entry of
+        ``target_parameters`` equals it or is its last dotted components."""
+        return bool(self.target_parameters) and matches(self.target_parameters, path)
 
     def rank_of(self, module: str) -> int:
         return int(first_match(self.rank_pattern, module, self.r))

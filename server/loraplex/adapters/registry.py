@@ -1,12 +1,10 @@
-"""The adapter catalog over three tiers: store (durable) -> host memory (LRU) -> device slots.
+"""The adapter registry: the catalog of versions (``catalog.py``) and the host tier
+(``host_tier.py``) over one store, joined here, where they meet: scanning and refreshing the
+store, registering and removing adapters, and retiring a version once nothing needs it.
 
-The registry owns the first two; the engine's slot cache owns the third. Loading from the store
-runs on a small thread pool, off the engine's critical path: a request whose adapter is not in
-host memory waits in the queue (``is_loaded``) while the running batch keeps stepping.
-
-Registering reads the weights file once: the folder check returns the tensors it checked and
-their hash, and the adapter is built from those. A replaced or removed version stays known
-(``_by_key``) only while a request still holds it; its last release retires it.
+Three tiers: store (durable) -> host memory (LRU) -> device slots; the registry owns the first
+two, the engine's slot cache the third. Registering reads the weights file once: the folder
+check returns the tensors it checked and their hash, and the adapter is built from those.
 """
 
 from __future__ import annotations
@@ -22,48 +20,37 @@ import torch
 
 from loraplex import metrics
 from loraplex.adapters.card import AdapterCard
+from loraplex.adapters.catalog import AdapterCatalog
 from loraplex.adapters.errors import (
     AdapterError,
     AdapterExistsError,
     AdapterNotFoundError,
-    AdapterRefusedError,
 )
-from loraplex.adapters.folder_check import CheckedFolder
+from loraplex.adapters.folder_check import VALUE_CHECKS, CheckedFolder
 from loraplex.adapters.host_cache import HostCache
-from loraplex.adapters.rules import WEIGHTS_FILE
+from loraplex.adapters.host_tier import HostTier
+from loraplex.adapters.quota import TenantQuota
 from loraplex.adapters.store import AdapterStore
+from loraplex.adapters.stored import describe, read_stored
 from loraplex.adapters.tenancy import AdapterId
-from loraplex.adapters.weights import LoRAAdapter, build_adapter, pinned
+from loraplex.adapters.weights import LoRAAdapter, build_adapter
 
 log = logging.getLogger(__name__)
 
 
-def describe(name: str, folder: Path, checked: CheckedFolder, metadata: dict) -> AdapterCard:
-    """A card from the checked adapter (config, weights hash) and the store's metadata; the
-    version is the hash of the bytes checked, which are the bytes a load of it will find."""
-    weights = folder / WEIGHTS_FILE
-    return AdapterCard(
-        name=name,
-        version=checked.weights.version,
-        config=checked.config,
-        size_bytes=weights.stat().st_size,
-        created=int(metadata.get("created") or weights.stat().st_mtime),
-        description=metadata.get("description"),
-        pinned=bool(metadata.get("pinned", False)),
-    )
-
-
-class AdapterRegistry:
-    """(owner, name) -> current :class:`AdapterCard`; key -> :class:`LoRAAdapter` in host memory.
-
-    Names are qualified (``name`` public, ``tenant/name`` a tenant's own): who may see which is
-    the API's business (``api/auth.py``); here two tenants' ``support`` are simply two entries.
-    The owner is written into the store's metadata too and checked at ``scan``.
+class AdapterRegistry(AdapterCatalog, HostTier):
+    """(owner, name) -> current :class:`AdapterCard` (:class:`AdapterCatalog`); key ->
+    :class:`LoRAAdapter` in host memory (:class:`HostTier`); one lock over both. The owner of
+    a qualified name is written into the store's metadata too and checked at ``scan``.
 
     ``check_folder`` validates an adapter's files (config rules, safetensors header, shapes
     against the base model's LoRA layers) and returns what it read, so they are not read again.
-    Every folder is checked the same way: before it reaches the store, at start-up, and on each
-    read back from the store. ``on_loaded`` wakes the engine when a load finishes.
+    Every folder is checked the same way before it reaches the store and on each read back from
+    the store into memory; at start-up (``scan``, ``refresh``) a stored adapter whose weights the
+    store vouches are unchanged since their values were checked (``trusted_version``) is checked
+    by its config and header only: its hash, recorded at upload, is its identity.
+    ``quota``: per-tenant storage limits, counted from the store at each upload.
+    ``on_loaded`` wakes the engine when a load finishes.
     ``pin_memory`` (a CUDA engine): host-memory weights are kept page-locked.
     """
 
@@ -71,12 +58,14 @@ class AdapterRegistry:
         self,
         store: AdapterStore,
         dtype: torch.dtype,
-        check_folder: Callable[[Path], CheckedFolder],
+        check_folder: Callable[..., CheckedFolder],
         max_cpu_loras: int,
         on_loaded: Callable[[], None] = lambda: None,
         pin_memory: bool = False,
+        quota: TenantQuota | None = None,
     ) -> None:
         self.store = store
+        self.quota = quota or TenantQuota()
         self.dtype = dtype
         self.pin_memory = pin_memory
         self.check_folder = check_folder
@@ -98,8 +87,6 @@ class AdapterRegistry:
         self._write_lock = threading.Lock()
         self._pool = ThreadPoolExecutor(2, thread_name_prefix="loraplex-adapter-load")
 
-    # ---- catalog -----------------------------------------------------------------------
-
     def scan(self) -> list[str]:
         """Register every adapter already in the store; a broken one is refused (listed with
         its reason, and named in the error of a request for it), not dropped."""
@@ -112,31 +99,7 @@ class AdapterRegistry:
         return self.names()
 
     def _read(self, name: str) -> AdapterCard:
-        """The card of stored adapter ``name``, checked as at upload (AdapterError if not)."""
-        folder = self.store.fetch(name)
-        checked = self.check_folder(folder)
-        metadata = self.store.metadata(name)
-        owner = metadata.get("owner")  # none in a folder placed by hand: public
-        if owner != AdapterId.parse(name).owner:
-            raise AdapterError(f"its metadata names owner {owner!r}")
-        return describe(name, folder, checked, metadata)
-
-    def refuse(self, name: str, reason: str) -> None:
-        """Record that ``name`` could not be taken at start, and why (it stays unservable until
-        an adapter of that name is registered)."""
-        log.warning("adapter %s refused: %s", name, reason)
-        with self._lock:
-            self._refused[name] = reason
-
-    def refused(self) -> dict[str, str]:
-        """name -> reason, for every adapter refused at start and not registered since."""
-        with self._lock:
-            return dict(sorted(self._refused.items()))
-
-    def refusal(self, name: str) -> AdapterRefusedError | None:
-        with self._lock:
-            reason = self._refused.get(name)
-        return None if reason is None else AdapterRefusedError(name, reason)
+        return read_stored(self.store, name, self.check_folder)
 
     def refresh(self) -> list[AdapterCard]:
         """Adopt what other processes sharing the store wrote since the last look: a new or
@@ -193,14 +156,38 @@ class AdapterRegistry:
     ) -> AdapterCard:
         """Validate ``folder`` and store it atomically under the qualified ``name``; then it is
         servable. Its owner (None: public) goes into the store's metadata with it."""
+        card, _ = self.register_version(
+            name, folder, replace=replace, description=description, pinned=pinned
+        )
+        return card
+
+    def register_version(
+        self,
+        name: str,
+        folder: Path,
+        *,
+        replace: bool = False,
+        description: str | None = None,
+        pinned: bool = False,
+    ) -> tuple[AdapterCard, AdapterCard | None]:
+        """:meth:`register`, returning the new card and the card it replaced (None if new).
+
+        The order keeps every version a request can hold readable: the new card is published
+        while its weights are held in host memory (requests resolve it from then on), then a
+        replaced version that requests hold is read back into host memory if it had left it
+        (the store still has it), and only then does the store take the new version. A store
+        that fails puts the old card back; requests that resolved the new one finish on it.
+        """
         ident = AdapterId.parse(name)
         name = ident.qualified
+        self.quota.enforce(self.store, ident, folder)  # before the weights are read: cheap
         checked = self.check_folder(folder)
         adapter = build_adapter(name, checked, self.dtype)
         metadata = {
             "owner": ident.owner,
             "public": ident.public,
             "sha256": adapter.version,
+            "values_checked": VALUE_CHECKS,  # these bytes passed the value checks (start-up)
             "created": int(time.time()),
             "description": description,
             "pinned": pinned,
@@ -210,13 +197,33 @@ class AdapterRegistry:
                 old = self._cards.get(ident)
             if old is not None and not replace:
                 raise AdapterExistsError(f"adapter {name!r} exists; pass replace=true")
-            self.store.put(name, folder, metadata)
+            self.quota.enforce(self.store, ident, folder)  # again: no upload of ours in between
             card = describe(name, folder, checked, metadata)
-            self.keep(card.key, adapter)  # just validated: warm it
-            self._publish(card)
-        if old is not None and old.key != card.key:
-            self._retire(old.key)  # as in remove(): requests using it keep it until done
-        return card
+            replaced = old if old is not None and old.key != card.key else None
+            self.host.acquire(card.key)  # the store has no copy yet: never evicted till it has
+            try:
+                self.keep(card.key, adapter)  # just validated: warm it
+                with self._lock:
+                    self._publish(card)
+                    # No request can take the old version from here on: only those that hold
+                    # it now need it, and the store is about to lose it.
+                    stale = replaced if replaced and self._needs_reload(replaced.key) else None
+                if stale is not None:
+                    self._keep_for_holders(stale)
+                try:
+                    self.store.put(name, folder, metadata)
+                except BaseException:
+                    with self._lock:  # back to the version the store still has
+                        if old is not None:
+                            self._cards[ident] = old
+                        else:
+                            self._cards.pop(ident, None)
+                    raise
+            finally:
+                self.host.release(card.key)  # a rolled-back card is retired here once unheld
+        if replaced is not None:
+            self._retire(replaced.key)  # as in remove(): requests using it keep it until done
+        return card, replaced
 
     def remove(self, name: str) -> AdapterCard:
         """New requests get 404 at once; running ones keep the weights they hold."""
@@ -246,94 +253,3 @@ class AdapterRegistry:
             if self._by_key.pop(key, None) is None:
                 return
         self.host.discard(key)
-
-    def _publish(self, card: AdapterCard) -> None:
-        with self._lock:
-            self._refused.pop(card.name, None)
-            self._cards[card.id] = card
-            self._by_key[card.key] = card
-            self._failed.pop(card.key, None)
-
-    def get(self, name: str) -> AdapterCard:
-        """The card of a qualified name; an invalid name is as unknown as a missing one."""
-        card = self._find(name)
-        if card is None:
-            raise self.refusal(name) or AdapterNotFoundError(name)
-        return card
-
-    def has(self, name: str) -> bool:
-        return self._find(name) is not None
-
-    def _find(self, name: str) -> AdapterCard | None:
-        try:
-            ident = AdapterId.parse(name)
-        except AdapterError:
-            return None
-        with self._lock:
-            return self._cards.get(ident)
-
-    def names(self) -> list[str]:
-        """Qualified names, sorted."""
-        with self._lock:
-            return sorted(card.name for card in self._cards.values())
-
-    def cards(self) -> list[AdapterCard]:
-        with self._lock:
-            return sorted(self._cards.values(), key=lambda card: card.name)
-
-    # ---- host tier ---------------------------------------------------------------------
-
-    def loaded(self, key: str) -> LoRAAdapter | None:
-        return self.host.get(key)
-
-    def failure(self, key: str) -> Exception | None:
-        with self._lock:
-            return self._failed.get(key)
-
-    def prefetch(self, key: str) -> None:
-        """Start loading ``key`` into host memory unless it is there or on its way."""
-        with self._lock:
-            if key in self._loading or key in self._failed or key in self.host:
-                return
-            card = self._by_key.get(key)
-            if card is None:
-                self._failed[key] = AdapterNotFoundError(key.split("@")[0])
-                return
-            self._loading.add(key)
-        self._pool.submit(self._load, card)
-
-    def load(self, card: AdapterCard) -> LoRAAdapter:
-        """Read ``card``'s version from the store (checked as at registration) into memory."""
-        start = time.perf_counter()
-        checked = self.check_folder(self.store.fetch(card.name))
-        if checked.weights.version != card.version:  # replaced since the card was taken
-            raise AdapterNotFoundError(f"{card.name} (version {card.version[:16]})")
-        adapter = build_adapter(card.name, checked, self.dtype)
-        metrics.record_adapter_load("host", time.perf_counter() - start)
-        return adapter
-
-    def _load(self, card: AdapterCard) -> None:
-        try:
-            self.keep(card.key, self.load(card))
-        except Exception as exc:  # reported to the requests that wait for it
-            log.warning("loading adapter %s failed: %s", card.key, exc)
-            with self._lock:
-                self._failed[card.key] = exc
-        finally:
-            with self._lock:
-                self._loading.discard(card.key)
-            self._retire(card.key)  # replaced or removed while loading, and no longer held
-            self.on_loaded()
-
-    def add_ephemeral(self, adapter: LoRAAdapter) -> None:
-        """A derived adapter (a per-request combination): host memory only, never stored."""
-        self.keep(adapter.key, adapter)
-
-    def keep(self, key: str, adapter: LoRAAdapter) -> None:
-        """Put ``adapter`` in host memory, in pinned memory with ``pin_memory`` (a GPU copies
-        from there into a slot without the host waiting); pinned here, on the caller's thread,
-        so the engine thread never pays for it."""
-        self.host.put(key, pinned(adapter) if self.pin_memory else adapter)
-
-    def close(self) -> None:
-        self._pool.shutdown(wait=False, cancel_futures=True)

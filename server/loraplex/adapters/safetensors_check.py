@@ -12,7 +12,7 @@ import hashlib
 import math
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -20,10 +20,23 @@ from safetensors import SafetensorError
 from safetensors.torch import load
 
 from loraplex.adapters.errors import AdapterValidationError
+from loraplex.adapters.param_targets import Shape, expected_shapes, is_parameter, parameter_keys
 from loraplex.adapters.peft_config import PeftConfig
 from loraplex.adapters.rules import MAX_LORA_VALUE, Limits, strict_json
 
-__all__ = ["DTYPE_BYTES", "WeightsFile", "check_safetensors", "split_key"]
+__all__ = [
+    "DTYPE_BYTES",
+    "VALUE_CHECKS",
+    "WeightsFile",
+    "check_header",
+    "check_safetensors",
+    "split_key",
+]
+
+# The checks of tensor values (below the header): today, every value finite. The store records
+# this with an adapter's hash when it passed them; bump it when those checks change, so start-up
+# stops trusting records written under the old ones (folder_check.check_folder).
+VALUE_CHECKS = 1
 
 DTYPE_BYTES = {"F16": 2, "BF16": 2, "F32": 4, "F64": 8}
 # PEFT's keys: ``base_model.model.<module>.lora_A.weight`` ([r, in]) and ``...lora_B.weight``
@@ -48,11 +61,14 @@ class WeightsFile:
     """``adapter_model.safetensors`` read once: its sha256 (the version) and its tensors.
 
     Hash and tensors come from the same bytes, so the version names exactly the weights served
-    and a file cannot change between being checked, hashed and loaded.
+    and a file cannot change between being checked, hashed and loaded. ``parameters`` maps a
+    PEFT module name of the file that adapts a parameter (``param_targets.py``) to
+    ``(parameter path, E)``; every other module name is a projection's own name.
     """
 
     version: str
     tensors: dict[str, torch.Tensor]
+    parameters: Mapping[str, tuple[str, int]] = field(default_factory=dict)
 
     @classmethod
     def parse(cls, data: bytes) -> WeightsFile:
@@ -140,35 +156,56 @@ def _read_weights(path: Path, head: bytes, size: int) -> WeightsFile:
 def _check_shapes(
     found: dict[str, dict[str, list[int]]],
     config: PeftConfig,
-    module_shapes: Mapping[str, tuple[int, int]],
+    module_shapes: Mapping[str, Shape],
 ) -> None:
-    """The one shape rule: each module has ``A: [r_m, in]`` and ``B: [out, r_m]``, with ``r_m``
-    from the config and ``in``/``out`` from the base projection."""
+    """The one shape rule: each module has ``A: [r_m, in]`` and ``B: [out, r_m]`` (a parameter
+    of E experts: ``[r_m·E, in]`` and ``[out, r_m·E]``), with ``r_m`` from the config and the
+    rest from the base model."""
     for module, ab in sorted(found.items()):
         if set(ab) != {"A", "B"}:
             raise AdapterValidationError(f"module {module!r} needs both lora_A and lora_B")
         rank = config.rank_of(module)
-        fan_in, fan_out = module_shapes[module]
-        for side, expected in (("A", [rank, fan_in]), ("B", [fan_out, rank])):
+        shape = module_shapes[module]
+        for side, expected in zip("AB", expected_shapes(shape, rank), strict=True):
             if ab[side] != expected:
                 raise AdapterValidationError(
                     f"module {module!r}: lora_{side} has shape {ab[side]}, expected {expected} "
-                    f"(rank {rank}, in={fan_in}, out={fan_out})"
+                    f"(rank {rank}, base shape {list(shape)})"
                 )
 
 
-def check_safetensors(
-    path: Path, config: PeftConfig, module_shapes: Mapping[str, tuple[int, int]], limits: Limits
-) -> WeightsFile:
-    """Check ``adapter_model.safetensors`` against the config and the base model.
+def _target(
+    key: str, module: str, params: Mapping[str, str], config: PeftConfig, shapes: Mapping
+) -> str:
+    """The base-model target a file's module name adapts, checked to be one PEFT targets."""
+    if module in params:  # named by target_parameters and offered by the model
+        return params[module]
+    if module not in shapes or is_parameter(shapes[module]):
+        raise AdapterValidationError(
+            f"tensor {key!r}: {module!r} is not a projection of the base model, nor a MoE "
+            "expert tensor or router named by target_parameters (the only parameters this "
+            "server applies LoRA to)"
+        )
+    # A Linear's weight named by target_parameters is plain LoRA on that projection.
+    if not (config.targets(module) or config.targets_parameter(module + ".weight")):
+        raise AdapterValidationError(
+            f"tensor {key!r}: {module!r} is not in target_modules (or is in exclude_modules)"
+        )
+    return module
 
-    ``module_shapes`` maps each base projection to
-    ``(in_features, out_features)``. The header is
-    checked before any tensor is read: limits, dtypes, offsets (contiguous, inside the file),
-    keys ``<module>.lora_A/B.weight`` for targeted projections, ``A: [r_m, in]``,
-    ``B: [out, r_m]`` with ``r_m`` from ``rank_pattern`` or ``r``. Then values must be finite.
-    Returns the weights read (tensors and sha256), for the caller to load without reading again.
-    """
+
+def check_header(
+    path: Path, config: PeftConfig, module_shapes: Mapping[str, Shape], limits: Limits
+) -> tuple[bytes, int, dict[str, tuple[str, int]]]:
+    """Every check of ``adapter_model.safetensors`` that its header answers, reading only the
+    header: limits, dtypes, offsets (contiguous, inside the file), keys
+    ``<module>.lora_A/B.weight`` for targeted projections and parameters, ``A: [r_m, in]``,
+    ``B: [out, r_m]`` (``[r_m·E, in]`` / ``[out, r_m·E]`` for a parameter of E experts) with
+    ``r_m`` from ``rank_pattern`` or ``r`` and the rest from ``module_shapes`` (a projection ->
+    ``(in_features, out_features)``, a parameter -> ``(E, in, out)``: ``param_targets.py``).
+    Returns the file's first bytes (its length prefix and header), its total size, and which of
+    its module names adapt parameters (``WeightsFile.parameters``), for
+    :func:`check_safetensors`."""
     header, data_len, head = _read_header(path, limits)
     if len(header) > limits.max_tensors:
         raise AdapterValidationError(
@@ -176,21 +213,15 @@ def check_safetensors(
         )
     spans: list[tuple[int, int, str]] = []
     found: dict[str, dict[str, list[int]]] = {}
+    params = parameter_keys(config, module_shapes)
     for key, entry in header.items():
         shape, begin, end = _check_entry(key, entry, data_len)
         spans.append((begin, end, key))
         module, ab = split_key(key)
-        if module not in module_shapes:
-            raise AdapterValidationError(
-                f"tensor {key!r}: {module!r} is not a projection of the base model"
-            )
-        if not config.targets(module):
-            raise AdapterValidationError(
-                f"tensor {key!r}: {module!r} is not in target_modules (or is in exclude_modules)"
-            )
-        if ab in found.setdefault(module, {}):
-            raise AdapterValidationError(f"tensor {key!r}: lora_{ab} of {module!r} appears twice")
-        found[module][ab] = shape
+        target = _target(key, module, params, config, module_shapes)
+        if ab in found.setdefault(target, {}):
+            raise AdapterValidationError(f"tensor {key!r}: lora_{ab} of {target!r} appears twice")
+        found[target][ab] = shape
     position = 0  # the spec: tensors tile the data buffer, no gaps or overlaps
     for begin, end, key in sorted(spans):
         if begin != position:
@@ -201,11 +232,25 @@ def check_safetensors(
     if not found:
         raise AdapterValidationError(f"{path.name} holds no LoRA weights")
     _check_shapes(found, config, module_shapes)
-    weights = _read_weights(path, head, len(head) + data_len)
+    used = {split_key(key)[0] for key in header} & set(params)
+    parameters = {m: (params[m], module_shapes[params[m]][0]) for m in sorted(used)}
+    return head, len(head) + data_len, parameters
+
+
+def check_safetensors(
+    path: Path, config: PeftConfig, module_shapes: Mapping[str, Shape], limits: Limits
+) -> WeightsFile:
+    """Check ``adapter_model.safetensors`` against the config and the base model: its header
+    first (:func:`check_header`), before any tensor is read; then the whole file is read once
+    and its values must be finite (:data:`VALUE_CHECKS`). Returns the weights read (tensors and
+    sha256), for the caller to load without reading again."""
+    head, size, parameters = check_header(path, config, module_shapes, limits)
+    weights = _read_weights(path, head, size)
     for key, tensor in weights.tensors.items():
         module, ab = split_key(key)
-        check_values(key, tensor, config.scale_of(module) if ab == "B" else 1.0)
-    return weights
+        target = parameters[module][0] if module in parameters else module
+        check_values(key, tensor, config.scale_of(target) if ab == "B" else 1.0)
+    return replace(weights, parameters=parameters)
 
 
 def check_values(what: str, tensor: torch.Tensor, scale: float) -> None:

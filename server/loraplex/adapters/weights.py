@@ -23,6 +23,7 @@ import torch
 
 from loraplex.adapters.card import adapter_key
 from loraplex.adapters.folder_check import CheckedFolder, check_folder
+from loraplex.adapters.param_targets import Shape, to_expert_weights
 from loraplex.adapters.rules import Limits
 from loraplex.adapters.safetensors_check import check_values, split_key
 
@@ -41,7 +42,9 @@ __all__ = [
 
 @dataclass(frozen=True)
 class LoRAWeights:
-    """One module's update: ``delta = scale · B @ A``; a [r, in], b [out, r].
+    """One module's update: ``delta = scale · B @ A``; a [r, in], b [out, r]. For a parameter
+    of E experts (``param_targets.py``): a [E, r, in], b [E, out, r], expert e's update
+    ``scale · B[e] @ A[e]``.
 
     ``b`` is kept column-major (its memory is Bᵀ's rows, the slot tables' layout), so that
     loading a slot copies contiguous memory instead of transposing.
@@ -52,11 +55,11 @@ class LoRAWeights:
     scale: float
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "b", self.b.T.contiguous().T)
+        object.__setattr__(self, "b", self.b.mT.contiguous().mT)
 
     @property
     def rank(self) -> int:
-        return self.a.shape[0]
+        return self.a.shape[-2]
 
 
 @dataclass(frozen=True)
@@ -84,7 +87,7 @@ def pinned(adapter: LoRAAdapter) -> LoRAAdapter:
     device reads by DMA without the host waiting. B is pinned as Bᵀ, so it stays column-major.
     Needs a CUDA build of torch and a device (``pin_memory`` raises without one)."""
     modules = {
-        name: LoRAWeights(w.a.pin_memory(), w.b.T.pin_memory().T, w.scale)
+        name: LoRAWeights(w.a.pin_memory(), w.b.mT.pin_memory().mT, w.scale)
         for name, w in adapter.modules.items()
     }
     return dataclasses.replace(adapter, modules=modules)
@@ -96,20 +99,28 @@ def build_adapter(
     """Pair the checked tensors into per-module ``(A, B, scale)``; registration passes the
     weights its checks already read, so the file is not read again."""
     pairs: dict[str, dict[str, torch.Tensor]] = {}
+    if checked.weights is None:
+        raise ValueError(f"adapter {name!r}: its weights were checked by header only, not read")
+    experts: dict[str, int] = {}
     for key, tensor in checked.weights.tensors.items():
         module, ab = split_key(key)
-        pairs.setdefault(module, {})[ab] = tensor
-    modules = {
-        module: LoRAWeights(ab["A"].to(dtype), ab["B"].to(dtype), checked.config.scale_of(module))
-        for module, ab in sorted(pairs.items())
-    }
-    return LoRAAdapter(name=name, version=checked.weights.version, modules=modules)
+        if module in checked.weights.parameters:  # a MoE expert tensor or a router
+            path, count = checked.weights.parameters[module]
+            module, experts[path] = path, count
+        pairs.setdefault(module, {})[ab] = tensor.to(dtype)
+    modules: dict[str, LoRAWeights] = {}
+    for module, ab in sorted(pairs.items()):
+        a, b = ab["A"], ab["B"]
+        if module in experts:
+            a, b = to_expert_weights(a, b, experts[module])
+        modules[module] = LoRAWeights(a, b, checked.config.scale_of(module))
+    return LoRAAdapter(name=name, version=checked.version, modules=modules)
 
 
 def load_adapter(
     name: str,
     folder: str | Path,
-    module_shapes: Mapping[str, tuple[int, int]],
+    module_shapes: Mapping[str, Shape],
     dtype: torch.dtype = torch.float32,
     limits: Limits | None = None,
     served_model: str = "",
@@ -132,8 +143,8 @@ def combine(parts: list[tuple[LoRAAdapter, float]]) -> LoRAAdapter:
     names = sorted({m for adapter, _ in parts for m in adapter.modules})
     for name in names:
         pieces = [(a.modules[name], w) for a, w in parts if name in a.modules]
-        lora_a = torch.cat([p.a for p, _ in pieces], dim=0)
-        lora_b = torch.cat([p.b * (w * p.scale) for p, w in pieces], dim=1)
+        lora_a = torch.cat([p.a for p, _ in pieces], dim=-2)  # ranks: A's rows, B's columns
+        lora_b = torch.cat([p.b * (w * p.scale) for p, w in pieces], dim=-1)
         check_values(f"{name}.lora_B (the mix's weight x scale x B)", lora_b, 1.0)
         modules[name] = LoRAWeights(lora_a, lora_b, 1.0)
     key = mix_key([(a.key, w) for a, w in parts])

@@ -41,6 +41,7 @@ class AdapterCardResponse(BaseModel):
     rank: int
     alpha: float
     target_modules: list[str]
+    target_parameters: list[str] = []  # MoE expert tensors / routers (PEFT ``target_parameters``)
     size_bytes: int
     created: int
     description: str | None = None

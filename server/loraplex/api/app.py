@@ -20,7 +20,8 @@ from loraplex.api.routes import adapters, chat, completions, generate, health, m
 from loraplex.api.text_pool import TextPool
 from loraplex.api.timeouts import BodyDeadline
 from loraplex.config import Config
-from loraplex.engine.async_engine import AsyncEngine
+from loraplex.engine import AsyncEngine
+from loraplex.metrics.labels import PrivateLabels, label_secret
 
 
 def _version() -> str:
@@ -69,6 +70,9 @@ def create_app(config: Config, engine: AsyncEngine | None = None) -> FastAPI:
     )
     app.state.config = config
     app.state.keys = KeyTable.from_config(config.server)  # api/auth.py: keys -> principals
+    # What a scrape without a key sees of tenants and their adapters (metrics/labels.py).
+    digests = [entry.sha256 for entry in config.server.key_entries]
+    app.state.private_labels = PrivateLabels(label_secret(digests))
     metrics.ADAPTER_LABELS.set_limit(config.server.metrics_adapter_labels)
     app.add_middleware(BodyDeadline, server=config.server)  # slow bodies: a 408
     app.add_middleware(BodySizeLimit, max_bytes=config.server.max_request_mb << 20)  # a 413

@@ -7,14 +7,16 @@ entry (no early exit), so neither the time taken nor the table's order reveals a
 
 Roles: ``admin`` everything, every tenant (server-side loads, merge/unmerge, pins, public
 adapters); ``user`` generates and uploads, replaces and deletes its own tenant's adapters;
-``inference`` only generates (the key an application ships with).
+``inference`` only generates (the key an application ships with); ``metrics`` only reads
+``/metrics`` with every name plain (a Prometheus scrape key). Without a key ``/metrics`` shows
+tenants and their adapters as opaque labels (:func:`full_metrics`).
 
-Namespaces: a tenant's adapter ``support`` is ``<tenant>/support`` in the registry; a tenant names
-it ``support``. Public adapters (present at start, or an admin's upload with ``public=true``) are
-seen by everyone under their bare name. Another tenant's adapter resolves to nothing, so every
-route answers it with the same 404 as a name that does not exist. An admin reaches any tenant's
-adapter as ``tenant/name`` (in ``model``, in the ``/v1/adapters/{name}`` path, as an upload's
-``name``).
+Namespaces (the rules are ``adapters/tenancy.py``'s): a tenant's adapter ``support`` is
+``<tenant>/support`` in the registry; a tenant names it ``support``. Public adapters (present at
+start, or an admin's upload with ``public=true``) are seen by everyone under their bare name.
+Another tenant's adapter resolves to nothing, so every route answers it with the same 404 as a
+name that does not exist. An admin reaches any tenant's adapter as ``tenant/name`` (in
+``model``, in the ``/v1/adapters/{name}`` path, as an upload's ``name``).
 """
 
 from __future__ import annotations
@@ -24,15 +26,16 @@ import hmac
 import json
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 from fastapi import Depends, Request
 
+from loraplex.adapters import tenancy
 from loraplex.adapters.card import AdapterCard
-from loraplex.adapters.errors import AdapterError, AdapterExistsError
-from loraplex.adapters.tenancy import AdapterId
+from loraplex.adapters.errors import AdapterError
+from loraplex.adapters.tenancy import DEFAULT_TENANT, AdapterId
 from loraplex.api.errors import PERMISSION_ERROR, APIError
-from loraplex.api_keys import DEFAULT_TENANT, ApiKeyEntry
+from loraplex.api_keys import ApiKeyEntry
 from loraplex.config import ServerConfig
 
 GENERATE = "generate"  # completions, chat, /generate, the model list
@@ -42,11 +45,14 @@ LOAD_PATH = "load server-side adapter folders"
 MERGE = "merge or unmerge adapters"
 PIN = "pin adapters"
 PUBLISH = "create, replace or delete public adapters"
+SCRAPE = "read every tenant's metrics"
 
+T = TypeVar("T")
 PERMISSIONS: dict[str, frozenset[str]] = {
-    "admin": frozenset({GENERATE, MANAGE, ANY_TENANT, LOAD_PATH, MERGE, PIN, PUBLISH}),
+    "admin": frozenset({GENERATE, MANAGE, ANY_TENANT, LOAD_PATH, MERGE, PIN, PUBLISH, SCRAPE}),
     "user": frozenset({GENERATE, MANAGE}),
     "inference": frozenset({GENERATE}),
+    "metrics": frozenset({SCRAPE}),
 }
 
 
@@ -73,38 +79,49 @@ class Principal:
         so no salt a client chooses can equal another tenant's."""
         return json.dumps([self.tenant, explicit])
 
-    def sees(self, card: AdapterCard) -> bool:
-        return card.owner is None or card.owner == self.tenant or self.may(ANY_TENANT)
+    def sees(self, card: AdapterCard | AdapterId) -> bool:
+        ident = card if isinstance(card, AdapterId) else card.id
+        return tenancy.sees(ident.owner, self.tenant, self.may(ANY_TENANT))
 
-    def display_name(self, card: AdapterCard) -> str:
+    def display_name(self, card: AdapterCard | AdapterId) -> str:
         """``name`` for its own and public adapters, ``tenant/name`` for another tenant's."""
-        return card.id.name if card.owner in (None, self.tenant) else card.name
+        ident = card if isinstance(card, AdapterId) else card.id
+        return tenancy.display_name(ident, self.tenant)
 
     def visible(self, cards: Iterable[AdapterCard]) -> list[tuple[str, AdapterCard]]:
         """(display name, card) of every adapter this caller sees, as :meth:`resolve` finds
         them: a public adapter that the tenant's own namesake shadows is left out."""
-        seen = [card for card in cards if self.sees(card)]
-        own = {card.id.name for card in seen if card.owner == self.tenant}
-        return [
-            (self.display_name(card), card)
-            for card in seen
-            if not (card.owner is None and card.id.name in own)
-        ]
+        cards = list(cards)
+        shown = dict(self._shown([card.id for card in cards]))
+        return [(shown[card.id], card) for card in cards if card.id in shown]
+
+    def visible_refused(self, refused: dict[str, str]) -> list[tuple[str, str]]:
+        """(display name, reason) of the adapters refused at start that this caller sees, by
+        the same rules as servable ones: another tenant's refusal is as unknown as its adapter."""
+        idents: dict[AdapterId, str] = {}
+        unnamed = []  # a --lora-modules entry whose name is invalid: an operator's (admins)
+        for name, reason in refused.items():
+            try:
+                idents[AdapterId.parse(name)] = reason
+            except AdapterError:
+                unnamed.append((name, reason))
+        shown = [(name, idents[ident]) for ident, name in self._shown(list(idents))]
+        return shown + (unnamed if self.may(ANY_TENANT) else [])
+
+    def _shown(self, idents: list[AdapterId]) -> list[tuple[AdapterId, str]]:
+        return tenancy.shown(idents, self.tenant, self.may(ANY_TENANT))
+
+    def lookup(self, name: str, find: Callable[[str], T | None]) -> T | None:
+        """What ``name`` means to this caller, found by ``find`` (a lookup by qualified name):
+        its own first, then a public one; None when unknown, invalid, or another tenant's
+        (which this caller may not know of)."""
+        return tenancy.resolve(name, self.tenant, find, self.may(ANY_TENANT))
 
     def resolve(self, name: str, has: Callable[[str], bool]) -> str | None:
-        """The qualified name ``name`` means to this caller (its own first, then a public one),
-        or None: unknown, invalid, or another tenant's (which this caller may not know of)."""
-        try:
-            ident = AdapterId.parse(name)
-        except AdapterError:
-            return None
-        if ident.owner is not None:  # spelled tenant/name
-            mine = ident.owner == self.tenant or self.may(ANY_TENANT)
-            return ident.qualified if mine and has(ident.qualified) else None
-        own = AdapterId(self.tenant, ident.name).qualified
-        if has(own):
-            return own
-        return ident.name if has(ident.name) else None
+        """The qualified name ``name`` means to this caller (:meth:`lookup`), or None. ``has``:
+        whether a qualified name exists (servable, or refused at start: a refusal resolves as
+        the adapter would, so only its owner learns of it)."""
+        return self.lookup(name, lambda qualified: qualified if has(qualified) else None)
 
     def new_adapter(self, name: str, public: bool, has: Callable[[str], bool]) -> str:
         """The qualified name an upload of ``name`` creates or replaces (``public``: admins
@@ -113,17 +130,13 @@ class Principal:
             self.require(PUBLISH)
         ident = AdapterId.parse(name)  # an invalid name: 400
         public = public or (self.open and ident.owner is None)
-        if ident.owner is not None:
-            if public:
-                raise APIError(400, "a public adapter's name has no tenant/ part", param="name")
-            if ident.owner != self.tenant:
-                self.require(ANY_TENANT)
-            return ident.qualified
+        if ident.owner is None:
+            return tenancy.upload_id(ident.name, self.tenant, public, has).qualified
         if public:
-            return ident.name
-        if has(ident.name):
-            raise AdapterExistsError(f"a public adapter is named {ident.name!r}; pick another name")
-        return AdapterId(self.tenant, ident.name).qualified
+            raise APIError(400, "a public adapter's name has no tenant/ part", param="name")
+        if ident.owner != self.tenant:
+            self.require(ANY_TENANT)
+        return ident.qualified
 
     def check_writable(self, qualified: str) -> None:
         """Replacing or deleting a public adapter is an admin's (403 for anyone else)."""
@@ -164,6 +177,16 @@ def presented_key(headers: Mapping[str, str]) -> str | None:
     return headers.get("x-api-key", "").strip() or None
 
 
+def _unauthorized() -> APIError:
+    return APIError(
+        401,
+        "Invalid or missing API key; send 'Authorization: Bearer <key>' or 'x-api-key'.",
+        param=None,
+        code="invalid_api_key",
+        headers={"WWW-Authenticate": "Bearer"},
+    )
+
+
 def caller(table: KeyTable, headers: Mapping[str, str]) -> Principal:
     """The principal the request headers authenticate: :data:`OPEN` without configured keys,
     else the key's; 401 (OpenAI's shape) without a known key."""
@@ -172,27 +195,43 @@ def caller(table: KeyTable, headers: Mapping[str, str]) -> Principal:
     key = presented_key(headers)
     principal = table.lookup(key) if key is not None else None
     if principal is None:
-        raise APIError(
-            401,
-            "Invalid or missing API key; send 'Authorization: Bearer <key>' or 'x-api-key'.",
-            param=None,
-            code="invalid_api_key",
-            headers={"WWW-Authenticate": "Bearer"},
-        )
+        raise _unauthorized()
     return principal
 
 
 def authenticate(request: Request) -> Principal:
     """The caller of a ``/v1`` (or ``/generate``) route; 401 without a known key when keys are
-    configured. ``/health``, ``/ready`` and ``/metrics`` never ask. The same check already ran
-    on the request's headers before its body was read (:class:`~loraplex.api.key_gate.KeyGate`),
-    which left the principal in ``request.state``."""
+    configured. ``/health`` and ``/ready`` never ask; ``/metrics`` asks :func:`full_metrics`.
+    The same check already ran on the request's headers before its body was read
+    (:class:`~loraplex.api.key_gate.KeyGate`), which left the principal in ``request.state``."""
     principal = getattr(request.state, "principal", None)
     if not isinstance(principal, Principal):
         principal = caller(request.app.state.keys, request.headers)
-    if not principal.open:
-        request.state.tenant = principal.tenant  # what admission counts the request against
     return principal
+
+
+def full_metrics(request: Request, require_key: bool) -> bool:
+    """Whether this ``/metrics`` caller reads every name plain (True) or the anonymous view,
+    where tenants and their adapters are opaque labels (False).
+
+    No keys configured: plain (there are no tenants). No key presented: the anonymous view,
+    or a 401 with ``require_key`` (``--metrics-require-key``). A key whose role may
+    :data:`SCRAPE` (``metrics``, ``admin``): plain. Any other known key: 403, so a scraper given
+    a tenant's key fails loudly instead of reading a view it did not ask for; unknown: 401.
+    """
+    table: KeyTable = request.app.state.keys
+    if not table:
+        return True
+    key = presented_key(request.headers)
+    if key is None:
+        if require_key:
+            raise _unauthorized()
+        return False
+    principal = table.lookup(key)
+    if principal is None:
+        raise _unauthorized()
+    principal.require(SCRAPE)
+    return True
 
 
 PrincipalDep = Annotated[Principal, Depends(authenticate)]

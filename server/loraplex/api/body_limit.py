@@ -11,9 +11,10 @@ reader (``api/upload.py``, ``--max-upload-mb``) and are left to it.
 from __future__ import annotations
 
 from starlette.exceptions import HTTPException
+from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from loraplex.api.errors import BodyTooLargeError, to_api_error
+from loraplex.api.errors import BodyTooLargeError, report, to_api_error
 
 UPLOAD_ROUTES = frozenset({("POST", "/v1/adapters")})  # capped by api/upload.py instead
 
@@ -44,7 +45,8 @@ class BodySizeLimit:
             return
         length = dict(scope["headers"]).get(b"content-length")
         if length is not None and length.isdigit() and int(length) > self.max_bytes:
-            response = to_api_error(BodyTooLargeError(self._message())).response()
+            error = to_api_error(BodyTooLargeError(self._message()))
+            response = report(error, Request(scope)).response()
             await response(scope, receive, send)
             return
         received = 0

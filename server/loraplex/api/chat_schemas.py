@@ -11,8 +11,10 @@ from pydantic_core import PydanticCustomError
 from loraplex.api.logprobs import ChatLogprobs
 from loraplex.api.schema_docs import doc
 from loraplex.api.schemas import Logprobs, OpenAIChunk, OpenAIResponse, SamplingRequest
+from loraplex.api.tools.plan import template_arguments
+from loraplex.api.tools.schemas import NamedToolChoice, ToolCall, ToolDefinition
 from loraplex.config import ServerConfig
-from loraplex.engine.sampling_params import ParameterError, SamplingParams, check_logprobs
+from loraplex.engine import ParameterError, SamplingParams, check_logprobs
 
 # The serving app's --max-chat-messages, set for each chat request by the chat router's
 # dependency (which FastAPI runs before it validates the body); its default elsewhere.
@@ -55,9 +57,11 @@ class TextPart(BaseModel):
 class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
-    role: Literal["system", "developer", "user", "assistant"]
+    role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[TextPart] | None = None
     name: str | None = None
+    tool_calls: list[ToolCall] | None = None  # an assistant's past calls
+    tool_call_id: str | None = Field(None, description="Needed by role tool: the call it answers.")
 
 
 class ChatCompletionRequest(SamplingRequest):
@@ -76,14 +80,27 @@ class ChatCompletionRequest(SamplingRequest):
     max_completion_tokens: Annotated[int | None, doc(minimum=1)] = None
     logprobs: bool = False
     top_logprobs: Logprobs | None = Field(None, description="Needs logprobs=true.")
+    tools: list[ToolDefinition] | None = Field(
+        None, description='Without tool_choice, "auto" (which needs --enable-auto-tool-choice).'
+    )
+    tool_choice: Annotated[str, doc(enum=["none", "auto", "required"])] | NamedToolChoice | None = (
+        Field(
+            None,
+            description="Needs tools (a named function among them); required and named "
+            "constrain the output, so not with another constraint.",
+        )
+    )
+    parallel_tool_calls: bool | None = None
 
     @field_validator("messages", mode="before")
     @classmethod
     def _bounded(cls, value: Any) -> Any:
         return count_messages(value)
 
-    def conversation(self) -> list[dict[str, str]]:
-        """The messages as the chat template expects them: ``[{"role", "content": str}]``.
+    def conversation(self) -> list[dict[str, Any]]:
+        """The messages as the chat template expects them: ``[{"role", "content": str}]``,
+        with an assistant's ``tool_calls`` (arguments as objects) and a tool message's
+        ``tool_call_id``.
 
         Text parts are joined with newlines; ``developer`` (OpenAI's newer name) is ``system``.
         Raises :class:`ParameterError` (param ``messages``) for no messages or non-text parts.
@@ -102,8 +119,27 @@ class ChatCompletionRequest(SamplingRequest):
                             f"got {part.type!r}",
                         )
                 content = "\n".join(part.text or "" for part in content)
+            if message.role == "tool" and not message.tool_call_id:
+                raise ParameterError(
+                    "messages", f"messages[{i}]: a tool message needs tool_call_id"
+                )
             role = "system" if message.role == "developer" else message.role
-            out.append({"role": role, "content": content or ""})
+            entry: dict[str, Any] = {"role": role, "content": content or ""}
+            if message.tool_calls:
+                entry["tool_calls"] = [
+                    {
+                        "id": call.id,
+                        "type": call.type,
+                        "function": {
+                            "name": call.function.name,
+                            "arguments": template_arguments(call.function.arguments),
+                        },
+                    }
+                    for call in message.tool_calls
+                ]
+            if message.tool_call_id is not None:
+                entry["tool_call_id"] = message.tool_call_id
+            out.append(entry)
         return out
 
     def sampling_params(self, prompt_tokens: int, max_model_len: int) -> SamplingParams:
@@ -121,8 +157,11 @@ class ChatCompletionRequest(SamplingRequest):
 
 
 class ChatResponseMessage(BaseModel):
+    """The reply: its text (None when it is only tool calls) and its tool calls."""
+
     role: Literal["assistant"] = "assistant"
-    content: str
+    content: str | None
+    tool_calls: list[ToolCall] | None = None
 
 
 class ChatChoice(BaseModel):
@@ -138,10 +177,10 @@ class ChatCompletionResponse(OpenAIResponse[ChatChoice]):
 
 class ChatStreamChoice(BaseModel):
     """A chunk's choice: ``delta`` is ``{"role": "assistant"}`` first, then ``{"content"}``
-    deltas, then ``{}`` with the ``finish_reason``."""
+    (or ``{"tool_calls"}``) deltas, then ``{}`` with the ``finish_reason``."""
 
     index: int
-    delta: dict[str, str]
+    delta: dict[str, Any]
     finish_reason: str | None = None
     logprobs: ChatLogprobs | None = None
 

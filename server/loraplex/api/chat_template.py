@@ -6,7 +6,7 @@ turn tokens). Before rendering, a conversation is refused when the least it can 
     ``Σ_i len(content_i) + Σ_i overhead(role_i)``,
 
 already exceeds the context in characters (``max_model_len × max_chars_per_token``, as
-:func:`~loraplex.api.generation.check_prompt_length`). ``overhead(role)`` is what one more
+:meth:`~loraplex.engine.intake.Intake.check_length`). ``overhead(role)`` is what one more
 empty message of that role adds to a short conversation, measured once per tokenizer with a
 few tiny renders (0 for a role the probe cannot measure, or whose messages add nothing), so
 the estimate stays below what the template renders and refuses nothing that could fit.
@@ -20,17 +20,20 @@ from typing import Any
 import jinja2
 
 from loraplex.api.errors import APIError
-from loraplex.api.generation import check_text, max_prompt_chars
-from loraplex.engine.async_engine import AsyncEngine
-from loraplex.engine.sampling_params import ParameterError
+from loraplex.engine import AsyncEngine, ParameterError
 
-Conversation = list[dict[str, str]]
+Conversation = list[dict[str, Any]]  # role, content (+ tool_calls / tool_call_id)
 
 
-def _render(tokenizer: Any, messages: Conversation, generation_prompt: bool = True) -> str:
+def _render(
+    tokenizer: Any,
+    messages: Conversation,
+    generation_prompt: bool = True,
+    tools: list[dict[str, Any]] | None = None,
+) -> str:
     return str(
         tokenizer.apply_chat_template(
-            messages, add_generation_prompt=generation_prompt, tokenize=False
+            messages, tools=tools, add_generation_prompt=generation_prompt, tokenize=False
         )
     )
 
@@ -63,8 +66,8 @@ def check_rendered_length(engine: AsyncEngine, conversation: Conversation) -> No
     """400 (``messages``) when the least ``conversation`` can render is already longer than the
     context, in characters; nothing is rendered to find out."""
     overheads = message_overheads(engine.tokenizer)
-    least = sum(len(m["content"]) + overheads.get(m["role"], 0) for m in conversation)
-    limit = max_prompt_chars(engine)
+    least = sum(len(m.get("content") or "") + overheads.get(m["role"], 0) for m in conversation)
+    limit = engine.intake.max_prompt_chars
     if least > limit:
         raise ParameterError(
             "messages",
@@ -74,8 +77,11 @@ def check_rendered_length(engine: AsyncEngine, conversation: Conversation) -> No
         )
 
 
-def render_chat(engine: AsyncEngine, messages: Conversation) -> str:
-    """The prompt text of ``messages`` with the assistant's turn opened; 400 when the model has
+def render_chat(
+    engine: AsyncEngine, messages: Conversation, tools: list[dict[str, Any]] | None = None
+) -> str:
+    """The prompt text of ``messages`` (and ``tools``, for templates that know them) with the
+    assistant's turn opened; 400 when the model has
     no chat template, when the messages cannot fit the context (:func:`check_rendered_length`)
     or when its template refuses the conversation (e.g. roles that don't alternate). Runs in
     the text pool (the probes of the first call included), never on the event loop.
@@ -91,9 +97,9 @@ def render_chat(engine: AsyncEngine, messages: Conversation) -> str:
         )
     check_rendered_length(engine, messages)
     try:
-        text = _render(tokenizer, messages)
+        text = _render(tokenizer, messages, tools=tools)
     except jinja2.TemplateError as exc:
         message = f"The chat template refused the messages: {exc}"
         raise APIError(400, message, param="messages", code="invalid_value") from exc
-    check_text(text, "messages")
+    engine.intake.check_encodable(text, "messages")
     return text

@@ -9,7 +9,7 @@ from fastapi import Depends, Request
 
 from loraplex.adapters.rules import Limits
 from loraplex.api.auth import authenticate
-from loraplex.engine.async_engine import AsyncEngine
+from loraplex.engine import AsyncEngine
 
 
 def get_engine(request: Request) -> AsyncEngine:

@@ -3,6 +3,10 @@
 Routes raise exceptions (``APIError``, ``ParameterError``, adapter errors, ...) and never build
 error responses themselves; :func:`register_error_handlers` maps each exception type to a status
 and this shape in one place, so OpenAI clients raise the right typed exception for every error.
+
+Every failure a client is told about passes :func:`report` once (the handlers, and a stream's
+error event): one log line with its reason, and each 429 counted by tenant
+(``loraplex_rate_limited_requests_total``), whichever part refused (queue caps, tokenizer pool).
 """
 
 from __future__ import annotations
@@ -16,18 +20,25 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from loraplex import metrics
 from loraplex.adapters.errors import (
     AdapterError,
     AdapterExistsError,
     AdapterNotFoundError,
     AdapterPathError,
+    AdapterQuotaError,
     AdapterRefusedError,
     AdapterValidationError,
 )
-from loraplex.engine.admission import EngineUnavailableError, QueueFullError
-from loraplex.engine.capacity import CapacityError
-from loraplex.engine.errors import NonFiniteOutputError
-from loraplex.engine.sampling_params import ParameterError
+from loraplex.adapters.tenancy import DEFAULT_TENANT
+from loraplex.engine import (
+    CapacityError,
+    ConstraintError,
+    EngineUnavailableError,
+    NonFiniteOutputError,
+    ParameterError,
+    QueueFullError,
+)
 
 log = logging.getLogger(__name__)
 
@@ -118,12 +129,16 @@ def to_api_error(exc: Exception, request: Request | None = None) -> APIError:
         return APIError(500, str(exc), SERVER_ERROR, code="non_finite_output")
     if isinstance(exc, CapacityError):  # a server-wide cap, named in the message
         return APIError(409, str(exc), param=exc.param, code="limit_reached")
+    if isinstance(exc, ConstraintError):  # a schema/regex/grammar that cannot be compiled
+        return APIError(400, str(exc), param=exc.param, code="invalid_constraint")
     if isinstance(exc, ParameterError):
         return APIError(400, str(exc), param=exc.param, code="invalid_value")
     if isinstance(exc, AdapterNotFoundError):
         return APIError(404, str(exc), param="model", code="model_not_found")
     if isinstance(exc, AdapterExistsError):
         return APIError(409, str(exc), param="name", code="adapter_exists")
+    if isinstance(exc, AdapterQuotaError):
+        return APIError(409, str(exc), param="name", code="quota_exceeded")
     if isinstance(exc, AdapterRefusedError):
         return APIError(400, str(exc), param="model", code="adapter_refused")
     if isinstance(exc, AdapterPathError):
@@ -154,8 +169,26 @@ def to_api_error(exc: Exception, request: Request | None = None) -> APIError:
     return APIError(500, "Internal server error", SERVER_ERROR, code="internal_error")
 
 
+def request_tenant(request: Request) -> str:
+    """The tenant of the caller: the principal its key authenticated (``KeyGate`` leaves it in
+    ``request.state`` before the body is read), else the one tenant of a server without keys."""
+    principal = getattr(request.state, "principal", None)
+    return getattr(principal, "tenant", None) or DEFAULT_TENANT
+
+
+def report(error: APIError, request: Request) -> APIError:
+    """Log a failed request with its reason (a server error as a warning) and count a 429
+    under its tenant; call once per failure the client hears of. Returns ``error``."""
+    if error.status == 429:
+        metrics.record_rate_limited(request_tenant(request))
+    level = logging.WARNING if error.status >= 500 else logging.INFO
+    where = f"{request.method} {request.url.path}"
+    log.log(level, "%s failed: %d %s", where, error.status, encodable(error.message))
+    return error
+
+
 async def _handle(request: Request, exc: Exception) -> JSONResponse:
-    return to_api_error(exc, request).response()
+    return report(to_api_error(exc, request), request).response()
 
 
 def register_error_handlers(app: FastAPI) -> None:
@@ -165,6 +198,7 @@ def register_error_handlers(app: FastAPI) -> None:
     for exc_type in (
         APIError,
         ParameterError,
+        CapacityError,
         AdapterError,
         AdapterNotFoundError,
         AdapterValidationError,

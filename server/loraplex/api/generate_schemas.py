@@ -14,8 +14,17 @@ from typing import Annotated
 from pydantic import BaseModel, Field
 
 from loraplex.api.schema_docs import doc
-from loraplex.api.schemas import MAX_MIX, LenientBody, Logprobs, StopText, Text, check_mix
-from loraplex.engine.sampling_params import (
+from loraplex.api.schemas import (
+    MAX_MIX,
+    LenientBody,
+    Logprobs,
+    MixWeight,
+    StopText,
+    Text,
+    check_mix,
+)
+from loraplex.api.structured_schemas import GrammarParameter, grammar_parameter_spec
+from loraplex.engine import (
     MAX_STOP_STRINGS,
     MAX_TOP_K,
     SEED_RANGE,
@@ -29,7 +38,7 @@ class MergedAdapters(LenientBody):
     """LoRAX's per-request merge; only ``linear`` (``Σ w_i·ΔW_i``, applied as one adapter)."""
 
     ids: Annotated[list[str], doc(minItems=1, maxItems=MAX_MIX)]
-    weights: list[float] = Field(description="One weight per id.")
+    weights: list[MixWeight] = Field(description="One weight per id.")
     merge_strategy: Annotated[str, doc(enum=["linear"])] = "linear"
     density: float = 1.0  # LoRAX's TIES/DARE option: unused by linear
     majority_sign_method: str = "total"  # likewise
@@ -71,6 +80,9 @@ class GenerateParameters(LenientBody):
     best_of: Annotated[int | None, doc(enum=[1])] = None
     decoder_input_details: bool = False
     top_n_tokens: Logprobs | None = None
+    grammar: GrammarParameter | None = Field(
+        None, description='TGI\'s: {"type": "json", "value": schema} or {"type": "regex", ...}'
+    )
 
     @property
     def sampling(self) -> bool:
@@ -105,6 +117,7 @@ class GenerateParameters(LenientBody):
             stop=tuple(self.stop),
             logprobs=self.top_n_tokens or 0,  # every token carries its logprob, as in TGI
             prompt_logprobs=0 if self.decoder_input_details and self.details else None,
+            constraint=grammar_parameter_spec(self.grammar),
         )
 
     def adapter_mix(self) -> list[tuple[str, float]] | None:

@@ -1,57 +1,71 @@
-"""What every generating route shares: resolve the adapter, tokenize, run one engine request
-(every prompt, ``n`` samples each) and drain it into a result (``streaming.py`` turns it into
+"""What every generating route shares: the adapter resolved once (:func:`request_adapter`), then
+:func:`start`: the cheap refusals first, tokenizing, one engine request (every prompt, ``n``
+samples each), read as a :class:`Run` and drained into a result (``streaming.py`` turns it into
 server-sent events instead).
 
-A client that hangs up stops our iteration, which makes the engine abort the request and free
-its KV blocks.
+A client that hangs up stops our reading, which closes the engine's stream: the engine aborts
+the request and frees its KV blocks.
 """
 
 from __future__ import annotations
 
 import asyncio
-import functools
 import time
 import uuid
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from fastapi import Request
 
+from loraplex.adapters.card import AdapterCard
+from loraplex.adapters.errors import AdapterRefusedError
 from loraplex.api.auth import Principal
 from loraplex.api.errors import APIError
 from loraplex.api.schemas import PromptTokensDetails, SamplingRequest, UsageInfo
 from loraplex.api.text_pool import text_pool
-from loraplex.engine.adapters import AdapterSpec
-from loraplex.engine.admission import DEFAULT_TENANT
-from loraplex.engine.async_engine import AsyncEngine
-from loraplex.engine.outputs import RequestOutput, TokenLogprob
-from loraplex.engine.sampling_params import ParameterError, SamplingParams
+from loraplex.engine import (
+    AdapterSpec,
+    AsyncEngine,
+    RequestOutput,
+    RequestStream,
+    SamplingParams,
+    TokenLogprob,
+)
 
 T = TypeVar("T")
+# A request's prompts: texts or token ids, or a coroutine function that renders one text (a
+# chat template) once the request has passed the queue check.
+Prompts = list[str | list[int]] | Callable[[], Awaitable[str]]
 
 
 def resolve_adapter(
     engine: AsyncEngine, principal: Principal, model: str, param: str = "model"
-) -> str | None:
+) -> AdapterCard | None:
     """``model`` names the base model (no adapter) or an adapter the caller sees (its own, then
     a public one; an admin also ``tenant/name``); anything else, another tenant's adapter
-    included, is the same 404. Returns the qualified name."""
+    included, is the same 404. Returns the adapter's card: the engine looks nothing up again."""
     if model == engine.model_name:
         return None
-    qualified = principal.resolve(model, engine.adapters.has)
-    if qualified is None:
-        refusal(engine, model, param)  # refused at start: say why, not "does not exist"
+    card = visible_adapter(engine, principal, model, param)
+    if card is None:
         message = f"The model `{model}` does not exist."
         raise APIError(404, message, param=param, code="model_not_found")
-    return qualified
+    return card
 
 
-def refusal(engine: AsyncEngine, name: str, param: str) -> None:
-    """An adapter refused at start is a 400 that says why, and which option to change."""
-    refused = engine.adapters.refusal(name)
-    if refused is not None:
+def visible_adapter(
+    engine: AsyncEngine, principal: Principal, name: str, param: str = "model"
+) -> AdapterCard | None:
+    """The card of the adapter ``name`` means to this caller, or None (unknown, or another
+    tenant's), found with one lookup per name the rules try. One refused at start resolves by
+    the same rules (its owner's, or public) and is a 400 that says why and which option to
+    change, not "does not exist"; another tenant's refusal is as unknown as its adapters are."""
+    found = principal.lookup(name, engine.adapters.find)
+    if isinstance(found, AdapterRefusedError):  # named as the caller spelled it
+        refused = AdapterRefusedError(name, found.reason)
         raise APIError(400, str(refused), param=param, code="adapter_refused")
+    return found
 
 
 def resolve_mix(
@@ -61,14 +75,13 @@ def resolve_mix(
     param: str = "adapters",
 ) -> AdapterSpec:
     """A weighted combination ``[(name, weight), ...]``; every name must resolve (else 404)."""
-    resolved = []
+    resolved: list[tuple[str | AdapterCard, float]] = []
     for name, weight in mix:
-        qualified = principal.resolve(name, engine.adapters.has)
-        if qualified is None:
-            refusal(engine, name, param)
+        card = visible_adapter(engine, principal, name, param)
+        if card is None:
             message = f"The adapter `{name}` does not exist."
             raise APIError(404, message, param=param, code="model_not_found")
-        resolved.append((qualified, weight))
+        resolved.append((card, weight))
     return resolved
 
 
@@ -84,46 +97,6 @@ def request_adapter(
     return resolve_mix(engine, principal, mix)
 
 
-def check_text(text: str, param: str) -> None:
-    """Text must be encodable as UTF-8: JSON allows lone surrogates (``"\\ud800"``), which no
-    tokenizer takes."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError as exc:
-        raise ParameterError(param, f"{param} holds a lone surrogate at {exc.start}") from None
-
-
-def request_tenant(request: Request) -> str:
-    """The tenant a request counts against (``request.state.tenant``, set by authentication;
-    one shared tenant until keys name tenants)."""
-    return getattr(request.state, "tenant", None) or DEFAULT_TENANT
-
-
-@functools.cache
-def _max_chars_per_token(tokenizer: Any) -> int:
-    """The longest vocabulary entry, in characters: no token decodes to more characters than
-    its own entry has (byte-level entries spell one character per byte, SentencePiece ones
-    one per character; byte-fallback ``<0xNN>`` entries decode to less)."""
-    return max((len(token) for token in tokenizer.get_vocab()), default=1) or 1
-
-
-def max_prompt_chars(engine: AsyncEngine) -> int:
-    """The most characters a prompt that fits the context can have: text of ``L`` characters
-    has at least ``L / max_chars_per_token`` tokens."""
-    return engine.max_model_len * _max_chars_per_token(engine.tokenizer)
-
-
-def check_prompt_length(engine: AsyncEngine, text: str, param: str = "prompt") -> None:
-    """Refuse, from its length alone, text that must be longer than the context
-    (:func:`max_prompt_chars`), so nothing is tokenized to find out."""
-    if len(text) > max_prompt_chars(engine):
-        raise ParameterError(
-            param,
-            f"{param} has {len(text)} characters, so more tokens than the model's context "
-            f"length of {engine.max_model_len} tokens",
-        )
-
-
 async def tokenize(
     request: Request,
     engine: AsyncEngine,
@@ -136,11 +109,53 @@ async def tokenize(
     template rendered, which has them already); ``param``: the request field it came from, for
     errors. Token-id prompts pass through; the engine checks them against the vocabulary."""
     if isinstance(prompt, str):
-        check_text(prompt, param)
-        check_prompt_length(engine, prompt, param)
+        engine.intake.check_text(prompt, param)
         encoded = await text_pool(request).run(engine.tokenizer, prompt, add_special_tokens=special)
         return list(encoded.input_ids)
     return prompt
+
+
+async def start(
+    request: Request,
+    engine: AsyncEngine,
+    principal: Principal,
+    adapter: AdapterSpec,
+    prompts: Prompts,
+    params: SamplingParams | Callable[[list[int]], SamplingParams],
+    *,
+    n: int = 1,
+    cache_salt: str | None = None,
+    id_prefix: str = "cmpl",
+) -> Run:
+    """The start of every generating request, in the order that keeps refusals cheap: the
+    fan-out (400) and the caller's share of the queue (429, or 503) before anything is rendered
+    or tokenized; then the prompts tokenized in the text pool; then one engine request in the
+    caller's tenant (its queue share; prefix blocks shared within it only, plus ``cache_salt``).
+
+    ``adapter``: resolved already (:func:`request_adapter`). ``prompts``: texts or token ids,
+    or a coroutine function rendering one text from ``messages`` (a chat template: it writes
+    its own special tokens). ``params``: or a function of the first prompt's token ids.
+    """
+    rendered = callable(prompts)
+    engine.intake.check_fanout(1 if rendered else len(prompts), n)
+    engine.check_queue(principal.tenant)
+    texts = [await prompts()] if rendered else prompts
+    # A rendered template wrote its special tokens (BOS, turn markers): don't add them again.
+    param = "messages" if rendered else "prompt"
+    ids = [await tokenize(request, engine, text, not rendered, param) for text in texts]
+    if callable(params):
+        params = params(ids[0])
+    run_id = f"{id_prefix}-{uuid.uuid4().hex}"
+    stream = await engine.submit(
+        run_id,
+        ids,
+        params,
+        adapter,
+        n=n,
+        cache_salt=principal.cache_salt(cache_salt),
+        tenant=principal.tenant,
+    )
+    return Run(run_id, stream, ids, params, n)
 
 
 @dataclass
@@ -177,62 +192,40 @@ class Choice:
 
 
 class Run:
-    """One engine request for one HTTP request: ``n`` samples of each prompt, its outputs
-    pumped into a queue and recorded per choice (the engine does the fan-out and the seeds)."""
+    """One engine request for one HTTP request: ``n`` samples of each prompt, its outputs read
+    from the engine's stream and recorded per choice (the engine does the fan-out and seeds)."""
 
     def __init__(
         self,
-        engine: AsyncEngine,
+        run_id: str,
+        stream: RequestStream,
         prompts: list[list[int]],
         params: SamplingParams,
-        adapter: AdapterSpec,
-        id_prefix: str = "cmpl",
         n: int = 1,
-        cache_salt: str | None = None,
-        tenant: str = DEFAULT_TENANT,
     ) -> None:
-        self.id = f"{id_prefix}-{uuid.uuid4().hex}"
+        self.id = run_id
         self.params, self.n, self.prompts = params, n, prompts
         self.created = int(time.time())
         self.choices = [Choice(i) for i in range(len(prompts) * n)]
-        self._queue: asyncio.Queue[RequestOutput | Exception | None] = asyncio.Queue()
-        self._done = False
-        # Creating the engine stream runs nothing yet: it checks and queues on first iteration.
-        stream = engine.generate(
-            self.id, prompts, params, adapter, n=n, cache_salt=cache_salt, tenant=tenant
-        )
-        self._task = asyncio.create_task(self._pump(stream))
+        self._stream = stream
 
     def prompt_ids(self, choice: Choice) -> list[int]:
         """The token ids of the prompt ``choice`` answers."""
         return self.prompts[choice.index // self.n]
 
-    async def _pump(self, stream: AsyncIterator[RequestOutput]) -> None:
-        try:
-            async for out in stream:
-                self._queue.put_nowait(out)
-        except Exception as exc:  # re-raised in the consumer, which knows how to report it
-            self._queue.put_nowait(exc)
-        else:
-            self._queue.put_nowait(None)
-
     async def next(self) -> tuple[Choice, RequestOutput] | None:
-        """The next output of any choice (recorded in it), or None when all are done."""
-        if self._done:
-            return None
-        item = await self._queue.get()
+        """The next output of any choice (recorded in it), or None when all are done. Safe to
+        cancel: no output is lost."""
+        item = await self._stream.next()
         if item is None:
-            self._done = True
             return None
-        if isinstance(item, Exception):
-            raise item
         choice = self.choices[item.index]
         choice.add(item)
         return choice, item
 
     def close(self) -> None:
-        """Stop the stream; cancelling the pump closes its generator, so the engine aborts it."""
-        self._task.cancel()
+        """Stop reading: the engine aborts whatever is unfinished (idempotent)."""
+        self._stream.close()
 
     async def aclose(self) -> None:
         self.close()

@@ -64,10 +64,19 @@ class DrainingServer(uvicorn.Server):
             self.should_exit = True
 
 
+STARTUP_FAILURE = 3  # uvicorn's exit status when the app fails to start
+
+
 def serve_until_signalled(app: Any, shutdown_timeout: float, **uvicorn_config: Any) -> None:
-    """Run ``app`` under :class:`DrainingServer` in the foreground until a signal drains it."""
+    """Run ``app`` under :class:`DrainingServer` in the foreground until a signal drains it.
+
+    A start that fails (the lifespan raised, e.g. a model the engine cannot run: the log names
+    the feature and the model) exits with status 3, as ``uvicorn`` does, never 0."""
     config = uvicorn.Config(app, timeout_graceful_shutdown=CLOSE_CONNECTIONS_S, **uvicorn_config)
-    DrainingServer(config, app, shutdown_timeout).run()
+    server = DrainingServer(config, app, shutdown_timeout)
+    server.run()
+    if not server.started:
+        raise SystemExit(STARTUP_FAILURE)
 
 
 class ShutdownAnswer:

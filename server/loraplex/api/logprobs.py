@@ -14,7 +14,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from loraplex.api.token_text import TokenText
-from loraplex.engine.outputs import TokenLogprob
+from loraplex.engine import TokenLogprob
 
 
 class CompletionLogprobs(BaseModel):

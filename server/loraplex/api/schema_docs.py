@@ -1,6 +1,6 @@
 """Constraints the OpenAPI schema documents but pydantic does not enforce.
 
-Value ranges are checked once, at run time, by :class:`~loraplex.engine.sampling_params.
+Value ranges are checked once, at run time, by :class:`~loraplex.engine.request.params.
 SamplingParams` and the routes, whose :class:`ParameterError` names the parameter in a 400.
 The schema must still say what those checks accept, so that a client generator or a fuzzer
 (schemathesis) that follows it sends only requests the server takes: ``doc(...)`` adds JSON

@@ -18,7 +18,8 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from loraplex.api.logprobs import CompletionLogprobs
 from loraplex.api.schema_docs import doc
-from loraplex.engine.sampling_params import (
+from loraplex.api.structured_schemas import StructuredFields
+from loraplex.engine import (
     MAX_LOGPROBS,
     MAX_STOP_CHARS,
     MAX_STOP_STRINGS,
@@ -43,6 +44,8 @@ Prompt = Annotated[
 StopText = Annotated[str, doc(minLength=1, maxLength=MAX_STOP_CHARS)]
 Stop = Annotated[StopText | list[StopText], doc(maxItems=MAX_STOP_STRINGS)]
 Logprobs = Annotated[int, doc(minimum=0, maximum=MAX_LOGPROBS)]
+# A mix weight: documented bounds only, checked by check_mix (a 400 naming the field).
+MixWeight = Annotated[float, doc(minimum=-MAX_MIX_WEIGHT, maximum=MAX_MIX_WEIGHT)]
 
 
 class AdapterWeight(BaseModel):
@@ -51,7 +54,7 @@ class AdapterWeight(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: str
-    weight: float  # finite (JSON has no other numbers)
+    weight: MixWeight
 
 
 class StreamOptions(BaseModel):
@@ -81,8 +84,9 @@ class LenientBody(BaseModel):
         return data
 
 
-class SamplingRequest(LenientBody):
-    """The fields every OpenAI generating request shares (completions and chat)."""
+class SamplingRequest(LenientBody, StructuredFields):
+    """The fields every OpenAI generating request shares (completions and chat), the
+    constraints (``response_format``, ``structured_outputs``, ``guided_*``) included."""
 
     model: str = Field(description="The base model's id or an adapter's name (404 otherwise).")
     temperature: Annotated[float, doc(minimum=0, maximum=2)] = 1.0
@@ -161,6 +165,7 @@ class SamplingRequest(LenientBody):
             ignore_eos=self.ignore_eos,
             logprobs=logprobs,
             prompt_logprobs=prompt_logprobs,
+            constraint=self.constraint(),
         )
 
 

@@ -16,10 +16,10 @@ from fastapi.responses import StreamingResponse
 from pydantic import BaseModel
 from starlette.background import BackgroundTask
 
-from loraplex.api.errors import to_api_error
+from loraplex.api.errors import report, to_api_error
 from loraplex.api.generation import Choice, Run, unless_hung_up
 from loraplex.api.schemas import OpenAIChunk, SamplingRequest
-from loraplex.engine.outputs import RequestOutput
+from loraplex.engine import RequestOutput
 
 
 class Chunks:
@@ -92,7 +92,7 @@ async def stream_response(
             for payload in tail():
                 yield _event(payload)
         except Exception as exc:
-            yield _event(json.dumps(to_api_error(exc).body()))
+            yield _event(json.dumps(report(to_api_error(exc, request), request).body()))
         finally:
             run.close()
         if done:

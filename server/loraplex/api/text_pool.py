@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 
 from fastapi import Request
 
-from loraplex.engine.admission import QueueFullError
+from loraplex.engine import QueueFullError
 
 T = TypeVar("T")
 PENDING_PER_THREAD = 16

@@ -1,58 +1,49 @@
-"""The engine loop in its own thread, bridged to asyncio: the event loop never runs model work.
+"""The engine's thread bridged to asyncio: the event loop never runs model work.
 
-Commands (add, abort, call) go to the engine thread through one queue; each request's outputs
-come back through its own asyncio queue. That is all this module does: requests are built and
-checked by :meth:`LLMEngine.prepare`, adapters are managed by :class:`AdapterService`.
+Commands (add, drop, abort, call) go to the engine's thread (``loop.py``) through one queue;
+each request's outputs come back through its own :class:`RequestStream`. That is all this
+module does: requests are built and checked by :meth:`LLMEngine.prepare`, adapters are managed
+by :class:`AdapterService`.
 
-Its life: requests are admitted by an :class:`AdmissionController` (429 when the queue is
-full); :meth:`drain` stops admitting (503) and gives running requests a deadline; a fault that
-kills the engine thread fails every open stream, and :meth:`is_healthy` turns False once the
-thread is dead or has not come round its loop for ``STALL_S``.
+Its life: requests count against the :class:`QueueLimits` until they start (429 when the queue
+is full); :meth:`drain` stops taking requests (503) and gives running ones a deadline; a fault
+that kills the engine thread fails every open stream, and :meth:`is_healthy` turns False once
+the thread is dead or has not come round its loop for ``STALL_S``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import queue
 import threading
 import time
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from collections.abc import Callable
 from typing import TypeVar
 
-from loraplex import metrics
+from loraplex.adapters.tenancy import DEFAULT_TENANT
 from loraplex.config import Config
-from loraplex.engine.adapter_service import AdapterService
-from loraplex.engine.adapters import AdapterSpec
-from loraplex.engine.admission import (
-    DEFAULT_TENANT,
-    AdmissionController,
-    EngineUnavailableError,
-)
-from loraplex.engine.build import build_engine
+from loraplex.engine.adapter_tiers.service import AdapterService
+from loraplex.engine.adapter_tiers.tiers import AdapterSpec
+from loraplex.engine.build import build_engine, freeze_startup_objects
+from loraplex.engine.constraints import GrammarService
+from loraplex.engine.errors import EngineUnavailableError
 from loraplex.engine.llm_engine import LLMEngine
-from loraplex.engine.outputs import RequestOutput
-from loraplex.engine.sampling_params import SamplingParams
+from loraplex.engine.loop import EngineLoop
+from loraplex.engine.output.state import ParentRequest
+from loraplex.engine.queue_limits import QueueLimits
+from loraplex.engine.request.params import SamplingParams
+from loraplex.engine.request.stream import RequestStream
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 STALL_S = 60.0  # a loop iteration (one step, or an idle wait) longer than this is a hang
 
 
-@dataclass
-class _Stream:
-    """Where one request's outputs go: an asyncio queue fed from the engine thread."""
-
-    loop: asyncio.AbstractEventLoop
-    queue: asyncio.Queue[RequestOutput | Exception]  # an Exception: the engine thread died
-
-    def put(self, item: RequestOutput | Exception) -> None:
-        self.loop.call_soon_threadsafe(self.queue.put_nowait, item)
-
-
 class AsyncEngine:
-    """Thread-owned :class:`LLMEngine`; ``adapters`` is the adapter service for the API."""
+    """Thread-owned :class:`LLMEngine`; ``adapters`` is the adapter service for the API,
+    ``intake`` the request checks it may run on the event loop (host-side)."""
 
     def __init__(self, engine: LLMEngine, commands: queue.SimpleQueue[tuple] | None = None) -> None:
         self.engine = engine
@@ -61,29 +52,29 @@ class AsyncEngine:
         self.max_model_len = engine.max_model_len
         self.vocab_size = engine.vocab_size
         self.eos_token_ids = engine.eos_token_ids
-        self.check_fanout = engine.check_fanout  # host-side: safe from the event loop
+        self.intake = engine.intake  # host-side: safe from the event loop
         self.base_format = engine.runner.base_format  # what adapters are checked against
         self.created = int(time.time())
-        self.adapters = AdapterService(engine.adapters, self.on_engine)
+        self.adapters = AdapterService(engine.tiers, self.on_engine)
+        # Constraints compile here, in its worker pool: never on the engine thread.
+        self.grammars = GrammarService(
+            engine.tokenizer, engine.vocab_size, engine.eos_token_ids, engine.config.structured
+        )
         self._commands: queue.SimpleQueue[tuple] = commands or queue.SimpleQueue()
-        self._streams: dict[str, _Stream] = {}
-        self._thread: threading.Thread | None = None
-        self._stop = threading.Event()
+        self._streams: dict[str, RequestStream] = {}
+        self.engine_loop = EngineLoop(engine, self._commands, self._streams)  # the engine's thread
         sched = engine.config.scheduler
-        self.admission = AdmissionController(
-            sched.max_queued_requests,
-            sched.max_queued_requests_per_tenant,
-            on_reject=metrics.record_rate_limited,  # loraplex_rate_limited_requests_total
+        self.queue_limits = QueueLimits(
+            sched.max_queued_requests, sched.max_queued_requests_per_tenant
         )
         self.draining = False  # set by drain(): new requests get 503
-        self.died: BaseException | None = None  # what killed the engine thread
-        self._heartbeat = time.monotonic()  # the engine loop's last round
         self.stall_s = STALL_S
 
     @classmethod
     def from_config(cls, config: Config) -> AsyncEngine:
         commands: queue.SimpleQueue[tuple] = queue.SimpleQueue()
         engine = build_engine(config, on_adapter_loaded=lambda: commands.put(("wake",)))
+        freeze_startup_objects()
         return cls(engine, commands)
 
     async def on_engine(self, fn: Callable[[], T]) -> T:
@@ -93,21 +84,19 @@ class AsyncEngine:
         return await future
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="loraplex-engine", daemon=True)
-        self._thread.start()
+        self.engine_loop.start()
 
     def shutdown(self) -> None:
-        self._stop.set()
-        self._commands.put(("wake",))
-        if self._thread is not None:
-            self._thread.join(timeout=30)
+        self.engine_loop.stop()
+        self.grammars.close()
         self.engine.registry.close()  # stop the adapter loader threads
 
     def is_healthy(self) -> bool:
         """Liveness: the engine thread runs and came round its loop within ``stall_s``
         (``STALL_S``; an idle loop comes round every half second)."""
-        alive = self._thread is not None and self._thread.is_alive() and not self._stop.is_set()
-        return alive and time.monotonic() - self._heartbeat < self.stall_s
+        return (
+            self.engine_loop.alive and time.monotonic() - self.engine_loop.heartbeat < self.stall_s
+        )
 
     def is_ready(self) -> bool:
         """Readiness: alive and not draining (a load balancer sends nothing new)."""
@@ -136,10 +125,10 @@ class AsyncEngine:
             await asyncio.sleep(0.01)
         return len(left)
 
-    def check_admission(self, tenant: str = DEFAULT_TENANT) -> None:
-        """Raise what :meth:`generate` would refuse with (503, 429) before any work is done."""
+    def check_queue(self, tenant: str = DEFAULT_TENANT) -> None:
+        """Raise what :meth:`submit` would refuse with (503, 429) before any work is done."""
         self._refuse_if_unavailable()
-        self.admission.check(tenant)
+        self.queue_limits.check(tenant)
 
     def _refuse_if_unavailable(self) -> None:
         if self.draining:
@@ -150,7 +139,7 @@ class AsyncEngine:
     def stats(self) -> dict[str, object]:
         return self.engine.stats()
 
-    async def generate(
+    async def submit(
         self,
         request_id: str,
         prompts: list[list[int]],
@@ -160,126 +149,86 @@ class AsyncEngine:
         n: int = 1,
         cache_salt: str | None = None,
         tenant: str = DEFAULT_TENANT,
-    ) -> AsyncIterator[RequestOutput]:
-        """Yield the output deltas of every child (``index`` tells which) until all finished;
-        abort what is left if iteration stops early. A child's error is raised.
+    ) -> RequestStream:
+        """Check, build and queue one request: ``n`` samples of each prompt. Its outputs come
+        through the returned stream (``close()`` aborts what is left). Refusals are raised here,
+        before any byte is sent: 503 (draining, no engine), ``QueueFullError`` (429, the
+        tenant's share of the queue is full), a bad prompt (400), an unknown adapter (404).
 
-        ``adapter``: a name, a weighted mix ``[(name, weight), ...]`` or None (base model).
-        ``n`` samples per prompt; ``cache_salt``: only the same salt shares prefix blocks;
-        ``tenant``: whose queue share it takes (``QueueFullError`` when full: a 429).
+        ``adapter``: a card or name, a weighted mix ``[(adapter, weight), ...]`` or None (base
+        model). ``cache_salt``: only the same salt shares prefix blocks; ``tenant``: whose
+        queue share it takes.
         """
         self._refuse_if_unavailable()
-        self.admission.admit(tenant)  # queued until its first output
-        queued, unfinished = True, 0
+        # Compiled before it is queued (a refused grammar is a 400 that takes no queue place).
+        grammar = None
+        if params.constraint is not None:
+            grammar = await self.grammars.compile(params.constraint)
+        self.queue_limits.enqueue(tenant)  # queued until its first output
         try:
-            # Checked and resolved once, off the event loop (a mix is combined here): unknown
-            # names and impossible prompts fail now, before any byte is sent.
-            parent = await asyncio.to_thread(
-                self.engine.prepare,
-                request_id,
-                prompts,
-                params,
-                adapter,
-                n=n,
-                cache_salt=cache_salt,
-                tenant=tenant,
+            # Checked and resolved once, off the event loop (a mix is combined here); the
+            # adapter version it resolves is held, so a caller that leaves drops it.
+            parent = await self._prepare(
+                functools.partial(
+                    self.engine.prepare,
+                    request_id,
+                    prompts,
+                    params,
+                    adapter,
+                    n=n,
+                    cache_salt=cache_salt,
+                    tenant=tenant,
+                    grammar=grammar,
+                )
             )
-            stream = _Stream(asyncio.get_running_loop(), asyncio.Queue())
-            self._streams[request_id] = stream
-            self._commands.put(("add", parent))
-            unfinished = len(parent.children)
-            if self.died is not None:  # died before it could see the request
-                raise EngineUnavailableError("The engine is not running; see the server log.")
-            while unfinished:
-                item = await stream.queue.get()
-                if isinstance(item, Exception):
-                    raise item
-                if queued and item.error is None:
-                    queued = False
-                    self.admission.started(tenant)
-                if item.error is not None:
-                    raise item.error
-                unfinished -= item.finished
-                yield item
-        finally:
-            if queued:
-                self.admission.left(tenant)
-            if unfinished:
-                self._commands.put(("abort", request_id))
-            self._streams.pop(request_id, None)
+        except BaseException:  # refused, or the caller went away: nothing was queued
+            self.queue_limits.left(tenant)
+            raise
+        stream = RequestStream(
+            request_id,
+            len(parent.children),
+            asyncio.get_running_loop(),
+            on_start=functools.partial(self.queue_limits.started, tenant),
+            on_close=functools.partial(self._stream_closed, request_id, tenant),
+        )
+        self._streams[request_id] = stream
+        self._commands.put(("add", parent))
+        if self.engine_loop.died is not None:  # died before it could see the request
+            stream.close()
+            raise EngineUnavailableError("The engine is not running; see the server log.")
+        return stream
 
-    # ---- engine thread -------------------------------------------------------------------
+    def _stream_closed(self, request_id: str, tenant: str, queued: bool, unfinished: bool) -> None:
+        if queued:
+            self.queue_limits.left(tenant)
+        if unfinished:
+            self._commands.put(("abort", request_id))
+        self._streams.pop(request_id, None)
 
-    def _run(self) -> None:
+    async def _prepare(self, prepare: Callable[[], ParentRequest]) -> ParentRequest:
+        """``LLMEngine.prepare`` on a worker thread. It holds the adapter version it resolved,
+        so a request abandoned meanwhile (the client left, the loop closed) must not keep it:
+        whichever of the worker and the cancelled caller comes second sends it to the engine
+        thread to be dropped."""
+        lock = threading.Lock()
+        done: list[ParentRequest] = []  # the worker's result, once the caller may miss it
+        abandoned = False
+
+        def work() -> ParentRequest:
+            parent = prepare()
+            with lock:
+                drop = abandoned
+                done.append(parent)
+            if drop:
+                self._commands.put(("drop", parent))
+            return parent
+
         try:
-            busy = False
-            while not self._stop.is_set():
-                self._heartbeat = time.monotonic()
-                # Block only when no step can progress: nothing queued, or every queued request
-                # waits for its adapter to load (the loader posts "wake" when it is done).
-                self._drain_commands(block=not busy)
-                busy = self.engine.has_unfinished() and self._step()
-            self._deliver(self.engine.abort_all())
-        except BaseException as exc:  # a bug outside the step: nothing will ever step again
-            log.exception("the engine thread died; failing every open request")
-            self.died = exc
-            error = EngineUnavailableError("The engine failed; see the server log.")
-            for stream in list(self._streams.values()):
-                stream.put(error)
-
-    def _drain_commands(self, block: bool) -> None:
-        try:
-            command = self._commands.get(timeout=0.5) if block else self._commands.get_nowait()
-        except queue.Empty:
-            return
-        while True:
-            self._apply(command)
-            try:
-                command = self._commands.get_nowait()
-            except queue.Empty:
-                return
-
-    def _apply(self, command: tuple) -> None:
-        kind, *args = command
-        if kind == "add":
-            self.engine.submit(args[0])
-        elif kind == "abort":  # (request_id[, the error its client gets])
-            self._deliver(self.engine.abort(*args))
-        elif kind == "call":
-            fn, future = args
-            try:
-                result = fn()
-            except Exception as exc:
-                future.get_loop().call_soon_threadsafe(_settle, future, None, exc)
-            else:
-                future.get_loop().call_soon_threadsafe(_settle, future, result, None)
-
-    def _step(self) -> bool:
-        """One engine step; False when nothing could be scheduled."""
-        start = time.perf_counter()
-        try:
-            outputs = self.engine.step()
-        except Exception as exc:  # outside the forward (which fails only its own requests)
-            log.exception("engine step failed")
-            self._deliver(self.engine.abort_all(RuntimeError(f"engine step failed: {exc}")))
-            return False
-        self._deliver(outputs)
-        if self.engine.idle:
-            return False
-        metrics.STEP_DURATION.observe(time.perf_counter() - start)
-        return True
-
-    def _deliver(self, outputs: list[RequestOutput]) -> None:
-        for output in outputs:
-            stream = self._streams.get(output.request_id)
-            if stream is not None:
-                stream.put(output)
-
-
-def _settle(future: asyncio.Future, result: object, error: Exception | None) -> None:
-    if future.cancelled():
-        return
-    if error is not None:
-        future.set_exception(error)
-    else:
-        future.set_result(result)
+            return await asyncio.to_thread(work)
+        except asyncio.CancelledError:
+            with lock:
+                abandoned = True
+                left = list(done)
+            for parent in left:
+                self._commands.put(("drop", parent))
+            raise

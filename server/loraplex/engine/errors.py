@@ -1,8 +1,40 @@
-"""Errors a request can end with after it was admitted (the API maps each to its status)."""
+"""Every error the engine raises to a caller, in one place (``api/errors.py`` maps each to an
+HTTP status): a bad parameter (400), a server-wide cap (409), a full queue (429), an engine
+that takes nothing (503), and the non-finite output a request can end with after it ran."""
 
 from __future__ import annotations
 
 from loraplex.adapters.weights import MIX_PREFIX
+
+
+class ParameterError(ValueError):
+    """A request parameter is out of range; ``param`` names it (OpenAI's ``error.param``)."""
+
+    def __init__(self, param: str, message: str) -> None:
+        super().__init__(message)
+        self.param = param
+
+
+class CapacityError(Exception):
+    """A server-wide cap is reached (HTTP 409, not a bad parameter: the same request succeeds
+    once something is released); the message names the option that sets the cap, ``param``
+    what the request asked for (``pinned``, ``merge``)."""
+
+    def __init__(self, param: str, message: str) -> None:
+        super().__init__(message)
+        self.param = param
+
+
+class QueueFullError(Exception):
+    """The queue (or the tenant's share of it) is full: HTTP 429 with ``Retry-After``."""
+
+    def __init__(self, message: str, retry_after: int) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class EngineUnavailableError(Exception):
+    """No request is admitted: the server drains for shutdown, or its engine died (HTTP 503)."""
 
 
 class NonFiniteOutputError(Exception):
@@ -20,3 +52,11 @@ class NonFiniteOutputError(Exception):
             f"the model's output became non-finite (inf/NaN) under {source}; the request was "
             "stopped and its cached keys and values discarded"
         )
+
+
+class ConstraintViolationError(Exception):
+    """The grammar refused a sampled token although its mask was applied: a server fault (a
+    500); the request ends, the others go on."""
+
+    def __init__(self, token: int) -> None:
+        super().__init__(f"the sampled token {token} is outside the request's grammar")

@@ -81,8 +81,17 @@ class LoRALinear(nn.Module):
         )
         # Slots holding weights for this module; when none does, the layer costs nothing extra.
         self.occupied: set[int] = set()
-        # key -> merged weight [out, in] of a dedicated tenant (only modules it targets).
+        # key -> merged weight [out, in] of a pre-merged adapter (only modules it targets).
         self.merged_weights: dict[str, torch.Tensor] = {}
+
+    def __getattr__(self, name: str) -> object:
+        """What the model reads of its projection (``weight``, ``bias`` ...) is the base's:
+        some models use a projection's weight directly (Hunyuan-MoE's router reads
+        ``gate.wg.weight``)."""
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            return getattr(self.base, name)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self._base_forward(x)

@@ -10,6 +10,7 @@ from torch import nn
 
 from loraplex.adapters.weights import LoRAAdapter
 from loraplex.lora.layers import LORA_BASE_TYPES, LoRAContext, LoRALinear, in_out_features
+from loraplex.lora.moe import ParamLoRA, install_moe_lora, routers
 from loraplex.lora.ops import AddLoRA, LoRAMeta, add_lora
 from loraplex.lora.quantized import is_quantized, merge_refusal
 from loraplex.lora.slot_copier import slot_copier
@@ -26,8 +27,9 @@ def padded_rank(max_rank: int) -> int:
 class LoRAModelManager:
     """Owns the LoRA layers of one model: ``num_slots`` slots of rank <= ``max_rank``.
 
-    Every Linear/Conv1D projection except the output embedding is wrapped, so any adapter that
-    targets projections of the base model can be loaded later without touching the model again.
+    Every Linear/Conv1D projection except the output embedding is wrapped, and every fused MoE
+    expert tensor and router gets slot tables (``moe.py``), so any adapter that targets them
+    can be loaded later without touching the model again.
     Adapters arrive checked against :meth:`module_shapes` and a rank limit of ``max_rank``.
     The slot tables are in ``table_dtype`` (None: each projection's compute dtype; a quantized
     projection is wrapped as it is, ``lora/quantized.py``).
@@ -45,10 +47,13 @@ class LoRAModelManager:
         self.max_rank = max_rank
         self.context = LoRAContext(op)
         output = model.get_output_embeddings()
+        skip = routers(model)  # MoE routers get their own tables below
         targets = [
             (name, module)
             for name, module in model.named_modules()
-            if isinstance(module, LORA_BASE_TYPES) and module is not output
+            if isinstance(module, LORA_BASE_TYPES)
+            and module is not output
+            and id(module) not in skip
         ]
         self.layers: dict[str, LoRALinear] = {}
         # The model's float dtype: what a quantized projection that names no compute dtype
@@ -63,6 +68,10 @@ class LoRAModelManager:
             )
             setattr(parent, child, layer)
             self.layers[name] = layer
+        # PEFT's target_parameters: MoE expert tensors and routers, by parameter path.
+        self.params: dict[str, ParamLoRA] = install_moe_lora(
+            model, num_slots, padded_rank(max_rank), self.context, table_dtype
+        )
         # The real rank of each slot's adapter (0: empty), handed to the kernels with every
         # step's metadata so they stream only that many rows of the padded slot tables.
         device = next(iter(self.layers.values())).lora_a.device if self.layers else "cpu"
@@ -70,12 +79,15 @@ class LoRAModelManager:
         # On a GPU slot writes run on a side stream, fenced per slot (lora/slot_copier.py).
         self.copier = slot_copier(torch.device(device))
 
-    def module_shapes(self) -> dict[str, tuple[int, int]]:
-        """``(in_features, out_features)`` of every wrapped projection: what an adapter's
-        shapes are checked against before it can reach a slot (``adapters.folder_check``)."""
-        return {
+    def module_shapes(self) -> dict[str, tuple[int, ...]]:
+        """``(in_features, out_features)`` of every wrapped projection and ``(E, in, out)`` of
+        every adapted parameter: what an adapter's shapes are checked against before it can
+        reach a slot (``adapters.folder_check``)."""
+        shapes: dict[str, tuple[int, ...]] = {
             name: (layer.in_features, layer.out_features) for name, layer in self.layers.items()
         }
+        shapes.update((path, table.shape) for path, table in self.params.items())
+        return shapes
 
     def load_slot(self, slot: int, adapter: LoRAAdapter | None) -> None:
         """Make ``slot`` hold ``adapter`` in every layer (modules it does not target: zero).
@@ -87,6 +99,8 @@ class LoRAModelManager:
         with self.copier.writing(slot, adapter):
             for name, layer in self.layers.items():
                 layer.set_slot(slot, modules.get(name), self.copier)
+            for path, table in self.params.items():
+                table.set_slot(slot, modules.get(path), self.copier)
         # On the compute stream: in order with the steps, and read only by steps that use the
         # slot, which wait for its writes.
         self.slot_ranks[slot] = adapter.max_rank if adapter is not None else 0
@@ -100,7 +114,10 @@ class LoRAModelManager:
         """``W0 + scale·B·A`` for every module ``adapter`` targets (the rest stays shared).
 
         Reads the base weights only, so it runs on a worker thread while the engine steps.
+        An adapter of MoE expert tensors or routers cannot be merged (it is served unmerged).
         """
+        if self.unmergeable(adapter):
+            raise ValueError("an adapter of MoE expert tensors or routers cannot be merged")
         with torch.no_grad():  # grad mode is per thread: a worker thread starts with it on
             return {
                 name: self.layers[name].merged_weight(weights)
@@ -115,6 +132,11 @@ class LoRAModelManager:
             if reason is not None:
                 return f"{name}: {reason}"
         return None
+
+    def unmergeable(self, adapter: LoRAAdapter) -> list[str]:
+        """The parameters ``adapter`` adapts that merging does not cover (MoE expert tensors
+        and routers: the merged path swaps projection weights only)."""
+        return sorted(set(adapter.modules) & set(self.params))
 
     def install_merged(self, key: str, weights: dict[str, torch.Tensor]) -> None:
         """Serve ``key`` pre-merged from now on (engine thread, between steps: dict stores)."""

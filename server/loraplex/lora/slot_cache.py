@@ -63,6 +63,14 @@ class SlotCache:
             self._free.append(slot)
         return slot
 
+    def rekey(self, old: str, new: str) -> int:
+        """Hand ``old``'s slot to ``new`` (most recently used; ``old``'s pin goes), for the
+        caller to write ``new``'s weights over ``old``'s: an in-place update, no eviction."""
+        self._pinned.discard(old)
+        slot = self._resident.pop(old)
+        self._resident[new] = slot
+        return slot
+
     def acquire(self, keys: Iterable[str]) -> tuple[dict[str, int], list[tuple[str, int]]]:
         """Make every key resident for this step and mark them most recently used.
 

@@ -142,3 +142,13 @@ def test_local_tenants_namesakes_are_apart(tmp_path: Path) -> None:
     store.delete("acme/support")
     assert store.names() == ["globex/support", "support"] and work_dirs(store.root) == []
     assert LocalAdapterStore(store.root).names() == ["globex/support", "support"]  # reopened
+
+
+def test_local_sizes_count_one_tenants_adapters(tmp_path: Path) -> None:
+    """What the tenant quota counts: config + weights bytes of each of the tenant's adapters."""
+    store = LocalAdapterStore(tmp_path / "store")
+    for name, body in (("support", "pub"), ("acme/a", "aa"), ("acme/b", "b"), ("acmex/c", "c")):
+        store.put(name, source(tmp_path, body), {"owner": name.rpartition("/")[0] or None})
+    config = len((store.fetch("acme/a") / CONFIG).read_bytes())
+    assert store.sizes("acme") == {"acme/a": config + 200, "acme/b": config - 1 + 100}
+    assert store.sizes("globex") == {}

@@ -159,3 +159,14 @@ def test_s3_tenants_namesakes_are_apart(s3: S3AdapterStore, tmp_path: Path) -> N
     assert s3.metadata("globex/support")["owner"] == "globex"
     s3.delete("acme/support")
     assert s3.names() == ["globex/support"] and not s3.exists("acme/support")
+
+
+def test_s3_sizes_count_the_current_version_of_one_tenants_adapters(
+    s3: S3AdapterStore, tmp_path: Path
+) -> None:
+    for name, body in (("support", "pub"), ("acme/a", "aa"), ("acmex/c", "c")):
+        s3.put(name, source(tmp_path, body), {"owner": name.rpartition("/")[0] or None})
+    s3.put("acme/a", source(tmp_path, "aaa"), {"owner": "acme"})  # replaced: the new version
+    config = len((s3.fetch("acme/a") / CONFIG).read_bytes())
+    assert s3.sizes("acme") == {"acme/a": config + 300}
+    assert s3.sizes("globex") == {}

@@ -24,7 +24,7 @@ from loraplex.adapters.store.files import (
     work_dir,
     write_synced,
 )
-from loraplex.adapters.tenancy import AdapterId, stored_name
+from loraplex.adapters.tenancy import STORED_SEP, AdapterId, stored_name, validate_tenant
 
 __all__ = ["LocalAdapterStore"]
 
@@ -88,6 +88,21 @@ class LocalAdapterStore:
             tokens[name] = f"{st.st_ino}-{st.st_size}-{st.st_mtime_ns}"
         return tokens
 
+    def sizes(self, tenant: str) -> dict[str, int]:
+        """Qualified name -> bytes of its config and weights files, for each adapter of
+        ``tenant`` (one ``stat`` per file; what the tenant quota counts)."""
+        prefix = validate_tenant(tenant) + STORED_SEP
+        found = {}
+        for entry in self.root.iterdir():
+            if not (entry.name.startswith(prefix) and is_name(entry.name)):
+                continue
+            try:
+                size = sum((entry / f).stat().st_size for f in FILES)
+            except FileNotFoundError:  # incomplete, or deleted since iterdir() looked
+                continue
+            found[AdapterId.from_stored(entry.name).qualified] = size
+        return found
+
     def exists(self, name: str) -> bool:
         return is_complete(self.root / stored_name(name))
 
@@ -96,6 +111,19 @@ class LocalAdapterStore:
         if not is_complete(folder):
             raise AdapterNotFoundError(name)
         return folder
+
+    def unchanged(self, name: str, metadata: dict) -> bool:
+        """Whether the weights file is still the one ``put`` wrote with ``metadata``, told
+        without reading it: the size and nanosecond mtime recorded then (the folder's renames
+        keep both; a rewrite, a copy without ``-p`` or a hand edit changes the mtime)."""
+        record = metadata.get("weights_stat")
+        if not isinstance(record, dict):
+            return False  # placed by hand, or stored before records were kept
+        try:
+            st = (self.root / stored_name(name) / WEIGHTS_FILE).stat()
+        except FileNotFoundError:
+            return False
+        return record.get("size") == st.st_size and record.get("mtime_ns") == st.st_mtime_ns
 
     def metadata(self, name: str) -> dict:
         path = self.fetch(name) / METADATA_FILE
@@ -113,6 +141,8 @@ class LocalAdapterStore:
         try:
             for f in FILES:
                 write_synced(tmp / f, folder / f)
+            st = (tmp / WEIGHTS_FILE).stat()  # renames keep it: see unchanged()
+            meta["weights_stat"] = {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
             write_synced(tmp / METADATA_FILE, json.dumps(meta, indent=1).encode())
             fsync_dir(tmp)
             with self._lock:

@@ -23,7 +23,7 @@ from loraplex.adapters.store.files import (
     sha256,
     work_dir,
 )
-from loraplex.adapters.tenancy import AdapterId, stored_name
+from loraplex.adapters.tenancy import STORED_SEP, AdapterId, stored_name, validate_tenant
 
 try:
     from botocore.exceptions import ClientError
@@ -117,6 +117,30 @@ class S3AdapterStore:
                     found[AdapterId.from_stored(name).qualified] = item.get("ETag", "")
         return found
 
+    def sizes(self, tenant: str) -> dict[str, int]:
+        """Qualified name -> bytes of its config and weights objects, for each adapter of
+        ``tenant``: one LIST of ``<prefix>/<tenant>@`` (sizes) and one pointer GET per adapter
+        (which version is current)."""
+        base = self._key("") + "/" if self.prefix else ""
+        start = base + validate_tenant(tenant) + STORED_SEP
+        objects: dict[str, int] = {}
+        for page in self.client.get_paginator("list_objects_v2").paginate(
+            Bucket=self.bucket, Prefix=start
+        ):
+            objects.update({item["Key"]: item.get("Size", 0) for item in page.get("Contents", [])})
+        found = {}
+        for key in objects:
+            stored = key[len(base) :].removesuffix("/" + POINTER)
+            if not key.endswith("/" + POINTER) or not is_name(stored):
+                continue
+            name = AdapterId.from_stored(stored).qualified
+            version = self._pointer(name)
+            if version is not None:
+                found[name] = sum(
+                    objects.get(self._key(f"{stored}.{version}", f), 0) for f in FILES
+                )
+        return found
+
     def exists(self, name: str) -> bool:
         return self._pointer(name) is not None
 
@@ -157,6 +181,12 @@ class S3AdapterStore:
                 raise
         finally:
             remove(tmp)
+
+    def unchanged(self, name: str, metadata: dict) -> bool:
+        """Always: a version's objects are never rewritten (new content is a new version), and
+        ``fetch`` returns a cached folder only after every file's sha256 matched the version
+        at download."""
+        return True
 
     def metadata(self, name: str) -> dict:
         version = self._pointer(name)

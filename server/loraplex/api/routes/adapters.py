@@ -29,8 +29,9 @@ from loraplex.api.adapter_schemas import (
 from loraplex.api.auth import LOAD_PATH, MANAGE, MERGE, PIN, Principal, PrincipalDep, allow
 from loraplex.api.deps import AuthDep, EngineDep, LimitsDep
 from loraplex.api.errors import APIError
+from loraplex.api.generation import visible_adapter
 from loraplex.api.upload import staged_upload
-from loraplex.engine.async_engine import AsyncEngine
+from loraplex.engine import AsyncEngine
 
 router = APIRouter(prefix="/v1", tags=["adapters"], dependencies=[AuthDep])
 
@@ -61,11 +62,12 @@ def _flag(fields: dict[str, str], key: str) -> bool:
 
 
 def _visible(engine: AsyncEngine, principal: Principal, name: str) -> str:
-    """The qualified name of an adapter the caller sees; another tenant's is this same 404."""
-    qualified = principal.resolve(name, engine.adapters.has)
-    if qualified is None:
-        raise engine.adapters.refusal(name) or AdapterNotFoundError(name)
-    return qualified
+    """The qualified name of an adapter the caller sees; another tenant's is this same 404, its
+    own refused at start a 400 saying why."""
+    card = visible_adapter(engine, principal, name)
+    if card is None:
+        raise AdapterNotFoundError(name)
+    return card.name
 
 
 def _new(engine: AsyncEngine, principal: Principal, name: str, public: bool, replace: bool) -> str:
@@ -81,7 +83,8 @@ async def list_adapters(engine: EngineDep, principal: PrincipalDep) -> AdapterLi
     """The adapters the caller sees: its tenant's and the public ones (an admin: all, another
     tenant's as ``tenant/name``)."""
     visible = principal.visible(engine.adapters.cards())
-    refused = [RefusedAdapter(id=n, reason=r) for n, r in engine.adapters.refused().items()]
+    shown = principal.visible_refused(engine.adapters.refused())
+    refused = [RefusedAdapter(id=name, reason=reason) for name, reason in shown]
     cards = [card_response(engine, card, shown) for shown, card in visible]
     return AdapterList(data=cards, refused=refused)
 
@@ -173,7 +176,7 @@ async def delete_adapter(name: str, engine: EngineDep, principal: PrincipalDep) 
 async def merge_adapter(
     name: str, engine: EngineDep, principal: PrincipalDep
 ) -> AdapterCardResponse:
-    """Merge the adapter into the base weights: a dedicated tenant without per-token cost."""
+    """Merge the adapter into the base weights: a pre-merged copy, without per-token cost."""
     card = await engine.adapters.merge(_visible(engine, principal, name))
     return card_response(engine, card, principal.display_name(card))
 

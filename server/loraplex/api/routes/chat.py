@@ -3,11 +3,13 @@ engine request, exactly as a completion (:mod:`loraplex.api.generation`); JSON o
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator, Sequence
+from typing import Any
 
 from fastapi import APIRouter, Depends, Request, Response
 
-from loraplex.api.auth import PrincipalDep
+from loraplex.api.auth import GENERATE, PrincipalDep, allow
 from loraplex.api.chat_schemas import (
     MAX_CHAT_MESSAGES,
     ChatChoice,
@@ -19,19 +21,13 @@ from loraplex.api.chat_schemas import (
 )
 from loraplex.api.chat_template import render_chat
 from loraplex.api.deps import AuthDep, EngineDep
-from loraplex.api.generation import (
-    Choice,
-    Run,
-    check_prompt_length,
-    request_adapter,
-    request_tenant,
-    run_to_end,
-    tokenize,
-)
+from loraplex.api.generation import Choice, request_adapter, run_to_end, start
 from loraplex.api.logprobs import ChatLogprobs, chat_logprobs
 from loraplex.api.streaming import Chunks, stream_response
 from loraplex.api.text_pool import text_pool
-from loraplex.engine.outputs import RequestOutput, TokenLogprob
+from loraplex.api.tools.output import ToolStream, tool_message
+from loraplex.api.tools.plan import ToolPlan, plan_tools
+from loraplex.engine import AsyncEngine, RequestOutput, SamplingParams, TokenLogprob
 
 
 async def chat_limits(request: Request) -> None:
@@ -41,7 +37,9 @@ async def chat_limits(request: Request) -> None:
     MAX_CHAT_MESSAGES.set(request.app.state.config.server.max_chat_messages)
 
 
-router = APIRouter(prefix="/v1", tags=["chat"], dependencies=[AuthDep, Depends(chat_limits)])
+router = APIRouter(
+    prefix="/v1", tags=["chat"], dependencies=[AuthDep, allow(GENERATE), Depends(chat_limits)]
+)
 
 
 @router.post("/chat/completions", response_model=ChatCompletionResponse)
@@ -50,19 +48,41 @@ async def create_chat_completion(
 ) -> Response | ChatCompletionResponse:
     """OpenAI's chat completions: ``n`` choices, with ``logprobs``/``top_logprobs`` if asked.
 
+    Structured outputs (``response_format``, ``structured_outputs``) and tool calling
+    (``tools``, ``tool_choice``, ``parallel_tool_calls``: ``api/tools``).
     Extension: ``adapters`` (a weighted combination, with ``model`` the base model id).
     """
     adapter = request_adapter(engine, principal, body)
-    tenant = request_tenant(request)
-    engine.check_admission(tenant)  # a full queue answers 429 before any rendering
-    conversation = body.conversation()
-    check_prompt_length(engine, "".join(m["content"] for m in conversation), "messages")
-    text = await text_pool(request).run(render_chat, engine, conversation)
-    # The template writes the special tokens (BOS, turn markers) itself: don't add them again.
-    prompt = await tokenize(request, engine, text, special=False, param="messages")
-    params = body.sampling_params(len(prompt), engine.max_model_len)
-    salt = principal.cache_salt(body.cache_salt)  # prefix blocks are shared within a tenant only
-    run = Run(engine, [prompt], params, adapter, "chatcmpl", body.n, salt, tenant)
+    plan = ToolPlan("none")  # the request's tools: planned once it passed the queue check
+
+    async def render() -> str:  # after the queue check: a full queue answers 429 first
+        nonlocal plan
+        conversation = body.conversation()
+        plan = _plan(request, engine, body)
+        content = "".join(m.get("content") or "" for m in conversation)
+        engine.intake.check_length(content, "messages")
+        return await text_pool(request).run(render_chat, engine, conversation, plan.template_tools)
+
+    def sampling_params(prompt: list[int]) -> SamplingParams:  # max_tokens: what is left
+        params = body.sampling_params(len(prompt), engine.max_model_len)
+        if plan.constraint is not None or plan.special_tokens:
+            constraint = plan.constraint or params.constraint
+            skip = not plan.special_tokens
+            params = dataclasses.replace(params, constraint=constraint, skip_special_tokens=skip)
+        return params
+
+    run = await start(
+        request,
+        engine,
+        principal,
+        adapter,
+        render,
+        sampling_params,
+        n=body.n,
+        cache_salt=body.cache_salt,
+        id_prefix="chatcmpl",
+    )
+    params = run.params
     tokenizer = engine.tokenizer
     as_ids = body.return_tokens_as_token_ids
 
@@ -72,24 +92,27 @@ async def create_chat_completion(
     if not body.stream:
         if not await run_to_end(request, run):
             return Response(status_code=499)  # nobody is listening; for the access log
-        choices = [
-            ChatChoice(
-                index=c.index,
-                message=ChatResponseMessage(content=c.full_text),
-                finish_reason=c.finish_reason,
-                logprobs=None if params.logprobs is None else logprobs_of(c.logprobs),
+        choices = []
+        for c in run.choices:
+            content, calls, finish = tool_message(plan, c.full_text, c.finish_reason)
+            choices.append(
+                ChatChoice(
+                    index=c.index,
+                    message=ChatResponseMessage(content=content, tool_calls=calls),
+                    finish_reason=finish,
+                    logprobs=None if params.logprobs is None else logprobs_of(c.logprobs),
+                )
             )
-            for c in run.choices
-        ]
         return ChatCompletionResponse(
             id=run.id, created=run.created, model=body.model, choices=choices, usage=run.usage()
         )
 
     chunks = Chunks(run, body, ChatCompletionChunk)
+    streams = [ToolStream(plan) for _ in run.choices]
 
     def chunk(
         index: int,
-        delta: dict[str, str],
+        delta: dict[str, Any],
         finish: str | None = None,
         logprobs: ChatLogprobs | None = None,
     ) -> str:
@@ -100,10 +123,24 @@ async def create_chat_completion(
         # An empty delta (the detokenizer holding back half a character) carries nothing, unless
         # its token's logprobs were asked for.
         logprobs = logprobs_of(out.logprobs)
-        if out.text or logprobs is not None:
-            yield chunk(choice.index, {"content": out.text}, logprobs=logprobs)
+        stream = streams[choice.index]
+        deltas = stream.deltas(out.text, out.finished)
+        if not deltas and logprobs is not None:
+            deltas = [{"content": ""}]
+        for i, delta in enumerate(deltas):
+            yield chunk(choice.index, delta, logprobs=logprobs if i == 0 else None)
         if out.finished:
-            yield chunk(choice.index, {}, out.finish_reason)
+            yield chunk(choice.index, {}, stream.finish_reason(out.finish_reason))
 
     head = [chunk(c.index, {"role": "assistant"}) for c in run.choices]
     return await stream_response(request, run, render, head=head, tail=chunks.tail)
+
+
+def _plan(request: Request, engine: AsyncEngine, body: ChatCompletionRequest) -> ToolPlan:
+    """The request's tool plan (``api/tools/plan.py``) under the server's options."""
+    config = request.app.state.config.structured
+    special = set(getattr(engine.tokenizer, "all_special_tokens", ()))
+    constrained = body.constraint() is not None
+    return plan_tools(
+        body.tools, body.tool_choice, body.parallel_tool_calls, config, special, constrained
+    )

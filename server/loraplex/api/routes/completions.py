@@ -11,16 +11,9 @@ from typing import Any
 
 from fastapi import APIRouter, Request, Response
 
-from loraplex.api.auth import PrincipalDep
+from loraplex.api.auth import GENERATE, PrincipalDep, allow
 from loraplex.api.deps import AuthDep, EngineDep
-from loraplex.api.generation import (
-    Choice,
-    Run,
-    request_adapter,
-    request_tenant,
-    run_to_end,
-    tokenize,
-)
+from loraplex.api.generation import Choice, Run, request_adapter, run_to_end, start
 from loraplex.api.logprobs import CompletionLogprobs, completion_logprobs
 from loraplex.api.schemas import (
     CompletionChoice,
@@ -30,9 +23,9 @@ from loraplex.api.schemas import (
 )
 from loraplex.api.streaming import Chunks, stream_response
 from loraplex.api.text_pool import text_pool
-from loraplex.engine.outputs import RequestOutput
+from loraplex.engine import RequestOutput
 
-router = APIRouter(prefix="/v1", tags=["completions"], dependencies=[AuthDep])
+router = APIRouter(prefix="/v1", tags=["completions"], dependencies=[AuthDep, allow(GENERATE)])
 
 
 class Echo:
@@ -77,14 +70,18 @@ async def create_completion(
     adapter = request_adapter(engine, principal, body)
     params = body.sampling_params()
     raw_prompts = body.prompts()
-    tenant = request_tenant(request)
-    engine.check_fanout(len(raw_prompts), body.n)  # before tokenizing a thousand prompts
-    engine.check_admission(tenant)  # a full queue answers 429 before any tokenizing
-    prompts = [await tokenize(request, engine, p) for p in raw_prompts]
-    salt = principal.cache_salt(body.cache_salt)  # prefix blocks are shared within a tenant only
+    salt = body.cache_salt
+    run = await start(
+        request, engine, principal, adapter, raw_prompts, params, n=body.n, cache_salt=salt
+    )
     tokenizer = engine.tokenizer
-    texts = await text_pool(request).run(echo_texts, tokenizer, raw_prompts) if body.echo else []
-    run = Run(engine, prompts, params, adapter, "cmpl", body.n, salt, tenant)
+    texts: list[str] = []
+    try:
+        if body.echo:
+            texts = await text_pool(request).run(echo_texts, tokenizer, raw_prompts)
+    except BaseException:  # the request runs already: stop it
+        run.close()
+        raise
     echo = Echo(body, texts, tokenizer, run)
     if body.stream:
         chunks = Chunks(run, body, CompletionStreamResponse)

@@ -12,7 +12,7 @@ from collections.abc import Iterable, Iterator
 
 from fastapi import APIRouter, Request, Response
 
-from loraplex.api.auth import Principal, PrincipalDep
+from loraplex.api.auth import GENERATE, Principal, PrincipalDep, allow
 from loraplex.api.deps import AuthDep, EngineDep
 from loraplex.api.errors import APIError
 from loraplex.api.generate_schemas import (
@@ -24,21 +24,11 @@ from loraplex.api.generate_schemas import (
     StreamResponse,
     Token,
 )
-from loraplex.api.generation import (
-    Choice,
-    Run,
-    request_tenant,
-    resolve_adapter,
-    resolve_mix,
-    run_to_end,
-    tokenize,
-)
+from loraplex.api.generation import Choice, Run, resolve_adapter, resolve_mix, run_to_end, start
 from loraplex.api.streaming import stream_response
-from loraplex.engine.adapters import AdapterSpec
-from loraplex.engine.async_engine import AsyncEngine
-from loraplex.engine.outputs import RequestOutput, TokenLogprob
+from loraplex.engine import AdapterSpec, AsyncEngine, RequestOutput, TokenLogprob
 
-router = APIRouter(tags=["generate"], dependencies=[AuthDep])
+router = APIRouter(tags=["generate"], dependencies=[AuthDep, allow(GENERATE)])
 
 
 def _adapter(
@@ -59,11 +49,7 @@ async def _start(
         raise APIError(400, "inputs must not be empty", param="inputs", code="invalid_value")
     adapter = _adapter(engine, principal, body.parameters)
     params = body.parameters.sampling_params()
-    tenant = request_tenant(request)
-    engine.check_admission(tenant)  # a full queue answers 429 before any tokenizing
-    prompt = await tokenize(request, engine, body.inputs)
-    salt = principal.cache_salt(None)  # prefix blocks are shared within a tenant only
-    return Run(engine, [prompt], params, adapter, id_prefix="gen", cache_salt=salt, tenant=tenant)
+    return await start(request, engine, principal, adapter, [body.inputs], params, id_prefix="gen")
 
 
 def _details(engine: AsyncEngine, run: Run, choice: Choice) -> StreamDetails:

@@ -1,14 +1,15 @@
-"""Operational endpoints, open without an API key: ``GET /health`` (liveness), ``GET /ready``
-(readiness) and ``GET /metrics``."""
+"""Operational endpoints: ``GET /health`` (liveness) and ``GET /ready`` (readiness), open
+without an API key, and ``GET /metrics``, whose view depends on the key (``api/auth.py``)."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 
-from loraplex import metrics_scrape
+from loraplex.api.auth import full_metrics
 from loraplex.api.deps import EngineDep
 from loraplex.api.schemas import HealthResponse
+from loraplex.metrics import scrape as metrics_scrape
 
 router = APIRouter(tags=["health"])
 
@@ -33,8 +34,14 @@ async def ready(engine: EngineDep) -> JSONResponse:
 
 
 @router.get("/metrics", response_class=Response)
-async def prometheus_metrics(engine: EngineDep) -> Response:
+async def prometheus_metrics(request: Request, engine: EngineDep) -> Response:
     """Prometheus text format (loraplex's metrics and the gateway's ``vllm:*``); the engine's
-    gauges are refreshed from ``engine.stats()`` on each scrape."""
-    body, content_type = metrics_scrape.scrape(engine.stats())
+    gauges are refreshed from ``engine.stats()`` on each scrape. With API keys configured, a
+    scrape without a key sees tenants and their adapters as opaque labels (public adapters keep
+    their names, which the gateway's endpoint picker matches); a ``metrics`` or ``admin`` key
+    sees every name."""
+    server = request.app.state.config.server
+    full = full_metrics(request, server.metrics_require_key)
+    private = None if full else request.app.state.private_labels
+    body, content_type = metrics_scrape.scrape(engine.stats(), private)
     return Response(content=body, media_type=content_type)

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from loraplex.api.auth import PrincipalDep
+from loraplex.api.auth import GENERATE, PrincipalDep, allow
 from loraplex.api.deps import AuthDep, EngineDep
 from loraplex.api.schemas import ModelCard, ModelList
 
-router = APIRouter(prefix="/v1", tags=["models"], dependencies=[AuthDep])
+router = APIRouter(prefix="/v1", tags=["models"], dependencies=[AuthDep, allow(GENERATE)])
 
 
 @router.get("/models", response_model=ModelList)

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import torch
 
-from loraplex.lora.ops.cpu_ops import MAX_RANK, TABLE_KINDS, KernelBuildError, load
+from loraplex.lora.ops.cpu_build import KernelBuildError
+from loraplex.lora.ops.cpu_ops import MAX_RANK, TABLE_KINDS, load
 from loraplex.lora.ops.torch_ops import AddLoRA
 from loraplex.lora.ops.torch_ops import add_lora as torch_add_lora
 from loraplex.triton_support import require_triton, triton_installed

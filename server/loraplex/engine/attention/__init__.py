@@ -1,0 +1,1 @@
+"""Paged attention: the contract, the registered hook, the backends."""

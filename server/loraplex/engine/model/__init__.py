@@ -1,0 +1,1 @@
+"""Where the base weights come from: loading, the default model, dummies."""

@@ -1,0 +1,1 @@
+"""After the forward: request state, detokenizing, stops, the outputs."""

@@ -1,0 +1,1 @@
+"""What a request is: its parameters, its sequence, its outputs."""

@@ -1,0 +1,1 @@
+"""Running the model: the packed batch or the decode buffers/CUDA graphs."""

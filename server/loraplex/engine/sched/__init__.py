@@ -1,0 +1,1 @@
+"""Scheduling: who runs this step (host-side bookkeeping, no torch)."""
