@@ -52,10 +52,9 @@ def nf4_runs(device: torch.device, dtype: str, smoke: bool) -> tuple[list[Run], 
     """(the NF4 base's decode runs, the memory of both bases)."""
     if importlib.util.find_spec("bitsandbytes") is None:
         raise RuntimeError("bitsandbytes is not installed: pip install 'loraplex[quant]'")
-    from loraplex.engine.decode_runner import DecodeRunner
-    from loraplex.engine.dummy_weights import random_adapter
-
-    from loraplex.engine.attention import select_attention
+    from loraplex.engine.attention.select import select_attention
+    from loraplex.engine.model.dummy import random_adapter
+    from loraplex.engine.runner.decode_runner import DecodeRunner
     from loraplex.lora.ops import select_add_lora
 
     shape = dataclasses.replace(SMOKE if smoke else FULL, adapter_counts=(0, 2 if smoke else 16))

@@ -126,14 +126,14 @@ def test_merge_dequantizes_and_unmerge_restores_the_quantized_base(store, method
     requests = [(PROMPTS[0], None), (PROMPTS[2], "all")]
     before = run(engine, requests, **GREEDY)
     weights = quantized_state(engine)
-    card = engine.adapters.merge_now("all")
+    card = engine.tiers.merge_now("all")
     # One copy per module the adapter targets, in the compute dtype (float32), not requantized.
     shapes = engine.runner.lora.module_shapes()
-    assert engine.adapters.merges.nbytes(card.key) == 4 * sum(i * o for i, o in shapes.values())
+    assert engine.tiers.merges.nbytes(card.key) == 4 * sum(i * o for i, o in shapes.values())
     merged = run(engine, [(PROMPTS[2], "all")], **GREEDY)
     assert merged == before[1:]  # dequantized W0 + scale·B·A gives the adapter's tokens
-    engine.adapters.unmerge("all")
-    assert not engine.adapters.merges.serves(card.key)
+    engine.tiers.unmerge("all")
+    assert not engine.tiers.merges.serves(card.key)
     after = quantized_state(engine)
     assert all(torch.equal(a, b) for a, b in zip(weights, after, strict=True))
     assert run(engine, requests, **GREEDY) == before

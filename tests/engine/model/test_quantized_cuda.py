@@ -95,7 +95,7 @@ def test_nf4_on_cuda_equals_peft(wide) -> None:
     assert engine.runner.base_format == "bitsandbytes-nf4"
     got = run(engine, list(zip(PROMPTS, ADAPTERS, strict=True)), **GREEDY)
     assert got == peft_greedy(model_dir, adapters, quantization_config=nf4)
-    engine.adapters.merge_now("a")  # dequantized W0 + s·B·A, kept in bf16
+    engine.tiers.merge_now("a")  # dequantized W0 + s·B·A, kept in bf16
     assert run(engine, [(PROMPTS[0], "a")], **GREEDY) == got[:1]
 
 
@@ -116,4 +116,4 @@ def test_fp8_folder_is_served_and_refuses_merges(wide, tmp_path: Path) -> None:
     got = run(engine, list(zip(PROMPTS, ADAPTERS, strict=True)), **GREEDY)
     assert got == peft_greedy(folder, adapters)
     with pytest.raises(MergeRefusedError, match="float8"):
-        engine.adapters.merge_now("a")
+        engine.tiers.merge_now("a")
