@@ -5,7 +5,10 @@
   2. the Triton paged attention against SDPA: 64 sequences x 2k context decode, a 4k prefill;
   3. end to end on a dummy (random) Llama-3-8B-shaped bf16 model: decode tokens/s and
      inter-token latency at 64 sequences, base-only vs 1, 16, 64 adapters, eager and with
-     CUDA graphs (replays of the captured decode forward).
+     CUDA graphs (replays of the captured decode forward);
+  4. the same model as an NF4 base (dummy weights quantized at load, bitsandbytes): weight
+     bytes, device memory and KV budget against bf16, and section 3's decode at 0 and 16
+     adapters (needs bitsandbytes: the quant extra).
 
 Needs only torch, triton and transformers (no fastapi): run with server/ on PYTHONPATH.
 ``--smoke`` runs the same code at tiny shapes, on the CPU under Triton's interpreter where no
@@ -40,7 +43,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--smoke", action="store_true", help="tiny shapes (CPU: interpreter)")
     parser.add_argument("--out", type=Path, default=None, help="default: bench/results/gpu")
-    parser.add_argument("--sections", default="123", help="which sections to run, e.g. 12")
+    parser.add_argument("--sections", default="1234", help="which sections to run, e.g. 12")
     return parser.parse_args(argv)
 
 
@@ -98,6 +101,10 @@ def markdown(report: dict) -> str:
                 "No CUDA graphs here (captured on CUDA only; there, a failed capture is logged).",
             ]
         lines.append("")
+    if report.get("nf4") or report.get("memory"):
+        import gpu_quant
+
+        lines += gpu_quant.markdown(report.get("nf4", []), report.get("memory", []), runs)
     for section, error in report["errors"].items():
         lines += [f"**section {section} failed:**", "```", error, "```", ""]
     return "\n".join(lines)
@@ -139,6 +146,7 @@ def main(argv: list[str] | None = None) -> int:
         sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "server"))
     import gpu_e2e  # bench/ is a folder of scripts: its folder is on sys.path
     import gpu_kernels
+    import gpu_quant
 
     device = torch.device("cuda" if cuda else "cpu")
     dtype = "float32" if args.smoke and not cuda else "bfloat16"
@@ -146,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
     iters = 1 if args.smoke else 50
     started = time.perf_counter()
     report: dict = {"smoke": args.smoke, "dtype": dtype, "environment": environment(device)}
-    report.update(kernels=[], e2e=[], errors={})
+    report.update(kernels=[], e2e=[], nf4=[], memory=[], errors={})
     torch.manual_seed(0)
     sections = {
         "1": lambda: gpu_kernels.lora_cases(
@@ -156,17 +164,23 @@ def main(argv: list[str] | None = None) -> int:
             device, torch_dtype, args.smoke, max(1, iters // 2), TOLERANCE[dtype]
         ),
         "3": lambda: gpu_e2e.e2e_runs(device, dtype, args.smoke),
+        "4": lambda: gpu_quant.nf4_runs(device, dtype, args.smoke),
     }
     for section, run in sections.items():
         if section not in args.sections:
             continue
         begin = time.perf_counter()
         try:
-            rows = [
-                dataclasses.asdict(r) | ({"speedup": r.speedup} if section != "3" else {})
-                for r in run()
-            ]
-            report["e2e" if section == "3" else "kernels"].extend(rows)
+            if section == "4":  # NF4: its decode runs and both bases' memory
+                runs, memory = run()
+                report["nf4"] = [dataclasses.asdict(r) for r in runs]
+                report["memory"] = [dataclasses.asdict(m) for m in memory]
+            else:
+                rows = [
+                    dataclasses.asdict(r) | ({"speedup": r.speedup} if section != "3" else {})
+                    for r in run()
+                ]
+                report["e2e" if section == "3" else "kernels"].extend(rows)
         except Exception:  # report it and go on: one device run must yield every section it can
             report["errors"][section] = traceback.format_exc()
         print(f"section {section}: {time.perf_counter() - begin:.1f} s", flush=True)

@@ -45,15 +45,29 @@ class Run:
     itl_ms: float  # median decode step = inter-token latency of every sequence
 
 
-def _runner(device: torch.device, dtype: str, slots: int, shape: Shape, folder: Path):
-    """A runner with random weights and room in its cache for every sequence of a run."""
+def _runner(
+    device: torch.device,
+    dtype: str,
+    slots: int,
+    shape: Shape,
+    folder: Path,
+    quantization: str | None = None,
+):
+    """A runner with random weights (quantized at load with ``quantization``) and room in its
+    cache for every sequence of a run."""
     from loraplex.config import CacheConfig, LoRAConfig, ModelConfig
     from loraplex.engine.runner.model_runner import ModelRunner
 
     blocks_per_seq = -(-(shape.prompt + shape.decode_steps + shape.warmup_steps + 1) // 16)
     return ModelRunner(
         str(folder),
-        ModelConfig(model=str(folder), dtype=dtype, device=str(device), load_format="dummy"),
+        ModelConfig(
+            model=str(folder),
+            dtype=dtype,
+            device=str(device),
+            load_format="dummy",
+            quantization=quantization,
+        ),
         CacheConfig(block_size=16, num_blocks=shape.seqs * blocks_per_seq + 1),
         LoRAConfig(max_loras=slots, max_lora_rank=RANK, kernel="torch"),
     ), blocks_per_seq

@@ -156,8 +156,10 @@ def write_results(
     plan: Plan,
     results: Results,
     sweep: Sequence[tuple[float, RunStats]],
+    extra: Mapping[str, object] | None = None,
 ) -> None:
-    """``table.md`` (the printed report) and ``results.json`` (every run's summary)."""
+    """``table.md`` (the printed report) and ``results.json`` (every run's summary, plus
+    ``extra``'s entries: the servers' memory, the quantized targets)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "table.md").write_text(report)
     data = {
@@ -168,5 +170,6 @@ def write_results(
             for t in TARGETS
         },
         "sweep": [{"offered_requests_per_s": rate, **run.summary()} for rate, run in sweep],
+        **(extra or {}),
     }
     (out_dir / "results.json").write_text(json.dumps(data, indent=2, allow_nan=True) + "\n")

@@ -14,6 +14,9 @@ from workload import LengthRange, WorkloadSpec
 MAIN, MIXED = "main", "mixed"  # the two servers: max rank 16, and max rank 64 for mixed ranks
 AFFINITY = "main-affinity"  # the main server's store and options, with --adapter-affinity
 MIXED_RANKS = (8, 16, 32, 64)
+# The main server's store and options with its base quantized at load (--quantization
+# bitsandbytes: NF4, computing in --dtype): rows nf4-base and nf4-u<n> (bench/quantized.py).
+NF4 = "nf4"
 
 
 @dataclass(frozen=True)
@@ -38,6 +41,7 @@ class Profile:
     max_loras: int | None = None  # default: the concurrency (every step's adapters fit)
     server_options: tuple[str, ...] = ()  # extra `loraplex serve` options of this profile
     affinity: tuple[int, ...] = ()
+    quantized: bool = True  # the NF4 server's rows (issue 20)
 
     def __post_init__(self) -> None:
         if min(self.concurrency, self.rounds) < 1:
@@ -80,7 +84,7 @@ PROFILES = {
     # r16 adapters on all seven projections, 64 slots on both servers, float32 tables.
     "vllm": Profile(
         "vllm", 32, WorkloadSpec(64, LengthRange(16, 48), LengthRange(48, 48)), 3,
-        uniform=(16, 64), scale=(), mixed=0, load=(), max_loras=64,
+        uniform=(16, 64), scale=(), mixed=0, load=(), max_loras=64, quantized=False,
     ),
 }  # fmt: skip
 
@@ -116,8 +120,8 @@ class Plan:
     peers: tuple[str, ...] = field(default=("hf", "peft-mixed", "peft-seq", "bare"))
 
     def store_of(self, server: str) -> str:
-        """The store a server reads: the affinity server shares the main one."""
-        return MAIN if server == AFFINITY else server
+        """The store a server reads: the affinity and NF4 servers share the main one."""
+        return MAIN if server in (AFFINITY, NF4) else server
 
     def max_rank(self, server: str) -> int:
         return max(s.max_rank for s in self.stores[self.store_of(server)])
@@ -182,6 +186,13 @@ def plan(profile: Profile) -> Plan:
                      f"{n}, {scale.describe()}",
                      f"Zipf {profile.zipf:g}, {scale.describe()}, adapter affinity")
         )  # fmt: skip
+    if profile.quantized:  # the same requests on an NF4 base: its speed and its LoRA tax
+        n = profile.uniform[0]
+        rows += [
+            Scenario("nf4-base", "loraplex base model, NF4 base", NF4),
+            Scenario(f"nf4-u{n}", f"loraplex {_adapters(n)}, round-robin, NF4 base", NF4,
+                     tuple(uniform.names[:n]), adapters=f"{n}, {uniform.describe()}"),
+        ]  # fmt: skip
     return Plan(profile, stores, tuple(rows), peer_scenario=f"u{profile.uniform[0]}")
 
 
@@ -217,6 +228,8 @@ TARGETS = (
     Target("ref. affinity on vs off, Zipf 64", "zipf64-affinity", "zipf64", None),
     Target("ref. affinity on vs off, Zipf 512", "zipf512-affinity", "zipf512", None),
     Target("ref. affinity on vs off, Zipf 1,000", "zipf1000-affinity", "zipf1000", None),
+    Target("ref. NF4 base vs float32 base", "nf4-base", "base", None),
+    Target("ref. NF4 base vs float32, 16 adapters", "nf4-u16", "u16", None),
     Target("7a. base vs vLLM base", "base", vllm_key("base"), 1.2),
     Target("7b. 16 adapters vs vLLM", "u16", vllm_key("u16"), 2.0),
     Target("7c. 64 adapters vs vLLM", "u64", vllm_key("u64"), 1.8),

@@ -24,11 +24,12 @@ from pathlib import Path
 
 import common  # bench/ is a folder of scripts: run as a file, its folder is on sys.path
 import plots
+import quantized
 import report
 import scenarios
 from adapter_store import write_set
 from runner import Bench
-from scenarios import AFFINITY, MAIN, PROFILES, VLLM_ROWS, Plan
+from scenarios import AFFINITY, MAIN, NF4, PROFILES, VLLM_ROWS, Plan
 from server_proc import loraplex_server
 from vllm_proc import vllm_server
 
@@ -102,6 +103,8 @@ def server_options(plan: Plan, server: str, store: Path, args: argparse.Namespac
         options += ["--merged-adapters", plan.merged_tenant]
     if server == AFFINITY:
         options += ["--adapter-affinity"]
+    if server == NF4:  # the main server's options too (its merged tenant: RSS compares)
+        options += ["--merged-adapters", plan.merged_tenant, "--quantization", "bitsandbytes"]
     if args.model:
         options += ["--model", str(args.model)]
     return options + list(profile.server_options) + shlex.split(args.server_args)
@@ -206,9 +209,11 @@ def main(argv: list[str] | None = None) -> Path:
         bench.warm_up()
         results = bench.run_rounds(profile.rounds)
         sweep = bench.sweep(results)
+        memory = {server: quantized.read_memory(url) for server, url in urls.items()}
     header = describe(plan, model_dir, args, load_at_start)
-    text = report.full_report(header, plan, results, sweep)
-    report.write_results(out, text, plan, results, sweep)
+    text = report.full_report(header, plan, results, sweep) + quantized.report(results, memory)
+    extra = {"memory": memory, "quantized": quantized.evaluate(results, memory)}
+    report.write_results(out, text, plan, results, sweep, extra)
     figures = [
         plots.throughput_vs_adapters(plan, results, out / "throughput_vs_adapters.png"),
         plots.latency_vs_load(plan, sweep, out / "latency_vs_load.png"),

@@ -52,6 +52,14 @@ def test_smoke_run_checks_every_section_and_writes_its_reports(tmp_path: Path) -
     assert "adapters" in report["target"] and "graphs" not in report["target"]
     assert "No CUDA graphs here" in (tmp_path / "gpu.md").read_text()
     assert "| add_lora |" in (tmp_path / "gpu.md").read_text()
+    # Section 4: the tiny model as an NF4 base (dummy weights quantized at load) beside bf16.
+    assert [(run["backends"], run["adapters"]) for run in report["nf4"]] == [
+        ("nf4-triton", 0),
+        ("nf4-triton", 2),
+    ]
+    bases = {m["base"]: m["weight_bytes"] for m in report["memory"]}
+    assert set(bases["nf4"]) == {"nf4", "float32"} and set(bases["float32"]) == {"float32"}
+    assert "| nf4-triton | 2 |" in (tmp_path / "gpu.md").read_text()
 
 
 def test_the_report_shows_graphs_against_eager_and_both_targets() -> None:

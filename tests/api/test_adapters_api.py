@@ -145,7 +145,9 @@ def test_vllm_aliases(env: Env) -> None:
 
 def test_card_shows_where_the_adapter_is(env: Env) -> None:
     assert upload(env.url, "where", files=env.files.perturbed(seed=3)).status_code == 201
-    location = get(env.url, "/v1/adapters/where").json()["location"]
+    card = get(env.url, "/v1/adapters/where").json()
+    assert card["base_format"] == "float32"  # the base it was checked against
+    location = card["location"]
     assert location == {
         "device_slot": None,
         "host_memory": True,

@@ -12,7 +12,7 @@ import serving
 from scenarios import PROFILES
 
 ROWS = {"base", "merged", "u16", "mixed4", "zipf1", "zipf8", "zipf8-affinity", "hf", "peft-mixed",
-        "peft-seq"}  # fmt: skip
+        "peft-seq", "nf4-base", "nf4-u16"}  # fmt: skip
 
 
 def test_smoke_profile_runs_every_system_and_writes_the_results(
@@ -43,8 +43,16 @@ def test_smoke_profile_runs_every_system_and_writes_the_results(
     assert table in printed and "| u16 | loraplex 16 adapters, round-robin |" in table
     for png in ("throughput_vs_adapters.png", "latency_vs_load.png"):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    for server in ("main", "mixed", "main-affinity"):
+    for server in ("main", "mixed", "main-affinity", "nf4"):
         assert (out / f"server-{server}.log").exists()
+    # The NF4 server's weights, by format, beside the float one's (issue 20).
+    assert set(data["memory"]["nf4"]["weights"]) == {"nf4", "float32"}
+    assert set(data["memory"]["main"]["weights"]) == {"float32"}
+    assert data["memory"]["nf4"]["rss"] > 0
+    quantized = data["quantized"]
+    assert quantized["8a. weight bytes, float32 / NF4"]["status"] in ("met", "missed")
+    assert quantized["8b. LoRA tax (u16 vs base), NF4 vs float32"]["status"] in ("met", "missed")
+    assert "Quantized base (issue 20):" in table
 
 
 def test_affinity_rows_run_on_a_server_that_differs_only_by_affinity(tmp_path: Path) -> None:

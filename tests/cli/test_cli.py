@@ -13,6 +13,7 @@ SERVE_OPTIONS = [
     "--dtype",
     "--device",
     "--max-model-len",
+    "--quantization",
     "--block-size",
     "--kv-cache-memory-mb",
     "--num-blocks",
@@ -67,6 +68,7 @@ def test_every_option_reaches_the_config(tmp_path) -> None:
         "--attention-backend", "triton",
         "--load-format", "dummy",
         "--enforce-eager",
+        "--quantization", "bitsandbytes",
         "--lora-kernel", "triton",
         "--lora-dtype", "float16",
         "--block-size", "32",
@@ -117,6 +119,7 @@ def test_every_option_reaches_the_config(tmp_path) -> None:
     assert config.model.max_model_len == 1024
     assert (config.model.attention_backend, config.model.load_format) == ("triton", "dummy")
     assert config.model.enforce_eager
+    assert config.model.quantization == "bitsandbytes"
     assert config.lora.kernel == "triton"
     assert config.lora.lora_dtype == config.lora.table_dtype("bfloat16") == "float16"
     assert (config.cache.block_size, config.cache.kv_cache_memory_mb) == (32, 64)
@@ -241,6 +244,7 @@ def test_top_level_help_lists_serve(capsys) -> None:
         (["--model", "/definitely/not/here"], "is not a folder"),
         (["--dtype", "int8"], "invalid choice"),
         (["--lora-dtype", "float8"], "invalid choice"),
+        (["--quantization", "awq"], "invalid choice"),
         (["--max-num-seqs", "lots"], "invalid int value"),
         (["--device", "cuda", "--max-num-seqs", "0"], "--max-num-seqs must be positive"),
         (["--max-num-batched-tokens", "-1"], "--max-num-batched-tokens must be positive"),

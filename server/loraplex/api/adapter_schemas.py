@@ -46,6 +46,9 @@ class AdapterCardResponse(BaseModel):
     created: int
     description: str | None = None
     pinned: bool = False
+    # The served base's weight format its shapes were checked against (bitsandbytes-nf4,
+    # float32 ...): every adapter of a server is checked against its one base.
+    base_format: str | None = None
     location: AdapterLocation | None = None
 
 

@@ -122,6 +122,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     try:
         config = build_config(args)
+        model.check_quantization(config.model)  # the weight format, before the server starts
     except ValueError as exc:
         args.parser.error(str(exc))  # usage + message on stderr, exit status 2
     serve(config)

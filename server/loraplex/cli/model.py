@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import argparse
 
-from loraplex.config import ATTENTION_BACKENDS, DTYPES, LOAD_FORMATS, ModelConfig
+from loraplex.config import (
+    ATTENTION_BACKENDS,
+    DTYPES,
+    LOAD_FORMATS,
+    QUANTIZATIONS,
+    ModelConfig,
+)
 
 
 def add_options(serve: argparse.ArgumentParser) -> None:
@@ -41,6 +47,14 @@ def add_options(serve: argparse.ArgumentParser) -> None:
         "a built-in Llama-3-8B-shaped config without --model), for benchmarks",
     )
     model.add_argument(
+        "--quantization",
+        choices=QUANTIZATIONS,
+        default=None,
+        help="quantize the float weights at load, computing in --dtype: bitsandbytes (NF4, "
+        "4-bit) or bitsandbytes-8bit (LLM.int8); needs pip install 'loraplex[quant]'. A folder "
+        "saved quantized (config.json quantization_config) is detected without this flag",
+    )
+    model.add_argument(
         "--huge-pages",
         action=argparse.BooleanOptionalAction,
         default=ModelConfig.huge_pages,
@@ -74,4 +88,14 @@ def to_config(args: argparse.Namespace) -> ModelConfig:
         load_format=args.load_format,
         huge_pages=args.huge_pages,
         enforce_eager=args.enforce_eager,
+        quantization=args.quantization,
     )
+
+
+def check_quantization(config: ModelConfig) -> None:
+    """Refuse, before the server starts, a weight format this machine cannot run (libraries,
+    device, the folder's own format); raises ``QuantizationError`` (a ``ValueError``)."""
+    from loraplex.engine import resolve_quantization  # no torch: the check reads files only
+
+    folder = None if config.load_format == "dummy" else config.model
+    resolve_quantization(config.quantization, folder, config.device.partition(":")[0])

@@ -14,7 +14,13 @@ from dataclasses import dataclass, field
 
 from loraplex.config.cache import CacheConfig
 from loraplex.config.lora import LORA_DTYPES, LORA_KERNELS, LoRAConfig
-from loraplex.config.model import ATTENTION_BACKENDS, DTYPES, LOAD_FORMATS, ModelConfig
+from loraplex.config.model import (
+    ATTENTION_BACKENDS,
+    DTYPES,
+    LOAD_FORMATS,
+    QUANTIZATIONS,
+    ModelConfig,
+)
 from loraplex.config.scheduler import BATCH_DEFAULTS, SchedulerConfig, batch_defaults
 from loraplex.config.server import ServerConfig
 from loraplex.config.structured import TOOL_CALL_PARSERS, StructuredConfig
@@ -26,6 +32,7 @@ __all__ = [
     "LOAD_FORMATS",
     "LORA_DTYPES",
     "LORA_KERNELS",
+    "QUANTIZATIONS",
     "TOOL_CALL_PARSERS",
     "CacheConfig",
     "Config",

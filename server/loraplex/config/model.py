@@ -14,6 +14,9 @@ ATTENTION_BACKENDS = ("auto", "torch", "triton")
 # How weights are loaded (vLLM's names): "auto" from the model folder; "dummy" random weights
 # of the folder's config (or of a built-in Llama-3-8B-shaped config without --model).
 LOAD_FORMATS = ("auto", "dummy")
+# --quantization at load: bitsandbytes NF4 (vLLM's name) or LLM.int8
+# (engine/model/quantization.py).
+QUANTIZATIONS = ("bitsandbytes", "bitsandbytes-8bit")
 
 
 @dataclass(frozen=True)
@@ -39,6 +42,8 @@ class ModelConfig:
     huge_pages: bool = True
     # vLLM's --enforce-eager: never capture CUDA graphs of decode steps (moot off CUDA).
     enforce_eager: bool = False
+    # One of QUANTIZATIONS, computing in ``dtype`` (None: the checkpoint's own format).
+    quantization: str | None = None
 
     def __post_init__(self) -> None:
         require(self.dtype in DTYPES, f"--dtype must be one of {DTYPES}, got {self.dtype!r}")
@@ -52,5 +57,9 @@ class ModelConfig:
             f"--load-format must be one of {LOAD_FORMATS}, got {self.load_format!r}",
         )
         require(self.max_model_len > 0, "--max-model-len must be positive")
+        require(
+            self.quantization in (None, *QUANTIZATIONS),
+            f"--quantization must be one of {QUANTIZATIONS}, got {self.quantization!r}",
+        )
         if self.model is not None:
             require(Path(self.model).is_dir(), f"--model {self.model!r} is not a folder")

@@ -28,6 +28,7 @@ _HOMES = {
         "ParameterError",
         "QueueFullError",
     ],
+    "loraplex.engine.model.quantization": ["QuantizationError", "resolve_quantization"],
     "loraplex.engine.request.outputs": ["RequestOutput", "TokenLogprob"],
     "loraplex.engine.request.params": [
         "MAX_LOGPROBS",

@@ -53,6 +53,7 @@ class AsyncEngine:
         self.vocab_size = engine.vocab_size
         self.eos_token_ids = engine.eos_token_ids
         self.intake = engine.intake  # host-side: safe from the event loop
+        self.base_format = engine.runner.base_format  # what adapters are checked against
         self.created = int(time.time())
         self.adapters = AdapterService(engine.tiers, self.on_engine)
         # Constraints compile here, in its worker pool: never on the engine thread.

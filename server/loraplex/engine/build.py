@@ -17,6 +17,7 @@ from pathlib import Path
 
 from transformers import AutoConfig
 
+from loraplex import metrics
 from loraplex.adapters.errors import AdapterError
 from loraplex.adapters.folder_check import check_folder
 from loraplex.adapters.quota import TenantQuota
@@ -110,6 +111,9 @@ def build_engine(config: Config, on_adapter_loaded: Callable[[], None] = lambda:
         config.lora,
         step_tokens=config.scheduler.max_num_batched_tokens,
     )
+    metrics.MODEL_WEIGHT_BYTES.clear()  # the base's weight bytes by format (nf4, float32 ...)
+    for fmt, nbytes in runner.weight_bytes.items():
+        metrics.MODEL_WEIGHT_BYTES.labels(format=fmt).set(nbytes)
     check_model(runner, model_name)  # refuse now what would fail every request later
     layout = runner.layout
     max_model_len = min(

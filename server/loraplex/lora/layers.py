@@ -9,8 +9,10 @@ from transformers.pytorch_utils import Conv1D
 
 from loraplex.adapters.weights import LoRAWeights
 from loraplex.lora.ops import AddLoRA, LoRAMeta, add_lora
+from loraplex.lora.quantized import compute_dtype, dequantized_weight, projection_device
 from loraplex.lora.slot_copier import SlotCopier
 
+# nn.Linear covers its quantized subclasses too (bitsandbytes' Linear4bit and Linear8bitLt).
 LORA_BASE_TYPES = (nn.Linear, Conv1D)
 
 
@@ -43,8 +45,10 @@ class LoRALinear(nn.Module):
 
     lora_a: [S, R, in] and lora_b: [S, R, out] are preallocated slot tables; a slot holds one
     adapter's A and ``(scale·B)ᵀ``, zero-padded from its rank up to R; an all-zero slot is a
-    no-op. The tables are in ``table_dtype`` (``--lora-dtype``; None: the base weight's), an
-    adapter rounded to it once, as it is written into a slot.
+    no-op. The tables are in ``table_dtype`` (``--lora-dtype``; None: the base's compute dtype,
+    ``fallback_dtype`` where the base does not say, e.g. an 8-bit one), an adapter rounded to it
+    once, as it is written into a slot. ``base`` may be quantized (``lora/quantized.py``): it is
+    called as it is, and the update is added to what it returns.
     """
 
     def __init__(
@@ -54,22 +58,25 @@ class LoRALinear(nn.Module):
         max_rank: int,
         context: LoRAContext,
         table_dtype: torch.dtype | None = None,
+        fallback_dtype: torch.dtype = torch.float32,
     ):
         super().__init__()
         self.base = base
         self.context = context
         self.in_features, self.out_features = in_out_features(base)
-        weight = base.weight
-        dtype = weight.dtype if table_dtype is None else table_dtype
+        # A quantized base computes in its compute dtype: the tables default to that one.
+        self.compute_dtype = compute_dtype(base, fallback_dtype)
+        dtype = self.compute_dtype if table_dtype is None else table_dtype
+        device = projection_device(base)
         # Allocated where the weight is (the device): no host copy of the tables, ever.
         self.register_buffer(
             "lora_a",
-            torch.zeros(num_slots, max_rank, self.in_features, dtype=dtype, device=weight.device),
+            torch.zeros(num_slots, max_rank, self.in_features, dtype=dtype, device=device),
             persistent=False,
         )
         self.register_buffer(
             "lora_b",
-            torch.zeros(num_slots, max_rank, self.out_features, dtype=dtype, device=weight.device),
+            torch.zeros(num_slots, max_rank, self.out_features, dtype=dtype, device=device),
             persistent=False,
         )
         # Slots holding weights for this module; when none does, the layer costs nothing extra.
@@ -116,12 +123,15 @@ class LoRALinear(nn.Module):
 
         Only reads ``W0``, which is never modified (so unmerging is exact: drop the copy), so it
         may run on another thread beside a forward; ``merged_weights[key] = ...`` installs it.
+        A quantized ``W0`` is dequantized first and the copy kept in the compute dtype (never
+        requantized: the rounding would be as large as the update); where it cannot be
+        dequantized exactly, :class:`MergeUnsupportedError`.
         """
-        base = self.base.weight.T if isinstance(self.base, Conv1D) else self.base.weight
+        base = dequantized_weight(self.base, torch.float32)
         a = weights.a.to(base.device, torch.float32)
         b = weights.b.to(base.device, torch.float32)
-        merged = torch.addmm(base.float(), b, a, alpha=weights.scale)  # one pass, no delta copy
-        return merged.to(base.dtype)
+        merged = torch.addmm(base, b, a, alpha=weights.scale)  # one pass, no delta copy
+        return merged.to(self.compute_dtype)
 
     def set_slot(
         self, slot: int, weights: LoRAWeights | None, copier: SlotCopier | None = None

@@ -12,6 +12,7 @@ from loraplex.adapters.weights import LoRAAdapter
 from loraplex.lora.layers import LORA_BASE_TYPES, LoRAContext, LoRALinear, in_out_features
 from loraplex.lora.moe import ParamLoRA, install_moe_lora, routers
 from loraplex.lora.ops import AddLoRA, LoRAMeta, add_lora
+from loraplex.lora.quantized import is_quantized, merge_refusal
 from loraplex.lora.slot_copier import slot_copier
 
 # Slot tables pad ranks to a multiple of this, so 16-bit grouped matmuls get 16-byte strides.
@@ -30,7 +31,8 @@ class LoRAModelManager:
     expert tensor and router gets slot tables (``moe.py``), so any adapter that targets them
     can be loaded later without touching the model again.
     Adapters arrive checked against :meth:`module_shapes` and a rank limit of ``max_rank``.
-    The slot tables are in ``table_dtype`` (None: each projection's weight dtype).
+    The slot tables are in ``table_dtype`` (None: each projection's compute dtype; a quantized
+    projection is wrapped as it is, ``lora/quantized.py``).
     """
 
     def __init__(
@@ -54,10 +56,16 @@ class LoRAModelManager:
             and id(module) not in skip
         ]
         self.layers: dict[str, LoRALinear] = {}
+        # The model's float dtype: what a quantized projection that names no compute dtype
+        # computes in (the embeddings' and norms' dtype).
+        floats = (p.dtype for p in model.parameters() if not is_quantized(p))
+        fallback = next(floats, torch.float32)
         for name, module in targets:
             parent_name, _, child = name.rpartition(".")
             parent = model.get_submodule(parent_name)
-            layer = LoRALinear(module, num_slots, padded_rank(max_rank), self.context, table_dtype)
+            layer = LoRALinear(
+                module, num_slots, padded_rank(max_rank), self.context, table_dtype, fallback
+            )
             setattr(parent, child, layer)
             self.layers[name] = layer
         # PEFT's target_parameters: MoE expert tensors and routers, by parameter path.
@@ -115,6 +123,15 @@ class LoRAModelManager:
                 name: self.layers[name].merged_weight(weights)
                 for name, weights in adapter.modules.items()
             }
+
+    def merge_refusal(self) -> str | None:
+        """Why this base cannot serve pre-merged adapters (None: it can): a projection whose
+        quantized weight has no exact dequantization here (``lora/quantized.py``)."""
+        for name, layer in self.layers.items():
+            reason = merge_refusal(layer.base)
+            if reason is not None:
+                return f"{name}: {reason}"
+        return None
 
     def unmergeable(self, adapter: LoRAAdapter) -> list[str]:
         """The parameters ``adapter`` adapts that merging does not cover (MoE expert tensors

@@ -39,6 +39,7 @@ __all__ = [
     "KV_CACHE_USAGE",
     "MERGED_ADAPTERS",
     "MERGED_ADAPTER_BYTES",
+    "MODEL_WEIGHT_BYTES",
     "NUM_CLIENT_REQUESTS",
     "NUM_RUNNING",
     "NUM_WAITING",
@@ -151,6 +152,13 @@ NUM_CLIENT_REQUESTS = Gauge(
 )
 KV_CACHE_USAGE = Gauge(
     "loraplex_kv_cache_usage_ratio", "Fraction of KV-cache blocks in use (0..1).", registry=REGISTRY
+)
+MODEL_WEIGHT_BYTES = Gauge(
+    "loraplex_model_weight_bytes",
+    "Bytes of the base model's weights by storage format (nf4, fp4, int8, float32, ...), set "
+    "at start: a quantized base shows its projections' format beside the float embeddings.",
+    ["format"],
+    registry=REGISTRY,
 )
 TIME_TO_FIRST_TOKEN = Histogram(
     "loraplex_time_to_first_token_seconds",

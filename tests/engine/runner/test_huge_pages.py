@@ -3,6 +3,8 @@ Parameters are kept, and everything still runs where huge pages are not availabl
 
 from __future__ import annotations
 
+import gc
+
 import pytest
 import torch
 
@@ -27,14 +29,16 @@ def test_move_keeps_values_parameters_and_tied_weights() -> None:
     torch.manual_seed(0)
     model = Tied()
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    embed_param, norm_ptr = model.embed.weight, model.norm.weight.data_ptr()
+    embed_param, norm = model.embed.weight, model.norm.weight
+    norm_ptr = norm.data_ptr()
     x = torch.randn(3, 256)
     expected = model.head(x)
     moved = move_to_huge_pages(model)
     assert moved == 512 * 256 * 4 + 4 * 16 * 1024 * 4  # the tied weight counted once
     assert model.embed.weight is embed_param  # the same Parameter object, new storage
     assert model.head.weight is model.embed.weight
-    assert model.norm.weight.data_ptr() == norm_ptr
+    # Too small to move, but copied: no tensor is left viewing a checkpoint's memory map.
+    assert model.norm.weight is norm and model.norm.weight.data_ptr() != norm_ptr
     for key, value in model.state_dict().items():
         assert torch.equal(value, before[key]), key
     assert torch.equal(model.head(x), expected)
@@ -65,3 +69,27 @@ def test_thp_never_means_unavailable(monkeypatch: pytest.MonkeyPatch, tmp_path) 
     assert not huge_pages_available()
     setting.write_text("always [madvise] never\n")
     assert huge_pages_available() == hasattr(__import__("mmap"), "MADV_HUGEPAGE")
+
+
+@needs_thp
+def test_no_tensor_keeps_the_checkpoint_mapped(tmp_path) -> None:
+    """A model read from safetensors views the memory-mapped file; once moved, nothing does,
+    so the map and the file pages the load touched leave the process (issue 20's RSS)."""
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    config = LlamaConfig(
+        vocab_size=512, hidden_size=256, intermediate_size=512, num_hidden_layers=1,
+        num_attention_heads=4, num_key_value_heads=2,
+    )  # fmt: skip
+    AutoModelForCausalLM.from_config(config).save_pretrained(tmp_path)
+    model = AutoModelForCausalLM.from_pretrained(tmp_path)
+    checkpoint = str(tmp_path / "model.safetensors")
+
+    def mapped() -> bool:
+        with open("/proc/self/maps") as maps:
+            return any(line.rstrip().endswith(checkpoint) for line in maps)
+
+    assert mapped()
+    move_to_huge_pages(model)
+    gc.collect()
+    assert not mapped()

@@ -44,6 +44,19 @@ def test_activation_reserve_counts_every_rows_logits_with_a_floor() -> None:
     assert big == 4096 * ((4 * 4096 + 2 * 14336) * 2 + 128256 * 4)  # ~2.3 GiB for an 8B
 
 
+def test_a_quantized_base_leaves_its_saved_bytes_to_the_cache() -> None:
+    # An H100 (80 GiB) at 0.9: Llama-3-8B in bf16 (~15 GiB) or NF4 (~6 GiB: 4-bit
+    # projections, bf16 embeddings); the NF4 base reserves one dequantized down_proj too.
+    total, tokens = 80 * GIB, 8192
+    reserve = activation_reserve_bytes(tokens, 4096, 14336, 128256, 2)
+    down_proj = 14336 * 4096 * 2
+    quantized = activation_reserve_bytes(tokens, 4096, 14336, 128256, 2, dequantized=down_proj)
+    assert quantized == reserve + down_proj
+    bf16 = kv_cache_bytes(total, total - 15 * GIB, 0.9, reserve)
+    nf4 = kv_cache_bytes(total, total - 6 * GIB, 0.9, quantized)
+    assert nf4 - bf16 == 9 * GIB - down_proj  # ~8.9 GiB more KV: ~73k more tokens of 8B
+
+
 def test_blocks_come_from_the_measured_budget() -> None:
     config = model_config("llama")  # 2 layers, 2 KV heads of 16
     per_block = 2 * 2 * 16 * 2 * 16 * 4  # keys and values x layers x block x heads x dim x fp32

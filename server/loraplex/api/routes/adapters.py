@@ -49,7 +49,9 @@ def card_response(engine: AsyncEngine, card: AdapterCard, shown: str) -> Adapter
     else:
         if current.version == card.version:
             location = AdapterLocation.model_validate(where)
-    return AdapterCardResponse(id=shown, location=location, **card.to_dict())
+    return AdapterCardResponse(
+        id=shown, location=location, base_format=engine.base_format, **card.to_dict()
+    )
 
 
 def _flag(fields: dict[str, str], key: str) -> bool:

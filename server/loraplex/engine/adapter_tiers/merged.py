@@ -33,6 +33,11 @@ from loraplex.lora.manager import LoRAModelManager
 log = logging.getLogger(__name__)
 
 
+class MergeRefusedError(CapacityError):
+    """This base cannot hold a merged copy at all (HTTP 409, the reason named): a quantized
+    projection whose weight has no exact dequantization here. Never a silently wrong merge."""
+
+
 @dataclass
 class MergedCopy:
     """One adapter's merged weights; ``users``: unfinished sequences admitted on them."""
@@ -57,6 +62,9 @@ class MergedCopies:
         self._copies: dict[str, MergedCopy] = {}
         self._computing: set[str] = set()
         self._lock = threading.Lock()
+        # A quantized base is dequantized to merge (copies in the compute dtype); a format with
+        # no exact dequantization refuses every merge.
+        self.refusal = manager.merge_refusal()
         # One worker: merges are computed one at a time, and dropped copies are freed there.
         self._worker = ThreadPoolExecutor(1, thread_name_prefix="loraplex-merge")
 
@@ -81,7 +89,14 @@ class MergedCopies:
 
     def begin(self, key: str) -> bool:
         """Start merging ``key``; False if nothing needs computing (a copy serves it already, or a
-        leaving one that still exists is put back in service). Past the cap: CapacityError."""
+        leaving one that still exists is put back in service). Past the cap: CapacityError;
+        on a base that cannot be merged into: MergeRefusedError."""
+        if self.refusal is not None:
+            raise MergeRefusedError(
+                "merge",
+                f"this base model's weights cannot be merged into ({self.refusal}); "
+                "the adapter is served unmerged",
+            )
         with self._lock:
             copy = self._copies.get(key)
             if copy is not None:

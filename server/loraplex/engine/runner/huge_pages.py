@@ -72,7 +72,11 @@ def move_to_huge_pages(module: torch.nn.Module) -> int:
     """Move ``module``'s large CPU parameters and buffers into one huge-page arena; returns
     the bytes moved (0 when huge pages are unavailable). Tensors that share storage (tied
     embeddings) stay shared. Values are unchanged; tensors are rebound in place, so call it
-    before anything keeps references to the old ones (optimizers, prepacked copies)."""
+    before anything keeps references to the old ones (optimizers, prepacked copies).
+
+    The small tensors left behind get copies of their own: loaded from a memory-mapped
+    checkpoint, any one of them would keep the whole map alive, and with it every file page
+    the load touched, resident beside the arena (the model's size again in RSS)."""
     if not huge_pages_available():
         return 0
     # (owner's table, name, the tensor's address before the move)
@@ -87,6 +91,7 @@ def move_to_huge_pages(module: torch.nn.Module) -> int:
             offsets[ptr] = total
             tensor = table[name]
             total += -(-tensor.numel() * tensor.element_size() // ALIGN) * ALIGN
+    _own_small_tensors(module)
     if not total:
         return 0
     arena = huge_page_arena(total)
@@ -104,6 +109,16 @@ def move_to_huge_pages(module: torch.nn.Module) -> int:
         _rebind(table, name, old, new)
     log.info("moved %.0f MiB of weights onto huge pages", total / 2**20)
     return total
+
+
+def _own_small_tensors(module: torch.nn.Module) -> None:
+    """Give the CPU tensors too small to move a storage of their own (see above)."""
+    for owner in module.modules():
+        for table in (owner._parameters, owner._buffers):
+            for name, tensor in table.items():
+                small = tensor is not None and not _movable(tensor) and not tensor.is_mkldnn
+                if small and tensor.device.type == "cpu" and tensor.layout is torch.strided:
+                    _rebind(table, name, tensor, tensor.detach().clone())
 
 
 def _rebind(table: dict[str, torch.Tensor | None], name: str, old: torch.Tensor, new: torch.Tensor):

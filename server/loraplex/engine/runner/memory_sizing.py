@@ -14,14 +14,17 @@ MIN_ACTIVATION_RESERVE = 1 << 30
 
 
 def activation_reserve_bytes(
-    tokens: int, hidden: int, intermediate: int, vocab: int, itemsize: int
+    tokens: int, hidden: int, intermediate: int, vocab: int, itemsize: int, dequantized: int = 0
 ) -> int:
     """An upper bound of one forward's live activations for ``tokens`` packed tokens: the
     residual stream and a layer's widest intermediates (q/k/v and gate/up, ~4 hidden + 2
     intermediate wide) plus float32 logits for every row (prompt logprobs may score them
-    all), with MIN_ACTIVATION_RESERVE as a floor."""
+    all), with MIN_ACTIVATION_RESERVE as a floor; plus ``dequantized``, the largest projection
+    of a quantized base in the compute dtype (bitsandbytes dequantizes one weight at a time
+    for a many-row GEMM). The weights themselves are measured, not estimated: a 4-bit base
+    leaves its saved bytes to the KV cache."""
     per_token = (4 * hidden + 2 * intermediate) * itemsize + vocab * 4
-    return max(MIN_ACTIVATION_RESERVE, tokens * per_token)
+    return max(MIN_ACTIVATION_RESERVE, tokens * per_token) + dequantized
 
 
 def kv_cache_bytes(total: int, free: int, utilization: float, reserve: int) -> int:

@@ -8,15 +8,14 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
-from transformers import AutoTokenizer, PreTrainedTokenizerBase
+from transformers import PreTrainedTokenizerBase
 
 from loraplex.config import CacheConfig, LoRAConfig, ModelConfig
 from loraplex.engine.attention.metadata import AttentionMetadata
 from loraplex.engine.attention.paged import FORWARD, register_paged_attention
 from loraplex.engine.attention.select import select_attention
-from loraplex.engine.model.dummy import build_dummy_model, dummy_tokenizer
+from loraplex.engine.model.base import load_base
 from loraplex.engine.model.layers import layer_windows
-from loraplex.engine.model.loading import load_pretrained
 from loraplex.engine.request.sequence import Sequence
 from loraplex.engine.runner.batch import PackedBatch, build_batch
 from loraplex.engine.runner.huge_pages import huge_zeros, move_to_huge_pages
@@ -103,15 +102,23 @@ class PrepackedLinear(torch.nn.Module):
 
 
 def device_kv_cache_bytes(
-    device: torch.device, model_config, utilization: float, tokens: int, dtype: torch.dtype
+    device: torch.device,
+    model_config,
+    utilization: float,
+    tokens: int,
+    dtype: torch.dtype,
+    dequantized: int = 0,
 ) -> int:
-    """The KV cache's share of a CUDA device, measured now (weights and slot tables loaded)."""
+    """The KV cache's share of a CUDA device, measured now (weights and slot tables loaded);
+    ``dequantized``: bytes of the largest quantized projection in ``dtype`` (0: float base)."""
     torch.cuda.empty_cache()  # the allocator's cached, unused blocks count as free
     free, total = torch.cuda.mem_get_info(device)
     text = model_config.get_text_config()
     width = text.hidden_size
     intermediate = getattr(text, "intermediate_size", None) or 4 * width
-    reserve = activation_reserve_bytes(tokens, width, intermediate, text.vocab_size, dtype.itemsize)
+    reserve = activation_reserve_bytes(
+        tokens, width, intermediate, text.vocab_size, dtype.itemsize, dequantized
+    )
     return kv_cache_bytes(total, free, utilization, reserve)
 
 
@@ -132,14 +139,10 @@ class ModelRunner:
         self.device = torch.device(model.device)
         self.dtype = getattr(torch, model.dtype)
         attn = register_paged_attention()
-        if model.load_format == "dummy":  # random weights of the folder's config, on the device
-            self.model = build_dummy_model(path, self.dtype, self.device, attn)
-            vocab = self.model.config.get_text_config().vocab_size
-            self.tokenizer: PreTrainedTokenizerBase = dummy_tokenizer(path, vocab)
-        else:
-            self.tokenizer = AutoTokenizer.from_pretrained(path)
-            self.model = load_pretrained(path, self.dtype, self.device, attn)
-        self.model.eval().requires_grad_(False)
+        base = load_base(path, model, self.dtype, self.device, attn)
+        self.model, self.quantization = base.model, base.quantization
+        self.tokenizer: PreTrainedTokenizerBase = base.tokenizer
+        self.weight_bytes = base.weight_bytes  # by storage format: loraplex_model_weight_bytes
         prepack_output_projection(self.model)
         table_dtype = getattr(torch, lora.table_dtype(model.dtype))
         kernel, op = select_add_lora(
@@ -170,6 +173,7 @@ class ModelRunner:
                 cache.gpu_memory_utilization,
                 step_tokens or model.max_model_len,
                 self.dtype,
+                self.largest_dequantized(),
             )
         self.layout = kv_layout(self.model.config, cache, self.dtype, memory)
         # Two blocks past the pool, never handed out: padded decode rows write their keys to
@@ -194,6 +198,20 @@ class ModelRunner:
             self.layout.block_size,
             2 * sum(k.numel() * k.element_size() for k, _ in self.kv_caches) / 2**20,
         )
+
+    @property
+    def base_format(self) -> str:
+        """How the base projections are stored: ``bitsandbytes-nf4``, ``gptq`` ..., or the
+        float dtype (what adapters are checked against, shown on their cards)."""
+        dtype = str(self.dtype).removeprefix("torch.")
+        return dtype if self.quantization is None else self.quantization.name
+
+    def largest_dequantized(self) -> int:
+        """Bytes of the largest projection dequantized in the compute dtype (float base: 0)."""
+        if self.quantization is None:
+            return 0
+        sizes = (i * o for i, o in self.lora.module_shapes().values())
+        return max(sizes, default=0) * self.dtype.itemsize
 
     def clear_blocks(self, blocks: list[int]) -> None:
         """Zero the keys and values of ``blocks`` in every layer (a failed sequence's blocks,
