@@ -7,7 +7,7 @@ TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.installed
 ARGS ?=
 
-.PHONY: setup serve test lint format bench clean lock-image deploy-check
+.PHONY: setup serve test lint format bench clean lock-image deploy-check image image-test
 
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -24,17 +24,17 @@ serve: $(STAMP)
 	$(BIN)/loraplex serve $(ARGS)
 
 test: $(STAMP)
-	$(BIN)/ruff check server tests bench scripts
-	$(BIN)/ruff format --check server tests bench scripts
+	$(BIN)/ruff check server tests bench scripts deploy
+	$(BIN)/ruff format --check server tests bench scripts deploy
 	$(BIN)/python -m pytest -q $(ARGS)
 
 lint: $(STAMP)
-	$(BIN)/ruff check server tests bench scripts
-	$(BIN)/ruff format --check server tests bench scripts
+	$(BIN)/ruff check server tests bench scripts deploy
+	$(BIN)/ruff format --check server tests bench scripts deploy
 
 format: $(STAMP)
-	$(BIN)/ruff format server tests bench scripts
-	$(BIN)/ruff check --fix server tests bench scripts
+	$(BIN)/ruff format server tests bench scripts deploy
+	$(BIN)/ruff check --fix server tests bench scripts deploy
 
 # The image's pinned Python packages (deploy/docker/requirements.txt), from pyproject.toml at the
 # versions this environment resolved; rerun after changing dependencies, and commit the result.
@@ -44,6 +44,15 @@ lock-image: $(STAMP)
 # The deployment's offline checks alone (they also run in `make test`).
 deploy-check: $(STAMP)
 	$(BIN)/python -m pytest -q tests/deploy
+
+# The CPU image, built without a daemon (buildah, vfs storage, chroot isolation; deploy/README.md),
+# and the release check: build it, serve from it as its non-root user, query it, SIGTERM it.
+# Not part of `make test` (it takes minutes: deploy/README.md has the last measured run).
+image:
+	deploy/docker/build.sh
+
+image-test:
+	deploy/docker/image-test.sh
 
 # The serving benchmark (bench/README.md): quick profile by default, ARGS=--full for everything.
 BENCH_STAMP := $(VENV)/.bench-installed
