@@ -34,6 +34,7 @@ from loraplex.adapters.tenancy import DEFAULT_TENANT
 from loraplex.engine import (
     CapacityError,
     ConstraintError,
+    ConstraintViolationError,
     EngineUnavailableError,
     NonFiniteOutputError,
     ParameterError,
@@ -131,6 +132,8 @@ def to_api_error(exc: Exception, request: Request | None = None) -> APIError:
         return APIError(409, str(exc), param=exc.param, code="limit_reached")
     if isinstance(exc, ConstraintError):  # a schema/regex/grammar that cannot be compiled
         return APIError(400, str(exc), param=exc.param, code="invalid_constraint")
+    if isinstance(exc, ConstraintViolationError):  # a grammar the vocabulary cannot write
+        return APIError(400, str(exc), code="invalid_constraint")
     if isinstance(exc, ParameterError):
         return APIError(400, str(exc), param=exc.param, code="invalid_value")
     if isinstance(exc, AdapterNotFoundError):

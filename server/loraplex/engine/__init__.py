@@ -23,6 +23,7 @@ _HOMES = {
     "loraplex.engine.constraints.spec": ["ConstraintError", "ConstraintSpec"],
     "loraplex.engine.errors": [
         "CapacityError",
+        "ConstraintViolationError",
         "EngineUnavailableError",
         "NonFiniteOutputError",
         "ParameterError",

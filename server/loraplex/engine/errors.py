@@ -55,8 +55,14 @@ class NonFiniteOutputError(Exception):
 
 
 class ConstraintViolationError(Exception):
-    """The grammar refused a sampled token although its mask was applied: a server fault (a
-    500); the request ends, the others go on."""
+    """The grammar refused the sampled token although its mask was applied. Non-finite rows
+    fail before their grammar advances, so the one way here is a mask that left no token of
+    the model's vocabulary allowed (every logit -inf): the grammar cannot be written with this
+    tokenizer at this point, the request's input (a 400, ``invalid_constraint``); the request
+    ends, the others go on."""
 
     def __init__(self, token: int) -> None:
-        super().__init__(f"the sampled token {token} is outside the request's grammar")
+        super().__init__(
+            f"the grammar allows no token of this model's vocabulary at this point (the "
+            f"sampled token {token} is outside it); simplify the schema, regex or grammar"
+        )
