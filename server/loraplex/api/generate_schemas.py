@@ -25,6 +25,7 @@ from loraplex.api.schemas import (
 )
 from loraplex.api.structured_schemas import GrammarParameter, grammar_parameter_spec
 from loraplex.engine import (
+    DOCUMENTED_SEED_MAX,
     MAX_STOP_STRINGS,
     MAX_TOP_K,
     SEED_RANGE,
@@ -70,7 +71,7 @@ class GenerateParameters(LenientBody):
     temperature: Annotated[float | None, doc(minimum=0, maximum=2)] = None
     top_p: Annotated[float | None, doc(exclusiveMinimum=0, maximum=1)] = None
     top_k: Annotated[int | None, doc(minimum=-1, maximum=MAX_TOP_K)] = None
-    seed: Annotated[int | None, doc(minimum=SEED_RANGE[0], maximum=SEED_RANGE[1])] = None
+    seed: Annotated[int | None, doc(minimum=SEED_RANGE[0], maximum=DOCUMENTED_SEED_MAX)] = None
     repetition_penalty: Annotated[float, doc(exclusiveMinimum=0)] = 1.0
     frequency_penalty: Annotated[float, doc(minimum=-2, maximum=2)] = 0.0
     stop: Annotated[list[StopText], doc(maxItems=MAX_STOP_STRINGS)] = Field(default_factory=list)

@@ -20,6 +20,7 @@ from loraplex.api.logprobs import CompletionLogprobs
 from loraplex.api.schema_docs import doc
 from loraplex.api.structured_schemas import StructuredFields
 from loraplex.engine import (
+    DOCUMENTED_SEED_MAX,
     MAX_LOGPROBS,
     MAX_STOP_CHARS,
     MAX_STOP_STRINGS,
@@ -92,7 +93,7 @@ class SamplingRequest(LenientBody, StructuredFields):
     temperature: Annotated[float, doc(minimum=0, maximum=2)] = 1.0
     top_p: Annotated[float, doc(exclusiveMinimum=0, maximum=1)] = 1.0
     top_k: Annotated[int, doc(minimum=-1, maximum=MAX_TOP_K)] = 0
-    seed: Annotated[int | None, doc(minimum=SEED_RANGE[0], maximum=SEED_RANGE[1])] = None
+    seed: Annotated[int | None, doc(minimum=SEED_RANGE[0], maximum=DOCUMENTED_SEED_MAX)] = None
     n: Annotated[int, doc(minimum=1, maximum=MAX_N)] = Field(
         1, description="Choices per prompt; prompts x n at most --max-seqs-per-request."
     )

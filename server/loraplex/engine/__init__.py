@@ -37,6 +37,7 @@ _HOMES = {
         "MAX_STOP_STRINGS",
         "MAX_STOP_TOKEN_IDS",
         "MAX_TOP_K",
+        "DOCUMENTED_SEED_MAX",
         "SEED_RANGE",
         "SamplingParams",
         "check_logprobs",

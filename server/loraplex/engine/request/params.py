@@ -20,6 +20,9 @@ MAX_STOP_TOKEN_IDS = 256
 MAX_TOP_K = 2**31 - 1  # any k past the vocabulary means "off"; beyond this torch overflows
 # torch.Generator.manual_seed takes a 64-bit seed; sample j of n uses seed + j.
 SEED_RANGE = (-(2**63), 2**63 - 1)
+# The largest seed the OpenAPI schema states: 2**63 - 1 read as a JSON-schema float rounds up to
+# 2**63, which fuzzers then send as "valid"; 2**63 - 1024 is the largest float64 below it.
+DOCUMENTED_SEED_MAX = 2**63 - 1024
 
 
 def _check(condition: bool, param: str, message: str) -> None:
